@@ -1,0 +1,9 @@
+// x in fp16: every (residual dtype, weight dtype) in {x dtype, fp32}^2 the glue accepts.
+#include "fused_add_norm/fused_add_norm_launch_template.cuh"
+
+namespace mmm {
+MMM_FUSED_ADD_NORM_INSTANTIATE(__half, __half, __half)
+MMM_FUSED_ADD_NORM_INSTANTIATE(__half, __half, float)
+MMM_FUSED_ADD_NORM_INSTANTIATE(__half, float, __half)
+MMM_FUSED_ADD_NORM_INSTANTIATE(__half, float, float)
+}  // namespace mmm

@@ -1,0 +1,14 @@
+"""mmm: fused and structured CUDA kernels for the expensive multiplications inside transformers.
+
+Ops live under ``torch.ops.mmm.*``; this package adds their fake kernels, autograd and the
+user-facing functions (``mmm.fused_add_norm``) and modules (``mmm.nn``).
+"""
+from mmm._library import build_info, load_library
+
+load_library()
+
+from mmm import nn, ops  # noqa: E402  (ops need the library loaded)
+from mmm.ops.fused_add_norm import fused_add_norm  # noqa: E402
+
+__version__ = build_info()["version"]
+__all__ = ["build_info", "fused_add_norm", "nn", "ops"]
