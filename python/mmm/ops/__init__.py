@@ -1,2 +1,8 @@
-"""One module per op family: fake (meta) kernel, autograd, and the public function."""
-from mmm.ops import fused_add_norm  # noqa: F401
+"""One module per op family: fake (meta) kernel, autograd, the public function and a selftest.
+
+Every op module in MODULES defines ``selftest(device) -> float`` (the worst error against its
+reference, raising on failure); ``python -m mmm`` runs them all.
+"""
+from mmm.ops import fused_add_norm
+
+MODULES = {"fused_add_norm": fused_add_norm}
