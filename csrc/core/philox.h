@@ -15,10 +15,9 @@ MMM_HD void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = uint32_t(p);
 }
 
-// Four independent 32-bit words for counter `ctr` under key `seed`.
-MMM_HD Philox4 philox4x32_10(uint64_t ctr, uint64_t seed) {
-  uint32_t c0 = uint32_t(ctr), c1 = uint32_t(ctr >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+// The full generator: a 128-bit counter under a 64-bit key, 10 rounds.
+MMM_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
+  uint32_t c0 = ctr.v[0], c1 = ctr.v[1], c2 = ctr.v[2], c3 = ctr.v[3];
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
@@ -34,8 +33,12 @@ MMM_HD Philox4 philox4x32_10(uint64_t ctr, uint64_t seed) {
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// Dropout keeps element `idx` (its position in the row-major (rows, N) problem) iff its 32 random
-// bits reach `threshold` = round(p * 2^32): P(keep) = 1 - p to within 2^-32.
+// Four independent 32-bit words for a 64-bit counter under key `seed`.
+MMM_HD Philox4 philox4x32_10(uint64_t ctr, uint64_t seed) {
+  return philox4x32_10(Philox4{{uint32_t(ctr), uint32_t(ctr >> 32), 0u, 0u}}, uint32_t(seed),
+                       uint32_t(seed >> 32));
+}
+
 // Word i of a block, by selects rather than indexing: a runtime index into v would put the
 // block in (slow, per-thread) local memory on the GPU.
 MMM_HD uint32_t philox_word(const Philox4& b, uint64_t i) {

@@ -50,8 +50,9 @@ inline DType to_dtype(ScalarType t) {
   return DType::kFloat32;
 }
 
-// `t` as a (rows, n) matrix with unit column stride: returns the tensor (t itself when its
-// leading dims collapse to one row stride, a contiguous copy otherwise) and that row stride.
+// An input `t` as a (rows, n) matrix with unit column stride: returns the tensor (t itself when
+// its leading dims collapse to one row stride, a contiguous copy otherwise) and that row stride.
+// Only for inputs: a row stride of 0 (an expanded gradient, say) is fine to read.
 inline std::pair<Tensor, int64_t> as_rows(const Tensor& t, int64_t n) {
   const int64_t d = t.dim();
   if (d == 0 || t.numel() == 0) return {t, n};
@@ -66,7 +67,6 @@ inline std::pair<Tensor, int64_t> as_rows(const Tensor& t, int64_t n) {
       row_stride = t.stride(i);
       have_row_stride = true;
       expect = row_stride * t.size(i);
-      ok = row_stride >= n;  // rows must not overlap
     } else {
       ok = t.stride(i) == expect;
       expect *= t.size(i);
