@@ -58,14 +58,14 @@ def expected_keep(seed: int, rows: int, n: int, p: float) -> np.ndarray:
     ctr[:, 1] = (blocks >> np.uint64(32)).astype(np.uint32)
     words = philox4x32_10(ctr, seed & 0xFFFFFFFF, seed >> 32)
     bits = words[np.arange(idx.size), (idx & np.uint64(3)).astype(np.int64)]
-    threshold = int(float(np.float32(p)) * 2.0**32)
+    threshold = int(p * 2.0**32)
     return (bits.astype(np.uint64) >= np.uint64(threshold)).reshape(rows, n)
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("rows,n,p", [(3, 7, 0.3), (5, 1000, 0.1), (2, 4097, 0.5)])
-def test_dropout_mask_is_philox_of_seed_and_index(device, rows, n, p):
-    seed = 0x0123456789ABCDEF
+@pytest.mark.parametrize("seed", [0, 1, 0x0123456789ABCDEF, 2**63 - 1])
+@pytest.mark.parametrize("rows,n,p", [(3, 7, 0.3), (13, 77, 0.2), (5, 1000, 0.1), (2, 4097, 0.5)])
+def test_dropout_mask_is_philox_of_seed_and_index(device, seed, rows, n, p):
     x = torch.ones(rows, n, device=device)
     _, h, _, _ = torch.ops.mmm.fused_add_norm(
         x, None, None, None, torch.tensor(seed, dtype=torch.int64), dropout_p=p, prenorm=True

@@ -1,0 +1,98 @@
+"""Shared pytest configuration for the mmm test suite.
+
+CUDA handling
+-------------
+Tests that need a GPU carry ``@pytest.mark.cuda`` (the marker is declared in pyproject.toml).
+They are always *collected*, so a CPU-only run shows them as skipped, with the reason, instead
+of silently running fewer tests. They are skipped when
+
+* ``torch.cuda.is_available()`` is False, or
+* the installed mmm was built without its CUDA kernels (``mmm.build_info()["cuda_kernels"]``).
+
+The terminal summary then prints one loud line saying how many CUDA tests were skipped and why,
+so a green CPU run is never mistaken for a GPU-validated one.
+
+Device parametrization
+----------------------
+``devices()`` returns ``["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]``. Any test that
+takes an argument named ``device`` (and does not parametrize it itself) is parametrized over
+``devices()`` by ``pytest_generate_tests`` below, so every numeric test has a CUDA twin.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+NO_GPU_REASON = "no CUDA GPU: torch.cuda.is_available() is False"
+NO_KERNELS_REASON = "mmm was built without CUDA kernels: mmm.build_info()['cuda_kernels'] is False"
+
+_CUDA_NODEIDS = pytest.StashKey[set]()
+_CUDA_REASON = pytest.StashKey[str]()
+
+
+def devices():
+    """The devices numeric tests run on; the CUDA entry carries the ``cuda`` marker."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda, id="cuda")]
+
+
+def cuda_skip_reason():
+    """Why CUDA tests cannot run here, or None when they can."""
+    if not torch.cuda.is_available():
+        return NO_GPU_REASON
+    try:
+        import mmm
+
+        info = mmm.build_info()
+    except Exception as exc:  # the import error itself surfaces in the non-CUDA tests
+        return f"mmm is not importable ({type(exc).__name__}: {exc})"
+    if not info.get("cuda_kernels", False):
+        return NO_KERNELS_REASON
+    return None
+
+
+def pytest_generate_tests(metafunc):
+    if "device" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if "device" in names:
+            return  # the test chose its own devices
+    metafunc.parametrize("device", devices())
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda_items = [item for item in items if item.get_closest_marker("cuda") is not None]
+    config.stash[_CUDA_NODEIDS] = {item.nodeid for item in cuda_items}
+    reason = cuda_skip_reason() if cuda_items else None
+    config.stash[_CUDA_REASON] = reason or ""
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in cuda_items:
+        item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    cuda_ids = config.stash.get(_CUDA_NODEIDS, set())
+    if not cuda_ids:
+        return
+    reason = config.stash.get(_CUDA_REASON, "")
+    if reason:
+        skipped = [r for r in terminalreporter.stats.get("skipped", []) if r.nodeid in cuda_ids]
+        terminalreporter.write_sep(
+            "!",
+            f"{len(skipped)} CUDA TESTS SKIPPED ({reason}); THE CUDA KERNELS WERE NOT TESTED",
+            red=True,
+            bold=True,
+        )
+    else:
+        ran = {
+            r.nodeid
+            for key in ("passed", "failed", "error")
+            for r in terminalreporter.stats.get(key, [])
+            if r.nodeid in cuda_ids
+        }
+        terminalreporter.write_sep("=", f"{len(ran)} CUDA tests ran", green=True, bold=True)
