@@ -21,6 +21,13 @@ inline C load(const void* base, int64_t i) {
   else return static_cast<C>(to_float(v));
 }
 
+// v as it reads back after a store as T (a no-op when T is as wide as C).
+template <typename T, typename C>
+inline C round_to(C v) {
+  if constexpr (std::is_same_v<T, C> || (std::is_same_v<T, double>)) return v;
+  else return static_cast<C>(to_float(from_float<T>(static_cast<float>(v))));
+}
+
 template <typename T, typename C>
 inline void store(void* base, int64_t i, C v) {
   if constexpr (std::is_same_v<T, double>) static_cast<T*>(base)[i] = static_cast<double>(v);
@@ -58,7 +65,8 @@ struct Kernels {
         C v = load<C, T>(p.x, xo + j);
         if (p.dropout_p > 0) v = mask.keep(uint64_t(r) * n + j) ? v * scale : C(0);
         if (p.residual) v += load<C, TH>(p.residual, r * p.res_row_stride + j);
-        h[j] = v;
+        // Statistics of the h that is stored and that backward reads back (see the CUDA kernel).
+        h[j] = round_to<TH>(v);
       }
       if (p.h_out)
         for (int64_t j = 0; j < n; ++j) store<TH>(p.h_out, r * p.h_row_stride + j, h[j]);
@@ -155,7 +163,9 @@ void dispatch(DType x, DType h, DType w, F&& f) {
   };
   switch (x) {
     case DType::kFloat32: f(Kernels<float, float, float>{}); break;
-    case DType::kFloat64: with_w(double{}, double{}); break;
+    case DType::kFloat64:
+      if (h == DType::kFloat32) with_w(double{}, float{}); else with_w(double{}, double{});
+      break;
     case DType::kFloat16:
       if (h == DType::kFloat32) with_w(Half{}, float{}); else with_w(Half{}, Half{});
       break;

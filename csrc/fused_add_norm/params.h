@@ -30,7 +30,7 @@ struct FusedAddNormFwdParams {
   double eps = 1e-5;
   bool rms = false;
   Activation act = Activation::kNone;
-  float dropout_p = 0.f;          // 0 disables dropout
+  double dropout_p = 0.0;         // 0 disables dropout
   uint64_t seed = 0;
 };
 
@@ -54,13 +54,13 @@ struct FusedAddNormBwdParams {
 
   bool rms = false;
   Activation act = Activation::kNone;
-  float dropout_p = 0.f;
+  double dropout_p = 0.0;
   uint64_t seed = 0;
 };
 
 // Dropout keeps an element iff its random 32 bits >= this; the kept value is scaled by 1/(1-p).
-MMM_HD uint32_t dropout_threshold(float p) {
-  return static_cast<uint32_t>(static_cast<double>(p) * 4294967296.0);
+MMM_HD uint32_t dropout_threshold(double p) {
+  return static_cast<uint32_t>(p * 4294967296.0);
 }
 
 // ---- CPU twin (csrc/fused_add_norm/fused_add_norm_cpu.cpp) ----------------------------------

@@ -72,14 +72,11 @@ uint64_t read_seed(const optional<Tensor>& seed, double dropout_p) {
   return static_cast<uint64_t>(*static_cast<const int64_t*>(seed->data_ptr()));
 }
 
-// The dtype of h (residual_out): fp32 when asked for or when the residual stream already is fp32
-// and x is fp16/bf16; x's dtype otherwise.
+// The dtype of h (residual_out): fp32 when residual_in_fp32, else the residual's (x's or fp32),
+// else x's.
 ScalarType h_dtype_for(const Tensor& x, const optional<Tensor>& residual, bool residual_in_fp32) {
-  const ScalarType t = x.scalar_type();
-  if (is_low_precision(t) &&
-      (residual_in_fp32 || (residual.has_value() && residual->scalar_type() == ScalarType::Float)))
-    return ScalarType::Float;
-  return t;
+  if (residual_in_fp32) return ScalarType::Float;
+  return residual.has_value() ? residual->scalar_type() : x.scalar_type();
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_norm(
@@ -102,8 +99,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_norm(
     const ScalarType rt = residual->scalar_type();
     STD_TORCH_CHECK(rt == x_in.scalar_type() || rt == ScalarType::Float, "fused_add_norm: residual must have x's dtype (",
                     glue::dtype_str(x_in.scalar_type()), ") or float32, got ", glue::dtype_str(rt));
-    // The kernels read the residual in h's dtype; a half residual with residual_in_fp32 (or an
-    // fp32 residual with fp64 x) is converted once here.
+    // The kernels read the residual in h's dtype: a residual in x's dtype with residual_in_fp32
+    // is converted once here.
     if (rt != h_dtype) residual = torch::stable::to(*residual, h_dtype);
   }
 
@@ -149,7 +146,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_norm(
   p.eps = eps;
   p.rms = rms;
   p.act = act;
-  p.dropout_p = static_cast<float>(dropout_p);
+  p.dropout_p = dropout_p;
   p.seed = seed;
 
   if (x.is_cuda()) {
@@ -231,7 +228,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_norm_backward(
   p.dbias = bias ? db.data_ptr() : nullptr;
   p.rms = rms;
   p.act = act;
-  p.dropout_p = static_cast<float>(dropout_p);
+  p.dropout_p = dropout_p;
   p.seed = seed;
 
   if (dout.is_cuda()) {

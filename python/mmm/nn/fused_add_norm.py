@@ -17,7 +17,8 @@ class FusedAddNorm(nn.Module):
     Parameters are named and shaped as in ``nn.LayerNorm`` (``rms=False``) and ``nn.RMSNorm``
     (``rms=True``), so their state dicts load unchanged. ``bias=None`` means "as the module it
     replaces": a bias for LayerNorm, none for RMSNorm. ``eps=None`` means 1e-5 for LayerNorm and
-    ``torch.finfo(x.dtype).eps`` for RMSNorm, the defaults of those modules. Dropout applies in
+    ``torch.finfo(torch.float32).eps`` (float64 for float64 input) for RMSNorm, the defaults of
+    those modules. Dropout applies in
     training mode only. ``forward(x, residual=None)`` returns ``out``, or ``(out, residual_out)``
     when ``prenorm``.
     """
@@ -68,7 +69,9 @@ class FusedAddNorm(nn.Module):
         flat = lambda t: t if t is None or k == 1 else t.reshape(*lead, n)  # noqa: E731
         eps = self.eps
         if eps is None:
-            eps = torch.finfo(x.dtype).eps if self.rms else 1e-5
+            # nn.RMSNorm's default: the machine epsilon of its compute type (fp32, or fp64).
+            compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+            eps = torch.finfo(compute).eps if self.rms else 1e-5
         result = fused_add_norm(
             flat(x),
             None if self.weight is None else self.weight.reshape(n),

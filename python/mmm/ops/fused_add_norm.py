@@ -12,15 +12,14 @@ import torch
 from torch import Tensor
 
 _ACTIVATIONS = ("none", "gelu", "gelu_tanh")
-_LOW = (torch.float16, torch.bfloat16)
 
 
 def _h_dtype(x: Tensor, residual: Optional[Tensor], residual_in_fp32: bool) -> torch.dtype:
-    """dtype of h (residual_out): fp32 when asked for or when the residual stream already is fp32
-    and x is fp16/bf16; x's dtype otherwise. Mirrors h_dtype_for() in the C++ glue."""
-    if x.dtype in _LOW and (residual_in_fp32 or (residual is not None and residual.dtype == torch.float32)):
+    """dtype of h (residual_out): fp32 when residual_in_fp32, else the residual's, else x's.
+    Mirrors h_dtype_for() in the C++ glue."""
+    if residual_in_fp32:
         return torch.float32
-    return x.dtype
+    return residual.dtype if residual is not None else x.dtype
 
 
 def _stores_h(x, residual, dropout_p, prenorm, residual_in_fp32) -> bool:
