@@ -8,13 +8,22 @@
 namespace mmm {
 
 namespace {
+// y and z have hardware limits of 65535; the kernels stride over whatever does not fit.
+template <typename Tile>
+dim3 grid_for(const BlockGemm& g) {
+  return dim3(unsigned(ceil_div(g.n, Tile::kN)), unsigned(std::min<int64_t>(ceil_div(g.m, Tile::kM), 65535)),
+              unsigned(std::min<int64_t>(g.batch, 65535)));
+}
+
 template <typename T>
 void launch(const BlockGemm& g, cudaStream_t stream) {
-  using Tile = BlockGemmTile;
-  // y and z have hardware limits of 65535; the kernel strides over whatever does not fit.
-  const dim3 grid(unsigned(ceil_div(g.n, Tile::kN)), unsigned(std::min<int64_t>(ceil_div(g.m, Tile::kM), 65535)),
-                  unsigned(std::min<int64_t>(g.batch, 65535)));
-  block_gemm_kernel<T><<<grid, Tile::kThreads, 0, stream>>>(g);
+  if constexpr (!std::is_same_v<T, float>) {
+    if (!g.simt_only) {
+      block_gemm_mma_kernel<T><<<grid_for<BlockGemmMmaTile>(g), BlockGemmMmaTile::kThreads, 0, stream>>>(g);
+      return;
+    }
+  }
+  block_gemm_kernel<T><<<grid_for<BlockGemmTile>(g), BlockGemmTile::kThreads, 0, stream>>>(g);
 }
 }  // namespace
 

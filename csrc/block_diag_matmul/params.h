@@ -22,6 +22,7 @@ struct BlockGemm {
   const void* b = nullptr; int64_t b_bs = 0, b_ks = 0, b_ns = 0;  // B[b][p][j] at b + b*b_bs + p*b_ks + j*b_ns
   void* c = nullptr;       int64_t c_bs = 0, c_ms = 0, c_ns = 0;  // C[b][i][j]
   DType dtype = DType::kFloat32;  // of A, B and C
+  bool simt_only = false;          // CUDA: skip the tensor-core kernel (MMM_DISABLE_TENSOR_CORES=1)
 };
 
 // x: (tokens, nb*k) with row stride x_rs; w: (nb, n, k) contiguous; y: (tokens, nb*n).

@@ -1,5 +1,6 @@
 // torch glue for block_diag_matmul and monarch_matmul: schemas, checks, allocation, and the
 // sequence of block GEMMs each op runs (csrc/block_diag_matmul/params.h describes them).
+#include <cstdlib>
 #include <string>
 #include <tuple>
 
@@ -37,10 +38,13 @@ Tensor check_weight(const Tensor& w, const char* name, const Tensor& x, const ch
   return w.is_contiguous() ? w : torch::stable::contiguous(w);
 }
 
-void run(const BlockGemm& g, const Tensor& like) {
+void run(BlockGemm g, const Tensor& like) {
   if (g.batch == 0 || g.m == 0 || g.n == 0) return;
   if (like.is_cuda()) {
 #ifdef MMM_WITH_CUDA
+    // A switch for comparing the tensor-core kernel with the plain fp32-FMA one on a GPU.
+    const char* simt = std::getenv("MMM_DISABLE_TENSOR_CORES");
+    g.simt_only = simt != nullptr && simt[0] == '1';
     torch::stable::accelerator::DeviceGuard guard(like.get_device_index());
     const char* err = launch_block_gemm(g, glue::current_cuda_stream(like.get_device_index()));
     STD_TORCH_CHECK(err == nullptr, "mmm block GEMM (CUDA): ", err ? err : "");

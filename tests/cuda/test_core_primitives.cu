@@ -5,11 +5,13 @@
 //   convert     device fp16/bf16 <-> fp32 == the host twins in core/numeric.h, bit for bit
 //   chunks      load_chunk/store_chunk round trips, vector and scalar paths, ragged row ends
 //   reductions  warp_sum and row_sum<1|4|16> == exact host sums
+//   mma         ldmatrix fragments + mma.sync m16n8k16 (fp16, bf16) == a host matmul, exactly
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "core/cuda_utils.cuh"
+#include "core/mma.cuh"
 #include "core/numeric.h"
 #include "core/philox.h"
 
@@ -237,6 +239,58 @@ static void test_row_sum() {
   check(ok, name);
 }
 
+// ---- mma ------------------------------------------------------------------------------------
+// One warp: C (16x16) = A (16x16, row-major [m][k]) * B where B is stored as [n][k] (16x16), i.e.
+// two n8 tiles, through load_a_frag / load_b_frags / mma_m16n8k16, with smem row pitches of 24
+// elements (48 bytes: 16-byte aligned rows, like the kernels' padded tiles).
+template <typename T>
+__global__ void mma_kernel(const float* a, const float* b, float* c) {
+  constexpr int kPitch = 24;
+  __shared__ __align__(16) T sa[16 * kPitch], sb[16 * kPitch];
+  for (int e = threadIdx.x; e < 256; e += 32) {
+    sa[(e / 16) * kPitch + e % 16] = from_f<T>(a[e]);
+    sb[(e / 16) * kPitch + e % 16] = from_f<T>(b[e]);
+  }
+  __syncwarp();
+  uint32_t fa[4], b_lo[2], b_hi[2];
+  load_a_frag(fa, sa, kPitch, 0, 0);
+  load_b_frags(b_lo, b_hi, sb, kPitch, 0, 0);
+  float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_m16n8k16<T>(d0, fa, b_lo);
+  mma_m16n8k16<T>(d1, fa, b_hi);
+  const int g = threadIdx.x / 4, t = threadIdx.x % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    c[row * 16 + col] = d0[i];
+    c[row * 16 + 8 + col] = d1[i];
+  }
+}
+
+template <typename T>
+static void test_mma(const char* name) {
+  // Small integers: every product and sum is exact in fp32, so the check can be exact.
+  std::vector<float> a(256), b(256), want(256, 0.f);
+  for (int i = 0; i < 256; ++i) {
+    a[i] = float(int((i * 37u + 11u) % 7) - 3);
+    b[i] = float(int((i * 53u + 5u) % 5) - 2);
+  }
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n)
+      for (int k = 0; k < 16; ++k) want[m * 16 + n] += a[m * 16 + k] * b[n * 16 + k];
+  DeviceBuffer<float> da(256), db(256), dc(256);
+  da.upload(a);
+  db.upload(b);
+  CUDA_OK(cudaMemset(dc.ptr, 0xff, 256 * sizeof(float)));
+  mma_kernel<T><<<1, 32>>>(da.ptr, db.ptr, dc.ptr);
+  CUDA_OK(cudaGetLastError());
+  const auto got = dc.download();
+  int bad = 0;
+  for (int i = 0; i < 256; ++i)
+    if (got[i] != want[i] && bad++ < 5)
+      std::printf("  C[%d][%d]: got %g want %g\n", i / 16, i % 16, got[i], want[i]);
+  check(bad == 0, name);
+}
+
 int main() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -252,6 +306,8 @@ int main() {
   test_row_sum<1>();
   test_row_sum<4>();
   test_row_sum<16>();
+  test_mma<__half>("ldmatrix + mma.sync m16n8k16 fp16 == host matmul");
+  test_mma<__nv_bfloat16>("ldmatrix + mma.sync m16n8k16 bf16 == host matmul");
   CUDA_OK(cudaDeviceSynchronize());
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
