@@ -1,6 +1,6 @@
 // fused_add_norm on the CPU: the same algorithm as the CUDA kernels (fused_add_norm_cpu_impl.h),
 // compiled twice - for baseline x86-64 / any other CPU, and for AVX2 + FMA + F16C - and picked at
-// run time, so a portable wheel still runs at the speed of the machine. The caller parallelises
+// run time (core/cpu_features.h). The caller parallelises
 // over rows (forward) or over fixed row partitions (backward, so dweight/dbias do not depend on
 // the thread count). Arithmetic in fp32 (fp64 for fp64 inputs, so gradcheck sees a float64
 // function).
@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "core/numeric.h"
 #include "core/philox.h"
 #include "fused_add_norm/activation.h"
@@ -35,12 +36,7 @@ namespace avx2 {
 #undef MMM_CPU_F16C
 #pragma GCC pop_options
 
-static bool use_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return yes;
-}
-#define MMM_CPU_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#define MMM_CPU_CALL(fn, ...) (cpu_has_avx2_fma_f16c() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define MMM_CPU_CALL(fn, ...) base::fn(__VA_ARGS__)
 #endif
