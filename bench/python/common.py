@@ -1,0 +1,429 @@
+"""Shared helpers for mmm's Python benchmarks (one ``bench_<op>.py`` per op).
+
+What is here
+  * ``make_parser``          -- the CLI every benchmark shares (--device, --quick, --out, --budget,
+                                --impls, --filter, --reps).
+  * ``Timer``                -- median time of a callable.
+  * ``measure_copy_bandwidth`` -- the device's copy bandwidth, the ceiling GB/s are compared with.
+  * ``environment``          -- device name, torch version, mmm commit, date, ... for the JSON.
+  * ``Report``               -- records -> JSON (one run appended per invocation) + aligned table.
+
+How timing works
+  CUDA: every timed run is bracketed by CUDA events on the current stream. Before each run the L2
+  is flushed by writing (``zero_()``) a 256 MB buffer, so every run reads its inputs from DRAM
+  (inputs are NOT rotated). After the flush a short ``torch.cuda._sleep`` keeps the GPU busy for
+  longer than the callable takes to enqueue, so the events measure GPU time and not the host's
+  launch overhead (the CPU runs ahead of the GPU, as in a training loop). The first call (which
+  includes torch.compile's compilation) and a few warm-up calls are not timed; their wall time is
+  kept as ``first_call_s``. The number of timed runs adapts to the run time (see ``Timer``); the
+  reported figure is the median.
+  CPU: ``time.perf_counter`` around each call, median of the runs, no cache flushing.
+  Never timed: input allocation, random number generation, the flush, the checks.
+
+  GB/s are decimal (1e9 bytes per second). Each benchmark documents its byte model.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, asdict, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = "mmm-bench/1"
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def make_parser(description: str, impls: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The arguments every benchmark shares. Add op-specific ones to the returned parser."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="device to run on (default: cuda when available, else cpu)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer and smaller cases and fewer runs (a smoke test, not a measurement)")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH.json",
+                   help="append this run's records to PATH.json (created if missing)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="soft time limit: cases not started within SECONDS are skipped (and "
+                        "listed as skipped); the case in flight finishes")
+    p.add_argument("--impls", default=None, metavar="A,B,..",
+                   help="only these implementations" + (f" (of: {', '.join(impls)})" if impls else ""))
+    p.add_argument("--filter", default=None, metavar="SUBSTR",
+                   help="only cases whose name contains SUBSTR")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed runs per measurement (default: adaptive)")
+    return p
+
+
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch.cuda.is_available() is False "
+                 f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    args.device = name
+    return torch.device(name)
+
+
+def selected_impls(args: argparse.Namespace, all_impls: Sequence[str]) -> list[str]:
+    if not args.impls:
+        return list(all_impls)
+    want = [s.strip() for s in args.impls.split(",") if s.strip()]
+    bad = [w for w in want if w not in all_impls]
+    if bad:
+        sys.exit(f"error: unknown --impls {bad}; known: {list(all_impls)}")
+    return [i for i in all_impls if i in want]
+
+
+# ------------------------------------------------------------------------------------------------
+# Environment
+# ------------------------------------------------------------------------------------------------
+def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 10.0) -> str | None:
+    try:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def git_commit() -> dict[str, Any]:
+    """mmm's commit: ``git rev-parse HEAD`` in the repository, else $MMM_COMMIT, else 'unknown'."""
+    sha = _run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
+    if sha:
+        dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT)
+        return {"commit": sha, "dirty": bool(dirty), "commit_source": "git"}
+    env = os.environ.get("MMM_COMMIT")
+    if env:
+        return {"commit": env, "dirty": None, "commit_source": "MMM_COMMIT"}
+    return {"commit": "unknown", "dirty": None, "commit_source": "none"}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def mmm_info() -> dict[str, Any]:
+    try:
+        import mmm  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - report whatever stops the import
+        return {"importable": False, "error": f"{type(e).__name__}: {e}"}
+    info: dict[str, Any] = {"importable": True, "version": getattr(mmm, "__version__", None),
+                            "file": getattr(mmm, "__file__", None)}
+    bi = getattr(mmm, "build_info", None)
+    if callable(bi):
+        try:
+            b = bi()
+            info["build_info"] = b if isinstance(b, (dict, list, str, int, float)) else repr(b)
+        except Exception as e:  # noqa: BLE001
+            info["build_info"] = f"error: {e}"
+    return info
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "device_type": device.type,
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        **git_commit(),
+        "mmm": mmm_info(),
+    }
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        env.update({
+            "device_name": props.name,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "sm_count": props.multi_processor_count,
+            "device_memory_bytes": props.total_memory,
+            "l2_bytes": getattr(props, "L2_cache_size", None),
+        })
+        smi = _run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,"
+                    "clocks.mem,power.limit", "--format=csv,noheader", f"--id={idx}"])
+        if smi:
+            env["nvidia_smi"] = smi
+    else:
+        env["device_name"] = env["cpu"]
+    return env
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    median_s: float
+    min_s: float
+    max_s: float
+    mean_s: float
+    reps: int
+    first_call_s: float
+    times_s: list[float] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("times_s")
+        return d
+
+
+class Timer:
+    """Median time of ``fn()`` on one device; see the module docstring for the method.
+
+    The number of timed runs is ``target_s / estimate`` clamped to [min_reps, max_reps]
+    (or exactly ``reps`` if given).
+    """
+
+    FLUSH_BYTES = 256 * 1024 * 1024
+
+    def __init__(self, device: torch.device, *, quick: bool = False, reps: int | None = None,
+                 flush: bool = True):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.fixed_reps = reps
+        self.flush = flush and self.cuda
+        if self.cuda:
+            self.target_s, self.min_reps, self.max_reps = (0.05, 5, 20) if quick else (0.2, 10, 100)
+            self.warmup = 2 if quick else 5
+        else:
+            self.target_s, self.min_reps, self.max_reps = (0.1, 3, 10) if quick else (0.5, 5, 50)
+            self.warmup = 1 if quick else 2
+        self._flush_buf: torch.Tensor | None = None
+        self._cycles_per_s: float | None = None
+
+    # -- CUDA helpers ---------------------------------------------------------------------------
+    def _flush_l2(self) -> None:
+        if self._flush_buf is None:
+            self._flush_buf = torch.empty(self.FLUSH_BYTES, dtype=torch.uint8, device=self.device)
+        self._flush_buf.zero_()
+
+    def _sleep_cycles_per_s(self) -> float:
+        """Calibrate torch.cuda._sleep (a spin of N GPU clock cycles) once; 0 if unavailable."""
+        if self._cycles_per_s is None:
+            self._cycles_per_s = 0.0
+            sleep = getattr(torch.cuda, "_sleep", None)
+            if sleep is not None:
+                try:
+                    cycles = 2_000_000
+                    sleep(cycles)  # warm
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    s.record(); sleep(cycles); e.record(); e.synchronize()
+                    ms = s.elapsed_time(e)
+                    if ms > 0:
+                        self._cycles_per_s = cycles / (ms * 1e-3)
+                except Exception:  # noqa: BLE001 - fall back to no head start
+                    self._cycles_per_s = 0.0
+        return self._cycles_per_s
+
+    def _head_start(self, host_s: float) -> None:
+        cps = self._sleep_cycles_per_s()
+        if cps > 0:
+            # 1.5x the host time to enqueue fn, + 20 us, at most 10 ms.
+            secs = min(1.5 * host_s + 20e-6, 10e-3)
+            torch.cuda._sleep(int(secs * cps))
+
+    def _reps_for(self, est_s: float) -> int:
+        if self.fixed_reps:
+            return self.fixed_reps
+        n = math.ceil(self.target_s / max(est_s, 1e-7))
+        return max(self.min_reps, min(self.max_reps, n))
+
+    # -- public ---------------------------------------------------------------------------------
+    def time(self, fn: Callable[[], Any]) -> Timing:
+        return self._time_cuda(fn) if self.cuda else self._time_cpu(fn)
+
+    def _time_cpu(self, fn: Callable[[], Any]) -> Timing:
+        t0 = time.perf_counter(); fn(); first = time.perf_counter() - t0
+        for _ in range(self.warmup):
+            fn()
+        t0 = time.perf_counter(); fn(); est = time.perf_counter() - t0
+        times = []
+        for _ in range(self._reps_for(est)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return _timing(times, first)
+
+    def _time_cuda(self, fn: Callable[[], Any]) -> Timing:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter(); fn(); torch.cuda.synchronize(); first = time.perf_counter() - t0
+        host_s = 0.0
+        for _ in range(self.warmup):
+            t0 = time.perf_counter(); fn(); host_s = max(host_s, time.perf_counter() - t0)
+            torch.cuda.synchronize()
+        est = statistics.median(self._cuda_runs(fn, 3, host_s))
+        times = self._cuda_runs(fn, self._reps_for(est), host_s)
+        return _timing(times, first)
+
+    def _cuda_runs(self, fn: Callable[[], Any], reps: int, host_s: float) -> list[float]:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for i in range(reps):
+            if self.flush:
+                self._flush_l2()
+            self._head_start(host_s)
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
+
+    def release(self) -> None:
+        self._flush_buf = None
+
+
+def _timing(times: list[float], first: float) -> Timing:
+    return Timing(median_s=statistics.median(times), min_s=min(times), max_s=max(times),
+                  mean_s=statistics.fmean(times), reps=len(times), first_call_s=first,
+                  times_s=times)
+
+
+def measure_copy_bandwidth(device: torch.device, quick: bool = False) -> dict[str, Any]:
+    """Copy bandwidth in bytes/s, counting bytes read + bytes written.
+
+    CUDA: ``dst.copy_(src)`` of 1 GiB device-to-device (no flush needed: 2 GiB >> L2), median.
+    CPU: ``dst.copy_(src)`` of 256 MiB (64 MiB with quick), median.
+    """
+    nbytes = (1 << 30) if device.type == "cuda" else ((64 if quick else 256) << 20)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    src.fill_(1)
+    dst = torch.empty_like(src)
+    t = Timer(device, quick=quick, flush=False, reps=(5 if quick else 20))
+    timing = t.time(lambda: dst.copy_(src))
+    del src, dst
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    bps = 2 * nbytes / timing.median_s
+    return {"copy_bytes": nbytes, "bytes_per_s": bps, "GBps": bps / 1e9,
+            "median_s": timing.median_s, "method": "dst.copy_(src), read+write bytes"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+class Report:
+    """Collects records and appends one run to a JSON file:
+
+    ``{"schema": "mmm-bench/1", "runs": [{"bench", "argv", "args", "env", "copy_bandwidth",
+    "notes", "skipped", "records": [...]}, ...]}``
+    """
+
+    def __init__(self, bench: str, args: argparse.Namespace, env: dict[str, Any],
+                 copy_bw: dict[str, Any] | None):
+        self.run: dict[str, Any] = {
+            "bench": bench,
+            "argv": sys.argv[1:],
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "env": env,
+            "copy_bandwidth": copy_bw,
+            "notes": {},
+            "skipped": [],
+            "records": [],
+        }
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.run["records"]
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def save(self, path: Path | None) -> None:
+        if path is None:
+            return
+        path = Path(path)
+        data: dict[str, Any] = {"schema": SCHEMA, "runs": []}
+        if path.exists():
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+                if isinstance(old, dict) and isinstance(old.get("runs"), list):
+                    data = old
+                else:
+                    raise ValueError("not an mmm-bench file")
+            except (OSError, ValueError) as e:
+                backup = path.with_suffix(path.suffix + ".bad")
+                print(f"warning: {path} unreadable ({e}); moved to {backup}", file=sys.stderr)
+                path.replace(backup)
+        data["runs"].append(self.run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, default=_json_default)
+            f.write("\n")
+        tmp.replace(path)
+        print(f"wrote {len(self.records)} records to {path}")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (torch.dtype, torch.device, Path)):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return repr(o)
+
+
+def fmt(v: Any, spec: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "nan"
+        return format(v, spec) if spec else f"{v:g}"
+    return str(v)
+
+
+def print_table(rows: Iterable[dict[str, Any]],
+                columns: Sequence[tuple[str, str, str]], file=None) -> None:
+    """columns: (key, header, format spec). Numbers right-aligned, text left-aligned."""
+    rows = list(rows)
+    cells = [[fmt(r.get(k), spec) for k, _, spec in columns] for r in rows]
+    heads = [h for _, h, _ in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    numeric = [all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows)
+               for k, _, _ in columns]
+
+    def line(vals: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(vals, widths, numeric)).rstrip()
+
+    out = file or sys.stdout
+    print(line(heads), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for c in cells:
+        print(line(c), file=out)
+    out.flush()
+
+
+def describe_env(env: dict[str, Any], copy_bw: dict[str, Any] | None) -> str:
+    bw = f"{copy_bw['GBps']:.0f} GB/s" if copy_bw else "n/a"
+    mmm = env["mmm"]
+    mmm_s = ("mmm " + str(mmm.get("version"))) if mmm.get("importable") else "mmm not importable"
+    return (f"{env['device_name']} | torch {env['torch']} | {mmm_s} | commit "
+            f"{env['commit'][:12]}{'+dirty' if env.get('dirty') else ''} | {env['date']} | "
+            f"copy bandwidth {bw}")
