@@ -36,14 +36,21 @@ void with_row_shape(RowShape shape, F&& f) {
   }
 }
 
-// Enough CTAs to fill every SM once at full occupancy; each then strides over rows.
+// Enough CTAs to fill every SM once at full occupancy; each then strides over rows. The
+// device query is cached per (kernel, device): it would otherwise cost microseconds per launch.
 template <typename Kernel>
 int64_t persistent_grid(Kernel kernel, int threads, int64_t row_groups, int device) {
-  int sms = 0, per_sm = 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
-  const int64_t full = int64_t(sms) * (per_sm > 0 ? per_sm : 1);
-  return row_groups < full ? row_groups : full;
+  constexpr int kMaxDevices = 64;
+  static int resident[kMaxDevices] = {};  // CTAs resident at once; 0 = not asked yet
+  int full = device >= 0 && device < kMaxDevices ? resident[device] : 0;
+  if (full == 0) {
+    int sms = 0, per_sm = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+    full = sms * (per_sm > 0 ? per_sm : 1);
+    if (device >= 0 && device < kMaxDevices) resident[device] = full;
+  }
+  return row_groups < full ? row_groups : int64_t(full);
 }
 
 // 16-byte vector access is allowed iff every row of every operand starts 16-byte aligned.

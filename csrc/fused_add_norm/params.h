@@ -22,8 +22,8 @@ struct FusedAddNormFwdParams {
   void* out = nullptr;            int64_t out_row_stride = 0;  // dtype: x_dtype
   void* h_out = nullptr;          int64_t h_row_stride = 0;    // residual_out; may be null
   DType h_dtype = DType::kFloat32;  // residual and residual_out: x_dtype or fp32
-  // (rows,) statistics in fp32 (fp64 when x is fp64, which only the CPU accepts); mean is
-  // unused (may be null) when rms.
+  // (rows,) statistics in fp32 (fp64 when x is fp64, which only the CPU accepts), both
+  // required; mean is unused (may be null) when rms.
   void* mean = nullptr;
   void* rstd = nullptr;
 
@@ -49,7 +49,8 @@ struct FusedAddNormBwdParams {
   void* dresidual = nullptr;      int64_t dres_row_stride = 0;   // dtype: h_dtype; may be null
   void* dweight = nullptr;        void* dbias = nullptr;         // (cols,) w_dtype; may be null
 
-  // Scratch for the deterministic weight/bias reduction; size from *_workspace_bytes().
+  // Scratch for the deterministic weight/bias reduction; size from *_workspace_bytes() (the CPU
+  // needs it even without dweight/dbias; CUDA then asks for none).
   void* workspace = nullptr;
 
   bool rms = false;

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmm.ops._autograd import no_double_backward
+
 
 def _check(x, weights, op):
     """The C++ glue's checks, for the fake kernels (torch.compile traces them), same messages."""
@@ -72,6 +74,8 @@ def _monarch_backward(ctx, grad_y):
 
 torch.library.register_autograd("mmm::block_diag_matmul", _block_diag_backward, setup_context=_save_inputs)
 torch.library.register_autograd("mmm::monarch_matmul", _monarch_backward, setup_context=_save_inputs)
+no_double_backward("mmm::block_diag_matmul_backward", "block_diag_matmul")
+no_double_backward("mmm::monarch_matmul_backward", "monarch_matmul")
 
 
 def block_diag_matmul(x: Tensor, w: Tensor) -> Tensor:

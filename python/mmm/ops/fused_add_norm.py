@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mmm.ops._autograd import no_double_backward
+
 _ACTIVATIONS = ("none", "gelu", "gelu_tanh")
 
 
@@ -124,6 +126,7 @@ def _backward(ctx, grad_out, grad_h_out, grad_mean, grad_rstd):
 
 
 torch.library.register_autograd("mmm::fused_add_norm", _backward, setup_context=_setup_context)
+no_double_backward("mmm::fused_add_norm_backward", "fused_add_norm")
 
 
 def _new_dropout_seed() -> Tensor:
