@@ -428,40 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
 
     timer = common.Timer(device, quick=args.quick, reps=args.reps)
-    table = []
-    for i, c in enumerate(cases):
-        elapsed = time.perf_counter() - t_start
-        if args.budget is not None and elapsed > args.budget:
-            report.run["skipped"] = [x.name for x in cases[i:]]
-            print(f"budget of {args.budget:.0f} s spent: skipping {len(cases) - i} cases: "
-                  + ", ".join(x.name for x in cases[i:]), flush=True)
-            break
-        print(f"[{i + 1}/{len(cases)}] {c.name} ({elapsed:.0f} s)", flush=True)
-        try:
-            table += run_case(c, impls, device, timer, copy_bw["bytes_per_s"], report)
-        except Exception as e:  # noqa: BLE001 - e.g. out of memory while making the inputs
-            print(f"  [{c.name}] failed: {e}", file=sys.stderr)
-            report.add({"case": c.name, "status": "error", "error": str(e)[:300]})
-    timer.release()
-
-    print()
-    print(common.describe_env(env, copy_bw))
-    common.print_table(table, COLUMNS)
-    print("speed-up = best peer time / mmm time; GB/s and %BW use the byte model in the "
-          "docstring; %BW is relative to the measured copy bandwidth.")
-    report.run["wall_s"] = time.perf_counter() - t_start
-    report.save(args.out)
-    failed_checks = [r for r in table if str(r.get("check", "")).startswith(("FAIL", "error"))]
-    errors = [r for r in report.records if r.get("status") == "error"]
-    mmm_errors = [r for r in errors if r.get("impl") in ("mmm", None)]
-    if errors:
-        print(f"{len(errors)} errored measurements ({len(mmm_errors)} of mmm or whole cases)",
-              file=sys.stderr)
-    if failed_checks or mmm_errors:
-        print(f"{len(failed_checks)} failed checks, {len(mmm_errors)} mmm errors -> exit 1",
-              file=sys.stderr)
-        return 1
-    return 0
+    return common.run_cases(
+        cases, lambda c: run_case(c, impls, device, timer, copy_bw["bytes_per_s"], report),
+        args=args, report=report, timer=timer, env=env, copy_bw=copy_bw, columns=COLUMNS,
+        footer=("speed-up = best peer time / mmm time; GB/s and %BW use the byte model in the "
+                "docstring; %BW is relative to the measured copy bandwidth."),
+        t_start=t_start)
 
 
 if __name__ == "__main__":

@@ -427,3 +427,43 @@ def describe_env(env: dict[str, Any], copy_bw: dict[str, Any] | None) -> str:
     return (f"{env['device_name']} | torch {env['torch']} | {mmm_s} | commit "
             f"{env['commit'][:12]}{'+dirty' if env.get('dirty') else ''} | {env['date']} | "
             f"copy bandwidth {bw}")
+
+
+def run_cases(cases: Sequence[Any], run_one: Callable[[Any], list], *, args: argparse.Namespace,
+              report: "Report", timer: "Timer", env: dict[str, Any], copy_bw: dict[str, Any],
+              columns: Sequence[tuple], footer: str, t_start: float) -> int:
+    """Runs every case (within --budget), prints the environment and the table, saves the
+    report, and returns the exit status: 1 if a check of mmm failed or mmm errored."""
+    table: list = []
+    for i, c in enumerate(cases):
+        elapsed = time.perf_counter() - t_start
+        if args.budget is not None and elapsed > args.budget:
+            report.run["skipped"] = [x.name for x in cases[i:]]
+            print(f"budget of {args.budget:.0f} s spent: skipping {len(cases) - i} cases: "
+                  + ", ".join(x.name for x in cases[i:]), flush=True)
+            break
+        print(f"[{i + 1}/{len(cases)}] {c.name} ({elapsed:.0f} s)", flush=True)
+        try:
+            table += run_one(c)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory while making the inputs
+            print(f"  [{c.name}] failed: {e}", file=sys.stderr)
+            report.add({"case": c.name, "status": "error", "error": str(e)[:300]})
+    timer.release()
+
+    print()
+    print(describe_env(env, copy_bw))
+    print_table(table, columns)
+    print(footer)
+    report.run["wall_s"] = time.perf_counter() - t_start
+    report.save(args.out)
+    failed_checks = [r for r in table if str(r.get("check", "")).startswith(("FAIL", "error"))]
+    errors = [r for r in report.records if r.get("status") == "error"]
+    mmm_errors = [r for r in errors if r.get("impl") in ("mmm", None)]
+    if errors:
+        print(f"{len(errors)} errored measurements ({len(mmm_errors)} of mmm or whole cases)",
+              file=sys.stderr)
+    if failed_checks or mmm_errors:
+        print(f"{len(failed_checks)} failed checks, {len(mmm_errors)} mmm errors -> exit 1",
+              file=sys.stderr)
+        return 1
+    return 0
