@@ -1,7 +1,7 @@
 // fused_add_norm CUDA kernels.
 //
 //   fwd         h = dropout(x) + residual; stats; out = act(norm(h) * w + b). One pass over HBM.
-//   bwd         dx, dresidual from (dout, h, stats); weight/bias partial sums per row group.
+//   bwd         dx, dresidual from (dout, h, stats); weight/bias partial sums, one row per CTA.
 //   bwd_dwdb    (rows that do not fit in registers) weight/bias partial sums, column-parallel.
 //   reduce_dwdb the partials summed in a fixed order -> dweight, dbias (deterministic).
 //
@@ -242,7 +242,7 @@ __device__ __forceinline__ void bwd_write(const FusedAddNormBwdParams& p, int64_
 }
 
 // Cached variant: also accumulates dweight/dbias for this thread's columns over all rows the
-// row group visits, then writes them as one partial row: workspace[group][2][cols] (fp32).
+// CTA visits, then writes them as one partial row per CTA: workspace[cta][2][cols] (fp32).
 template <class K>
 __global__ void __launch_bounds__(K::kThreads)
     fused_add_norm_bwd_kernel(const FusedAddNormBwdParams p, const bool vec) {
@@ -312,15 +312,42 @@ __global__ void __launch_bounds__(K::kThreads)
 
   if constexpr (K::kCached) {
     if (p.workspace && (p.dweight || p.dbias)) {
-      // Every group writes its partial row, zeros included, so the reduction reads no garbage.
-      float* ws_w = static_cast<float*>(p.workspace) + group * 2 * n;
-      float* ws_b = ws_w + n;
+      if constexpr (K::kRowsPerCta > 1) {
+        // The CTA's row warps own the same columns: fold warps 1.. into warp 0 through shared
+        // memory, in warp order (deterministic), so the CTA writes one partial row, not
+        // kRowsPerCta: for short rows the workspace traffic would otherwise rival the op's.
+        __shared__ float fold[K::kRowsPerCta - 1][2][kAcc][kVec][32];  // lane last: no conflicts
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        if (warp > 0)
 #pragma unroll
-      for (int k = 0; k < K::kChunks; ++k) {
-        const int64_t c0 = (int64_t(lane_in_row) + int64_t(k) * K::kRowThreads) * kVec;
-        if (c0 < n) {
-          store_chunk<kVec>(ws_w, dw[k], c0, n, n % 4 == 0);
-          store_chunk<kVec>(ws_b, db[k], c0, n, n % 4 == 0);
+          for (int k = 0; k < kAcc; ++k)
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) {
+              fold[warp - 1][0][k][i][lane] = dw[k][i];
+              fold[warp - 1][1][k][i][lane] = db[k][i];
+            }
+        __syncthreads();
+        if (warp == 0)
+          for (int w = 0; w < K::kRowsPerCta - 1; ++w)
+#pragma unroll
+            for (int k = 0; k < kAcc; ++k)
+#pragma unroll
+              for (int i = 0; i < kVec; ++i) {
+                dw[k][i] += fold[w][0][k][i][lane];
+                db[k][i] += fold[w][1][k][i][lane];
+              }
+      }
+      // Every CTA writes its partial row, zeros included, so the reduction reads no garbage.
+      if (threadIdx.x < K::kRowThreads) {
+        float* ws_w = static_cast<float*>(p.workspace) + int64_t(blockIdx.x) * 2 * n;
+        float* ws_b = ws_w + n;
+#pragma unroll
+        for (int k = 0; k < K::kChunks; ++k) {
+          const int64_t c0 = (int64_t(lane_in_row) + int64_t(k) * K::kRowThreads) * kVec;
+          if (c0 < n) {
+            store_chunk<kVec>(ws_w, dw[k], c0, n, n % 4 == 0);
+            store_chunk<kVec>(ws_b, db[k], c0, n, n % 4 == 0);
+          }
         }
       }
     }

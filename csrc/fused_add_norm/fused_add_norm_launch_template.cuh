@@ -96,7 +96,7 @@ BwdPlan plan_bwd_t(const FusedAddNormBwdParams& p, int device) {
     plan.grid = persistent_grid(fused_add_norm_bwd_kernel<K>, K::kThreads,
                                 ceil_div(p.rows, K::kRowsPerCta), device);
     if constexpr (K::kCached) {
-      plan.partials = plan.grid * K::kRowsPerCta;
+      plan.partials = plan.grid;  // one partial row per CTA
     } else {
       int sms = 0;
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
