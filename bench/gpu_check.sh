@@ -10,7 +10,7 @@
 #                -DMMM_BUILD_BENCHMARKS=ON), in the background (nice'd) while the
 #                tests run                                                        -> cpp-build.log
 #   selftest     python -m mmm                                                    -> selftest.log
-#   pytest_cuda  pytest tests -m cuda -x (fails if no test passed) -> pytest.log, pytest-cuda.xml
+#   pytest_cuda  pytest tests -m cuda --maxfail=30 (fails if none passed) -> pytest.log, pytest-cuda.xml
 #   pytest_rest  pytest tests -m "not cuda"                 -> pytest-rest.log, pytest-rest.xml
 #   memcheck     compute-sanitizer --tool memcheck  over pytest -m cuda -k sanitizer_subset
 #   racecheck    compute-sanitizer --tool racecheck over the same       -> memcheck.log, racecheck.log
@@ -214,7 +214,7 @@ fi
 step selftest "$OUTDIR/selftest.log" "$PYTHON" -m mmm
 
 # --- 3. tests ----------------------------------------------------------------------------------
-NEED_PASS=1 step pytest_cuda "$OUTDIR/pytest.log" "$PYTHON" -m pytest tests -m cuda -q -x -p no:cacheprovider \
+NEED_PASS=1 step pytest_cuda "$OUTDIR/pytest.log" "$PYTHON" -m pytest tests -m cuda -q --maxfail=30 -p no:cacheprovider \
   --junitxml="$OUTDIR/pytest-cuda.xml"
 OK_RC5=1 step pytest_rest "$OUTDIR/pytest-rest.log" "$PYTHON" -m pytest tests -m "not cuda" -q \
   --maxfail=20 -p no:cacheprovider --junitxml="$OUTDIR/pytest-rest.xml"
