@@ -1,0 +1,138 @@
+// Fast Walsh-Hadamard transform kernels (fp32 arithmetic whatever the storage type).
+//
+//   hadamard_segment_kernel  one CTA transforms one power-of-two segment of a row (the whole
+//                            row when it fits): each thread holds 8 consecutive elements per
+//                            chunk in registers; strides 1-4 are butterflies in registers,
+//                            strides 8-128 warp shuffles between lanes, and only strides >= 256
+//                            go through shared memory, one barrier per stage.
+//   hadamard_columns_kernel  rows longer than one CTA's shared memory: H_m = H_a (x) H_b, so after
+//                            the segment kernel has applied H_b to each of the a segments, a
+//                            thread per (row, column) applies H_a across them in registers.
+#pragma once
+#include "core/cuda_utils.cuh"
+
+namespace mmm {
+
+struct HadamardTile {
+  static constexpr int kChunk = 8;          // elements per thread per chunk
+  static constexpr int kMaxThreads = 1024;
+  static constexpr int kMaxChunks = 4;      // per thread: segments up to 32768 elements
+  static constexpr int64_t kMaxSegment = int64_t(kChunk) * kMaxThreads * kMaxChunks;
+  static constexpr int kRegisterOnly = kChunk * 32;  // segments this short need no shared memory
+};
+
+// in: a row's elements >= in_n read as zero (the implicit padding); out: only elements < out_n
+// are written. seg_len is a power of two; blockDim.x = clamp(seg_len / 8, 32, 1024).
+template <typename TI, typename TO>
+__global__ void __launch_bounds__(HadamardTile::kMaxThreads)
+    hadamard_segment_kernel(const TI* in, int64_t in_rs, int64_t in_n, TO* out, int64_t out_rs, int64_t out_n,
+                            int64_t rows, int64_t seg_len, int64_t segs_per_row, float scale) {
+  constexpr int kC = HadamardTile::kChunk, kK = HadamardTile::kMaxChunks;
+  extern __shared__ float smem[];  // (seg_len,) when seg_len > kRegisterOnly
+  const int nthreads = blockDim.x, tid = threadIdx.x, lane = tid % 32;
+  const int64_t L = seg_len;
+  for (int64_t seg = blockIdx.x; seg < rows * segs_per_row; seg += gridDim.x) {
+    const int64_t row = seg / segs_per_row, base = (seg % segs_per_row) * L;
+    const TI* src = in + row * in_rs + base;
+    float v[kK][kC];  // chunk c = k * nthreads + tid holds elements c*8 .. c*8+7 of the segment
+#pragma unroll
+    for (int k = 0; k < kK; ++k) {
+      const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+#pragma unroll
+      for (int i = 0; i < kC; ++i) v[k][i] = e0 + i < L && base + e0 + i < in_n ? to_f(src[e0 + i]) : 0.f;
+    }
+    // Strides 1, 2, 4: inside a chunk.
+#pragma unroll
+    for (int h = 1; h < kC; h *= 2) {
+      if (h >= L) break;
+#pragma unroll
+      for (int k = 0; k < kK; ++k)
+#pragma unroll
+        for (int i = 0; i < kC; ++i)
+          if ((i & h) == 0) {
+            const float a = v[k][i], b = v[k][i + h];
+            v[k][i] = a + b;
+            v[k][i + h] = a - b;
+          }
+    }
+    // Strides 8 .. 128: chunk c's partner c ^ bit lives in lane ^ bit (nthreads is a multiple
+    // of 32). Every lane shuffles; lanes past the segment hold zeros nobody valid reads.
+#pragma unroll
+    for (int bit = 1; bit < 32; bit *= 2) {
+      if (int64_t(kC) * bit >= L) break;
+#pragma unroll
+      for (int k = 0; k < kK; ++k)
+#pragma unroll
+        for (int i = 0; i < kC; ++i) {
+          const float other = __shfl_xor_sync(0xffffffffu, v[k][i], bit);
+          v[k][i] = (lane & bit) ? other - v[k][i] : v[k][i] + other;
+        }
+    }
+    // Strides >= 256: between warps and between a thread's chunks, through shared memory.
+    if (L > HadamardTile::kRegisterOnly) {
+#pragma unroll
+      for (int k = 0; k < kK; ++k) {
+        const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+        if (e0 < L)
+#pragma unroll
+          for (int i = 0; i < kC; ++i) smem[e0 + i] = v[k][i];
+      }
+      __syncthreads();
+      for (int64_t h = HadamardTile::kRegisterOnly; h < L; h *= 2) {
+        for (int64_t q = tid; q < L / 2; q += nthreads) {
+          const int64_t j = (q / h) * 2 * h + q % h;
+          const float a = smem[j], b = smem[j + h];
+          smem[j] = a + b;
+          smem[j + h] = a - b;
+        }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int k = 0; k < kK; ++k) {
+        const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+        if (e0 < L)
+#pragma unroll
+          for (int i = 0; i < kC; ++i) v[k][i] = smem[e0 + i];
+      }
+      __syncthreads();  // the next segment reuses smem
+    }
+    TO* dst = out + row * out_rs + base;
+#pragma unroll
+    for (int k = 0; k < kK; ++k) {
+      const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+#pragma unroll
+      for (int i = 0; i < kC; ++i)
+        if (e0 + i < L && base + e0 + i < out_n) dst[e0 + i] = from_f<TO>(v[k][i] * scale);
+    }
+  }
+}
+
+// ws: (rows, a * b) fp32 after the segment pass; applies H_a over i for each (row, c < b):
+// elements ws[row, i*b + c].
+template <int kA, typename TO>
+__global__ void __launch_bounds__(256)
+    hadamard_columns_kernel(const float* ws, int64_t rows, int64_t b, TO* out, int64_t out_rs, int64_t n, float scale) {
+  const int64_t total = rows * b;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / b, c = idx % b;
+    const float* src = ws + row * kA * b + c;
+    float v[kA];
+#pragma unroll
+    for (int i = 0; i < kA; ++i) v[i] = src[i * b];
+#pragma unroll
+    for (int h = 1; h < kA; h *= 2)
+#pragma unroll
+      for (int i = 0; i < kA; ++i)
+        if ((i & h) == 0) {
+          const float x0 = v[i], x1 = v[i + h];
+          v[i] = x0 + x1;
+          v[i + h] = x0 - x1;
+        }
+#pragma unroll
+    for (int i = 0; i < kA; ++i)
+      if (i * b + c < n) out[row * out_rs + i * b + c] = from_f<TO>(v[i] * scale);
+  }
+}
+
+}  // namespace mmm
