@@ -30,6 +30,18 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_ad
 #endif
 }
 
+// As ldmatrix_x4, transposed: lane l receives M[2(l%4)][l/4] (low) and M[2(l%4)+1][l/4] (high)
+// of matrix j in register j, i.e. row l/4 of M's transpose.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row_addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row_addr)));
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
 // D = A * B + D for one m16n8k16 tile; T is __half or __nv_bfloat16.
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -74,6 +86,34 @@ __device__ __forceinline__ void load_b_frags(uint32_t (&b_lo)[2], uint32_t (&b_h
   b_lo[1] = r[1];
   b_hi[0] = r[2];
   b_hi[1] = r[3];
+}
+
+// B fragments of two adjacent n8 tiles (n0, n0+8) over k0..k0+15 of a ROW-major [k][n] shared
+// tile (B stored as it multiplies, e.g. V in P·V): ldmatrix .trans, lane l addresses row
+// k0 + l%16, column n0 + 8*(l/16).
+template <typename T>
+__device__ __forceinline__ void load_b_frags_kn(uint32_t (&b_lo)[2], uint32_t (&b_hi)[2], const T* tile, int pitch,
+                                                int k0, int n0) {
+  const int l = threadIdx.x % 32;
+  uint32_t r[4];
+  ldmatrix_x4_trans(r, tile + (k0 + l % 16) * pitch + n0 + 8 * (l / 16));
+  b_lo[0] = r[0];
+  b_lo[1] = r[1];
+  b_hi[0] = r[2];
+  b_hi[1] = r[3];
+}
+
+// Two fp32 values as one register of two 16-bit values, the first in the low half: the A
+// operand of an mma built from accumulators (P in P·V).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
 }
 
 }  // namespace mmm

@@ -5,12 +5,16 @@
 //   convert     device fp16/bf16 <-> fp32 == the host twins in core/numeric.h, bit for bit
 //   chunks      load_chunk/store_chunk round trips, vector and scalar paths, ragged row ends
 //   reductions  warp_sum and row_sum<1|4|16> == exact host sums
-//   mma         ldmatrix fragments + mma.sync m16n8k16 (fp16, bf16) == a host matmul, exactly
+//   mma         ldmatrix fragments + mma.sync m16n8k16 (fp16, bf16) == a host matmul, exactly,
+//               with B stored [n][k] (ldmatrix) and [k][n] (ldmatrix .trans), and P·V-style A
+//               operands packed from accumulators; cp.async copies and zero-fills
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_utils.cuh"
+#include "core/cp_async.cuh"
 #include "core/mma.cuh"
 #include "core/numeric.h"
 #include "core/philox.h"
@@ -266,6 +270,92 @@ __global__ void mma_kernel(const float* a, const float* b, float* c) {
   }
 }
 
+// C2 = A * B with B given row-major [k][n] (loaded with .trans), and C3 = (A * B) * B where the
+// first product's accumulators become the second's A operand through pack2 (the P·V path).
+// Tiles arrive through cp.async; sb gets a zero-filled 17th row that must read back as zeros.
+template <typename T>
+__global__ void mma_kn_kernel(const T* ga, const T* gb, float* c2, float* c3, int* zero_ok) {
+  constexpr int kPitch = 24;
+  __shared__ __align__(16) T sa[16 * kPitch], sb[17 * kPitch];
+  for (int ch = threadIdx.x; ch < 2 * 16; ch += 32) {  // 16 rows x 2 chunks of 8 elements
+    const int r = ch / 2, col = (ch % 2) * 8;
+    cp_async_16(sa + r * kPitch + col, ga + r * 16 + col, true);
+    cp_async_16(sb + r * kPitch + col, gb + r * 16 + col, true);
+  }
+  if (threadIdx.x < 2) cp_async_16(sb + 16 * kPitch + threadIdx.x * 8, gb, false);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncwarp();
+  uint32_t fa[4], b_lo[2], b_hi[2];
+  load_a_frag(fa, sa, kPitch, 0, 0);
+  load_b_frags_kn(b_lo, b_hi, sb, kPitch, 0, 0);  // B[k][n]: n-tiles 0 and 8
+  float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_m16n8k16<T>(d0, fa, b_lo);
+  mma_m16n8k16<T>(d1, fa, b_hi);
+  const int g = threadIdx.x / 4, t = threadIdx.x % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    c2[row * 16 + col] = d0[i];
+    c2[row * 16 + 8 + col] = d1[i];
+  }
+  const uint32_t fp[4] = {pack2<T>(d0[0], d0[1]), pack2<T>(d0[2], d0[3]), pack2<T>(d1[0], d1[1]), pack2<T>(d1[2], d1[3])};
+  float e0[4] = {0.f, 0.f, 0.f, 0.f}, e1[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_m16n8k16<T>(e0, fp, b_lo);
+  mma_m16n8k16<T>(e1, fp, b_hi);
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    c3[row * 16 + col] = e0[i];
+    c3[row * 16 + 8 + col] = e1[i];
+  }
+  if (threadIdx.x == 0) {
+    int ok = 1;
+    for (int j = 0; j < 16; ++j) ok &= to_f(sb[16 * kPitch + j]) == 0.f;
+    *zero_ok = ok;
+  }
+}
+
+template <typename T>
+static void test_mma_kn(const char* name) {
+  // Entries in {-1, 0, 1}: A*B stays within +-16 and (A*B)*B within +-256, exact in fp16/bf16.
+  std::vector<float> a(256), b(256), c2(256, 0.f), c3(256, 0.f);
+  for (int i = 0; i < 256; ++i) {
+    a[i] = float(int((i * 29u + 3u) % 3) - 1);
+    b[i] = float(int((i * 41u + 7u) % 3) - 1);
+  }
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n)
+      for (int k = 0; k < 16; ++k) c2[m * 16 + n] += a[m * 16 + k] * b[k * 16 + n];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n)
+      for (int k = 0; k < 16; ++k) c3[m * 16 + n] += c2[m * 16 + k] * b[k * 16 + n];
+  // cp.async reads global memory: the operands go up already in T (host twins convert).
+  std::vector<uint16_t> ha(256), hb(256);
+  for (int i = 0; i < 256; ++i) {
+    if constexpr (std::is_same_v<T, __half>) {
+      ha[i] = from_float<Half>(a[i]).bits;
+      hb[i] = from_float<Half>(b[i]).bits;
+    } else {
+      ha[i] = from_float<BFloat16>(a[i]).bits;
+      hb[i] = from_float<BFloat16>(b[i]).bits;
+    }
+  }
+  DeviceBuffer<uint16_t> da(256), db(256);
+  DeviceBuffer<float> dc2(256), dc3(256);
+  DeviceBuffer<int> dz(1);
+  da.upload(ha);
+  db.upload(hb);
+  mma_kn_kernel<T><<<1, 32>>>(reinterpret_cast<const T*>(da.ptr), reinterpret_cast<const T*>(db.ptr), dc2.ptr,
+                              dc3.ptr, dz.ptr);
+  CUDA_OK(cudaGetLastError());
+  const auto g2 = dc2.download(), g3 = dc3.download();
+  int bad = 0;
+  for (int i = 0; i < 256; ++i)
+    if ((g2[i] != c2[i] || g3[i] != c3[i]) && bad++ < 5)
+      std::printf("  [%d][%d]: A*B got %g want %g; (A*B)*B got %g want %g\n", i / 16, i % 16, g2[i], c2[i], g3[i], c3[i]);
+  check(bad == 0, name);
+  check(dz.download()[0] == 1, "cp.async with src-size 0 zero-fills");
+}
+
 template <typename T>
 static void test_mma(const char* name) {
   // Small integers: every product and sum is exact in fp32, so the check can be exact.
@@ -308,6 +398,8 @@ int main() {
   test_row_sum<16>();
   test_mma<__half>("ldmatrix + mma.sync m16n8k16 fp16 == host matmul");
   test_mma<__nv_bfloat16>("ldmatrix + mma.sync m16n8k16 bf16 == host matmul");
+  test_mma_kn<__half>("ldmatrix.trans B[k][n] + accumulators as A (P.V path), fp16");
+  test_mma_kn<__nv_bfloat16>("ldmatrix.trans B[k][n] + accumulators as A (P.V path), bf16");
   CUDA_OK(cudaDeviceSynchronize());
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;

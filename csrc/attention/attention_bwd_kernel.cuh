@@ -1,0 +1,313 @@
+// fused_attention backward on CUDA (sm_80+), FlashAttention-2's algorithm in three kernels with
+// no atomics, so dq, dk and dv are bitwise reproducible:
+//
+//   attention_bwd_dot_kernel   delta = rowsum(dO ∘ O) per query row (fp32 scratch).
+//   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 64 keys); each warp owns 16 keys and
+//                              works on transposed scores, Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ come out of
+//                              the accumulators already in the A-operand layout of
+//                              dV += Pᵀ·dO and dK += dSᵀ·Q: no shared-memory transposes. The
+//                              query heads of a GQA group are summed in order inside the CTA.
+//   attention_bwd_dq_kernel    a CTA per (batch, head, 64 queries) recomputes S = Q·Kᵀ and
+//                              dP = dO·Vᵀ and accumulates dQ += dS·K in registers.
+// P = exp(S·scale − lse) is recomputed from the forward's lse (+inf on rows with no key, so
+// P = 0 there); masked entries are −inf before the exp. The price of determinism without
+// atomics is computing S and dP twice.
+#pragma once
+#include "attention/attention_fwd_kernel.cuh"
+
+namespace mmm {
+
+template <int kD_, typename T_>
+struct AttnBwdTraits {
+  using T = T_;
+  static constexpr int kD = kD_;
+  // Each warp keeps two (16, kD) fp32 accumulators (dK and dV) plus two (16, kBlockCols) score
+  // tiles in registers: 32-column steps from d = 96 up; 2 warps above d = 128 so the four
+  // shared tiles fit a 99 KB block (d = 256 still spills some registers).
+  static constexpr int kWarps = kD <= 128 ? 4 : 2, kThreads = 32 * kWarps;
+  static constexpr int kBlockRows = 16 * kWarps;         // keys (dkdv) or queries (dq) per CTA
+  static constexpr int kBlockCols = kD <= 64 ? 64 : 32;  // queries (dkdv) or keys (dq) per step
+  static constexpr int kPitch = kD + 8;                   // as the forward: conflict-free ldmatrix
+  // dkdv: rows K, V; step Q, dO.  dq: rows Q, dO; step K, V.
+  static constexpr int kSmemBytes = 2 * (kBlockRows + kBlockCols) * kPitch * int(sizeof(T));
+  static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8;
+  static_assert(kD % 16 == 0 && kBlockCols % 16 == 0, "tile shape");
+  // The forward's tile loader, which only needs kD and kPitch.
+  using Loader = AttnFwdTraits<kD, T>;
+  static_assert(Loader::kPitch == kPitch, "shared loader");
+};
+
+// One warp per query row: delta[(b*Hq + h)*Sq + i] = sum_d dO[i, d] * O[i, d] (fp32).
+template <typename T>
+__global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionBwdParams p, float* delta) {
+  const AttentionFwdParams& f = p.fwd;
+  const int64_t rows = f.batch * f.heads_q * f.seqlen_q;
+  const int lane = threadIdx.x % 32;
+  for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x / 32) {
+    const int64_t i = r % f.seqlen_q, bh = r / f.seqlen_q, b = bh / f.heads_q, h = bh % f.heads_q;
+    const T* o = static_cast<const T*>(f.out) + b * f.o_s.batch + h * f.o_s.head + i * f.o_s.row;
+    const T* d = static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head + i * p.do_s.row;
+    float s = 0.f;
+    for (int64_t c = lane; c < f.head_dim; c += 32) s += to_f(o[c]) * to_f(d[c]);
+    s = warp_sum(s);
+    if (lane == 0) delta[r] = s;
+  }
+}
+
+// Is key `col` visible from query `row`? (bottom-right aligned causal / window, see params.h)
+__device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_t row, int64_t col) {
+  const int64_t shift = f.seqlen_k - f.seqlen_q;
+  return row < f.seqlen_q && col < f.seqlen_k && (f.window_right < 0 || col <= row + shift + f.window_right) &&
+         (f.window_left < 0 || col >= row + shift - f.window_left);
+}
+
+template <class K>
+__global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
+  using T = typename K::T;
+  using L = typename K::Loader;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kP = K::kPitch;
+  const AttentionFwdParams& f = p.fwd;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* s_k = reinterpret_cast<T*>(smem_raw);  // (kR keys, kD)
+  T* s_v = s_k + kR * kP;                   // (kR keys, kD)
+  T* s_q = s_v + kR * kP;                   // (kC queries, kD)
+  T* s_do = s_q + kC * kP;                  // (kC queries, kD)
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t bhk = blockIdx.x, b = bhk / f.heads_kv, hk = bhk % f.heads_kv;
+  const int64_t n0 = int64_t(blockIdx.y) * kR;
+  const int64_t sq = f.seqlen_q, sk = f.seqlen_k, shift = sk - sq;
+  const int64_t group = f.heads_q / f.heads_kv;
+  const float scale_log2 = f.scale * 1.44269504088896340736f;
+
+  load_tile_async<L>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk, kR, f.head_dim);
+  load_tile_async<L>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk, kR, f.head_dim);
+  cp_async_commit();
+
+  // Queries that can see any of these keys; other query tiles are skipped.
+  const int64_t n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
+  int64_t m_lo = f.window_right >= 0 ? n0 - shift - f.window_right : 0;
+  int64_t m_hi = f.window_left >= 0 ? n_last - shift + f.window_left + 1 : sq;  // exclusive
+  m_lo = m_lo < 0 ? 0 : m_lo;
+  m_hi = m_hi > sq ? sq : m_hi;
+  const int64_t mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? ceil_div(m_hi, kC) : mb_lo;
+
+  float dk[K::kDTiles][4], dv[K::kDTiles][4];  // this warp's 16 keys x kD
+#pragma unroll
+  for (int d = 0; d < K::kDTiles; ++d)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
+
+  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+    const T* q = static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head;
+    const T* dout = static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head;
+    const float* lse = f.lse + (b * f.heads_q + h) * sq;
+    const float* dl = delta + (b * f.heads_q + h) * sq;
+    for (int64_t mb = mb_lo; mb < mb_hi; ++mb) {
+      const int64_t m0 = mb * kC;
+      load_tile_async<L>(s_q, q, f.q_s.row, m0, sq, kC, f.head_dim);
+      load_tile_async<L>(s_do, dout, p.do_s.row, m0, sq, kC, f.head_dim);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+
+      // Sᵀ (16 keys x kC queries) = K·Qᵀ and dPᵀ = V·dOᵀ: A from [key][d], B from [query][d].
+      float st[K::kCTiles][4], dpt[K::kCTiles][4];
+#pragma unroll
+      for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) st[j][c] = dpt[j][c] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < K::kD; kk += 16) {
+        uint32_t a_k[4], a_v[4];
+        load_a_frag(a_k, s_k, kP, warp * 16, kk);
+        load_a_frag(a_v, s_v, kP, warp * 16, kk);
+#pragma unroll
+        for (int j = 0; j < K::kCTiles; j += 2) {
+          uint32_t b_lo[2], b_hi[2];
+          load_b_frags(b_lo, b_hi, s_q, kP, j * 8, kk);
+          mma_m16n8k16<T>(st[j], a_k, b_lo);
+          mma_m16n8k16<T>(st[j + 1], a_k, b_hi);
+          load_b_frags(b_lo, b_hi, s_do, kP, j * 8, kk);
+          mma_m16n8k16<T>(dpt[j], a_v, b_lo);
+          mma_m16n8k16<T>(dpt[j + 1], a_v, b_hi);
+        }
+      }
+      // Pᵀ = exp(Sᵀ·scale − lse[query]); dSᵀ = Pᵀ ∘ (dPᵀ − delta[query]). Row = key, col = query.
+#pragma unroll
+      for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int64_t key = n0 + warp * 16 + g + 8 * (c / 2), query = m0 + j * 8 + 2 * t + c % 2;
+          const bool ok = attn_visible(f, query, key);
+          const float l = ok ? lse[query] : INFINITY;
+          const float pt = ok ? exp2f(st[j][c] * scale_log2 - l * 1.44269504088896340736f) : 0.f;
+          st[j][c] = pt;
+          dpt[j][c] = ok ? pt * (dpt[j][c] - dl[query]) : 0.f;
+        }
+      // dV += Pᵀ·dO and dK += dSᵀ·Q (scale applied at the end): B from [query][d] row-major.
+#pragma unroll
+      for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
+        const uint32_t a_p[4] = {pack2<T>(st[2 * kc][0], st[2 * kc][1]), pack2<T>(st[2 * kc][2], st[2 * kc][3]),
+                                 pack2<T>(st[2 * kc + 1][0], st[2 * kc + 1][1]),
+                                 pack2<T>(st[2 * kc + 1][2], st[2 * kc + 1][3])};
+        const uint32_t a_ds[4] = {pack2<T>(dpt[2 * kc][0], dpt[2 * kc][1]), pack2<T>(dpt[2 * kc][2], dpt[2 * kc][3]),
+                                  pack2<T>(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
+                                  pack2<T>(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+#pragma unroll
+        for (int d = 0; d < K::kDTiles; d += 2) {
+          uint32_t b_lo[2], b_hi[2];
+          load_b_frags_kn(b_lo, b_hi, s_do, kP, kc * 16, d * 8);
+          mma_m16n8k16<T>(dv[d], a_p, b_lo);
+          mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
+          load_b_frags_kn(b_lo, b_hi, s_q, kP, kc * 16, d * 8);
+          mma_m16n8k16<T>(dk[d], a_ds, b_lo);
+          mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
+        }
+      }
+      __syncthreads();  // the next step overwrites s_q and s_do
+    }
+  }
+  cp_async_wait<0>();
+
+  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_s.batch + hk * p.dk_s.head;
+  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int64_t key = n0 + warp * 16 + g + 8 * rh;
+    if (key >= sk) continue;
+#pragma unroll
+    for (int d = 0; d < K::kDTiles; ++d) {
+      const int64_t col = d * 8 + 2 * t;
+      if (col < f.head_dim) {
+        *reinterpret_cast<uint32_t*>(dk_out + key * p.dk_s.row + col) =
+            pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
+        *reinterpret_cast<uint32_t*>(dv_out + key * p.dv_s.row + col) = pack2<T>(dv[d][2 * rh], dv[d][2 * rh + 1]);
+      }
+    }
+  }
+}
+
+template <class K>
+__global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const AttentionBwdParams p, const float* delta) {
+  using T = typename K::T;
+  using L = typename K::Loader;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kP = K::kPitch;
+  const AttentionFwdParams& f = p.fwd;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* s_q = reinterpret_cast<T*>(smem_raw);  // (kR queries, kD)
+  T* s_do = s_q + kR * kP;                  // (kR queries, kD)
+  T* s_k = s_do + kR * kP;                  // (kC keys, kD)
+  T* s_v = s_k + kC * kP;                   // (kC keys, kD)
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t bh = blockIdx.x, b = bh / f.heads_q, h = bh % f.heads_q;
+  const int64_t hk = h / (f.heads_q / f.heads_kv);
+  const int64_t m0 = int64_t(blockIdx.y) * kR;
+  const int64_t sq = f.seqlen_q, sk = f.seqlen_k, shift = sk - sq;
+  const float scale_log2 = f.scale * 1.44269504088896340736f;
+  const T* k = static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head;
+  const T* v = static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head;
+
+  load_tile_async<L>(s_q, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, sq, kR, f.head_dim);
+  load_tile_async<L>(s_do, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head, p.do_s.row, m0, sq, kR,
+                     f.head_dim);
+  cp_async_commit();
+
+  const int64_t m_last = (m0 + kR < sq ? m0 + kR : sq) - 1;
+  int64_t n_lo = f.window_left >= 0 ? m0 + shift - f.window_left : 0;
+  int64_t n_hi = f.window_right >= 0 ? m_last + shift + f.window_right + 1 : sk;
+  n_lo = n_lo < 0 ? 0 : n_lo;
+  n_hi = n_hi > sk ? sk : n_hi;
+  const int64_t nb_lo = n_lo / kC, nb_hi = n_hi > n_lo ? ceil_div(n_hi, kC) : nb_lo;
+
+  const float* lse = f.lse + (b * f.heads_q + h) * sq;
+  const float* dl = delta + (b * f.heads_q + h) * sq;
+  float row_lse[2], row_delta[2];  // rows g and g + 8 of this warp
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int64_t row = m0 + warp * 16 + g + 8 * rh;
+    row_lse[rh] = row < sq ? lse[row] : INFINITY;
+    row_delta[rh] = row < sq ? dl[row] : 0.f;
+  }
+  float dq[K::kDTiles][4];
+#pragma unroll
+  for (int d = 0; d < K::kDTiles; ++d)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dq[d][c] = 0.f;
+
+  for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
+    const int64_t n0 = nb * kC;
+    load_tile_async<L>(s_k, k, f.k_s.row, n0, sk, kC, f.head_dim);
+    load_tile_async<L>(s_v, v, f.v_s.row, n0, sk, kC, f.head_dim);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    float s[K::kCTiles][4], dp[K::kCTiles][4];  // (16 queries, kC keys)
+#pragma unroll
+    for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) s[j][c] = dp[j][c] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < K::kD; kk += 16) {
+      uint32_t a_q[4], a_do[4];
+      load_a_frag(a_q, s_q, kP, warp * 16, kk);
+      load_a_frag(a_do, s_do, kP, warp * 16, kk);
+#pragma unroll
+      for (int j = 0; j < K::kCTiles; j += 2) {
+        uint32_t b_lo[2], b_hi[2];
+        load_b_frags(b_lo, b_hi, s_k, kP, j * 8, kk);
+        mma_m16n8k16<T>(s[j], a_q, b_lo);
+        mma_m16n8k16<T>(s[j + 1], a_q, b_hi);
+        load_b_frags(b_lo, b_hi, s_v, kP, j * 8, kk);
+        mma_m16n8k16<T>(dp[j], a_do, b_lo);
+        mma_m16n8k16<T>(dp[j + 1], a_do, b_hi);
+      }
+    }
+    // dS = P ∘ (dP − delta[row]) with P = exp(S·scale − lse[row]).
+#pragma unroll
+    for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int rh = c / 2;
+        const int64_t row = m0 + warp * 16 + g + 8 * rh, col = n0 + j * 8 + 2 * t + c % 2;
+        const bool ok = attn_visible(f, row, col);
+        const float pr = ok ? exp2f(s[j][c] * scale_log2 - row_lse[rh] * 1.44269504088896340736f) : 0.f;
+        dp[j][c] = ok ? pr * (dp[j][c] - row_delta[rh]) : 0.f;
+      }
+    // dQ += dS·K: B from [key][d] row-major.
+#pragma unroll
+    for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
+      const uint32_t a_ds[4] = {pack2<T>(dp[2 * kc][0], dp[2 * kc][1]), pack2<T>(dp[2 * kc][2], dp[2 * kc][3]),
+                                pack2<T>(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
+                                pack2<T>(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
+#pragma unroll
+      for (int d = 0; d < K::kDTiles; d += 2) {
+        uint32_t b_lo[2], b_hi[2];
+        load_b_frags_kn(b_lo, b_hi, s_k, kP, kc * 16, d * 8);
+        mma_m16n8k16<T>(dq[d], a_ds, b_lo);
+        mma_m16n8k16<T>(dq[d + 1], a_ds, b_hi);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  T* dq_out = static_cast<T*>(p.dq) + b * p.dq_s.batch + h * p.dq_s.head;
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int64_t row = m0 + warp * 16 + g + 8 * rh;
+    if (row >= sq) continue;
+#pragma unroll
+    for (int d = 0; d < K::kDTiles; ++d) {
+      const int64_t col = d * 8 + 2 * t;
+      if (col < f.head_dim)
+        *reinterpret_cast<uint32_t*>(dq_out + row * p.dq_s.row + col) =
+            pack2<T>(dq[d][2 * rh] * f.scale, dq[d][2 * rh + 1] * f.scale);
+    }
+  }
+}
+
+}  // namespace mmm

@@ -1,0 +1,60 @@
+// Launch of the attention kernels for one compiled head dimension; instantiated per head
+// dimension in instantiations/ so the build parallelises.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "attention/attention_bwd_kernel.cuh"
+#include "attention/attention_fwd_kernel.cuh"
+
+namespace mmm {
+
+template <class Kernel>
+cudaError_t allow_smem(Kernel kernel, int bytes) {
+  return bytes > 48 * 1024 ? cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)
+                           : cudaSuccess;
+}
+
+template <int kD, typename T>
+cudaError_t launch_attention_fwd_t(const AttentionFwdParams& p, cudaStream_t stream) {
+  using K = AttnFwdTraits<kD, T>;
+  auto kernel = attention_fwd_kernel<K>;
+  const cudaError_t err = allow_smem(kernel, K::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  // (batch * heads) on x (up to 2^31 - 1), query tiles on y (up to 65535 * 64 rows).
+  const dim3 grid(unsigned(p.batch * p.heads_q), unsigned(ceil_div(p.seqlen_q, K::kBlockM)));
+  kernel<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// delta: (B, Hq, Sq) fp32 scratch.
+template <int kD, typename T>
+cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, cudaStream_t stream) {
+  using K = AttnBwdTraits<kD, T>;
+  const AttentionFwdParams& f = p.fwd;
+  const int64_t rows = f.batch * f.heads_q * f.seqlen_q;
+  attention_bwd_dot_kernel<T><<<unsigned(std::min<int64_t>(ceil_div(rows, 8), 1 << 20)), 256, 0, stream>>>(p, delta);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  auto dkdv = attention_bwd_dkdv_kernel<K>;
+  auto dq = attention_bwd_dq_kernel<K>;
+  if ((err = allow_smem(dkdv, K::kSmemBytes)) != cudaSuccess || (err = allow_smem(dq, K::kSmemBytes)) != cudaSuccess)
+    return err;
+  if (f.seqlen_k > 0) {
+    const dim3 grid(unsigned(f.batch * f.heads_kv), unsigned(ceil_div(f.seqlen_k, K::kBlockRows)));
+    dkdv<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p, delta);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  const dim3 grid_q(unsigned(f.batch * f.heads_q), unsigned(ceil_div(f.seqlen_q, K::kBlockRows)));
+  dq<<<grid_q, K::kThreads, K::kSmemBytes, stream>>>(p, delta);
+  return cudaGetLastError();
+}
+
+#define MMM_ATTENTION_INSTANTIATE(D)                                                                     \
+  template cudaError_t launch_attention_fwd_t<D, __half>(const AttentionFwdParams&, cudaStream_t);         \
+  template cudaError_t launch_attention_fwd_t<D, __nv_bfloat16>(const AttentionFwdParams&, cudaStream_t);  \
+  template cudaError_t launch_attention_bwd_t<D, __half>(const AttentionBwdParams&, float*, cudaStream_t); \
+  template cudaError_t launch_attention_bwd_t<D, __nv_bfloat16>(const AttentionBwdParams&, float*, cudaStream_t);
+
+}  // namespace mmm
