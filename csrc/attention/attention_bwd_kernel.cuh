@@ -1,7 +1,7 @@
 // fused_attention backward on CUDA (sm_80+), FlashAttention-2's algorithm in three kernels with
 // no atomics, so dq, dk and dv are bitwise reproducible:
 //
-//   attention_bwd_dot_kernel   delta = rowsum(dO ∘ O) per query row (fp32 scratch).
+//   attention_bwd_dot_kernel   delta = rowsum(dO ∘ O) − dlse per query row (fp32 scratch).
 //   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 64 keys); each warp owns 16 keys and
 //                              works on transposed scores, Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ come out of
 //                              the accumulators already in the A-operand layout of
@@ -37,7 +37,8 @@ struct AttnBwdTraits {
   static_assert(Loader::kPitch == kPitch, "shared loader");
 };
 
-// One warp per query row: delta[(b*Hq + h)*Sq + i] = sum_d dO[i, d] * O[i, d] (fp32).
+// One warp per query row: delta[(b*Hq + h)*Sq + i] = sum_d dO[i, d] * O[i, d] - dlse[i] (fp32;
+// the lse output's gradient only shifts this row term, since d lse_i / d s_ij = P_ij).
 template <typename T>
 __global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionBwdParams p, float* delta) {
   const AttentionFwdParams& f = p.fwd;
@@ -51,7 +52,7 @@ __global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionB
     float s = 0.f;
     for (int64_t c = lane; c < f.head_dim; c += 32) s += to_f(o[c]) * to_f(d[c]);
     s = warp_sum(s);
-    if (lane == 0) delta[r] = s;
+    if (lane == 0) delta[r] = p.dlse ? s - static_cast<const float*>(p.dlse)[r] : s;
   }
 }
 
