@@ -29,6 +29,7 @@ struct AttentionFwdParams {
   const void* v = nullptr; AttentionStrides v_s;
   void* out = nullptr;     AttentionStrides o_s;
   float* lse = nullptr;    // (B, Hq, Sq) fp32, contiguous; natural log; +inf for rows with no key
+  double* lse_f64 = nullptr;  // CPU, fp64 inputs only: the lse in fp64 here instead (lse unused)
   DType dtype = DType::kFloat32;  // of q, k, v, out (accumulation in fp32; fp64 for fp64 on CPU)
   float scale = 1.f;
   int64_t window_left = -1, window_right = -1;  // causal: window_right = 0
@@ -43,11 +44,36 @@ struct AttentionBwdParams {
   // fp32 scratch (size from *_workspace_bytes): rowsum(dO ∘ O) and, on CUDA, the dq accumulator.
   void* workspace = nullptr;
   bool deterministic = true;   // bitwise reproducible dq/dk/dv
+  // Optional gradient of the lse output, (B, Hq, Sq) contiguous in lse's dtype (fp32; fp64 for
+  // fp64 inputs on the CPU); nullptr means zero. Since d lse_i / d s_ij = P_ij it only shifts the
+  // row term: dS = P ∘ (dP − (rowsum(dO ∘ O) − dlse)).
+  const void* dlse = nullptr;
 };
 
 }  // namespace mmm
 
 namespace mmm {
+// ---- CPU twin (attention_cpu.cpp) -----------------------------------------------------------
+// Any dtype (fp32, fp16, bf16; fp64 with lse_f64), any head_dim >= 1, any strides (unit stride
+// along D). The caller brings the threads: it runs [begin, end) ranges of independent tasks.
+// Forward: one task per (batch, query head, query tile).
+int64_t attention_fwd_cpu_tasks(const AttentionFwdParams& p);
+void attention_fwd_cpu(const AttentionFwdParams& p, int64_t task_begin, int64_t task_end);
+// Backward: phases 0, 1, 2 run in this order (a barrier between them), each over plan.tasks[i]
+// tasks. 0: rowsum(dO ∘ O) − dlse per query row; 1: dK, dV per (batch, kv head) — "fused",
+// which also accumulates dQ in the workspace — or per (batch, kv head, key tile); 2 (when not
+// fused): dQ per (batch, query head, query tile). Every output element is written by one task
+// and summed in a fixed order, and both schedules do the same arithmetic: bitwise reproducible,
+// whatever the thread count. `workspace` (plan.workspace_bytes, no alignment needed) is scratch.
+struct AttentionBwdCpuPlan {
+  bool fused = true;
+  int64_t tasks[3] = {0, 0, 0};
+  size_t workspace_bytes = 0;
+};
+AttentionBwdCpuPlan attention_bwd_cpu_plan(const AttentionBwdParams& p, int num_threads);
+void attention_bwd_cpu(const AttentionBwdParams& p, const AttentionBwdCpuPlan& plan, int phase,
+                       int64_t task_begin, int64_t task_end);
+
 // ---- CUDA (attention_launch.cu) -------------------------------------------------------------
 // nullptr on success, else a static message. Requires fp16/bf16, head_dim % 8 == 0 (<= 256),
 // 16-byte aligned rows (the glue copies anything else).

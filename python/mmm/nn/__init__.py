@@ -1,4 +1,5 @@
 """Drop-in modules built only from mmm ops."""
+from mmm.nn.attention import FusedAttention
 from mmm.nn.fused_add_norm import FusedAddNorm
 from mmm.nn.monarch import (
     BlockDiagLinear,
@@ -9,7 +10,7 @@ from mmm.nn.monarch import (
     replace_linear,
 )
 
-__all__ = ["FusedAddNorm"]
+__all__ = ["FusedAddNorm", "FusedAttention"]
 __all__ += [
     "BlockDiagLinear",
     "LowRankBlockDiagLinear",

@@ -1,0 +1,429 @@
+"""Benchmark mmm.fused_attention against torch's scaled_dot_product_attention.
+
+The op: out = softmax(q·kᵀ·scale + mask) · v for q, k, v of shape (B, H, S, D) (causal: the
+lower-triangular mask; Sq = Sk here, so bottom-right and top-left alignment agree), scale =
+1/sqrt(D). Inputs are (B, S, H, D) tensors viewed with .transpose(1, 2), the layout a model's
+qkv projection produces; every implementation reads them as given.
+
+Implementations ("impls")
+    mmm              mmm.fused_attention(q, k, v, causal=...).
+    sdpa             CPU: F.scaled_dot_product_attention with torch's default CPU backend.
+    sdpa_flash       CUDA: SDPA with exactly one backend selected through
+    sdpa_efficient     torch.nn.attention.sdpa_kernel(SDPBackend.X): FLASH_ATTENTION
+    sdpa_cudnn         (FlashAttention-2), EFFICIENT_ATTENTION (xformers' memory-efficient kernel),
+    sdpa_math          CUDNN_ATTENTION, MATH (the unfused composite; only up to seqlen 4096, its
+                       S x S scores do not fit beyond). A backend that cannot run a case (not
+                       built, not supported on this GPU or for these shapes) is recorded as an
+                       error for that case and the sweep goes on.
+    Peers (for "best peer" and "speed-up"): every sdpa* impl.
+    (No Triton kernel: none ships with torch, and this repository does not copy one in.)
+
+Modes
+    fwd      forward only, under torch.no_grad().
+    bwd      torch.autograd.grad of (q, k, v) given a random upstream gradient, on a graph built
+             once outside the timed region (retain_graph=True): the backward kernels alone.
+    fwd+bwd  forward, then that backward.
+
+FLOP model (FlashAttention's benchmarks): fwd = 4·B·H·S·S·D, halved when causal; bwd = 2.5·fwd;
+fwd+bwd = 3.5·fwd. TFLOP/s = FLOPs / median time. "%peak" (CUDA) is mmm's TFLOP/s over the
+GPU's dense fp16/bf16 tensor-core peak from the vendor's data sheet (PEAK_TFLOPS below), when
+the GPU is listed.
+
+Cases
+    CUDA: bf16, 16384 tokens per batch (B = 16384 / S), hidden size 2048 (H = 2048 / D), S in
+    {512, 1k, 2k, 4k, 8k, 16k}, D in {64, 128}, causal off and on. Tier 1: fp16 at D = 128.
+    --quick: bf16, D = 128, S in {1k, 4k}, causal off and on.
+    CPU: fp32, 4096 tokens per batch, hidden size 256 (H = 4 at D = 64, 2 at D = 128), S in
+    {512, 1k, 2k, 4k}, D in {64, 128}, causal off and on; then bf16 at D = 64.
+    --quick: fp32, D = 64, S in {512, 2k}, causal off and on.
+
+Checks: before timing, mmm and every peer run one batch element and the first two heads of the
+case, forward and backward, and are compared with SDPA on those inputs upcast (fp64 for fp32
+cases on the CPU, fp32 otherwise; the default backend): err = max |a - ref| / max |ref| over out,
+dq, dk and dv. mmm's must be <= 2e-2 (bf16), 5e-3 (fp16), 1e-4 (fp32). A failed check is
+reported in the table and JSON and makes the script exit 1 (after writing the results).
+
+Plot: on CUDA (or with --plot PATH) a PNG of TFLOP/s against sequence length, one panel per
+(mode, D, causal), one line per impl, written next to --out (PATH.png) or to --plot; skipped
+when matplotlib is not importable.
+
+Examples
+    python bench/python/bench_attention.py --device cuda --out results.json
+    python bench/python/bench_attention.py --device cpu --quick
+    python bench/python/bench_attention.py --device cuda --impls mmm,sdpa_flash --filter causal
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+CUDA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
+                 "sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_math": "MATH"}
+IMPLS = ("mmm", "sdpa", *CUDA_BACKENDS)
+PEERS = ("sdpa", *CUDA_BACKENDS)
+MODES = ("fwd", "bwd", "fwd+bwd")
+MATH_MAX_SEQLEN = 4096
+
+# Dense fp16/bf16 tensor-core peaks (no sparsity), TFLOP/s, from NVIDIA's data sheets; matched
+# against torch.cuda.get_device_name in this order.
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+               ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
+
+
+@dataclass(frozen=True)
+class Case:
+    dtype: torch.dtype
+    batch: int
+    heads: int
+    seqlen: int
+    head_dim: int
+    causal: bool
+    tier: int = 0
+
+    @property
+    def config(self) -> str:
+        return f"d{self.head_dim}/{'causal' if self.causal else 'full'}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.config}/{dtype_name(self.dtype)}/{self.batch}x{self.heads}x{self.seqlen}"
+
+
+def dtype_name(dt: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dt, str(dt))
+
+
+def flop_model(c: Case) -> dict[str, float]:
+    fwd = 4.0 * c.batch * c.heads * c.seqlen * c.seqlen * c.head_dim / (2 if c.causal else 1)
+    return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}
+
+
+def peak_tflops(env: dict[str, Any]) -> float | None:
+    name = env.get("device_name", "") if env.get("device_type") == "cuda" else ""
+    for key, peak in PEAK_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Cases
+# ------------------------------------------------------------------------------------------------
+def build_cases(device: str, quick: bool) -> list[Case]:
+    cases: list[Case] = []
+
+    def sweep(dtype, tokens, hidden, seqlens, dims, tier=0):
+        for d in dims:
+            for causal in (False, True):
+                for s in seqlens:
+                    cases.append(Case(dtype, max(1, tokens // s), hidden // d, s, d, causal, tier))
+
+    if device == "cuda":
+        if quick:
+            sweep(torch.bfloat16, 16384, 2048, [1024, 4096], [128])
+        else:
+            seqlens = [512, 1024, 2048, 4096, 8192, 16384]
+            sweep(torch.bfloat16, 16384, 2048, seqlens, [64, 128])
+            sweep(torch.float16, 16384, 2048, seqlens, [128], tier=1)
+    else:
+        if quick:
+            sweep(torch.float32, 4096, 256, [512, 2048], [64])
+        else:
+            seqlens = [512, 1024, 2048, 4096]
+            sweep(torch.float32, 4096, 256, seqlens, [64, 128])
+            sweep(torch.bfloat16, 4096, 256, seqlens, [64], tier=1)
+    return sorted(cases, key=lambda c: c.tier)
+
+
+# ------------------------------------------------------------------------------------------------
+# Implementations
+# ------------------------------------------------------------------------------------------------
+def make_impl(impl: str, c: Case) -> Callable[..., torch.Tensor]:
+    if impl == "mmm":
+        import mmm
+
+        return lambda q, k, v: mmm.fused_attention(q, k, v, causal=c.causal)
+    if impl == "sdpa":
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=c.causal)
+    if impl in CUDA_BACKENDS:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = getattr(SDPBackend, CUDA_BACKENDS[impl])
+
+        def run(q, k, v):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=c.causal)
+
+        return run
+    raise ValueError(impl)
+
+
+def applicable(impl: str, device: torch.device, c: Case | None = None) -> bool:
+    if impl == "sdpa_math" and c is not None and c.seqlen > MATH_MAX_SEQLEN:
+        return False  # its S x S scores (and their gradient) do not fit
+    return impl == "mmm" or (impl == "sdpa") == (device.type == "cpu")
+
+
+def make_inputs(c: Case, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def bshd():  # (B, S, H, D) memory viewed as (B, H, S, D)
+        t = torch.randn(c.batch, c.seqlen, c.heads, c.head_dim, generator=gen)
+        return t.to(device, c.dtype).transpose(1, 2)
+
+    return {"q": bshd(), "k": bshd(), "v": bshd(), "dout": bshd()}
+
+
+def runners(fn: Callable[..., torch.Tensor], inp: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
+    q, k, v, dout = inp["q"], inp["k"], inp["v"], inp["dout"]
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    graph: dict[str, torch.Tensor] = {}
+
+    def run_fwd():
+        with torch.no_grad():
+            return fn(q, k, v)
+
+    def run_bwd():
+        if "out" not in graph:  # built once, outside the timed runs (the first call is untimed)
+            graph["out"] = fn(*leaves)
+        return torch.autograd.grad(graph["out"], leaves, dout, retain_graph=True)
+
+    def run_fwdbwd():
+        out = fn(*leaves)
+        return (out, *torch.autograd.grad(out, leaves, dout))
+
+    return {"fwd": run_fwd, "bwd": run_bwd, "fwd+bwd": run_fwdbwd}
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks
+# ------------------------------------------------------------------------------------------------
+def tolerance(c: Case) -> float:
+    return {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}[c.dtype]
+
+
+def _slice(inp: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t[:1, :2] for k, t in inp.items()}
+
+
+def _fwd_bwd(fn, inp):
+    return runners(fn, inp)["fwd+bwd"]()
+
+
+def reference(c: Case, inp: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """SDPA (default backend) on one batch element, two heads, upcast: (out, dq, dk, dv)."""
+    rdt = torch.float64 if c.dtype == torch.float32 and inp["q"].device.type == "cpu" else torch.float32
+    small = {k: t.to(rdt) for k, t in _slice(inp).items()}
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # no TF32 in the reference
+    try:
+        return [t.detach() for t in _fwd_bwd(make_impl("sdpa", c), small)]
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def max_rel_err(got, want) -> float:
+    worst = 0.0
+    for a, b in zip(got, want):
+        a, b = a.detach().double(), b.detach().double()
+        if a.shape != b.shape:
+            return float("inf")
+        denom = b.abs().max().item() if b.numel() else 0.0
+        err = (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
+        worst = max(worst, err if math.isfinite(err) else float("inf"))
+    return worst
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Timer,
+             report: common.Report, peak: float | None) -> list[dict[str, Any]]:
+    inp = make_inputs(c, device)
+    fl = flop_model(c)
+    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
+    errs: dict[str, float] = {}
+    ref = reference(c, inp)
+    for impl in impls:
+        try:
+            fn = make_impl(impl, c)
+            errs[impl] = max_rel_err(_fwd_bwd(fn, _slice(inp)), ref)
+            run = runners(fn, inp)
+            for mode in MODES:
+                t = timer.time(run[mode])
+                per_mode[mode][impl] = t
+                rec = {"case": c.name, **{k: (dtype_name(v) if isinstance(v, torch.dtype) else v)
+                                          for k, v in asdict(c).items()},
+                       "impl": impl, "mode": mode, "flops": fl[mode], **t.summary(),
+                       "TFLOPs": fl[mode] / t.median_s / 1e12, "status": "ok",
+                       "check_rel_err": errs[impl], "check_tol": tolerance(c)}
+                if peak:
+                    rec["pct_peak"] = 100.0 * rec["TFLOPs"] / peak
+                report.add(rec)
+            del fn, run
+        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
+            if os.environ.get("MMM_BENCH_TRACEBACK"):
+                traceback.print_exc()
+            errs.pop(impl, None)
+            for mode in MODES:
+                per_mode[mode][impl] = None
+                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    rows = []
+    for mode in MODES:
+        ts = per_mode[mode]
+        row: dict[str, Any] = {"config": c.config, "dtype": dtype_name(c.dtype), "B": c.batch, "H": c.heads,
+                               "S": c.seqlen, "mode": mode, "GFLOP": fl[mode] / 1e9}
+        for impl in IMPLS:
+            t = ts.get(impl)
+            row[f"{impl}_TF"] = fl[mode] / t.median_s / 1e12 if t else None
+        m = ts.get("mmm")
+        if m and peak:
+            row["mmm_pct"] = 100.0 * fl[mode] / m.median_s / 1e12 / peak
+        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
+        if peers:
+            best = min(peers, key=lambda k: peers[k].median_s)
+            row["best_peer"] = best
+            if m:
+                row["speedup"] = peers[best].median_s / m.median_s
+        if "mmm" in ts and ts["mmm"] is None:
+            row["check"] = "error"
+        elif "mmm" in errs:
+            row["mmm_err"] = errs["mmm"]
+            row["check"] = "ok" if errs["mmm"] <= tolerance(c) else f"FAIL {errs['mmm']:.1e}"
+        else:
+            row["check"] = "-"
+        peer_errs = [errs[k] for k in PEERS if k in errs]
+        if peer_errs:
+            row["peer_err"] = max(peer_errs)
+        rows.append(row)
+    del inp, ref
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def columns(impls: list[str]) -> list[tuple[str, str, str]]:
+    cols = [("config", "config", ""), ("dtype", "dtype", ""), ("B", "B", ""), ("H", "H", ""), ("S", "S", ""),
+            ("mode", "mode", ""), ("GFLOP", "GFLOP", ".1f")]
+    cols += [(f"{i}_TF", f"{i} TF/s", ".3g") for i in impls]
+    cols += [("mmm_pct", "mmm %peak", ".0f"), ("best_peer", "best peer", ""), ("speedup", "speed-up", ".2f"),
+             ("mmm_err", "mmm err", ".1e"), ("peer_err", "peer err", ".1e"), ("check", "check", "")]
+    return cols
+
+
+def plot(report: common.Report, impls: list[str], path: Path) -> None:
+    """TFLOP/s against sequence length, one panel per (mode, head dim, causal)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001
+        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+        return
+    recs = [r for r in report.records if r.get("status") == "ok"]
+    configs = sorted({(r["head_dim"], r["causal"], r["dtype"]) for r in recs})
+    if not configs:
+        print("plot skipped: no successful measurement")
+        return
+    fig, axes = plt.subplots(len(MODES), len(configs), figsize=(4 * len(configs), 3.2 * len(MODES)),
+                             squeeze=False)
+    for i, mode in enumerate(MODES):
+        for j, (d, causal, dt) in enumerate(configs):
+            ax = axes[i][j]
+            for impl in impls:
+                pts = sorted((r["seqlen"], r["TFLOPs"]) for r in recs
+                             if r["impl"] == impl and r["mode"] == mode and r["head_dim"] == d
+                             and r["causal"] == causal and r["dtype"] == dt)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=impl)
+            ax.set_xscale("log", base=2)
+            ticks = sorted({r["seqlen"] for r in recs})
+            ax.set_xticks(ticks, [f"{t // 1024}k" if t >= 1024 else str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_title(f"{mode}, D={d}, {'causal' if causal else 'full'}, {dt}", fontsize=9)
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel("TFLOP/s")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(common.describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote plot {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.make_parser(__doc__.split("\n")[0], IMPLS)
+    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
+                        help="write the TFLOP/s plot here (default on CUDA: next to --out, else "
+                             "bench_attention.png)")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    device = common.resolve_device(args)
+    impls = [i for i in common.selected_impls(args, IMPLS) if applicable(i, device)]
+    if "mmm" in impls:
+        try:
+            import mmm
+
+            getattr(mmm, "fused_attention")
+        except Exception as e:  # noqa: BLE001
+            sys.exit(f"error: cannot use mmm.fused_attention ({type(e).__name__}: {e}); build/install "
+                     "mmm first, or pass --impls without mmm")
+
+    cases = build_cases(args.device, args.quick)
+    if args.filter:
+        cases = [c for c in cases if args.filter in c.name]
+
+    env = common.environment(device)
+    copy_bw = common.measure_copy_bandwidth(device, quick=args.quick)
+    report = common.Report("attention", args, env, copy_bw)
+    peak = peak_tflops(env)
+    report.run["notes"] = {
+        "flop_model": "fwd 4*B*H*S*S*D (halved when causal), bwd 2.5x fwd, fwd+bwd 3.5x fwd",
+        "timing": ("CUDA events, L2 flushed (256 MB write) before each run, median"
+                   if device.type == "cuda" else "time.perf_counter, median"),
+        "layout": "(B, S, H, D) tensors viewed as (B, H, S, D) with .transpose(1, 2)",
+        "peak_tflops": peak,
+        "impls": impls,
+    }
+    print(common.describe_env(env, copy_bw), flush=True)
+    print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
+
+    timer = common.Timer(device, quick=args.quick, reps=args.reps)
+    rc = common.run_cases(
+        cases, lambda c: run_case(c, [i for i in impls if applicable(i, device, c)], device, timer, report, peak),
+        args=args, report=report,
+        timer=timer, env=env, copy_bw=copy_bw, columns=columns(impls),
+        footer=("TF/s = FLOP model (docstring) / median time; speed-up = best peer time / mmm time; "
+                "%peak = mmm TF/s / the GPU's dense fp16/bf16 peak; err = max |a - ref| / max |ref| over "
+                "out, dq, dk, dv on one batch element and two heads."),
+        t_start=t_start)
+    if args.plot is not None or device.type == "cuda":
+        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_attention.png"))
+        plot(report, impls, path)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
