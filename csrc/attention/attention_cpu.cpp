@@ -11,62 +11,16 @@
 #include <vector>
 
 #include "attention/params.h"
-#include "core/cpu_features.h"
 #include "core/numeric.h"
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+
+#define MMM_CPU_IMPL "attention/attention_cpu_impl.h"
+#include "core/cpu_variants.h"
 
 namespace mmm {
 
-namespace base {
-#include "attention/attention_cpu_impl.h"
-}  // namespace base
-
-#if defined(__x86_64__)
-// Everything up to here (std, numeric.h, ...) was compiled for the baseline target, so no
-// AVX2/AVX-512 code can leak into an inline function the variants share.
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#define MMM_CPU_F16C 1
-namespace avx2 {
-#include "attention/attention_cpu_impl.h"
-}  // namespace avx2
-#undef MMM_CPU_F16C
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
-#define MMM_CPU_F16C 1
-#define MMM_CPU_AVX512 1
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: _mm512_undefined_* in the intrinsics
-namespace avx512 {
-#include "attention/attention_cpu_impl.h"
-}  // namespace avx512
-#pragma GCC diagnostic pop
-#undef MMM_CPU_AVX512
-#undef MMM_CPU_F16C
-#pragma GCC pop_options
-
-namespace {
-bool attention_cpu_has_avx512() {
-  static const bool yes = cpu_has_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
-}
-}  // namespace
-
 // Every variant tiles alike (64 x 64) but pads D to its own vector width, so a forward and its
-// backward must run the same variant: the choice is made once per process.
-#define MMM_ATTENTION_CPU_CALL(fn, ...)                                   \
-  (attention_cpu_has_avx512()  ? avx512::fn(__VA_ARGS__)                \
-   : cpu_has_avx2_fma_f16c()   ? avx2::fn(__VA_ARGS__)                  \
-                               : base::fn(__VA_ARGS__))
-#else
-#define MMM_ATTENTION_CPU_CALL(fn, ...) base::fn(__VA_ARGS__)
-#endif
+// backward must run the same variant: the choice is made once per process (cpu_features.h).
+#define MMM_ATTENTION_CPU_CALL(fn, ...) MMM_CPU_VARIANT(fn, __VA_ARGS__)
 
 int64_t attention_fwd_cpu_tasks(const AttentionFwdParams& p) { return base::fwd_tasks(p); }
 

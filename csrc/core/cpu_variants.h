@@ -1,0 +1,62 @@
+// Compiles a CPU kernel's implementation once per instruction set, in one translation unit:
+// baseline (x86-64 SSE2, or whatever else this is built for), AVX2 + FMA + F16C, and AVX-512
+// (F/BW/DQ/VL), in namespaces base, avx2 and avx512, then MMM_CPU_VARIANT(fn, args...) calls
+// the best one the machine runs. A portable wheel thus still runs at the machine's speed.
+//
+//   #define MMM_CPU_IMPL "op/op_cpu_impl.h"   // the implementation: no include guard, no includes
+//   #include "core/cpu_variants.h"            // at file scope, after every header the
+//                                             // implementation needs: defines mmm::base,
+//                                             // mmm::avx2, mmm::avx512
+//
+// Everything included before this point is compiled for the baseline target only, so no AVX2 or
+// AVX-512 instruction can leak into an inline function the variants share (the linker would
+// keep one copy of it for all). Inside an implementation, MMM_CPU_F16C / MMM_CPU_AVX512 say
+// which intrinsics this copy may use.
+// No include guard: one use per translation unit.
+#include "core/cpu_features.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace mmm {
+
+namespace base {
+#include MMM_CPU_IMPL
+}  // namespace base
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define MMM_CPU_F16C 1
+namespace avx2 {
+#include MMM_CPU_IMPL
+}  // namespace avx2
+#undef MMM_CPU_F16C
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
+#define MMM_CPU_F16C 1
+#define MMM_CPU_AVX512 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: _mm512_undefined_* in the intrinsics
+namespace avx512 {
+#include MMM_CPU_IMPL
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#undef MMM_CPU_AVX512
+#undef MMM_CPU_F16C
+#pragma GCC pop_options
+
+#endif  // __x86_64__
+
+}  // namespace mmm
+
+#if defined(__x86_64__)
+#define MMM_CPU_VARIANT(fn, ...)                                          \
+  (::mmm::cpu_has_avx512() ? ::mmm::avx512::fn(__VA_ARGS__)               \
+   : ::mmm::cpu_has_avx2_fma_f16c() ? ::mmm::avx2::fn(__VA_ARGS__)        \
+                                    : ::mmm::base::fn(__VA_ARGS__))
+#else
+#define MMM_CPU_VARIANT(fn, ...) ::mmm::base::fn(__VA_ARGS__)
+#endif
