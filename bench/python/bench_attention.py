@@ -382,32 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     device = common.resolve_device(args)
     impls = [i for i in common.selected_impls(args, IMPLS) if applicable(i, device)]
-    if "mmm" in impls:
-        try:
-            import mmm
-
-            getattr(mmm, "fused_attention")
-        except Exception as e:  # noqa: BLE001
-            sys.exit(f"error: cannot use mmm.fused_attention ({type(e).__name__}: {e}); build/install "
-                     "mmm first, or pass --impls without mmm")
-
-    cases = build_cases(args.device, args.quick)
-    if args.filter:
-        cases = [c for c in cases if args.filter in c.name]
-
-    env = common.environment(device)
-    copy_bw = common.measure_copy_bandwidth(device, quick=args.quick)
-    report = common.Report("attention", args, env, copy_bw)
-    peak = peak_tflops(env)
-    report.run["notes"] = {
+    common.require_mmm(impls, 'fused_attention')
+    cases, env, copy_bw, report = common.start(
+        "attention", args, device, impls, build_cases(args.device, args.quick), {
         "flop_model": "fwd 4*B*H*S*S*D (halved when causal), bwd 2.5x fwd, fwd+bwd 3.5x fwd",
-        "timing": ("CUDA events, L2 flushed (256 MB write) before each run, median"
-                   if device.type == "cuda" else "time.perf_counter, median"),
         "layout": "(B, S, H, D) tensors viewed as (B, H, S, D) with .transpose(1, 2)",
-        "peak_tflops": peak,
-        "impls": impls,
-    }
-    print(common.describe_env(env, copy_bw), flush=True)
+    })
+    peak = peak_tflops(env)
+    report.run["notes"]["peak_tflops"] = peak
     print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
 
     timer = common.Timer(device, quick=args.quick, reps=args.reps)

@@ -472,37 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     device = common.resolve_device(args)
     impls = common.selected_impls(args, IMPLS)
     compile_everywhere = bool(args.impls) and "compile" in impls
-    if "mmm" in impls:
-        try:
-            import mmm
-            getattr(mmm, "block_diag_matmul")
-            getattr(mmm, "monarch_matmul")
-        except Exception as e:  # noqa: BLE001
-            sys.exit(f"error: cannot use mmm.block_diag_matmul / mmm.monarch_matmul "
-                     f"({type(e).__name__}: {e}); build/install mmm first, or pass "
-                     "--impls bmm,einsum,dense")
-    if "compile" in impls:
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-
-    cases = build_cases(args.device, args.quick)
-    if args.filter:
-        cases = [c for c in cases if args.filter in c.name]
-
-    env = common.environment(device)
-    copy_bw = common.measure_copy_bandwidth(device, quick=args.quick)
-    report = common.Report("block_diag_matmul", args, env, copy_bw)
-    report.run["notes"] = {
+    common.require_mmm(impls, 'block_diag_matmul', 'monarch_matmul')
+    cases, env, copy_bw, report = common.start(
+        "block_diag_matmul", args, device, impls, build_cases(args.device, args.quick), {
         "byte_model": "see bench/python/bench_block_diag_matmul.py docstring",
         "flop_model": "2*T*(weight elements) forward, 3x for fwd+bwd",
-        "timing": ("CUDA events, L2 flushed (256 MB write) before each run, median"
-                   if device.type == "cuda" else "time.perf_counter, median"),
-        "impls": impls,
         "compile": ("every case" if compile_everywhere else
                     "only cases marked compile_peer (features 4096 on CUDA)"),
         "nblocks_8192": "sqrt(8192) is not an integer: nb 64 (128x128 blocks) and nb 128 (64x64)",
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-    print(common.describe_env(env, copy_bw), flush=True)
+    })
     print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
 
     timer = common.Timer(device, quick=args.quick, reps=args.reps)

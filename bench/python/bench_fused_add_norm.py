@@ -399,32 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     device = common.resolve_device(args)
     impls = common.selected_impls(args, IMPLS)
-    if "mmm" in impls:
-        try:
-            import mmm  # noqa: F401
-            getattr(mmm, "fused_add_norm")
-        except Exception as e:  # noqa: BLE001
-            sys.exit(f"error: cannot use mmm.fused_add_norm ({type(e).__name__}: {e}); "
-                     "build/install mmm first, or pass --impls eager,compile")
-    if "compile" in impls:
-        # One dynamo reset per case, so the recompile limit is never what stops compilation.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-
-    cases = build_cases(args.device, args.quick)
-    if args.filter:
-        cases = [c for c in cases if args.filter in c.name]
-
-    env = common.environment(device)
-    copy_bw = common.measure_copy_bandwidth(device, quick=args.quick)
-    report = common.Report("fused_add_norm", args, env, copy_bw)
-    report.run["notes"] = {
+    common.require_mmm(impls, 'fused_add_norm')
+    cases, env, copy_bw, report = common.start(
+        "fused_add_norm", args, device, impls, build_cases(args.device, args.quick), {
         "byte_model": "see bench/python/bench_fused_add_norm.py docstring",
-        "timing": ("CUDA events, L2 flushed (256 MB write) before each run, median"
-                   if device.type == "cuda" else "time.perf_counter, median"),
         "rms_norm_eager": "F.rms_norm" if hasattr(F, "rms_norm") else "manual expression",
-        "impls": impls,
-    }
-    print(common.describe_env(env, copy_bw), flush=True)
+    })
     print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
 
     timer = common.Timer(device, quick=args.quick, reps=args.reps)

@@ -335,37 +335,18 @@ def main(argv: list[str] | None = None) -> int:
     device = common.resolve_device(args)
     impls = common.selected_impls(args, IMPLS)
     compile_everywhere = bool(args.impls) and "compile" in impls
-    if "mmm" in impls:
-        try:
-            import mmm
-            getattr(mmm, "hadamard_transform")
-        except Exception as e:  # noqa: BLE001
-            sys.exit(f"error: cannot use mmm.hadamard_transform ({type(e).__name__}: {e}); "
-                     "build/install mmm first, or pass --impls eager,compile,dense")
-    if "compile" in impls:
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-
-    cases = build_cases(args.device, args.quick)
-    if args.filter:
-        cases = [c for c in cases if args.filter in c.name]
-
-    env = common.environment(device)
-    copy_bw = common.measure_copy_bandwidth(device, quick=args.quick)
-    report = common.Report("hadamard_transform", args, env, copy_bw)
-    report.run["notes"] = {
+    common.require_mmm(impls, 'hadamard_transform')
+    cases, env, copy_bw, report = common.start(
+        "hadamard_transform", args, device, impls, build_cases(args.device, args.quick), {
         "byte_model": "fwd 2*rows*n*s (read x, write y); fwd+bwd 4*rows*n*s (+ read dy, write dx)",
         "scale": "1/sqrt(next power of two >= n)",
-        "timing": ("CUDA events, L2 flushed (256 MB write) before each run, median"
-                   if device.type == "cuda" else "time.perf_counter, median"),
-        "impls": impls,
         "compile": ("every case" if compile_everywhere else
                     "only cases marked compile_peer (CUDA bf16 n 1024, 16384; CPU fp32 n 1024)"),
         "dense": f"x @ (scale*H)[:n,:n] in x's dtype, only n <= {DENSE_MAX_N[device.type]}",
         "eager": "log2(m) steps of view + stack(a+b, a-b) in x's dtype",
         "reference": "fwht_eager in float64; err = max|a-ref| / max|ref| over y (and dx)",
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-    print(common.describe_env(env, copy_bw), flush=True)
+    })
     print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
 
     timer = common.Timer(device, quick=args.quick, reps=args.reps)

@@ -429,6 +429,42 @@ def describe_env(env: dict[str, Any], copy_bw: dict[str, Any] | None) -> str:
             f"copy bandwidth {bw}")
 
 
+def require_mmm(impls: Sequence[str], *ops: str) -> None:
+    """Exits with a clear message when mmm is benchmarked but it (or one of `ops`) is missing."""
+    if "mmm" not in impls:
+        return
+    try:
+        import mmm
+
+        for op in ops:
+            getattr(mmm, op)
+    except Exception as e:  # noqa: BLE001
+        sys.exit(f"error: cannot use mmm.{' / mmm.'.join(ops)} ({type(e).__name__}: {e}); "
+                 "build/install mmm first, or pass --impls without mmm")
+
+
+def start(bench: str, args: argparse.Namespace, device: torch.device, impls: Sequence[str],
+          cases: Sequence[Any], notes: dict[str, Any]) -> tuple[list, dict, dict, "Report"]:
+    """The setup every benchmark shares: room for torch.compile peers, --filter, the environment,
+    the copy bandwidth, a Report whose notes gain the timing method and the impls, and the
+    printed header. Returns (cases, env, copy_bw, report)."""
+    if "compile" in impls:
+        # One dynamo reset per case, so the recompile limit is never what stops compilation.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    cases = [c for c in cases if not args.filter or args.filter in c.name]
+    env = environment(device)
+    copy_bw = measure_copy_bandwidth(device, quick=args.quick)
+    report = Report(bench, args, env, copy_bw)
+    report.run["notes"] = {
+        **notes,
+        "timing": ("CUDA events, L2 flushed (256 MB write) before each run, median"
+                   if device.type == "cuda" else "time.perf_counter, median"),
+        "impls": list(impls),
+    }
+    print(describe_env(env, copy_bw), flush=True)
+    return cases, env, copy_bw, report
+
+
 def run_cases(cases: Sequence[Any], run_one: Callable[[Any], list], *, args: argparse.Namespace,
               report: "Report", timer: "Timer", env: dict[str, Any], copy_bw: dict[str, Any],
               columns: Sequence[tuple], footer: str, t_start: float) -> int:
