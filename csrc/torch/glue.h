@@ -45,6 +45,8 @@ inline DType to_dtype(ScalarType t) {
     case ScalarType::Half: return DType::kFloat16;
     case ScalarType::BFloat16: return DType::kBFloat16;
     case ScalarType::Double: return DType::kFloat64;
+    case ScalarType::ComplexFloat: return DType::kComplex64;
+    case ScalarType::ComplexDouble: return DType::kComplex128;
     default: STD_TORCH_CHECK(false, "mmm: unsupported dtype ", dtype_str(t));
   }
   return DType::kFloat32;
