@@ -1,0 +1,299 @@
+"""Benchmark mmm.fft and mmm.rfft against torch.fft (cuFFT on CUDA, pocketfft/MKL on the CPU).
+
+The ops, along the last dim of x (rows, n), n a power of two, norm=None ("backward"):
+    fft    complex64 -> complex64 (rows, n)
+    rfft   float32   -> complex64 (rows, n/2 + 1)
+Backward: fft's dx = ifft with the dual norm; rfft's dx = irfft of dy with the middle bins halved.
+
+Implementations ("impls")
+    mmm      mmm.fft / mmm.rfft.
+    torch    torch.fft.fft / torch.fft.rfft (cuFFT on CUDA, pocketfft or MKL on the CPU): the peer.
+
+Modes
+    fwd      forward only, under torch.no_grad().
+    fwd+bwd  forward, then torch.autograd.grad of y with respect to x given a random dy.
+
+Byte model (the fewest bytes the op must move; GB/s = bytes / median time, decimal GB)
+    fft      fwd: read x, write y = 2 * rows * n * 8;   fwd+bwd: 2x that (read dy, write dx)
+    rfft     fwd: read x (rows * n * 4), write y (rows * (n/2+1) * 8);   fwd+bwd: 2x that
+    "%BW" is GB/s over the device's measured copy bandwidth (read + written bytes). For every n
+    that fits one CTA (<= 8192 or 16384 on CUDA) mmm moves exactly these bytes; beyond, its
+    four-step path moves them twice (a workspace round trip), so %BW halves by design.
+
+Cases
+    CUDA: n = 256 .. 65536 (every power of two), rows such that x is 128 MB for fft (one call
+    moves 256 MB) and 128 MB for rfft (~256 MB moved). --quick: 32 MB and n in {256, 4096, 65536}.
+    CPU: x of 2^20 elements (2^18 with --quick); n in {256, 1024, 4096, 16384} (--quick: 256, 4096).
+
+Checks: before timing, each impl's output and gradient are compared with torch.fft in
+complex128 / float64 on the same inputs: err = max |a - ref| / max |ref| over y and dx; mmm's must
+be <= 1e-5. A failed check is reported in the table and JSON and makes the script exit 1.
+
+Plot: on CUDA (or with --plot PATH) a PNG of GB/s against n, one panel per (op, mode), one line per
+impl, written next to --out (PATH.png) or to --plot; skipped when matplotlib is not importable.
+
+Examples
+    python bench/python/bench_fft.py --device cuda --out results.json
+    python bench/python/bench_fft.py --device cpu --quick
+    python bench/python/bench_fft.py --device cuda --filter rfft
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+IMPLS = ("mmm", "torch")
+PEERS = ("torch",)
+MODES = ("fwd", "fwd+bwd")
+OPS = ("fft", "rfft")
+TOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    rows: int
+    n: int
+    tier: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}/{self.rows}x{self.n}"
+
+
+def byte_model(c: Case) -> dict[str, int]:
+    if c.op == "fft":
+        fwd = 2 * c.rows * c.n * 8
+    else:
+        fwd = c.rows * c.n * 4 + c.rows * (c.n // 2 + 1) * 8
+    return {"fwd": fwd, "fwd+bwd": 2 * fwd}
+
+
+def build_cases(device: str, quick: bool) -> list[Case]:
+    if device == "cuda":
+        nbytes = (32 if quick else 128) << 20
+        ns = [256, 4096, 65536] if quick else [1 << k for k in range(8, 17)]
+        cases = [Case(op, nbytes // (n * (8 if op == "fft" else 4)), n, 0 if n in (256, 4096, 16384, 65536) else 1)
+                 for n in ns for op in OPS]
+    else:
+        elems = 1 << (18 if quick else 20)
+        ns = [256, 4096] if quick else [256, 1024, 4096, 16384]
+        cases = [Case(op, elems // n, n, 0) for n in ns for op in OPS]
+    order = {c: i for i, c in enumerate(cases)}
+    return sorted(cases, key=lambda c: (c.tier, order[c]))
+
+
+def make_impl(impl: str, op: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if impl == "mmm":
+        import mmm
+        return mmm.fft if op == "fft" else mmm.rfft
+    if impl == "torch":
+        return torch.fft.fft if op == "fft" else torch.fft.rfft
+    raise ValueError(impl)
+
+
+def runners(fn: Callable, x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    def run_fwd():
+        with torch.no_grad():
+            return fn(x)
+
+    leaf = x.detach().requires_grad_(True)
+
+    def run_fwdbwd():
+        y = fn(leaf)
+        return (y, *torch.autograd.grad(y, leaf, dy))
+
+    return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
+
+
+def make_inputs(c: Case, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    x = torch.randn(c.rows, c.n, generator=g, device=device)
+    if c.op == "fft":
+        x = torch.complex(x, torch.randn(c.rows, c.n, generator=g, device=device))
+        dy = torch.complex(torch.randn(c.rows, c.n, generator=g, device=device),
+                           torch.randn(c.rows, c.n, generator=g, device=device))
+    else:
+        m = c.n // 2 + 1
+        dy = torch.complex(torch.randn(c.rows, m, generator=g, device=device),
+                           torch.randn(c.rows, m, generator=g, device=device))
+    return {"x": x, "dy": dy}
+
+
+def reference(c: Case, inp: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """torch.fft in complex128 / float64 on a slice of the rows (the check, not the timing)."""
+    rows = min(c.rows, 64)
+    x = inp["x"][:rows].to(torch.complex128 if c.op == "fft" else torch.float64)
+    run = runners(make_impl("torch", c.op), x, inp["dy"][:rows].to(torch.complex128))
+    y, dx = run["fwd+bwd"]()
+    return {"rows": rows, "fwd": y.detach(), "fwd+bwd": (y.detach(), dx)}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    denom = b.abs().max().item() if b.numel() else 0.0
+    return (a.detach().to(b.dtype) - b).abs().max().item() / (denom if denom > 0 else 1.0)
+
+
+def max_rel_err(a: Any, b: Any) -> float:
+    a = list(a) if isinstance(a, (tuple, list)) else [a]
+    b = list(b) if isinstance(b, (tuple, list)) else [b]
+    return max(rel_err(x, y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
+
+
+def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Timer, copy_bps: float,
+             report: common.Report) -> list[dict[str, Any]]:
+    inp = make_inputs(c, device)
+    bm = byte_model(c)
+    ref = reference(c, inp)
+    r = ref["rows"]
+    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
+    errs: dict[str, dict[str, float]] = {}
+    for impl in impls:
+        try:
+            fn = make_impl(impl, c.op)
+            check = runners(fn, inp["x"][:r], inp["dy"][:r])
+            errs[impl] = {mode: max_rel_err(check[mode](), ref[mode]) for mode in MODES}
+            run = runners(fn, inp["x"], inp["dy"])
+            for mode in MODES:
+                t = timer.time(run[mode])
+                per_mode[mode][impl] = t
+                report.add({"case": c.name, "op": c.op, "rows": c.rows, "n": c.n, "tier": c.tier, "impl": impl,
+                            "mode": mode, "bytes": bm[mode], **t.summary(), "GBps": bm[mode] / t.median_s / 1e9,
+                            "pct_copy_bw": 100.0 * bm[mode] / t.median_s / copy_bps,
+                            "check_rel_err": errs[impl][mode], "check_tol": TOL, "status": "ok"})
+            del run
+        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
+            if os.environ.get("MMM_BENCH_TRACEBACK"):
+                traceback.print_exc()
+            for mode in MODES:
+                per_mode[mode][impl] = None
+                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    rows_out = []
+    for mode in MODES:
+        ts = per_mode[mode]
+        row: dict[str, Any] = {"op": c.op, "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}
+        for impl in IMPLS:
+            t = ts.get(impl)
+            row[f"{impl}_us"] = t.median_s * 1e6 if t else None
+            if t:
+                row[f"{impl}_GBps"] = bm[mode] / t.median_s / 1e9
+        m = ts.get("mmm")
+        if m:
+            row["mmm_pct"] = 100.0 * bm[mode] / m.median_s / copy_bps
+        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
+        if peers and m:
+            best = min(peers, key=lambda k: peers[k].median_s)
+            row["speedup"] = peers[best].median_s / m.median_s
+        if "mmm" in ts and ts["mmm"] is None:
+            row["check"] = "error"
+        elif "mmm" in errs:
+            err = errs["mmm"][mode]
+            row["check"] = "ok" if err <= TOL else f"FAIL {err:.1e}"
+            row["mmm_err"] = err
+        else:
+            row["check"] = "-"
+        if "torch" in errs:
+            row["peer_err"] = errs["torch"][mode]
+        rows_out.append(row)
+    del inp, ref
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows_out
+
+
+COLUMNS = [
+    ("op", "op", ""), ("rows", "rows", ""), ("n", "n", ""), ("mode", "mode", ""), ("MB", "MB", ".0f"),
+    ("mmm_us", "mmm us", ".1f"), ("torch_us", "torch us", ".1f"), ("mmm_GBps", "mmm GB/s", ".0f"),
+    ("torch_GBps", "torch GB/s", ".0f"), ("mmm_pct", "mmm %BW", ".0f"), ("speedup", "vs torch", ".2f"),
+    ("mmm_err", "mmm err", ".1e"), ("peer_err", "torch err", ".1e"), ("check", "check", ""),
+]
+
+
+def plot(report: common.Report, impls: list[str], path: Path) -> None:
+    """GB/s against n, one panel per (op, mode), one line per impl."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001
+        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+        return
+    recs = [r for r in report.records if r.get("status") == "ok"]
+    if not recs:
+        print("plot skipped: no successful measurement")
+        return
+    copy_gbps = report.run["copy_bandwidth"]["bytes_per_s"] / 1e9
+    fig, axes = plt.subplots(len(MODES), len(OPS), figsize=(5 * len(OPS), 3.4 * len(MODES)), squeeze=False)
+    for i, mode in enumerate(MODES):
+        for j, op in enumerate(OPS):
+            ax = axes[i][j]
+            for impl in impls:
+                pts = sorted((r["n"], r["GBps"]) for r in recs if r["impl"] == impl and r["mode"] == mode and r["op"] == op)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=impl)
+            ax.axhline(copy_gbps, color="gray", linestyle="--", linewidth=1, label="copy")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{op}, {mode}", fontsize=9)
+            ax.set_xlabel("n")
+            ax.set_ylabel("GB/s (byte model)")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(common.describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote plot {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.make_parser(__doc__.split("\n")[0], IMPLS)
+    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
+                        help="write the GB/s plot here (default on CUDA: next to --out, else bench_fft.png)")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    device = common.resolve_device(args)
+    impls = common.selected_impls(args, IMPLS)
+    common.require_mmm(impls, "fft", "rfft")
+    cases, env, copy_bw, report = common.start("fft", args, device, impls, build_cases(args.device, args.quick), {
+        "byte_model": "fft: fwd 16*rows*n (read x, write y); rfft: fwd rows*(4n + 8(n/2+1)); fwd+bwd 2x fwd",
+        "norm": "backward (None)",
+        "peer": "torch.fft (cuFFT on CUDA, pocketfft/MKL on the CPU)",
+        "reference": "torch.fft in complex128/float64 on up to 64 rows; err = max|a-ref| / max|ref| over y (and dx)",
+    })
+    print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
+    timer = common.Timer(device, quick=args.quick, reps=args.reps)
+    rc = common.run_cases(
+        cases, lambda c: run_case(c, impls, device, timer, copy_bw["bytes_per_s"], report), args=args,
+        report=report, timer=timer, env=env, copy_bw=copy_bw, columns=COLUMNS,
+        footer=("MB: bytes the op must move (docstring); vs torch = torch time / mmm time (> 1: mmm faster); %BW is "
+                "relative to the measured copy bandwidth; err = max|a - ref| / max|ref| against torch.fft in float64."),
+        t_start=t_start)
+    if args.plot is not None or device.type == "cuda":
+        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_fft.png"))
+        plot(report, impls, path)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
