@@ -1,7 +1,7 @@
 // CPU twins of csrc/core/fft.cuh: the same in-place radix-2 DIF / DIT FFT and the same real-signal
 // helpers, on std::complex<float|double>, header-only and torch-free.
 //
-// Stage h (h = n/2 .. 1) of the DIF:  a = x[j], b = x[j+h]; x[j] = a + b; x[j+h] = (a-b) W_{2h}^(j mod h)
+// Stage h (h = n/2 .. 1) of the DIF (the last two fused into one radix-4 pass with trivial twiddles):  a = x[j], b = x[j+h]; x[j] = a + b; x[j+h] = (a-b) W_{2h}^(j mod h)
 // (W_m = exp(-2*pi*i/m), conjugated for the inverse); the DIT runs the mirror stages h = 1 .. n/2.
 // The inner loop of every stage runs over j with unit stride through the data and through a
 // per-stage twiddle table (W_{2h}^j, j < h: one contiguous row per h), with the complex products
@@ -86,28 +86,83 @@ inline int64_t bit_reverse(int64_t i, int log2n) {
   return r;
 }
 
+// bit_reverse(i, log2n) for i < 2^log2n, built once per log2n.
+inline const uint32_t* bit_reverse_table(int log2n) {
+  static std::once_flag once[kMaxLog2];
+  static std::vector<uint32_t> table[kMaxLog2];
+  std::call_once(once[log2n], [log2n] {
+    const int64_t n = int64_t(1) << log2n;
+    auto& t = table[log2n];
+    t.resize(size_t(n));
+    t[0] = 0;
+    // rev(i) from rev(i >> 1): shift right by one and put i's low bit on top.
+    for (int64_t i = 1; i < n; ++i) t[size_t(i)] = uint32_t((t[size_t(i >> 1)] >> 1) | ((i & 1) << (log2n - 1)));
+  });
+  return table[log2n].data();
+}
+
 // In-place bit-reversal permutation of n = 2^log2n points.
 template <class T>
 void bit_reverse_permute(std::complex<T>* data, int log2n) {
   const int64_t n = int64_t(1) << log2n;
-  for (int64_t i = 0, r = 0; i < n; ++i) {
+  const uint32_t* rev = bit_reverse_table(log2n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rev[i];
     if (i < r) std::swap(data[i], data[r]);
-    // r = bit_reverse(i + 1): add 1 at the top bit, carrying downwards.
-    int64_t bit = n >> 1;
-    while (bit && (r & bit)) {
-      r ^= bit;
-      bit >>= 1;
-    }
-    r |= bit;
   }
 }
+
+namespace detail {
+
+// The two smallest DIF stages (h = 2, 1) as one radix-4 pass: their twiddles are 1 and W_4 = -i
+// (+i inverse), so no table and no multiplications.
+template <class T>
+inline void dif_last2(T* d, int64_t n, bool inverse) {
+  for (int64_t i = 0; i < n; i += 4) {
+    T* x = d + 2 * i;
+    const T a0r = x[0] + x[4], a0i = x[1] + x[5], a2r = x[0] - x[4], a2i = x[1] - x[5];
+    const T a1r = x[2] + x[6], a1i = x[3] + x[7], er = x[2] - x[6], ei = x[3] - x[7];
+    const T a3r = inverse ? -ei : ei, a3i = inverse ? er : -er;  // (x1 - x3) * -+i
+    x[0] = a0r + a1r;
+    x[1] = a0i + a1i;
+    x[2] = a0r - a1r;
+    x[3] = a0i - a1i;
+    x[4] = a2r + a3r;
+    x[5] = a2i + a3i;
+    x[6] = a2r - a3r;
+    x[7] = a2i - a3i;
+  }
+}
+
+// The mirror: DIT stages h = 1, 2.
+template <class T>
+inline void dit_first2(T* d, int64_t n, bool inverse) {
+  for (int64_t i = 0; i < n; i += 4) {
+    T* x = d + 2 * i;
+    const T b0r = x[0] + x[2], b0i = x[1] + x[3], b1r = x[0] - x[2], b1i = x[1] - x[3];
+    const T b2r = x[4] + x[6], b2i = x[5] + x[7], er = x[4] - x[6], ei = x[5] - x[7];
+    const T b3r = inverse ? -ei : ei, b3i = inverse ? er : -er;  // (x2 - x3) * -+i
+    x[0] = b0r + b2r;
+    x[1] = b0i + b2i;
+    x[4] = b0r - b2r;
+    x[5] = b0i - b2i;
+    x[2] = b1r + b3r;
+    x[3] = b1i + b3i;
+    x[6] = b1r - b3r;
+    x[7] = b1i - b3i;
+  }
+}
+
+}  // namespace detail
 
 // Natural order in, bit-reversed order out (data[p] = X[bit_reverse(p)]), unnormalised.
 template <class T>
 void fft_dif(std::complex<T>* data, int log2n, bool inverse) {
   T* d = reinterpret_cast<T*>(data);
   const int64_t n = int64_t(1) << log2n;
-  for (int l = log2n - 1; l >= 0; --l) detail::dif_stage(d, n, l, inverse);
+  const int last = log2n >= 2 ? 2 : 0;
+  for (int l = log2n - 1; l >= last; --l) detail::dif_stage(d, n, l, inverse);
+  if (last) detail::dif_last2(d, n, inverse);
 }
 
 // Bit-reversed order in (data[p] = x[bit_reverse(p)]), natural order out, unnormalised.
@@ -115,7 +170,9 @@ template <class T>
 void fft_dit(std::complex<T>* data, int log2n, bool inverse) {
   T* d = reinterpret_cast<T*>(data);
   const int64_t n = int64_t(1) << log2n;
-  for (int l = 0; l < log2n; ++l) detail::dit_stage(d, n, l, inverse);
+  const int first = log2n >= 2 ? 2 : 0;
+  if (first) detail::dit_first2(d, n, inverse);
+  for (int l = first; l < log2n; ++l) detail::dit_stage(d, n, l, inverse);
 }
 
 // In-place complex FFT of n = 2^log2n points (0 <= log2n < 30), natural order in and out,
