@@ -163,6 +163,9 @@ def test_noncontiguous(device):
         check(op, base[:, 1, :])         # strided rows: read in place
         check(op, base[..., ::2])        # strided last dim: copied once
         check(op, base[:1].expand(5, *base.shape[1:]))  # stride-0 rows
+    # Lazily conjugated inputs (conj bit set): the dispatcher's fallback must resolve them.
+    check("fft", make_input("fft", (3, 16), device).conj())
+    check("irfft", make_input("irfft", (3, 16), device).conj())
     # A real row that does not start on a complex pair (odd offset): rfft must copy it.
     wide = torch.randn(3, 66, device=device)
     check("rfft", wide[:, 1:65])
@@ -324,6 +327,21 @@ def test_cuda_code_on_cpu_threads(tmp_path):
     # core/fft.cuh up to 2^11 (two CTA passes), the op kernels up to 2^12 with the CTA limit at
     # 2^10 (so the four-step path runs with a = 2 and 4).
     out = subprocess.run([str(exe), "11", "0", "12", "10"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.cuda
+def test_fft_blocks_cuda(tmp_path):
+    # tests/cuda/test_fft_blocks.cu: each building block of core/fft.cuh against core/fft_cpu.h.
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+    if nvcc is None:
+        pytest.skip("nvcc not found: cannot build tests/cuda/test_fft_blocks.cu")
+    root = Path(__file__).resolve().parent.parent
+    major, minor = torch.cuda.get_device_capability()
+    exe = tmp_path / "test_fft_blocks"
+    subprocess.run([nvcc, "-std=c++20", "-O2", f"-arch=sm_{major}{minor}", f"-I{root / 'csrc'}",
+                    str(root / "tests/cuda/test_fft_blocks.cu"), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -1,6 +1,6 @@
-// FFT on the CPU: per row, a contiguous std::complex buffer of n (+1) points and the radix-2
-// DIF/DIT of core/fft_cpu.h (the CUDA kernels' algorithm), scaled on the way out. The caller
-// parallelises over rows; the stages' inner loops vectorise.
+// FFT on the CPU: per row, a contiguous std::complex buffer of n (+1) points and the radix-2 DIF
+// of core/fft_cpu.h (the CUDA kernels' algorithm), bit-reversed and scaled on the way out. The
+// caller parallelises over rows; the stages' inner loops vectorise.
 #include <complex>
 #include <vector>
 
@@ -17,14 +17,15 @@ void run(const FftParams& p, int64_t r0, int64_t r1) {
   const int64_t n = int64_t(1) << L;
   const T scale = static_cast<T>(p.scale);
   std::vector<C> buf(size_t(n) + 1);
+  const uint32_t* rev = fft_cpu::bit_reverse_table(L);
   for (int64_t r = r0; r < r1; ++r) {
     switch (p.kind) {
       case FftKind::kC2C: {
         const C* x = static_cast<const C*>(p.x) + r * p.x_row_stride;
         for (int64_t j = 0; j < n; ++j) buf[j] = x[j];
-        fft_cpu::fft_inplace(buf.data(), L, p.inverse);
+        fft_cpu::fft_dif(buf.data(), L, p.inverse);  // the bit reversal folds into the store
         C* y = static_cast<C*>(p.y) + r * p.y_row_stride;
-        for (int64_t k = 0; k < n; ++k) y[k] = buf[k] * scale;
+        for (int64_t k = 0; k < n; ++k) y[k] = buf[rev[k]] * scale;
         break;
       }
       case FftKind::kR2C: {
@@ -40,11 +41,11 @@ void run(const FftParams& p, int64_t r0, int64_t r1) {
         const C* x = static_cast<const C*>(p.x) + r * p.x_row_stride;
         for (int64_t k = 0; k <= n; ++k) buf[k] = x[k];
         fft_cpu::irfft_pre(buf.data(), L);
-        fft_cpu::fft_inplace(buf.data(), L, true);
+        fft_cpu::fft_dif(buf.data(), L, true);
         T* y = static_cast<T*>(p.y) + r * p.y_row_stride;
         for (int64_t j = 0; j < n; ++j) {
-          y[2 * j] = buf[j].real() * scale;
-          y[2 * j + 1] = buf[j].imag() * scale;
+          y[2 * j] = buf[rev[j]].real() * scale;
+          y[2 * j + 1] = buf[rev[j]].imag() * scale;
         }
         break;
       }

@@ -132,6 +132,8 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads)
   for (int64_t s = blockIdx.x; s < subrows; s += gridDim.x) {
     const int64_t row = s / a;
     const int k1 = int(s - row * a);
+    // Unrolled so that each thread has several loads in flight (one CTA per SM at the largest n).
+#pragma unroll 8
     for (int i = threadIdx.x; i < n; i += blockDim.x) smem[fft::swz<true>(i, log2n)] = load_point<kLoad>(x, xs, s, i, log2n);
     fft::cta_fft_dif<kInverse, true>(smem, log2n);  // starts and ends with __syncthreads()
     float2* out = y + row * ys + k1;
