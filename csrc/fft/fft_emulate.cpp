@@ -20,7 +20,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __global__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static  // one block runs at a time: a static is the block's shared memory
 
 struct float2 {
@@ -271,7 +271,7 @@ int main(int argc, char** argv) {
     }
   }
   if (op_max >= 0) failures += op_tests(op_max, op_lmax, gen, worst);
-  std::printf("%s: worst relative error %.3e over n = %d .. %d\n", failures ? "FAILED" : "ok", worst, 1 << min_log2,
-              1 << max_log2);
+  std::printf("%s: worst relative error %.3e (core blocks: n = 2^%d .. 2^%d; op kernels: n up to 2^%d, one CTA up to "
+              "2^%d)\n", failures ? "FAILED" : "ok", worst, min_log2, max_log2, op_max, op_lmax);
   return failures ? 1 : 0;
 }

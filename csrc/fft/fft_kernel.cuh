@@ -24,8 +24,11 @@ namespace mmm {
 
 struct FftTile {
   static constexpr int kWarpKernelWarps = 4;     // fft_warp_kernel: 4 warps x 4 KB shared memory
-  static constexpr int kMaxThreads = 512;        // fft_cta_kernel (core/fft.cuh needs ~100 registers)
-  static constexpr int kPointsPerThread = 16;    // one CTA pass item per thread
+  // fft_cta_kernel: 2 CTA-pass items (32 points) per thread, at most 256 threads, <= 128
+  // registers: at 4096 / 8192 points two CTAs fit an SM (by registers; 512 threads of ~113
+  // registers would allow one), so one CTA's loads overlap another's shuffles.
+  static constexpr int kMaxThreads = 256;
+  static constexpr int kPointsPerThread = 32;
   static constexpr int kColumnThreads = 256;
   static constexpr int kMaxLog2Columns = 4;      // a <= 16: core/fft.cuh's constant roots are 16th roots
   static constexpr int kMaxLog2Cta = 14;         // 16384 points = 128 KB of shared memory
@@ -120,7 +123,7 @@ __global__ void __launch_bounds__(FftTile::kWarpKernelWarps * 32)
 // second pass). kRealPost (a = 1 only): store the n + 1 rfft bins instead of the n points.
 // Dynamic shared memory: n float2 (core/fft.cuh swizzled layout).
 template <FftKind kLoad, bool kInverse, bool kRealPost>
-__global__ void __launch_bounds__(FftTile::kMaxThreads)
+__global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
     fft_cta_kernel(const float2* __restrict__ x, int64_t xs, float2* __restrict__ y, int64_t ys, int64_t subrows,
                    int a, int log2n, float scale) {
 #ifdef MMM_FFT_HOST_EMULATION
