@@ -1,5 +1,6 @@
 """Drop-in modules built only from mmm ops."""
 from mmm.nn.attention import FusedAttention
+from mmm.nn.fftconv import FFTConv
 from mmm.nn.fused_add_norm import FusedAddNorm
 from mmm.nn.monarch import (
     BlockDiagLinear,
@@ -10,7 +11,7 @@ from mmm.nn.monarch import (
     replace_linear,
 )
 
-__all__ = ["FusedAddNorm", "FusedAttention"]
+__all__ = ["FFTConv", "FusedAddNorm", "FusedAttention"]
 __all__ += [
     "BlockDiagLinear",
     "LowRankBlockDiagLinear",
