@@ -1,0 +1,398 @@
+// CTA- and warp-level complex FFT building blocks in shared memory and registers (fp32).
+//
+// The algorithm is the in-place radix-2 decimation-in-frequency (DIF) FFT, its stages grouped so
+// that each trip through shared memory does several of them in registers:
+//   stage h (h = n/2, n/4, ..., 1): for every j with (j & h) == 0:
+//       a = x[j], b = x[j + h];  x[j] = a + b;  x[j + h] = (a - b) * W_{2h}^(j mod h)
+//   with W_m = exp(-2*pi*i/m) (exp(+2*pi*i/m) for the inverse); after all stages position p holds
+//   bin bitrev(p) (decimation in time, DIT, is the exact mirror: bit-reversed in, natural out).
+// * stages with h >= 512 ("CTA passes"): up to 4 stages per pass, a thread loads 16 points at
+//   stride h_last from shared memory, does the 4 stages in registers, stores them back;
+// * the last 9 stages (h = 256 .. 1, "warp pass"): a warp loads 512 consecutive points (16 per
+//   lane: lane + 32*m), stages h >= 32 pair registers of one lane, stages h <= 16 pair lanes
+//   through __shfl_xor_sync -- no shared memory traffic in between;
+// * natural order out (cta_fft) costs one more in-place swap pass (bit reversal); kernels that
+//   can fold the permutation into their global store, or that multiply spectra point-wise and
+//   transform back (convolution: DIF forward, multiply in bit-reversed order, DIT inverse), use
+//   cta_fft_dif / cta_fft_dit and skip it.
+// Twiddles: exp(-2*pi*i*k/n) from sincospif (correctly reduced, ~1 ulp); the constant part of
+// each register stage's twiddle is one of the 16th roots of unity (rounded from double).
+//
+// Shared-memory layout: element i of the transform lives at data[swz<kSwizzle>(i, log2n)], which
+// is i itself for kSwizzle = false (the default: plain natural order, what callers expect) and
+// a bijection of [0, n) that only permutes within aligned groups of 16 for kSwizzle = true. The
+// swizzle makes every access of the passes and of the bit reversal bank-conflict free; without
+// it only the bit-reversal pass has conflicts. Either way the transform needs exactly n float2
+// (smem_floats(log2n) floats), plus one float2 at data[n] (unswizzled) for the real helpers.
+// Registers: a caller kernel needs ~100 per thread, so launch it with at most 512 threads
+// (__launch_bounds__(512)); 1024 threads force 64 registers and spills.
+#pragma once
+#ifndef MMM_FFT_HOST_EMULATION  // csrc/fft/fft_emulate.cpp runs this code on CPU threads
+#include <cuda_runtime.h>
+#endif
+
+namespace mmm::fft {
+
+constexpr int kWarpLog2 = 9;              // a warp pass covers 512 points ...
+constexpr int kWarpPoints = 1 << kWarpLog2;
+constexpr int kPerLane = kWarpPoints / 32;  // ... 16 per lane
+constexpr int kPassLog2 = 4;              // a CTA pass does up to 4 stages (16 points per thread)
+
+// Floats of shared memory cta_fft needs for n = 2^log2n points (no padding: the swizzle is a
+// permutation). The real helpers need 2 more (the slot data[n]).
+__host__ __device__ constexpr int smem_floats(int log2n) { return 2 << log2n; }
+
+// Where element i of an n = 2^log2n transform is stored. XORs the low 4 bits with 4 higher
+// bits: those just above the 16 points a half-warp touches (bits 4..7 for n <= 256, the top 4
+// bits otherwise), so 16 lanes reading consecutive elements, or the elements bit reversal sends
+// them to, hit 16 different 8-byte bank pairs. i in [0, n) maps into [0, n). The real helpers'
+// extra slot data[n] is always addressed directly, never through swz.
+template <bool kSwizzle>
+__host__ __device__ __forceinline__ int swz(int i, int log2n) {
+  if constexpr (!kSwizzle) return i;
+  else return i ^ ((i >> (log2n > 8 ? log2n - 4 : 4)) & 15);
+}
+
+__device__ __forceinline__ float2 cadd(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
+__device__ __forceinline__ float2 csub(float2 a, float2 b) { return make_float2(a.x - b.x, a.y - b.y); }
+__device__ __forceinline__ float2 cmul(float2 a, float2 b) {
+  return make_float2(fmaf(a.x, b.x, -a.y * b.y), fmaf(a.x, b.y, a.y * b.x));
+}
+__device__ __forceinline__ float2 cconj(float2 a) { return make_float2(a.x, -a.y); }
+
+// exp(-2*pi*i*k/n), n = 2^log2n (log2n <= 24), any integer k (reduced mod n first, so the
+// argument of sincospif is exact: 2k/n is a dyadic rational with < 24 significant bits).
+__device__ __forceinline__ float2 twiddle(int k, int log2n) {
+  const int r = k & ((1 << log2n) - 1);
+  float s, c;
+  sincospif(ldexpf(float(r), 1 - log2n), &s, &c);
+  return make_float2(c, -s);
+}
+template <bool kInverse>
+__device__ __forceinline__ float2 twiddle_dir(int k, int log2n) {
+  const float2 w = twiddle(k, log2n);
+  return kInverse ? cconj(w) : w;
+}
+
+// W_16^k for k in [0, 8) (conjugated for the inverse): the constant factors of register stages.
+template <bool kInverse>
+__device__ __forceinline__ float2 root16(int k) {
+  constexpr float c1 = 0.92387953251128674f, s1 = 0.38268343236508978f, r2 = 0.70710678118654752f;
+  float2 w;
+  switch (k) {
+    case 0: w = make_float2(1.f, 0.f); break;
+    case 1: w = make_float2(c1, -s1); break;
+    case 2: w = make_float2(r2, -r2); break;
+    case 3: w = make_float2(s1, -c1); break;
+    case 4: w = make_float2(0.f, -1.f); break;
+    case 5: w = make_float2(-s1, -c1); break;
+    case 6: w = make_float2(-r2, -r2); break;
+    default: w = make_float2(-c1, -s1); break;
+  }
+  return kInverse ? cconj(w) : w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register-level radix-2^kR DIF / DIT on points v[m] = x[base + m*s], m < 2^kR, s = stride of
+// the last stage (h_last). Stage t (t = 0 .. kR-1) has h = s * 2^(kR-1-t) and pairs m with
+// m + M, M = 2^(kR-1-t); its twiddle for v[m] (m & M == 0) is
+//   W_{2h}^((base + m*s) mod h) = W_{2h}^o * W_{2M}^(m mod M),   o = base mod s,
+// given that base - o is a multiple of 2h_first. `wo[t]` = W_{2h_t}^o (computed by the caller,
+// kR sincospif per 2^kR points); the second factor is a compile-time root of unity.
+template <int kR, bool kInverse>
+__device__ __forceinline__ void radix_dif(float2 (&v)[1 << kR], const float2 (&wo)[kR]) {
+#pragma unroll
+  for (int t = 0; t < kR; ++t) {
+    const int M = 1 << (kR - 1 - t);
+#pragma unroll
+    for (int m = 0; m < (1 << kR); ++m) {
+      if (m & M) continue;
+      const float2 a = v[m], b = v[m + M];
+      v[m] = cadd(a, b);
+      const int c = m & (M - 1);  // W_{2M}^c = W_16^(c * 8 / M)
+      const float2 w = c == 0 ? wo[t] : cmul(wo[t], root16<kInverse>(c * 8 / M));
+      v[m + M] = cmul(csub(a, b), w);
+    }
+  }
+}
+
+// The mirror (DIT): stages in the opposite order, twiddle applied to the second input.
+template <int kR, bool kInverse>
+__device__ __forceinline__ void radix_dit(float2 (&v)[1 << kR], const float2 (&wo)[kR]) {
+#pragma unroll
+  for (int t = kR - 1; t >= 0; --t) {
+    const int M = 1 << (kR - 1 - t);
+#pragma unroll
+    for (int m = 0; m < (1 << kR); ++m) {
+      if (m & M) continue;
+      const int c = m & (M - 1);
+      const float2 w = c == 0 ? wo[t] : cmul(wo[t], root16<kInverse>(c * 8 / M));
+      const float2 a = v[m], b = cmul(v[m + M], w);
+      v[m] = cadd(a, b);
+      v[m + M] = csub(a, b);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warp pass: the 9 smallest stages (h = min(C, 512)/2 .. 1) on 512 consecutive points held as
+// v[m] = x[lane + 32*m], i.e. 512/C independent DIF transforms of C = 2^log2c points each
+// (log2c in [0, 9]); for C < 512 the stages with h >= C are skipped, so chunks never mix.
+// Every lane of the warp must call it (full-mask shuffles).
+template <bool kInverse>
+__device__ __forceinline__ void warp_dif(float2 (&v)[kPerLane], int log2c, int lane) {
+  // Register stages h = 256, 128, 64, 32: pair m with m + h/32.
+#pragma unroll
+  for (int lm = 3; lm >= 0; --lm) {
+    const int M = 1 << lm, log2h = 5 + lm;  // h = 32 * M
+    if (log2h >= log2c) continue;
+    const float2 wl = twiddle_dir<kInverse>(lane, log2h + 1);  // W_{2h}^lane
+#pragma unroll
+    for (int m = 0; m < kPerLane; ++m) {
+      if (m & M) continue;
+      const float2 a = v[m], b = v[m + M];
+      v[m] = cadd(a, b);
+      const int c = m & (M - 1);  // W_{2h}^(lane + 32c) = W_{2h}^lane * W_{2M}^c
+      const float2 w = c == 0 ? wl : cmul(wl, root16<kInverse>(c * 8 / M));
+      v[m + M] = cmul(csub(a, b), w);
+    }
+  }
+  // Shuffle stages h = 16 .. 1: the partner of lane is lane ^ h (same m).
+#pragma unroll
+  for (int lh = 4; lh >= 0; --lh) {
+    const int h = 1 << lh;
+    if (lh >= log2c) continue;
+    const bool upper = lane & h;
+    const float2 w = twiddle_dir<kInverse>(lane & (h - 1), lh + 1);  // W_{2h}^(lane mod h)
+#pragma unroll
+    for (int m = 0; m < kPerLane; ++m) {
+      const float2 o = make_float2(__shfl_xor_sync(0xffffffffu, v[m].x, h), __shfl_xor_sync(0xffffffffu, v[m].y, h));
+      v[m] = upper ? cmul(csub(o, v[m]), w) : cadd(v[m], o);
+    }
+  }
+}
+
+// Mirror of warp_dif: bit-reversed in, natural out, chunk by chunk.
+template <bool kInverse>
+__device__ __forceinline__ void warp_dit(float2 (&v)[kPerLane], int log2c, int lane) {
+#pragma unroll
+  for (int lh = 0; lh <= 4; ++lh) {
+    const int h = 1 << lh;
+    if (lh >= log2c) continue;
+    const bool upper = lane & h;
+    const float2 w = twiddle_dir<kInverse>(lane & (h - 1), lh + 1);
+#pragma unroll
+    for (int m = 0; m < kPerLane; ++m) {
+      // lower lane j: a + w*b; upper lane j+h: a - w*b, with w = W_{2h}^(j mod h) (same in both).
+      const float2 mine = upper ? cmul(v[m], w) : v[m];
+      const float2 o = make_float2(__shfl_xor_sync(0xffffffffu, mine.x, h), __shfl_xor_sync(0xffffffffu, mine.y, h));
+      v[m] = upper ? csub(o, mine) : cadd(mine, o);
+    }
+  }
+#pragma unroll
+  for (int lm = 0; lm <= 3; ++lm) {
+    const int M = 1 << lm, log2h = 5 + lm;
+    if (log2h >= log2c) continue;
+    const float2 wl = twiddle_dir<kInverse>(lane, log2h + 1);
+#pragma unroll
+    for (int m = 0; m < kPerLane; ++m) {
+      if (m & M) continue;
+      const int c = m & (M - 1);
+      const float2 w = c == 0 ? wl : cmul(wl, root16<kInverse>(c * 8 / M));
+      const float2 a = v[m], b = cmul(v[m + M], w);
+      v[m] = cadd(a, b);
+      v[m + M] = csub(a, b);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One CTA pass of kR stages whose largest half-size is 2^log2H (the last one s = 2^(log2H-kR+1)
+// >= 32, so the 32 lanes of a warp touch 32 consecutive elements per register).
+template <int kR, bool kInverse, bool kDit, bool kSwizzle>
+__device__ __forceinline__ void cta_pass(float2* data, int log2n, int log2H) {
+  const int log2s = log2H - kR + 1;
+  const int s = 1 << log2s, items = 1 << (log2n - kR);
+  for (int q = threadIdx.x; q < items; q += blockDim.x) {
+    const int o = q & (s - 1);
+    const int base = ((q >> log2s) << (log2H + 1)) + o;  // block of 2H, offset o
+    float2 v[1 << kR];
+#pragma unroll
+    for (int m = 0; m < (1 << kR); ++m) v[m] = data[swz<kSwizzle>(base + m * s, log2n)];
+    float2 wo[kR];
+#pragma unroll
+    for (int t = 0; t < kR; ++t) wo[t] = twiddle_dir<kInverse>(o, log2H - t + 1);  // W_{2h_t}^o
+    if constexpr (kDit) radix_dit<kR, kInverse>(v, wo);
+    else radix_dif<kR, kInverse>(v, wo);
+#pragma unroll
+    for (int m = 0; m < (1 << kR); ++m) data[swz<kSwizzle>(base + m * s, log2n)] = v[m];
+  }
+}
+
+template <bool kInverse, bool kDit, bool kSwizzle>
+__device__ __forceinline__ void cta_pass_dispatch(float2* data, int log2n, int log2H, int r) {
+  switch (r) {
+    case 1: cta_pass<1, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
+    case 2: cta_pass<2, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
+    case 3: cta_pass<3, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
+    default: cta_pass<4, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
+  }
+}
+
+// The warp pass over all 512-point blocks of the data (or the whole of it when n < 512).
+template <bool kInverse, bool kDit, bool kSwizzle>
+__device__ __forceinline__ void cta_warp_passes(float2* data, int log2n) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int n = 1 << log2n, log2c = log2n < kWarpLog2 ? log2n : kWarpLog2;
+  for (int base = warp * kWarpPoints; base < n; base += nwarps * kWarpPoints) {
+    float2 v[kPerLane];
+#pragma unroll
+    for (int m = 0; m < kPerLane; ++m) {
+      const int p = base + lane + 32 * m;
+      v[m] = p < n ? data[swz<kSwizzle>(p, log2n)] : make_float2(0.f, 0.f);
+    }
+    if constexpr (kDit) warp_dit<kInverse>(v, log2c, lane);
+    else warp_dif<kInverse>(v, log2c, lane);
+#pragma unroll
+    for (int m = 0; m < kPerLane; ++m) {
+      const int p = base + lane + 32 * m;
+      if (p < n) data[swz<kSwizzle>(p, log2n)] = v[m];
+    }
+  }
+}
+
+// Number of stages of the first CTA pass: the stages above the warp pass split into passes of
+// 4, the odd remainder first.
+__device__ __forceinline__ int first_pass_stages(int cta_stages) {
+  const int r = cta_stages % kPassLog2;
+  return r ? r : kPassLog2;
+}
+
+__device__ __forceinline__ int bit_reverse(int i, int log2n) {
+  return log2n == 0 ? 0 : int(__brev(unsigned(i)) >> (32 - log2n));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public CTA-cooperative transforms. Contract (all of them): every thread of the block calls
+// it with the same arguments; blockDim.x is a multiple of 32; n = 2^log2n with 0 <= log2n and
+// n float2 at `data` in shared memory (layout: swz<kSwizzle>); it begins and ends with
+// __syncthreads(), so the caller may write the data just before and read it just after.
+// Unnormalised: forward computes X[k] = sum_j x[j] exp(-2*pi*i*jk/n), kInverse uses exp(+...).
+
+// Natural order in, bit-reversed order out: afterwards data[swz(p)] holds X[bit_reverse(p)].
+template <bool kInverse, bool kSwizzle = false>
+__device__ void cta_fft_dif(float2* data, int log2n) {
+  __syncthreads();
+  const int cta_stages = log2n > kWarpLog2 ? log2n - kWarpLog2 : 0;
+  int done = 0;
+  while (done < cta_stages) {
+    const int r = done == 0 ? first_pass_stages(cta_stages) : kPassLog2;
+    cta_pass_dispatch<kInverse, false, kSwizzle>(data, log2n, log2n - 1 - done, r);
+    done += r;
+    __syncthreads();
+  }
+  cta_warp_passes<kInverse, false, kSwizzle>(data, log2n);
+  __syncthreads();
+}
+
+// Bit-reversed order in (data[swz(p)] = x[bit_reverse(p)]), natural order out.
+template <bool kInverse, bool kSwizzle = false>
+__device__ void cta_fft_dit(float2* data, int log2n) {
+  __syncthreads();
+  cta_warp_passes<kInverse, true, kSwizzle>(data, log2n);
+  __syncthreads();
+  // The DIF's passes in reverse: [0, first), [first, first + 4), ... counted from the top stage.
+  const int cta_stages = log2n > kWarpLog2 ? log2n - kWarpLog2 : 0;
+  const int first = first_pass_stages(cta_stages);
+  for (int end = cta_stages; end > 0;) {
+    const int r = end == first ? first : kPassLog2, start = end - r;
+    cta_pass_dispatch<kInverse, true, kSwizzle>(data, log2n, log2n - 1 - start, r);
+    end = start;
+    __syncthreads();
+  }
+}
+
+// In-place bit-reversal permutation (an involution: swap i and bit_reverse(i) once).
+template <bool kSwizzle = false>
+__device__ void cta_bit_reverse(float2* data, int log2n) {
+  __syncthreads();
+  for (int i = threadIdx.x; i < (1 << log2n); i += blockDim.x) {
+    const int r = bit_reverse(i, log2n);
+    if (i < r) {
+      const int pi = swz<kSwizzle>(i, log2n), pr = swz<kSwizzle>(r, log2n);
+      const float2 a = data[pi];
+      data[pi] = data[pr];
+      data[pr] = a;
+    }
+  }
+  __syncthreads();
+}
+
+// Natural order in and out: the DIF transform and one bit-reversal pass.
+template <bool kInverse, bool kSwizzle = false>
+__device__ void cta_fft(float2* data, int log2n) {
+  cta_fft_dif<kInverse, kSwizzle>(data, log2n);
+  cta_bit_reverse<kSwizzle>(data, log2n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real signals. A real x of length N = 2n is packed as n complex z[j] = x[2j] + i*x[2j+1] (the
+// same bytes: a float array read as float2). With Z = FFT_n(z) (unnormalised, forward) and
+// X[k] = sum_t x[t] exp(-2*pi*i*kt/N), k = 0..n, the unnormalised rfft:
+//   E[k] = (Z[k] + conj Z[n-k]) / 2,  O[k] = (Z[k] - conj Z[n-k]) / (2i),   (Z[n] := Z[0])
+//   X[k] = E[k] + W_N^k O[k],  X[n-k] = conj(E[k] - W_N^k O[k]).
+
+// In place, natural order: data[0..n-1] = Z (layout swz) in, data[0..n] = X out, data[n]
+// unswizzled. Works for log2n >= 0 (n = 1: N = 2). Begins and ends with __syncthreads().
+template <bool kSwizzle = false>
+__device__ void cta_rfft_post(float2* data, int log2n) {
+  __syncthreads();
+  const int n = 1 << log2n;
+  for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
+    if (k == 0) {
+      const float2 z0 = data[swz<kSwizzle>(0, log2n)];
+      data[swz<kSwizzle>(0, log2n)] = make_float2(z0.x + z0.y, 0.f);
+      data[n] = make_float2(z0.x - z0.y, 0.f);
+    } else {
+      const int pk = swz<kSwizzle>(k, log2n), pn = swz<kSwizzle>(n - k, log2n);
+      const float2 zk = data[pk], zn = cconj(data[pn]);
+      const float2 e = make_float2(0.5f * (zk.x + zn.x), 0.5f * (zk.y + zn.y));
+      const float2 d = csub(zk, zn);
+      const float2 o = make_float2(0.5f * d.y, -0.5f * d.x);  // d / (2i)
+      const float2 wo = cmul(twiddle(k, log2n + 1), o);
+      data[pk] = cadd(e, wo);
+      data[pn] = cconj(csub(e, wo));  // k = n/2: the same value as data[pk]
+    }
+  }
+  __syncthreads();
+}
+
+// The inverse: data[0..n] = X (bins 0..n of a Hermitian spectrum; the imaginary parts of X[0]
+// and X[n] are ignored, as every C2R transform does) in, data[0..n-1] = Z' out (layout swz),
+//   Z'[k] = (X[k] + conj X[n-k]) + i * conj(W_N^k) * (X[k] - conj X[n-k]),
+// so that the unnormalised inverse FFT_n of Z' gives u[2j] + i*u[2j+1] with
+//   u[t] = sum_{k<N} Xfull[k] exp(+2*pi*i*kt/N) = N * torch.fft.irfft(X, N)[t]   (norm="backward"),
+// i.e. the unnormalised inverse real DFT; multiply by 1/N for torch's default. rfft_post then
+// irfft_pre returns 2*Z. Begins and ends with __syncthreads().
+template <bool kSwizzle = false>
+__device__ void cta_irfft_pre(float2* data, int log2n) {
+  __syncthreads();
+  const int n = 1 << log2n;
+  for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
+    if (k == 0) {
+      const float a = data[swz<kSwizzle>(0, log2n)].x, c = data[n].x;
+      data[swz<kSwizzle>(0, log2n)] = make_float2(a + c, a - c);
+    } else {
+      const int pk = swz<kSwizzle>(k, log2n), pn = swz<kSwizzle>(n - k, log2n);
+      const float2 xk = data[pk], xn = cconj(data[pn]);
+      const float2 s = cadd(xk, xn);
+      const float2 d = cmul(csub(xk, xn), cconj(twiddle(k, log2n + 1)));
+      const float2 id = make_float2(-d.y, d.x);  // i * d
+      data[pk] = cadd(s, id);
+      data[pn] = cadd(cconj(s), make_float2(d.y, d.x));  // conj(s) + i*conj(d)
+    }
+  }
+  __syncthreads();
+}
+
+}  // namespace mmm::fft
