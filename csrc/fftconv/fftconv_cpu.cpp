@@ -1,7 +1,7 @@
-// fftconv on the CPU: the algorithm of the CUDA kernels, one row (b, h) at a time. A row's real
-// length-L signal is packed into L/2 complex numbers, transformed by an L/2-point complex FFT and
-// unpacked into the L/2 + 1 bins of its rfft; products with k's spectrum (computed once per call
-// per channel) go back the same way. Arithmetic in fp32 (fp64 for fp64 inputs, so gradcheck sees
+// fftconv on the CPU: the algorithm of the CUDA kernels, one row (b, h) at a time, on the shared
+// FFT twins (core/fft_cpu.h). A row's real length-L signal is packed into L/2 complex numbers,
+// transformed by an L/2-point complex FFT and unpacked into the L/2 + 1 bins of its rfft;
+// products with k's spectrum (computed once per call per channel) go back the same way. Arithmetic in fp32 (fp64 for fp64 inputs, so gradcheck sees
 // a float64 function). The forward is parallel over rows; the backward over fixed (channel,
 // batch-chunk) tasks whose dk / dbias partials are summed in chunk order, so the result does not
 // depend on the thread count.
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/numeric.h"
-#include "fftconv/fftconv_fft_cpu.h"
+#include "core/fft_cpu.h"
 #include "fftconv/params.h"
 
 namespace mmm {
@@ -57,30 +57,60 @@ template <typename C, typename F> void pack(cplx<C>* z, int64_t half, int64_t n,
   for (int64_t j = (n + 1) / 2; j < half; ++j) z[j] = cplx<C>(0, 0);
 }
 
-// spec[0..half] = rfft(x, L) of the packed real signal in z (z is overwritten).
-template <typename C> void forward(const fftcpu::Plan<C>& plan, cplx<C>* z, cplx<C>* spec) {
-  fftcpu::fft(plan, z, false);
-  fftcpu::rfft_post(plan, z, spec);
-}
+// The CUDA kernels' algorithm (fftconv_kernel.cuh) on std::complex: a DIF FFT leaves Z in
+// bit-reversed order; each bin pair (k, n-k) is unpacked to rfft bins / repacked from them in
+// place of the permutation; a DIT inverse FFT takes the bit-reversed input back to natural order.
+template <typename C> struct Plan {
+  int log2n;
+  int64_t n;
+  const cplx<C>* w;          // W_L^k, k < n (fft_cpu's table for stage h = n)
+  std::vector<int64_t> rev;  // bit reversal of [0, n)
+  explicit Plan(int log2L) : log2n(log2L - 1), n(int64_t(1) << (log2L - 1)), w(fft_cpu::stage_twiddles<C>(log2L - 1)), rev(n) {
+    for (int64_t i = 0; i < n; ++i) rev[i] = fft_cpu::bit_reverse(i, log2n);
+  }
+};
 
-// z = the packed real signal irfft(spec, L) * L / 2 (unnormalised: scale by 1 / half).
-template <typename C> void inverse(const fftcpu::Plan<C>& plan, const cplx<C>* spec, cplx<C>* z) {
-  fftcpu::irfft_pre(plan, spec, z);
-  fftcpu::fft(plan, z, true);
-}
-
-template <typename C> inline C unpack(const cplx<C>* z, int64_t t) { return t % 2 ? z[t / 2].imag() : z[t / 2].real(); }
-
-template <typename C> inline cplx<C> mul(cplx<C> a, cplx<C> b) {  // no NaN/inf fix-up (__mulsc3)
+template <typename C> inline cplx<C> cmul(cplx<C> a, cplx<C> b) {  // no NaN/inf fix-up (__mulsc3)
   return cplx<C>(a.real() * b.real() - a.imag() * b.imag(), a.real() * b.imag() + a.imag() * b.real());
 }
 template <typename C> inline cplx<C> mul_conj(cplx<C> a, cplx<C> b) {  // a * conj(b)
   return cplx<C>(a.real() * b.real() + a.imag() * b.imag(), a.imag() * b.real() - a.real() * b.imag());
 }
 
+// spec[0..n] = rfft(x, L) of the packed real signal in z (z is overwritten).
+template <typename C> void forward(const Plan<C>& plan, cplx<C>* z, cplx<C>* spec) {
+  const int64_t n = plan.n;
+  fft_cpu::fft_dif(z, plan.log2n, false);
+  spec[0] = cplx<C>(z[0].real() + z[0].imag(), 0);
+  spec[n] = cplx<C>(z[0].real() - z[0].imag(), 0);
+  for (int64_t k = 1; k <= n / 2; ++k) {
+    const cplx<C> zk = z[plan.rev[k]], c = std::conj(z[plan.rev[n - k]]);
+    const cplx<C> e((zk.real() + c.real()) / 2, (zk.imag() + c.imag()) / 2);
+    const cplx<C> o((zk.imag() - c.imag()) / 2, -(zk.real() - c.real()) / 2);  // (zk - c) / 2i
+    const cplx<C> wo = cmul(plan.w[k], o);
+    spec[k] = e + wo;
+    spec[n - k] = std::conj(e - wo);
+  }
+}
+
+// z = L * the packed irfft(spec, L) (natural order).
+template <typename C> void inverse(const Plan<C>& plan, const cplx<C>* spec, cplx<C>* z) {
+  const int64_t n = plan.n;
+  z[0] = cplx<C>(spec[0].real() + spec[n].real(), spec[0].real() - spec[n].real());
+  for (int64_t k = 1; k <= n / 2; ++k) {
+    const cplx<C> yk = spec[k], c = std::conj(spec[n - k]);
+    const cplx<C> s = yk + c, d = cmul(yk - c, std::conj(plan.w[k]));
+    z[plan.rev[k]] = cplx<C>(s.real() - d.imag(), s.imag() + d.real());
+    z[plan.rev[n - k]] = cplx<C>(s.real() + d.imag(), -s.imag() + d.real());  // k = n/2: the same value
+  }
+  fft_cpu::fft_dit(z, plan.log2n, true);
+}
+
+template <typename C> inline C unpack(const cplx<C>* z, int64_t t) { return t % 2 ? z[t / 2].imag() : z[t / 2].real(); }
+
 template <typename C, typename TK>
 void kspec_impl(const FFTConvParams& p, cplx<C>* kspec, int64_t h0, int64_t h1) {
-  const fftcpu::Plan<C> plan(p.log2_fft);
+  const Plan<C> plan(p.log2_fft);
   const int64_t half = p.half(), n = p.n;
   std::vector<cplx<C>> z(half);
   const TK* k = static_cast<const TK*>(p.k);
@@ -93,9 +123,9 @@ void kspec_impl(const FFTConvParams& p, cplx<C>* kspec, int64_t h0, int64_t h1) 
 
 template <typename T, typename C>
 void fwd_impl(const FFTConvParams& p, const cplx<C>* kspec, int64_t r0, int64_t r1) {
-  const fftcpu::Plan<C> plan(p.log2_fft);
+  const Plan<C> plan(p.log2_fft);
   const int64_t half = p.half(), n = p.n, H = p.channels;
-  const C inv = C(1) / C(half);
+  const C inv = C(1) / C(p.fft_len());
   std::vector<cplx<C>> z(half), spec(half + 1);
   const T* u = static_cast<const T*>(p.u);
   const T* pre = static_cast<const T*>(p.pregate);
@@ -109,7 +139,7 @@ void fwd_impl(const FFTConvParams& p, const cplx<C>* kspec, int64_t r0, int64_t 
     else pack<C>(z.data(), half, n, [&](int64_t t) { return load<C>(ur, t); });
     forward(plan, z.data(), spec.data());
     const cplx<C>* ks = kspec + h * (half + 1);
-    for (int64_t j = 0; j <= half; ++j) spec[j] = mul(spec[j], ks[j]);
+    for (int64_t j = 0; j <= half; ++j) spec[j] = cmul(spec[j], ks[j]);
     inverse(plan, spec.data(), z.data());
     const C bias = p.bias ? load_any<C>(p.bias, p.bias_dtype, h) : C(0);
     const T* qr = post ? post + r * p.post_rs : nullptr;
@@ -140,11 +170,11 @@ template <typename C> struct BwdWorkspace {
 
 template <typename T, typename C>
 void bwd_task(const FFTConvBwdParams& p, const cplx<C>* kspec, void* ws, int64_t task) {
-  const fftcpu::Plan<C> plan(p.log2_fft);
+  const Plan<C> plan(p.log2_fft);
   const int64_t half = p.half(), n = p.n, H = p.channels, chunks = bwd_chunks(p);
   const int64_t h = task / chunks, c = task % chunks;
   const int64_t b0 = c * p.batch / chunks, b1 = (c + 1) * p.batch / chunks;
-  const C inv = C(1) / C(half);
+  const C inv = C(1) / C(p.fft_len());
   const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
   std::vector<cplx<C>> z(half), gs(half + 1), vs(half + 1), tmp(half + 1);
   std::vector<C> g(n);
@@ -189,7 +219,7 @@ void bwd_task(const FFTConvBwdParams& p, const cplx<C>* kspec, void* ws, int64_t
       }
     }
     if (p.dpostgate) {
-      for (int64_t j = 0; j <= half; ++j) tmp[j] = mul(vs[j], ks[j]);
+      for (int64_t j = 0; j <= half; ++j) tmp[j] = cmul(vs[j], ks[j]);
       inverse(plan, tmp.data(), z.data());
       T* dqr = static_cast<T*>(p.dpostgate) + r * n;
       for (int64_t t = 0; t < n; ++t)
@@ -201,9 +231,9 @@ void bwd_task(const FFTConvBwdParams& p, const cplx<C>* kspec, void* ws, int64_t
 
 template <typename C>
 void bwd_finalize(const FFTConvBwdParams& p, void* ws, int64_t h0, int64_t h1) {
-  const fftcpu::Plan<C> plan(p.log2_fft);
+  const Plan<C> plan(p.log2_fft);
   const int64_t half = p.half(), n = p.n, chunks = bwd_chunks(p);
-  const C inv = C(1) / C(half);
+  const C inv = C(1) / C(p.fft_len());
   BwdWorkspace<C> w(p, ws);
   std::vector<cplx<C>> acc(half + 1), z(half);
   for (int64_t h = h0; h < h1; ++h) {

@@ -31,9 +31,9 @@ struct FFTConvParams {
   DType bias_dtype = DType::kFloat32;
   void* y = nullptr;  // (rows, n) contiguous, forward only
 
-  int64_t rows() const { return batch * channels; }
-  int64_t fft_len() const { return int64_t(1) << log2_fft; }
-  int64_t half() const { return int64_t(1) << (log2_fft - 1); }  // complex FFT size L/2
+  MMM_HD int64_t rows() const { return batch * channels; }
+  MMM_HD int64_t fft_len() const { return int64_t(1) << log2_fft; }
+  MMM_HD int64_t half() const { return int64_t(1) << (log2_fft - 1); }  // complex FFT size L/2
 };
 
 // Backward: given dy, every gradient whose pointer is set.
