@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,6 +291,20 @@ def test_cpu_equals_cuda():
 @pytest.mark.parametrize("n", [1, 7, 300, 4096, 16384, 40000])
 def test_sanitizer_subset(n):
     check(make_inputs(2, 2, n, F32, "cuda"), atol_scale=4.0)
+
+
+# The CUDA kernels themselves, run on CPU threads (csrc/fftconv/fftconv_emulate.cpp) against a
+# direct convolution in double, through all three shared-memory / scratch paths: slow to build
+# and run (~1 min), so opt-in.
+@pytest.mark.skipif(os.environ.get("MMM_FFT_EMULATE") != "1" or shutil.which("g++") is None,
+                    reason="set MMM_FFT_EMULATE=1 (needs g++) to run the CUDA fftconv code on CPU threads")
+def test_cuda_kernels_on_cpu_threads(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    exe = tmp_path / "fftconv_emulate"
+    subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", f"-I{root / 'csrc'}",
+                    str(root / "csrc/fftconv/fftconv_emulate.cpp"), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe), "1000"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,12 @@
 //   fftconv_bwd_finalize     one CTA per channel: sum the chunks' slots in order, irfft -> dk;
 //                            dbias from the chunks' partial sums
 #pragma once
+#ifndef MMM_FFT_HOST_EMULATION  // fftconv_emulate.cpp runs these kernels on CPU threads
 #include "core/cuda_utils.cuh"
+#define MMM_FFTCONV_DYNAMIC_SMEM(name) extern __shared__ float2 name[]
+#else
+#define MMM_FFTCONV_DYNAMIC_SMEM(name) float2* name = emu_dynamic_smem()
+#endif
 #include "core/fft.cuh"
 #include "fftconv/params.h"
 
@@ -104,7 +109,7 @@ __device__ __forceinline__ void load_packed(float2* buf, int log2n, int64_t N, F
 
 // Shared memory, or the CTA's slot of global scratch (n float2 per CTA).
 template <bool kSmem> __device__ __forceinline__ float2* buffer(float2* scratch, int log2n) {
-  extern __shared__ float2 smem_fftconv[];
+  MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
   if constexpr (kSmem) return smem_fftconv;
   else return scratch + (int64_t(blockIdx.x) << log2n);
 }
@@ -220,7 +225,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   const float inv_len = 1.f / float(p.fft_len());
   // Buffer A (g, then dv) and B (v, then z): in shared memory when they fit (A first), else in
   // the CTA's two slots of global scratch (2n float2 per CTA).
-  extern __shared__ float2 smem_fftconv[];
+  MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
   float2* A = kSmemA ? smem_fftconv : scratch + (int64_t(blockIdx.x) * 2) * n;
   float2* B = kSmemB ? smem_fftconv + n : scratch + (int64_t(blockIdx.x) * 2 + 1) * n;
   const T* __restrict__ u = static_cast<const T*>(p.u);
