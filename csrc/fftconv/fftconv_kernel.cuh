@@ -101,6 +101,9 @@ __device__ __forceinline__ float2 pack_dc(float y0, float yn) { return make_floa
 template <bool kSw, typename F>
 __device__ __forceinline__ void load_packed(float2* buf, int log2n, int64_t N, F&& f) {
   const int n = 1 << log2n;
+  // Unrolled so that each thread has several loads in flight: with one 128 KB CTA per SM
+  // nothing else hides their latency.
+#pragma unroll 4
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
     const int64_t t = 2 * int64_t(j);
     buf[slot<kSw>(j, log2n)] = make_float2(t < N ? f(t) : 0.f, t + 1 < N ? f(t + 1) : 0.f);
@@ -187,6 +190,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
     const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
     const T* qr = post ? post + r * p.post_rs : nullptr;
     T* yr = y + r * p.n;
+#pragma unroll 4
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
       const int64_t t = 2 * int64_t(j);
       if (t >= p.n) break;
