@@ -100,6 +100,8 @@ def check(args, dy=None, grad_mask=None, atol_scale=1.0):
 def test_matches_reference(device, dtype, n, opt):
     if device == "cuda" and dtype == F64:
         pytest.skip("float64 is CPU-only")
+    if opt == "none" and dtype != F32 and device == "cpu":
+        pytest.skip("the ungated form in one dtype is enough on the CPU (test_optional_arguments covers the rest)")
     full = opt == "all"
     check(make_inputs(2, 3, n, dtype, device, bias=full, pregate=full, postgate=full, seed=n))
 
@@ -204,7 +206,7 @@ def test_deterministic_weight_gradients(device):
 
 
 def test_gradcheck():
-    for b, h, n in ((2, 2, 5), (1, 3, 8), (2, 1, 1)):
+    for b, h, n in ((2, 2, 5), (2, 1, 1)):
         args = [a.requires_grad_() for a in make_inputs(b, h, n, F64, "cpu", seed=n)]
         assert torch.autograd.gradcheck(mmm.fftconv, tuple(args))
         assert torch.autograd.gradcheck(lambda u, k: mmm.fftconv(u, k), (args[0], args[1]))
