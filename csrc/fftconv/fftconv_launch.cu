@@ -13,60 +13,25 @@
 
 #include <algorithm>
 
-#include "fftconv/fftconv_kernel.cuh"
+#include "fftconv/fftconv_launch_template.cuh"
 #include "fftconv/params.h"
 
 namespace mmm {
-namespace {
+namespace fftconv_launch {
 
-constexpr size_t kScratchBudget = size_t(256) << 20;  // global scratch for the unfused path
-constexpr int kStaticSmem = 1024;                    // margin for the kernels' static shared memory
-
-struct Plan {
-  int log2n = 0, threads = 32;
-  int64_t n = 1, channels = 0, rows = 0, chunks = 0, slots = 1;
-  bool smem1 = false;  // one buffer (4L bytes) fits shared memory
-  bool smem2 = false;  // two buffers fit
-  size_t kspec_bytes = 0, dk_part_bytes = 0, scratch_bytes = 0, dbias_part_bytes = 0;
-  int sms = 1;
-
-  Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool need_dbias) {
-    int optin = 0;
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    log2n = p.log2_fft - 1;
-    n = int64_t(1) << log2n;
-    threads = FFTConvTile::threads(n);
-    channels = p.channels;
-    rows = p.rows();
-    const size_t buf = size_t(n) * sizeof(float2);
-    smem1 = buf + kStaticSmem <= size_t(optin);
-    smem2 = 2 * buf + kStaticSmem <= size_t(optin);
-    slots = std::max<int64_t>(1, std::min<int64_t>(int64_t(4) * sms, int64_t(kScratchBudget / (2 * buf))));
-    kspec_bytes = size_t(channels) * size_t(n + 1) * sizeof(float2);
-    if (backward) {
-      chunks = fftconv_bwd_chunks(p.batch, p.channels);
-      dk_part_bytes = need_dk ? size_t(channels * chunks) * size_t(n + 1) * sizeof(float2) : 0;
-      dbias_part_bytes = need_dbias ? size_t(channels * chunks) * sizeof(float) : 0;
-      scratch_bytes = smem2 ? 0 : size_t(slots) * 2 * buf;
-    } else {
-      scratch_bytes = smem1 ? 0 : size_t(slots) * buf;
-    }
-  }
-  size_t total() const { return kspec_bytes + dk_part_bytes + scratch_bytes + dbias_part_bytes; }
-  // Grid for `work` independent items: everything at once from shared memory, else one CTA per
-  // scratch slot.
-  unsigned grid(int64_t work, bool in_smem) const {
-    const int64_t cap = in_smem ? int64_t(0x7fffffff) : slots;
-    return unsigned(std::max<int64_t>(1, std::min(work, cap)));
-  }
-};
-
-template <typename K>
-cudaError_t allow_smem(K kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-}
+// Defined in instantiations/fftconv_<dtype>.cu.
+extern template cudaError_t launch_rows_fwd<float>(const FFTConvParams&, const Plan&, const float2*, float2*,
+                                                   cudaStream_t);
+extern template cudaError_t launch_rows_fwd<__half>(const FFTConvParams&, const Plan&, const float2*, float2*,
+                                                    cudaStream_t);
+extern template cudaError_t launch_rows_fwd<__nv_bfloat16>(const FFTConvParams&, const Plan&, const float2*, float2*,
+                                                           cudaStream_t);
+extern template cudaError_t launch_rows_bwd<float>(const FFTConvBwdParams&, const Plan&, const float2*, float2*,
+                                                   float*, float2*, cudaStream_t);
+extern template cudaError_t launch_rows_bwd<__half>(const FFTConvBwdParams&, const Plan&, const float2*, float2*,
+                                                    float*, float2*, cudaStream_t);
+extern template cudaError_t launch_rows_bwd<__nv_bfloat16>(const FFTConvBwdParams&, const Plan&, const float2*,
+                                                           float2*, float*, float2*, cudaStream_t);
 
 cudaError_t launch_kspec(const FFTConvParams& p, const Plan& pl, float2* kspec, float2* scratch, cudaStream_t s) {
   const size_t smem = size_t(pl.n) * sizeof(float2);
@@ -80,52 +45,10 @@ cudaError_t launch_kspec(const FFTConvParams& p, const Plan& pl, float2* kspec, 
   return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t run_fwd(const FFTConvParams& p, const Plan& pl, char* ws, cudaStream_t s) {
-  float2* kspec = reinterpret_cast<float2*>(ws);
-  float2* scratch = reinterpret_cast<float2*>(ws + pl.kspec_bytes);
-  cudaError_t err = launch_kspec(p, pl, kspec, scratch, s);
-  if (err != cudaSuccess) return err;
-  const size_t smem = size_t(pl.n) * sizeof(float2);
-  if (pl.smem1) {
-    err = allow_smem(fftconv_fwd_kernel<T, true>, smem);
-    if (err != cudaSuccess) return err;
-    fftconv_fwd_kernel<T, true><<<pl.grid(pl.rows, true), pl.threads, smem, s>>>(p, kspec, nullptr);
-  } else {
-    fftconv_fwd_kernel<T, false><<<pl.grid(pl.rows, false), pl.threads, 0, s>>>(p, kspec, scratch);
-  }
-  return cudaGetLastError();
-}
-
-template <typename T>
-cudaError_t run_bwd(const FFTConvBwdParams& p, const Plan& pl, char* ws, cudaStream_t s) {
-  float2* kspec = reinterpret_cast<float2*>(ws);
-  float2* dk_part = reinterpret_cast<float2*>(ws + pl.kspec_bytes);
-  float2* scratch = reinterpret_cast<float2*>(ws + pl.kspec_bytes + pl.dk_part_bytes);
-  float* dbias_part = reinterpret_cast<float*>(ws + pl.kspec_bytes + pl.dk_part_bytes + pl.scratch_bytes);
-  cudaError_t err = cudaSuccess;
+cudaError_t launch_finalize(const FFTConvBwdParams& p, const Plan& pl, const float2* dk_part, const float* dbias_part,
+                            float2* scratch, cudaStream_t s) {
   const size_t buf = size_t(pl.n) * sizeof(float2);
-  if (pl.rows > 0) {
-    err = launch_kspec(p, pl, kspec, scratch, s);
-    if (err != cudaSuccess) return err;
-    const int64_t tasks = pl.channels * pl.chunks;
-    if (pl.smem2) {
-      err = allow_smem(fftconv_bwd_kernel<T, true, true>, 2 * buf);
-      if (err != cudaSuccess) return err;
-      fftconv_bwd_kernel<T, true, true><<<pl.grid(tasks, true), pl.threads, 2 * buf, s>>>(p, kspec, dk_part, dbias_part,
-                                                                                          nullptr);
-    } else if (pl.smem1) {
-      err = allow_smem(fftconv_bwd_kernel<T, true, false>, buf);
-      if (err != cudaSuccess) return err;
-      fftconv_bwd_kernel<T, true, false><<<pl.grid(tasks, false), pl.threads, buf, s>>>(p, kspec, dk_part, dbias_part,
-                                                                                       scratch);
-    } else {
-      fftconv_bwd_kernel<T, false, false><<<pl.grid(tasks, false), pl.threads, 0, s>>>(p, kspec, dk_part, dbias_part,
-                                                                                      scratch);
-    }
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
+  cudaError_t err = cudaSuccess;
   if (!p.dk && !p.dbias) return cudaSuccess;
   if (pl.smem1) {
     err = allow_smem(fftconv_bwd_finalize_kernel<true>, buf);
@@ -138,6 +61,35 @@ cudaError_t run_bwd(const FFTConvBwdParams& p, const Plan& pl, char* ws, cudaStr
                                                                                           scratch);
   }
   return cudaGetLastError();
+}
+
+}  // namespace fftconv_launch
+
+namespace {
+using namespace fftconv_launch;
+
+template <typename T>
+cudaError_t run_fwd(const FFTConvParams& p, const Plan& pl, char* ws, cudaStream_t s) {
+  float2* kspec = reinterpret_cast<float2*>(ws);
+  float2* scratch = reinterpret_cast<float2*>(ws + pl.kspec_bytes);
+  cudaError_t err = launch_kspec(p, pl, kspec, scratch, s);
+  if (err != cudaSuccess) return err;
+  return launch_rows_fwd<T>(p, pl, kspec, scratch, s);
+}
+
+template <typename T>
+cudaError_t run_bwd(const FFTConvBwdParams& p, const Plan& pl, char* ws, cudaStream_t s) {
+  float2* kspec = reinterpret_cast<float2*>(ws);
+  float2* dk_part = reinterpret_cast<float2*>(ws + pl.kspec_bytes);
+  float2* scratch = reinterpret_cast<float2*>(ws + pl.kspec_bytes + pl.dk_part_bytes);
+  float* dbias_part = reinterpret_cast<float*>(ws + pl.kspec_bytes + pl.dk_part_bytes + pl.scratch_bytes);
+  if (pl.rows > 0) {
+    cudaError_t err = launch_kspec(p, pl, kspec, scratch, s);
+    if (err != cudaSuccess) return err;
+    err = launch_rows_bwd<T>(p, pl, kspec, dk_part, dbias_part, scratch, s);
+    if (err != cudaSuccess) return err;
+  }
+  return launch_finalize(p, pl, dk_part, dbias_part, scratch, s);
 }
 
 int current_device() {
