@@ -1,6 +1,8 @@
 """Drop-in modules built only from mmm ops."""
 from mmm.nn.attention import FusedAttention
+from mmm.nn.butterfly import ButterflyLinear
 from mmm.nn.fft import FNetMixing
+from mmm.nn.fftconv import FFTConv
 from mmm.nn.fused_add_norm import FusedAddNorm
 from mmm.nn.monarch import (
     BlockDiagLinear,
@@ -11,8 +13,7 @@ from mmm.nn.monarch import (
     replace_linear,
 )
 
-__all__ = ["FusedAddNorm", "FusedAttention"]
-__all__ += ["FNetMixing"]
+__all__ = ["ButterflyLinear", "FFTConv", "FNetMixing", "FusedAddNorm", "FusedAttention"]
 __all__ += [
     "BlockDiagLinear",
     "LowRankBlockDiagLinear",

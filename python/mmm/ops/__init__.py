@@ -3,7 +3,7 @@
 Every op module in MODULES defines ``selftest(device) -> float`` (the worst error against its
 reference, raising on failure); ``python -m mmm`` runs them all.
 """
-from mmm.ops import attention, block_diag_matmul, fft, fused_add_norm, hadamard
+from mmm.ops import attention, block_diag_matmul, butterfly, fft, fftconv, fused_add_norm, hadamard
 
 MODULES = {
     "fused_add_norm": fused_add_norm,
@@ -11,4 +11,6 @@ MODULES = {
     "hadamard_transform": hadamard,
     "fused_attention": attention,
     "fft": fft,
+    "fftconv": fftconv,
+    "butterfly_multiply": butterfly,
 }

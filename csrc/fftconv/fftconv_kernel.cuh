@@ -1,0 +1,387 @@
+// fftconv CUDA kernels (fp32 arithmetic whatever the storage type). A row's real length-L signal
+// (L = 2n, the next power of two >= 2N) is packed as n complex points z[j] = x[2j] + i x[2j+1]
+// in a buffer of n float2 (shared memory when it fits, else a per-CTA slot of global scratch):
+//
+//   load      buffer[swz(j)] = packed pregate * u, zeros past N       (global -> buffer, once)
+//   DIF       fft::cta_fft_dif: Z = FFT_n(z), bit-reversed order, no permutation pass
+//   pointwise one thread per bin pair (k, n-k), read at swz(bitrev(k)), swz(bitrev(n-k)):
+//             unpack Z into the rfft bins X[k], X[n-k], multiply by k's spectrum, repack for
+//             the inverse real transform, write back to the same two slots
+//   DIT       fft::cta_fft_dit<inverse>: bit-reversed in, natural order out = L * packed result
+//   epilogue  y = postgate * (result / L + bias * u)                    (buffer -> global, once)
+//
+// Because a pair (k, n-k) is both unpacked and repacked by one thread in registers, the spectrum
+// never needs the n+1-th slot or natural order, and the only passes over the buffer are the FFT's.
+//
+//   fftconv_kspec_kernel     one CTA per channel: rfft(k, L) -> kspec (H, n + 1) float2, natural
+//   fftconv_fwd_kernel       one CTA per row (b, h), rows visited channel-major so that the B rows
+//                            of a channel share kspec[h] in L2
+//   fftconv_bwd_kernel       one CTA per (channel, batch chunk): per row rfft(g) and rfft(v) in two
+//                            buffers; du / dpregate from irfft(G conj K), dpostgate from
+//                            irfft(V K); G conj V summed over the chunk's rows into the CTA's own
+//                            fp32 slot of global memory (same thread, same bin, fixed order)
+//   fftconv_bwd_finalize     one CTA per channel: sum the chunks' slots in order, irfft -> dk;
+//                            dbias from the chunks' partial sums
+#pragma once
+#ifndef MMM_FFT_HOST_EMULATION  // fftconv_emulate.cpp runs these kernels on CPU threads
+#include "core/cuda_utils.cuh"
+#define MMM_FFTCONV_DYNAMIC_SMEM(name) extern __shared__ float2 name[]
+#else
+#define MMM_FFTCONV_DYNAMIC_SMEM(name) float2* name = emu_dynamic_smem()
+#endif
+#include "core/fft.cuh"
+#include "fftconv/params.h"
+
+namespace mmm {
+
+struct FFTConvTile {
+  static constexpr int kMaxThreads = 512;  // fft.cuh: ~100 registers per thread
+  // Threads for an n-point transform: 16 points per thread per CTA pass, at least one warp.
+  static int threads(int64_t n) {
+    int64_t t = n / 16;
+    return int(t < 32 ? 32 : t > kMaxThreads ? kMaxThreads : t);
+  }
+};
+
+namespace fftconv_detail {
+
+using fft::cadd;
+using fft::cconj;
+using fft::cmul;
+using fft::csub;
+
+__device__ __forceinline__ float load_any(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kFloat16: return __half2float(static_cast<const __half*>(p)[i]);
+    case DType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+__device__ __forceinline__ void store_any(void* p, DType t, int64_t i, float v) {
+  switch (t) {
+    case DType::kFloat16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+    case DType::kBFloat16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    default: static_cast<float*>(p)[i] = v; break;
+  }
+}
+
+// Slot of packed point j / of spectrum bin k after the DIF.
+template <bool kSw> __device__ __forceinline__ int slot(int j, int log2n) { return fft::swz<kSw>(j, log2n); }
+template <bool kSw> __device__ __forceinline__ int bin_slot(int k, int log2n) {
+  return fft::swz<kSw>(fft::bit_reverse(k, log2n), log2n);
+}
+
+// Z[k], Z[n-k] of a packed real signal -> its rfft bins X[k], X[n-k] (1 <= k <= n/2; k = n-k is
+// fine). W = W_L^k. E = (Z[k] + conj Z[n-k]) / 2, O = (Z[k] - conj Z[n-k]) / 2i,
+// X[k] = E + W O, X[n-k] = conj(E - W O)  (fft.cuh cta_rfft_post).
+__device__ __forceinline__ void unpack_pair(float2 zk, float2 zm, float2 w, float2& xk, float2& xm) {
+  const float2 c = cconj(zm);
+  const float2 e = make_float2(0.5f * (zk.x + c.x), 0.5f * (zk.y + c.y));
+  const float2 d = csub(zk, c);
+  const float2 wo = cmul(w, make_float2(0.5f * d.y, -0.5f * d.x));
+  xk = cadd(e, wo);
+  xm = cconj(csub(e, wo));
+}
+// The inverse (fft.cuh cta_irfft_pre): bins Y[k], Y[n-k] -> Z'[k], Z'[n-k] with
+// s = Y[k] + conj Y[n-k], d = (Y[k] - conj Y[n-k]) conj(W): Z'[k] = s + i d, Z'[n-k] = conj s + i conj d.
+// The unnormalised inverse FFT of Z' is L * the packed irfft.
+__device__ __forceinline__ void pack_pair(float2 yk, float2 ym, float2 w, float2& zk, float2& zm) {
+  const float2 c = cconj(ym);
+  const float2 s = cadd(yk, c);
+  const float2 d = cmul(csub(yk, c), cconj(w));
+  zk = make_float2(s.x - d.y, s.y + d.x);
+  zm = make_float2(s.x + d.y, -s.y + d.x);
+}
+// Bin 0 holds X[0] + i X[n] after the DIF (both real); the packed form of Y[0], Y[n] is
+// (Y[0] + Y[n], Y[0] - Y[n]).
+__device__ __forceinline__ float2 unpack_dc(float2 z0) { return make_float2(z0.x + z0.y, z0.x - z0.y); }
+__device__ __forceinline__ float2 pack_dc(float y0, float yn) { return make_float2(y0 + yn, y0 - yn); }
+
+// buffer[slot(j)] = (f(2j), f(2j+1)), f(t) = 0 for t >= N.
+template <bool kSw, typename F>
+__device__ __forceinline__ void load_packed(float2* buf, int log2n, int64_t N, F&& f) {
+  const int n = 1 << log2n;
+  // Unrolled so that each thread has several loads in flight: with one 128 KB CTA per SM
+  // nothing else hides their latency.
+#pragma unroll 4
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const int64_t t = 2 * int64_t(j);
+    buf[slot<kSw>(j, log2n)] = make_float2(t < N ? f(t) : 0.f, t + 1 < N ? f(t + 1) : 0.f);
+  }
+}
+
+// Shared memory, or the CTA's slot of global scratch (n float2 per CTA).
+template <bool kSmem> __device__ __forceinline__ float2* buffer(float2* scratch, int log2n) {
+  MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
+  if constexpr (kSmem) return smem_fftconv;
+  else return scratch + (int64_t(blockIdx.x) << log2n);
+}
+
+}  // namespace fftconv_detail
+
+// kspec[h, k] = rfft(k[h], L)[k], k = 0..n, natural order. gridDim.x CTAs loop over channels.
+template <bool kSmem>
+__global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
+    fftconv_kspec_kernel(const FFTConvParams p, float2* __restrict__ kspec, float2* scratch) {
+  using namespace fftconv_detail;
+  const int log2n = p.log2_fft - 1, n = 1 << log2n;
+  float2* buf = buffer<kSmem>(scratch, log2n);
+  for (int64_t h = blockIdx.x; h < p.channels; h += gridDim.x) {
+    const int64_t krow = h * p.k_rs;
+    load_packed<kSmem>(buf, log2n, p.n, [&](int64_t t) { return load_any(p.k, p.k_dtype, krow + t); });
+    fft::cta_fft_dif<false, kSmem>(buf, log2n);
+    float2* out = kspec + h * (n + 1);
+    for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
+      if (k == 0) {
+        const float2 x = unpack_dc(buf[0]);
+        out[0] = make_float2(x.x, 0.f);
+        out[n] = make_float2(x.y, 0.f);
+      } else {
+        float2 xk, xm;
+        unpack_pair(buf[bin_slot<kSmem>(k, log2n)], buf[bin_slot<kSmem>(n - k, log2n)], fft::twiddle(k, p.log2_fft),
+                    xk, xm);
+        out[k] = xk;
+        out[n - k] = xm;
+      }
+    }
+    __syncthreads();  // the next channel's load overwrites buf
+  }
+}
+
+// y for every row. Row q (channel-major) = (h = q / B, b = q % B).
+template <typename T, bool kSmem>
+__global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
+    fftconv_fwd_kernel(const FFTConvParams p, const float2* __restrict__ kspec, float2* scratch) {
+  using namespace fftconv_detail;
+  const int log2n = p.log2_fft - 1, n = 1 << log2n;
+  const float inv_len = 1.f / float(p.fft_len());
+  float2* buf = buffer<kSmem>(scratch, log2n);
+  const T* __restrict__ u = static_cast<const T*>(p.u);
+  const T* __restrict__ pre = static_cast<const T*>(p.pregate);
+  const T* __restrict__ post = static_cast<const T*>(p.postgate);
+  T* __restrict__ y = static_cast<T*>(p.y);
+  const int64_t rows = p.rows();
+  for (int64_t q = blockIdx.x; q < rows; q += gridDim.x) {
+    const int64_t h = q / p.batch, b = q % p.batch, r = b * p.channels + h;
+    const T* ur = u + r * p.u_rs;
+    if (pre) {
+      const T* pr = pre + r * p.pre_rs;
+      load_packed<kSmem>(buf, log2n, p.n, [&](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); });
+    } else {
+      load_packed<kSmem>(buf, log2n, p.n, [&](int64_t t) { return to_f(ur[t]); });
+    }
+    fft::cta_fft_dif<false, kSmem>(buf, log2n);
+    const float2* ks = kspec + h * (n + 1);
+    for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
+      if (k == 0) {
+        const float2 x = unpack_dc(buf[0]);
+        buf[0] = pack_dc(x.x * ks[0].x, x.y * ks[n].x);
+      } else {
+        const int sk = bin_slot<kSmem>(k, log2n), sm = bin_slot<kSmem>(n - k, log2n);
+        const float2 w = fft::twiddle(k, p.log2_fft);
+        float2 xk, xm, zk, zm;
+        unpack_pair(buf[sk], buf[sm], w, xk, xm);
+        pack_pair(cmul(xk, ks[k]), cmul(xm, ks[n - k]), w, zk, zm);
+        buf[sk] = zk;
+        if (sm != sk) buf[sm] = zm;
+      }
+    }
+    fft::cta_fft_dit<true, kSmem>(buf, log2n);
+    const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
+    const T* qr = post ? post + r * p.post_rs : nullptr;
+    T* yr = y + r * p.n;
+#pragma unroll 4
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      const int64_t t = 2 * int64_t(j);
+      if (t >= p.n) break;
+      const float2 v = buf[slot<kSmem>(j, log2n)];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (t + e < p.n) {
+          float o = (e ? v.y : v.x) * inv_len;
+          if (bias != 0.f) o += bias * to_f(ur[t + e]);
+          if (qr) o *= to_f(qr[t + e]);
+          yr[t + e] = from_f<T>(o);
+        }
+      }
+    }
+    __syncthreads();  // the next row's load overwrites buf
+  }
+}
+
+// Batch chunks per channel for the backward's dk / dbias partial sums: a function of the
+// shapes only, so the summation order (and the result, bit for bit) does not depend on the GPU.
+MMM_HD int64_t fftconv_bwd_chunks(int64_t batch, int64_t channels) {
+  if (batch == 0) return 0;
+  const int64_t want = (1024 + channels - 1) / channels;
+  return want < 1 ? 1 : want > batch ? batch : want;
+}
+
+// Task q (channel-major) = (h = q / chunks, chunk c = q % chunks): rows b in [c B / chunks,
+// (c + 1) B / chunks). dk_part: (H * chunks, n + 1) float2; dbias_part: (H * chunks,) float.
+template <typename T, bool kSmemA, bool kSmemB>
+__global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
+    fftconv_bwd_kernel(const FFTConvBwdParams p, const float2* __restrict__ kspec, float2* __restrict__ dk_part,
+                       float* __restrict__ dbias_part, float2* scratch) {
+  using namespace fftconv_detail;
+  __shared__ float red[FFTConvTile::kMaxThreads / 32];
+  const int log2n = p.log2_fft - 1, n = 1 << log2n;
+  const float inv_len = 1.f / float(p.fft_len());
+  // Buffer A (g, then dv) and B (v, then z): in shared memory when they fit (A first), else in
+  // the CTA's two slots of global scratch (2n float2 per CTA).
+  MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
+  float2* A = kSmemA ? smem_fftconv : scratch + (int64_t(blockIdx.x) * 2) * n;
+  float2* B = kSmemB ? smem_fftconv + n : scratch + (int64_t(blockIdx.x) * 2 + 1) * n;
+  const T* __restrict__ u = static_cast<const T*>(p.u);
+  const T* __restrict__ pre = static_cast<const T*>(p.pregate);
+  const T* __restrict__ post = static_cast<const T*>(p.postgate);
+  const T* __restrict__ dy = static_cast<const T*>(p.dy);
+  const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
+  const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
+  for (int64_t task = blockIdx.x; task < p.channels * chunks; task += gridDim.x) {
+    const int64_t h = task / chunks, c = task % chunks;
+    const int64_t b0 = c * p.batch / chunks, b1 = (c + 1) * p.batch / chunks;
+    const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
+    const float2* ks = kspec + h * (n + 1);
+    float2* acc = p.dk ? dk_part + task * (n + 1) : nullptr;
+    float dbias = 0.f;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r = b * p.channels + h;
+      const T* ur = u + r * p.u_rs;
+      const T* pr = pre ? pre + r * p.pre_rs : nullptr;
+      const T* qr = post ? post + r * p.post_rs : nullptr;
+      const T* dyr = dy + r * p.dy_rs;
+      auto g_at = [&](int64_t t) { return qr ? to_f(dyr[t]) * to_f(qr[t]) : to_f(dyr[t]); };
+      load_packed<kSmemA>(A, log2n, p.n, g_at);
+      if (p.dbias)
+        for (int64_t t = threadIdx.x; t < p.n; t += blockDim.x) dbias += g_at(t) * to_f(ur[t]);
+      if (need_v) {
+        if (pr) load_packed<kSmemB>(B, log2n, p.n, [&](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); });
+        else load_packed<kSmemB>(B, log2n, p.n, [&](int64_t t) { return to_f(ur[t]); });
+      }
+      fft::cta_fft_dif<false, kSmemA>(A, log2n);
+      if (need_v) fft::cta_fft_dif<false, kSmemB>(B, log2n);
+      const bool first = b == b0;
+      for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
+        if (k == 0) {
+          const float2 g = unpack_dc(A[0]);
+          const float2 v = need_v ? unpack_dc(B[0]) : make_float2(0.f, 0.f);
+          if (acc) {
+            const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
+            acc[0] = first ? a0 : cadd(acc[0], a0);
+            acc[n] = first ? an : cadd(acc[n], an);
+          }
+          if (need_dv) A[0] = pack_dc(g.x * ks[0].x, g.y * ks[n].x);
+          if (p.dpostgate) B[0] = pack_dc(v.x * ks[0].x, v.y * ks[n].x);
+          continue;
+        }
+        const int m = n - k;
+        const float2 w = fft::twiddle(k, p.log2_fft);
+        const int ak = bin_slot<kSmemA>(k, log2n), am = bin_slot<kSmemA>(m, log2n);
+        const int bk = bin_slot<kSmemB>(k, log2n), bm = bin_slot<kSmemB>(m, log2n);
+        float2 gk, gm, vk = make_float2(0.f, 0.f), vm = vk, zk, zm;
+        unpack_pair(A[ak], A[am], w, gk, gm);
+        if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);
+        if (acc) {
+          const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
+          acc[k] = first ? pk : cadd(acc[k], pk);
+          if (m != k) acc[m] = first ? pm : cadd(acc[m], pm);
+        }
+        if (need_dv) {
+          pack_pair(cmul(gk, cconj(ks[k])), cmul(gm, cconj(ks[m])), w, zk, zm);
+          A[ak] = zk;
+          if (am != ak) A[am] = zm;
+        }
+        if (p.dpostgate) {
+          pack_pair(cmul(vk, ks[k]), cmul(vm, ks[m]), w, zk, zm);
+          B[bk] = zk;
+          if (bm != bk) B[bm] = zm;
+        }
+      }
+      if (need_dv) fft::cta_fft_dit<true, kSmemA>(A, log2n);
+      if (p.dpostgate) fft::cta_fft_dit<true, kSmemB>(B, log2n);
+      __syncthreads();  // without either inverse, the pointwise writes above still need a barrier
+      T* dur = p.du ? static_cast<T*>(p.du) + r * p.n : nullptr;
+      T* dpr = p.dpregate ? static_cast<T*>(p.dpregate) + r * p.n : nullptr;
+      T* dqr = p.dpostgate ? static_cast<T*>(p.dpostgate) + r * p.n : nullptr;
+      for (int j = threadIdx.x; (need_dv || dqr) && j < n; j += blockDim.x) {
+        const int64_t t0 = 2 * int64_t(j);
+        if (t0 >= p.n) break;
+        const float2 a = need_dv ? A[slot<kSmemA>(j, log2n)] : make_float2(0.f, 0.f);
+        const float2 z = p.dpostgate ? B[slot<kSmemB>(j, log2n)] : make_float2(0.f, 0.f);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = t0 + e;
+          if (t >= p.n) break;
+          const float uu = to_f(ur[t]);
+          if (need_dv) {
+            const float dv = (e ? a.y : a.x) * inv_len;
+            if (dur) dur[t] = from_f<T>((pr ? to_f(pr[t]) * dv : dv) + bias * g_at(t));
+            if (dpr) dpr[t] = from_f<T>(uu * dv);
+          }
+          if (dqr) dqr[t] = from_f<T>(to_f(dyr[t]) * ((e ? z.y : z.x) * inv_len + bias * uu));
+        }
+      }
+      __syncthreads();  // the next row's loads overwrite A and B
+    }
+    if (p.dbias) {  // fixed-shape tree: the same sum every run
+      dbias = warp_sum(dbias);
+      const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+      if (lane == 0) red[warp] = dbias;
+      __syncthreads();
+      if (warp == 0) {
+        float s = lane < nw ? red[lane] : 0.f;
+        s = warp_sum(s);
+        if (lane == 0) dbias_part[task] = s;
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// dk[h] = irfft(sum over chunks of dk_part[h, c], L)[:N] / L, dbias[h] = sum over chunks.
+template <bool kSmem>
+__global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
+    fftconv_bwd_finalize_kernel(const FFTConvBwdParams p, const float2* __restrict__ dk_part,
+                                const float* __restrict__ dbias_part, float2* scratch) {
+  using namespace fftconv_detail;
+  const int log2n = p.log2_fft - 1, n = 1 << log2n;
+  const float inv_len = 1.f / float(p.fft_len());
+  const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
+  float2* buf = buffer<kSmem>(scratch, log2n);
+  for (int64_t h = blockIdx.x; h < p.channels; h += gridDim.x) {
+    if (p.dbias && threadIdx.x == 0) {
+      float s = 0.f;
+      for (int64_t c = 0; c < chunks; ++c) s += dbias_part[h * chunks + c];
+      store_any(p.dbias, p.bias_dtype, h, s);
+    }
+    if (!p.dk) continue;
+    auto bin = [&](int k) {
+      float2 s = make_float2(0.f, 0.f);
+      for (int64_t c = 0; c < chunks; ++c) s = cadd(s, dk_part[(h * chunks + c) * (n + 1) + k]);
+      return s;
+    };
+    for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
+      if (k == 0) {
+        buf[0] = pack_dc(bin(0).x, bin(n).x);
+      } else {
+        const int sk = bin_slot<kSmem>(k, log2n), sm = bin_slot<kSmem>(n - k, log2n);
+        float2 zk, zm;
+        pack_pair(bin(k), bin(n - k), fft::twiddle(k, p.log2_fft), zk, zm);
+        buf[sk] = zk;
+        if (sm != sk) buf[sm] = zm;
+      }
+    }
+    fft::cta_fft_dit<true, kSmem>(buf, log2n);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      const int64_t t = 2 * int64_t(j);
+      if (t >= p.n) break;
+      const float2 v = buf[slot<kSmem>(j, log2n)];
+      store_any(p.dk, p.k_dtype, h * p.n + t, v.x * inv_len);
+      if (t + 1 < p.n) store_any(p.dk, p.k_dtype, h * p.n + t + 1, v.y * inv_len);
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace mmm

@@ -1,0 +1,143 @@
+// Entry points of fftconv on CUDA. The kernels size themselves from the device's shared-memory
+// limit per block (cudaDevAttrMaxSharedMemoryPerBlockOptin):
+//   forward   one row's buffer, n = L/2 float2 = 4L bytes: fused in shared memory up to
+//             N = 16384 where 128 KB fit (A100: 163 KB, H100: 227 KB), N = 8192 with 99 KB
+//             (RTX 30/40); longer rows run the same kernels on per-CTA slots of global scratch
+//             (the multi-kernel path: k's spectrum, the rows, each through L2 instead of shared
+//             memory; correct for every N up to 2^20, slower).
+//   backward  two buffers per row (g and v): both in shared memory up to 8L bytes, else the
+//             first in shared memory and the second in global scratch, else both in scratch.
+// Launches: kspec (one CTA per channel), then fwd (one CTA per row) or bwd (one CTA per
+// (channel, batch chunk)) + finalize (one CTA per channel: dk, dbias).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "fftconv/fftconv_launch_template.cuh"
+#include "fftconv/params.h"
+
+namespace mmm {
+namespace fftconv_launch {
+
+// Defined in instantiations/fftconv_<dtype>.cu.
+extern template cudaError_t launch_rows_fwd<float>(const FFTConvParams&, const Plan&, const float2*, float2*,
+                                                   cudaStream_t);
+extern template cudaError_t launch_rows_fwd<__half>(const FFTConvParams&, const Plan&, const float2*, float2*,
+                                                    cudaStream_t);
+extern template cudaError_t launch_rows_fwd<__nv_bfloat16>(const FFTConvParams&, const Plan&, const float2*, float2*,
+                                                           cudaStream_t);
+extern template cudaError_t launch_rows_bwd<float>(const FFTConvBwdParams&, const Plan&, const float2*, float2*,
+                                                   float*, float2*, cudaStream_t);
+extern template cudaError_t launch_rows_bwd<__half>(const FFTConvBwdParams&, const Plan&, const float2*, float2*,
+                                                    float*, float2*, cudaStream_t);
+extern template cudaError_t launch_rows_bwd<__nv_bfloat16>(const FFTConvBwdParams&, const Plan&, const float2*,
+                                                           float2*, float*, float2*, cudaStream_t);
+
+cudaError_t launch_kspec(const FFTConvParams& p, const Plan& pl, float2* kspec, float2* scratch, cudaStream_t s) {
+  const size_t smem = size_t(pl.n) * sizeof(float2);
+  if (pl.smem1) {
+    cudaError_t err = allow_smem(fftconv_kspec_kernel<true>, smem);
+    if (err != cudaSuccess) return err;
+    fftconv_kspec_kernel<true><<<pl.grid(pl.channels, true), pl.threads, smem, s>>>(p, kspec, nullptr);
+  } else {
+    fftconv_kspec_kernel<false><<<pl.grid(pl.channels, false), pl.threads, 0, s>>>(p, kspec, scratch);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_finalize(const FFTConvBwdParams& p, const Plan& pl, const float2* dk_part, const float* dbias_part,
+                            float2* scratch, cudaStream_t s) {
+  const size_t buf = size_t(pl.n) * sizeof(float2);
+  cudaError_t err = cudaSuccess;
+  if (!p.dk && !p.dbias) return cudaSuccess;
+  if (pl.smem1) {
+    err = allow_smem(fftconv_bwd_finalize_kernel<true>, buf);
+    if (err != cudaSuccess) return err;
+    fftconv_bwd_finalize_kernel<true><<<pl.grid(pl.channels, true), pl.threads, buf, s>>>(p, dk_part, dbias_part,
+                                                                                         nullptr);
+  } else {
+    // The finalize pass uses n float2 per CTA; the scratch holds 2n per slot.
+    fftconv_bwd_finalize_kernel<false><<<pl.grid(pl.channels, false), pl.threads, 0, s>>>(p, dk_part, dbias_part,
+                                                                                          scratch);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace fftconv_launch
+
+namespace {
+using namespace fftconv_launch;
+
+template <typename T>
+cudaError_t run_fwd(const FFTConvParams& p, const Plan& pl, char* ws, cudaStream_t s) {
+  float2* kspec = reinterpret_cast<float2*>(ws);
+  float2* scratch = reinterpret_cast<float2*>(ws + pl.kspec_bytes);
+  cudaError_t err = launch_kspec(p, pl, kspec, scratch, s);
+  if (err != cudaSuccess) return err;
+  return launch_rows_fwd<T>(p, pl, kspec, scratch, s);
+}
+
+template <typename T>
+cudaError_t run_bwd(const FFTConvBwdParams& p, const Plan& pl, char* ws, cudaStream_t s) {
+  float2* kspec = reinterpret_cast<float2*>(ws);
+  float2* dk_part = reinterpret_cast<float2*>(ws + pl.kspec_bytes);
+  float2* scratch = reinterpret_cast<float2*>(ws + pl.kspec_bytes + pl.dk_part_bytes);
+  float* dbias_part = reinterpret_cast<float*>(ws + pl.kspec_bytes + pl.dk_part_bytes + pl.scratch_bytes);
+  if (pl.rows > 0) {
+    cudaError_t err = launch_kspec(p, pl, kspec, scratch, s);
+    if (err != cudaSuccess) return err;
+    err = launch_rows_bwd<T>(p, pl, kspec, dk_part, dbias_part, scratch, s);
+    if (err != cudaSuccess) return err;
+  }
+  return launch_finalize(p, pl, dk_part, dbias_part, scratch, s);
+}
+
+int current_device() {
+  int device = 0;
+  cudaGetDevice(&device);
+  return device;
+}
+
+}  // namespace
+
+size_t fftconv_cuda_fwd_workspace_bytes(const FFTConvParams& p, int device) {
+  return p.rows() == 0 ? 0 : Plan(p, device, false, false, false).total();
+}
+
+const char* launch_fftconv_fwd(const FFTConvParams& p, void* workspace, void* stream_ptr) {
+  if (p.rows() == 0) return nullptr;
+  if (p.log2_fft > 21) return "fftconv: sequence too long";
+  const Plan pl(p, current_device(), false, false, false);
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  char* ws = static_cast<char*>(workspace);
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (p.dtype) {
+    case DType::kFloat32: err = run_fwd<float>(p, pl, ws, stream); break;
+    case DType::kFloat16: err = run_fwd<__half>(p, pl, ws, stream); break;
+    case DType::kBFloat16: err = run_fwd<__nv_bfloat16>(p, pl, ws, stream); break;
+    default: return "fftconv: no CUDA kernel for this dtype (float64 is CPU-only)";
+  }
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+size_t fftconv_cuda_bwd_workspace_bytes(const FFTConvBwdParams& p, int device) {
+  return Plan(p, device, true, p.dk != nullptr, p.dbias != nullptr).total();
+}
+
+const char* launch_fftconv_bwd(const FFTConvBwdParams& p, void* workspace, void* stream_ptr) {
+  if (p.channels == 0) return nullptr;
+  if (p.log2_fft > 21) return "fftconv: sequence too long";
+  const Plan pl(p, current_device(), true, p.dk != nullptr, p.dbias != nullptr);
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  char* ws = static_cast<char*>(workspace);
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (p.dtype) {
+    case DType::kFloat32: err = run_bwd<float>(p, pl, ws, stream); break;
+    case DType::kFloat16: err = run_bwd<__half>(p, pl, ws, stream); break;
+    case DType::kBFloat16: err = run_bwd<__nv_bfloat16>(p, pl, ws, stream); break;
+    default: return "fftconv: no CUDA kernel for this dtype (float64 is CPU-only)";
+  }
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace mmm
