@@ -1,4 +1,5 @@
 // torch glue for butterfly_multiply: schemas, checks, allocation, CPU/CUDA dispatch.
+#include <cstdint>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -56,6 +57,9 @@ ButterflyParams check(const Tensor& x, const Tensor& tw_in, bool increasing_stri
                   ": twiddle is on ", glue::device_str(tw_in), " but x is on ", glue::device_str(x));
 
   tw = tw_in.is_contiguous() ? tw_in : torch::stable::contiguous(tw_in);
+  // The CUDA kernels read a pair's 2x2 matrix with one vector load: a view into the middle of
+  // a tensor (storage offset) may break that alignment, so copy it then.
+  if (reinterpret_cast<uintptr_t>(tw.data_ptr()) % 32 != 0) tw = torch::stable::clone(tw);
   ButterflyParams p;
   p.nstacks = nstacks;
   p.nblocks = nblocks;
