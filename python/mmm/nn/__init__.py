@@ -1,5 +1,6 @@
 """Drop-in modules built only from mmm ops."""
 from mmm.nn.attention import FusedAttention
+from mmm.nn.butterfly import ButterflyLinear
 from mmm.nn.fused_add_norm import FusedAddNorm
 from mmm.nn.monarch import (
     BlockDiagLinear,
@@ -11,6 +12,7 @@ from mmm.nn.monarch import (
 )
 
 __all__ = ["FusedAddNorm", "FusedAttention"]
+__all__ += ["ButterflyLinear"]
 __all__ += [
     "BlockDiagLinear",
     "LowRankBlockDiagLinear",
