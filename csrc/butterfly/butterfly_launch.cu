@@ -60,16 +60,18 @@ std::vector<PassRange> plan(const ButterflyParams& p, int kmax) {
 
 struct Geometry {
   int kmax_fwd, kmax_bwd;
-  int64_t esz;  // bytes of one fp32 / complex64 value
+  int64_t esz;     // bytes of one fp32 / complex64 value
+  int64_t budget;  // smem per CTA a tile of several rows may take
 };
 
 Geometry geometry(const ButterflyParams& p, int device) {
   const int64_t optin = smem_optin(device);
   const int64_t esz = is_complex(p.x_dtype) ? 8 : 4;
-  return {max_bits(optin, 1, esz), max_bits(optin, 3, esz), esz};
+  return {max_bits(optin, 1, esz), max_bits(optin, 3, esz), esz, std::min(kTileTarget, optin)};
 }
 
-BfPass base_pass(const ButterflyParams& p, const PassRange& r, int bufs, int64_t esz, int rows_override = 0) {
+BfPass base_pass(const ButterflyParams& p, const PassRange& r, int bufs, const Geometry& g, int rows_override = 0) {
+  const int64_t esz = g.esz;
   BfPass P{};
   P.n = p.n;
   P.batch = p.batch;
@@ -85,7 +87,9 @@ BfPass base_pass(const ButterflyParams& p, const PassRange& r, int bufs, int64_t
   P.nseg = p.n / M;
   const int64_t per_row = M * esz * bufs;
   P.R = rows_override > 0 ? rows_override
-                          : int(std::clamp<int64_t>(kTileTarget / per_row, 1, std::min<int64_t>(kMaxRows, p.batch)));
+                          : int(std::clamp<int64_t>(g.budget / per_row, 1, std::min<int64_t>(kMaxRows, p.batch)));
+  // Buffers are rounded up to 32 values: keep that within the budget too.
+  while (rows_override == 0 && P.R > 1 && bufs * round32(int64_t(P.R) * M) * esz > g.budget) --P.R;
   P.ntb = (p.batch + P.R - 1) / P.R;
   P.tw = p.twiddle;
   P.tw_t = p.tw_dtype;
@@ -152,7 +156,7 @@ BwdLayout bwd_layout(const ButterflyParams& p, int device) {
   b.rows = kMaxRows;
   int64_t min_nseg = p.n;
   for (const PassRange& r : b.passes) {
-    b.rows = std::min(b.rows, base_pass(p, r, 3, g.esz).R);
+    b.rows = std::min(b.rows, base_pass(p, r, 3, g).R);
     min_nseg = std::min<int64_t>(min_nseg, p.n >> r.k);
   }
   const int64_t ntb = (p.batch + b.rows - 1) / b.rows;
@@ -173,7 +177,7 @@ cudaError_t run_forward(const ButterflyParams& p, void* workspace, cudaStream_t 
   const std::vector<PassRange> passes = plan(p, g.kmax_fwd);
   const DType ws_t = kCx ? DType::kComplex64 : DType::kFloat32;
   for (size_t i = 0; i < passes.size(); ++i) {
-    BfPass P = base_pass(p, passes[i], 1, g.esz);
+    BfPass P = base_pass(p, passes[i], 1, g);
     const bool first = i == 0, last = i + 1 == passes.size();
     P.in = first ? p.x : workspace;
     P.in_rs = first ? p.x_row_stride : p.n;
@@ -203,7 +207,7 @@ cudaError_t run_backward(const ButterflyParams& p, void* workspace, cudaStream_t
   auto ck = [&](size_t q) -> void* { return ckpt + (q - 1) * row_bytes; };  // the input of pass q >= 1
   // Checkpoints: the forward passes 0 .. Q-2, each writing the next pass's input.
   for (size_t q = 0; q + 1 < Q; ++q) {
-    BfPass P = base_pass(p, lay.passes[q], 1, g.esz);
+    BfPass P = base_pass(p, lay.passes[q], 1, g);
     P.in = q == 0 ? p.x : ck(q);
     P.in_rs = q == 0 ? p.x_row_stride : p.n;
     P.in_len = q == 0 ? p.n_read() : p.n;
@@ -216,7 +220,7 @@ cudaError_t run_backward(const ButterflyParams& p, void* workspace, cudaStream_t
     if (err != cudaSuccess) return err;
   }
   for (size_t qi = Q; qi-- > 0;) {
-    BfPass P = base_pass(p, lay.passes[qi], 3, g.esz, lay.rows);
+    BfPass P = base_pass(p, lay.passes[qi], 3, g, lay.rows);
     P.in = qi == 0 ? p.x : ck(qi);
     P.in_rs = qi == 0 ? p.x_row_stride : p.n;
     P.in_len = qi == 0 ? p.n_read() : p.n;
