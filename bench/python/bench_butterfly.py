@@ -1,0 +1,347 @@
+"""Benchmark mmm.butterfly_multiply against torch_butterfly-style PyTorch and a dense nn.Linear.
+
+The op, for x of shape (rows, 1, n) and twiddle (1, 1, log2 n, n/2, 2, 2): y = B x, B the product
+of log2(n) learnable butterfly factors at strides 1, 2, ..., n/2 (torch_butterfly's
+butterfly_multiply_torch; see mmm.butterfly_multiply). Backward: dx and dtwiddle (a sum over rows).
+
+Implementations ("impls")
+    mmm      mmm.butterfly_multiply(x, twiddle); twiddle float32 for bf16 x (accepted as is),
+             else x's dtype.
+    loop     torch_butterfly's plain-PyTorch loop (butterfly_loop below): per factor a view,
+             a broadcast product with the (permuted) twiddle and a sum; twiddle in x's dtype,
+             arithmetic in x's dtype (a rounding per factor). What torch_butterfly runs without
+             its CUDA extension.
+    dense    F.linear(x, W), W an (n, n) weight in x's dtype: the nn.Linear the butterfly replaces
+             (fwd+bwd computes dx and dW). fp32 matmuls use torch's float32_matmul_precision
+             (default "highest": no TF32). Only n <= 8192 for fp32/complex64.
+    Peers (for "best peer" and "speed-up"): loop, dense.
+
+Modes
+    fwd      forward only, under torch.no_grad().
+    fwd+bwd  forward, then torch.autograd.grad of y with respect to x and the weight given a random
+             upstream gradient dy.
+
+Byte model (the fewest bytes the op must move; GB/s = bytes / median time, decimal GB)
+    s = bytes per element of x, E = rows * n, T = twiddle bytes (log2(n) * n/2 * 4 entries).
+    fwd      read x, write y, read twiddle                           2 * E * s + T
+    fwd+bwd  fwd + read dy, write dx, read twiddle, write dtwiddle   4 * E * s + 3 * T
+    The loop's per-factor intermediates and dense's n^2 weight are not counted, so they show up
+    as lower GB/s. "%BW" is GB/s over the device's measured copy bandwidth.
+
+Cases
+    CUDA: rows so that x is ~64 MB (16 MB with --quick). Tier 0: bf16 at n in {256, 1024, 4096,
+    16384}; tier 1: fp32 at the same n; tier 2: complex64 at n in {1024, 4096}. --quick: bf16 at
+    every n, fp32 at 4096.
+    CPU: x of 2^20 elements (2^18 with --quick): fp32 at n in {256, 1024, 4096} [--quick: these],
+    then bf16 at 1024 and complex64 at 1024.
+
+Checks: before timing, y (and dx, dtwiddle / dW) of each impl are compared with butterfly_loop in
+float64 / complex128 on the same inputs: err = max |a - ref| / max |ref|. mmm's must be <= 2e-2
+(bf16) or 1e-5 (fp32, complex64). A failed check is reported and makes the script exit 1.
+
+Plot: GB/s against n, one panel per (dtype, mode), one line per impl, written next to --out
+(PATH.png) or to --plot; skipped when matplotlib is not importable.
+
+Examples
+    python bench/python/bench_butterfly.py --device cuda --out results.json
+    python bench/python/bench_butterfly.py --device cpu --quick
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+IMPLS = ("mmm", "loop", "dense")
+PEERS = ("loop", "dense")
+MODES = ("fwd", "fwd+bwd")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.complex64: 1e-5}
+NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.complex64: "c64", torch.float16: "fp16"}
+DENSE_MAX_N_WIDE = 8192  # fp32 / complex64 weights of 16384^2 take 1-2 GB
+
+
+@dataclass(frozen=True)
+class Case:
+    dtype: torch.dtype
+    rows: int
+    n: int
+    tier: int = 0
+
+    @property
+    def log_n(self) -> int:
+        return self.n.bit_length() - 1
+
+    @property
+    def tw_dtype(self) -> torch.dtype:
+        return torch.float32 if self.dtype == torch.bfloat16 else self.dtype
+
+    @property
+    def name(self) -> str:
+        return f"{NAMES[self.dtype]}/{self.rows}x{self.n}"
+
+
+def esize(dt: torch.dtype) -> int:
+    return torch.tensor([], dtype=dt).element_size()
+
+
+def byte_model(c: Case) -> dict[str, int]:
+    x = c.rows * c.n * esize(c.dtype)
+    t = c.log_n * c.n * 2 * esize(c.tw_dtype)
+    return {"fwd": 2 * x + t, "fwd+bwd": 4 * x + 3 * t}
+
+
+def build_cases(device: str, quick: bool) -> list[Case]:
+    bf, fp32, c64 = torch.bfloat16, torch.float32, torch.complex64
+    all_n = [256, 1024, 4096, 16384]
+    if device == "cuda":
+        nbytes = (16 if quick else 64) << 20
+
+        def mk(dt, n, tier):
+            return Case(dt, nbytes // (n * esize(dt)), n, tier)
+        if quick:
+            cases = [mk(bf, n, 0) for n in all_n] + [mk(fp32, 4096, 1)]
+        else:
+            cases = [mk(bf, n, 0) for n in all_n] + [mk(fp32, n, 1) for n in all_n] + [mk(c64, n, 2) for n in (1024, 4096)]
+    else:
+        elems = 1 << (18 if quick else 20)
+
+        def mk(dt, n, tier):
+            return Case(dt, elems // n, n, tier)
+        cases = [mk(fp32, n, 0) for n in (256, 1024, 4096)]
+        if not quick:
+            cases += [mk(bf, 1024, 1), mk(c64, 1024, 1)]
+    order = {c: i for i, c in enumerate(cases)}
+    return sorted(cases, key=lambda c: (c.tier, order[c]))
+
+
+def butterfly_loop(x: torch.Tensor, twiddle: torch.Tensor) -> torch.Tensor:
+    """torch_butterfly's butterfly_multiply_torch (increasing stride), x (rows, nstacks, n)."""
+    nstacks, nblocks, log_n = twiddle.shape[:3]
+    n = 1 << log_n
+    b = x.shape[0]
+    out = x
+    for block in range(nblocks):
+        for idx in range(log_n):
+            s = 1 << idx
+            t = twiddle[:, block, idx].view(nstacks, n // (2 * s), s, 2, 2).permute(0, 1, 3, 4, 2)
+            out = (t * out.view(b, nstacks, n // (2 * s), 1, 2, s)).sum(dim=4).view(b, nstacks, n)
+    return out
+
+
+def make_weights(c: Case, device: torch.device, g: torch.Generator) -> dict[str, torch.Tensor]:
+    real = torch.randn(1, 1, c.log_n, c.n // 2, 2, 2, generator=g, device=device) / math.sqrt(2)
+    if c.dtype.is_complex:
+        real = torch.complex(real, torch.randn(real.shape, generator=g, device=device) / math.sqrt(2)) / math.sqrt(2)
+    return {"twiddle": real}
+
+
+def make_impl(impl: str, c: Case, w: dict[str, torch.Tensor], device: torch.device):
+    """(fn(x, weight), weight leaf) for one impl."""
+    if impl == "mmm":
+        import mmm
+        tw = w["twiddle"].to(c.tw_dtype)
+        return (lambda x, t: mmm.butterfly_multiply(x, t)), tw
+    if impl == "loop":
+        return butterfly_loop, w["twiddle"].to(c.dtype)
+    if impl == "dense":
+        g = torch.Generator(device=device)
+        g.manual_seed(1)
+        wd = torch.randn(c.n, c.n, generator=g, device=device, dtype=torch.float32) / math.sqrt(c.n)
+        return (lambda x, W: F.linear(x, W)), wd.to(c.dtype)
+    raise ValueError(impl)
+
+
+def runners(fn: Callable, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    def run_fwd():
+        with torch.no_grad():
+            return fn(x, weight)
+
+    xl = x.detach().requires_grad_(True)
+    wl = weight.detach().requires_grad_(True)
+
+    def run_fwdbwd():
+        y = fn(xl, wl)
+        return (y, *torch.autograd.grad(y, (xl, wl), dy))
+
+    return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    hi = torch.complex128 if b.is_complex() else torch.float64
+    denom = b.abs().max().item() if b.numel() else 0.0
+    return (a.detach().to(hi) - b).abs().max().item() / (denom if denom > 0 else 1.0)
+
+
+def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Timer, copy_bps: float,
+             report: common.Report) -> list[dict[str, Any]]:
+    g = torch.Generator(device=device)
+    g.manual_seed(0)
+    real = torch.float32
+    x = torch.randn(c.rows, 1, c.n, generator=g, device=device, dtype=real)
+    dy = torch.randn(c.rows, 1, c.n, generator=g, device=device, dtype=real)
+    if c.dtype.is_complex:
+        x = torch.complex(x, torch.randn(x.shape, generator=g, device=device))
+        dy = torch.complex(dy, torch.randn(dy.shape, generator=g, device=device))
+    x, dy = x.to(c.dtype), dy.to(c.dtype)
+    w = make_weights(c, device, g)
+    bm = byte_model(c)
+    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
+    errs: dict[str, dict[str, float]] = {}
+    hi = torch.complex128 if c.dtype.is_complex else torch.float64
+    for impl in impls:
+        try:
+            fn, weight = make_impl(impl, c, w, device)
+            run = runners(fn, x, weight, dy)
+            # The reference: the same function (same weight) in float64 / complex128.
+            ref_fn = butterfly_loop if impl != "dense" else (lambda a, W: F.linear(a, W))
+            ref_run = runners(ref_fn, x.to(hi), weight.to(hi), dy.to(hi))
+            errs[impl] = {}
+            for mode in MODES:
+                got, want = run[mode](), ref_run[mode]()
+                got = got if isinstance(got, tuple) else (got,)
+                want = want if isinstance(want, tuple) else (want,)
+                errs[impl][mode] = max(rel_err(a, b) for a, b in zip(got, want))
+                del got, want
+            del ref_run
+            for mode in MODES:
+                t = timer.time(run[mode])
+                per_mode[mode][impl] = t
+                report.add({"case": c.name, "dtype": NAMES[c.dtype], "rows": c.rows, "n": c.n, "tier": c.tier,
+                            "impl": impl, "mode": mode, "bytes": bm[mode], **t.summary(),
+                            "GBps": bm[mode] / t.median_s / 1e9,
+                            "pct_copy_bw": 100.0 * bm[mode] / t.median_s / copy_bps,
+                            "check_rel_err": errs[impl][mode], "check_tol": TOL[c.dtype], "status": "ok"})
+            del run
+        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
+            if os.environ.get("MMM_BENCH_TRACEBACK"):
+                traceback.print_exc()
+            for mode in MODES:
+                per_mode[mode][impl] = None
+                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    rows_out = []
+    for mode in MODES:
+        ts = per_mode[mode]
+        row: dict[str, Any] = {"dtype": NAMES[c.dtype], "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}
+        for impl in IMPLS:
+            t = ts.get(impl)
+            row[f"{impl}_us"] = t.median_s * 1e6 if t else None
+        m = ts.get("mmm")
+        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
+        if m:
+            row["mmm_GBps"] = bm[mode] / m.median_s / 1e9
+            row["mmm_pct"] = 100.0 * bm[mode] / m.median_s / copy_bps
+        if peers:
+            best = min(peers, key=lambda k: peers[k].median_s)
+            row["best_peer"] = best
+            if m:
+                row["speedup"] = peers[best].median_s / m.median_s
+        if "mmm" in ts and ts["mmm"] is None:
+            row["check"] = "error"
+        elif "mmm" in errs and mode in errs["mmm"]:
+            e = errs["mmm"][mode]
+            row["check"] = "ok" if e <= TOL[c.dtype] else f"FAIL {e:.1e}"
+            row["mmm_err"] = e
+        else:
+            row["check"] = "-"
+        rows_out.append(row)
+    del x, dy, w
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows_out
+
+
+def plot(report: common.Report, impls: list[str], path: Path) -> None:
+    """GB/s against n, one panel per (dtype, mode)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001
+        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+        return
+    recs = [r for r in report.records if r.get("status") == "ok"]
+    panels = sorted({(r["dtype"], r["mode"]) for r in recs})
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (dt, mode) in zip(axes[0], panels):
+        for impl in impls:
+            pts = sorted((r["n"], r["GBps"]) for r in recs if r["dtype"] == dt and r["mode"] == mode and r["impl"] == impl)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{dt} {mode}")
+        ax.set_xlabel("n")
+        ax.set_ylabel("GB/s (byte model)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+COLUMNS = [
+    ("dtype", "dtype", ""), ("rows", "rows", ""), ("n", "n", ""), ("mode", "mode", ""), ("MB", "MB", ".0f"),
+    ("mmm_us", "mmm us", ".1f"), ("loop_us", "loop us", ".1f"), ("dense_us", "dense us", ".1f"),
+    ("mmm_GBps", "mmm GB/s", ".0f"), ("mmm_pct", "mmm %BW", ".0f"), ("best_peer", "best peer", ""),
+    ("speedup", "speed-up", ".2f"), ("mmm_err", "mmm err", ".1e"), ("check", "check", ""),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.make_parser(__doc__.split("\n")[0], IMPLS)
+    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
+                        help="write the GB/s plot here (default: next to --out, else bench_butterfly.png on CUDA)")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    device = common.resolve_device(args)
+    impls = common.selected_impls(args, IMPLS)
+    common.require_mmm(impls, "butterfly_multiply")
+    cases, env, copy_bw, report = common.start("butterfly_multiply", args, device, impls, build_cases(args.device, args.quick), {
+        "byte_model": "fwd 2*E*s + T (read x, write y, read twiddle); fwd+bwd 4*E*s + 3*T",
+        "twiddle": "(1, 1, log2 n, n/2, 2, 2), increasing stride; float32 for bf16 x in mmm, x's dtype in loop",
+        "dense": f"F.linear(x, W), W (n, n) in x's dtype; fp32/complex64 only n <= {DENSE_MAX_N_WIDE}",
+        "reference": "the same impl's function in float64/complex128; err = max|a-ref| / max|ref| over all outputs",
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    })
+    print(f"{len(cases)} cases x {len(impls)} impls x {len(MODES)} modes", flush=True)
+    timer = common.Timer(device, quick=args.quick, reps=args.reps)
+
+    def run_one(c: Case):
+        case_impls = [i for i in impls if i != "dense" or c.dtype == torch.bfloat16 or c.n <= DENSE_MAX_N_WIDE]
+        return run_case(c, case_impls, device, timer, copy_bw["bytes_per_s"], report)
+
+    rc = common.run_cases(
+        cases, run_one, args=args, report=report, timer=timer, env=env, copy_bw=copy_bw, columns=COLUMNS,
+        footer=("MB: bytes the op must move (x, y, twiddle; + dy, dx, twiddle, dtwiddle); speed-up = best peer "
+                "(loop, dense) time / mmm time; %BW relative to the measured copy bandwidth; err = max|a - ref| / "
+                "max|ref| against the same function in float64."),
+        t_start=t_start)
+    if args.plot or args.out or device.type == "cuda":
+        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_butterfly.png"))
+        plot(report, impls, path)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
