@@ -513,6 +513,170 @@ def test_monarch_equals_two_block_diag_matmuls(device, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# the fused Monarch forward (CUDA kernel; on the CPU its twin, with the same index map)
+# ---------------------------------------------------------------------------------------------
+from mmm.ops.block_diag_matmul import monarch_forward_plan  # noqa: E402
+
+# Shapes the plan accepts (l % 16 == 0, l | q, p, r, s multiples of 16 up to 256), with what
+# each exercises. (w1 (k, q, p), w2 (l, s, r))
+MONARCH_FUSED = [
+    ((16, 16, 16), (16, 16, 16)),     # the smallest: one 16-wide tile per GEMM
+    ((32, 32, 32), (32, 32, 32)),     # square, two chunks when forced to J=16
+    ((8, 32, 16), (16, 32, 16)),      # n_sub = q/l = 2: each chunk takes two row runs of w1
+    ((16, 96, 64), (32, 48, 48)),     # n_sub = 3, r = s = 48 (3 column tiles: uneven warps)
+    ((2, 256, 32), (32, 16, 16)),     # few big w1 blocks (q = 256), n_sub = 8
+    ((4, 64, 80), (16, 128, 16)),    # p = 80: a 64 + 16 K split; s = 128, n_sub = 4
+]
+MONARCH_FALLBACK = [
+    ((16, 8, 16), (8, 32, 16)),       # l = 8: not a multiple of 16
+    ((4, 24, 16), (16, 16, 6)),       # l = 16 does not divide q = 24
+    ((3, 5, 4), (5, 7, 3)),           # odd sizes
+    ((16, 16, 17), (16, 16, 16)),     # p = 17
+    ((1, 512, 16), (16, 16, 32)),     # n_sub*J >= 32*16 = 512 > 256 accumulator columns
+    ((16, 16, 16), (16, 272, 16)),    # s = 272 > 256
+]
+
+
+def _set_chunk(monkeypatch, chunk):
+    if chunk:
+        monkeypatch.setenv("MMM_MONARCH_CHUNK", str(chunk))
+    else:
+        monkeypatch.delenv("MMM_MONARCH_CHUNK", raising=False)
+
+
+@pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=_id)
+@pytest.mark.parametrize("chunk", [0, 16], ids=["chunk_auto", "chunk16"])
+@pytest.mark.parametrize("shapes", MONARCH_FUSED, ids=_mid)
+def test_monarch_fused_shapes(device, monkeypatch, shapes, chunk, dtype):
+    """Shapes that take the fused forward (on CUDA for fp16/bf16; the CPU twin for every dtype),
+    with the chunk the plan picks and forced to 16 stage-2 blocks (several chunks, x re-read)."""
+    _set_chunk(monkeypatch, chunk)
+    x, w1, w2 = monarch_inputs((37,), *shapes, dtype, device)
+    plan = monarch_forward_plan(x, w1, w2)
+    expect_fused = not (device == "cuda" and dtype == F32)
+    assert plan["fused"] == expect_fused, plan
+    if expect_fused:
+        l = shapes[1][0]
+        assert plan["chunk"] % 16 == 0 and l % plan["chunk"] == 0
+        assert chunk == 0 or plan["chunk"] == chunk
+        assert plan["tokens_per_cta"] in (16, 32)
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("tokens", [1, 15, 16, 17, 31, 33, 100])
+def test_monarch_fused_token_tails(device, monkeypatch, tokens):
+    """Token counts around the 16/32-token CTA tiles: the rows past the end are zero-filled on
+    load and never stored."""
+    _set_chunk(monkeypatch, 16)
+    x, w1, w2 = monarch_inputs((tokens,), *MONARCH_FUSED[2], BF16, device)
+    assert monarch_forward_plan(x, w1, w2)["fused"]
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("shapes", MONARCH_FALLBACK, ids=_mid)
+def test_monarch_fallback_shapes(device, shapes):
+    """Shapes the fused kernel does not take run the two block GEMMs, and are right."""
+    x, w1, w2 = monarch_inputs((9,), *shapes, BF16, device)
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=_id)
+def test_monarch_fused_matches_two_gemms(device, monkeypatch, dtype):
+    """The fused forward and the two-GEMM forward compute the same map with the intermediate
+    rounded the same way (to x's dtype): they agree to accumulation-order round-off."""
+    x, w1, w2 = monarch_inputs((70,), *MONARCH_FUSED[3], dtype, device)
+    _set_chunk(monkeypatch, 16)
+    assert monarch_forward_plan(x, w1, w2)["fused"]
+    fused = mmm.monarch_matmul(x, w1, w2)
+    monkeypatch.setenv("MMM_MONARCH_FUSED", "0")
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    two = mmm.monarch_matmul(x, w1, w2)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == F32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused, two, **tol)
+
+
+def test_monarch_plan_rules():
+    """The plan's rules on the CPU twin (which plans for a 99 KB shared-memory GPU)."""
+    def plan(w1s, w2s, dtype=BF16, tokens=4):
+        x, w1, w2 = monarch_inputs((tokens,), w1s, w2s, dtype, "cpu")
+        return monarch_forward_plan(x, w1, w2)
+    for shapes in MONARCH_FUSED:
+        assert plan(*shapes)["fused"], shapes
+    for shapes in MONARCH_FALLBACK:
+        assert not plan(*shapes)["fused"], shapes
+    # 1024 features fits in one chunk (x read once); 4096 (64 blocks of 64) does not fit 99 KB
+    # in one chunk: x is re-read l / chunk times.
+    p = plan((32, 32, 32), (32, 32, 32))
+    assert p["chunk"] == 32 and p["smem_bytes"] <= 99 * 1024
+    p = plan((64, 64, 64), (64, 64, 64))
+    assert p["fused"] and p["chunk"] < 64 and 64 % p["chunk"] == 0 and p["smem_bytes"] <= 99 * 1024
+    assert plan((32, 32, 32), (32, 32, 32), dtype=F64)["fused"]  # the twin serves every dtype
+
+
+def test_monarch_plan_env(monkeypatch):
+    x, w1, w2 = monarch_inputs((4,), *MONARCH_FUSED[1], BF16, "cpu")
+    monkeypatch.setenv("MMM_MONARCH_FUSED", "0")
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    monkeypatch.delenv("MMM_MONARCH_FUSED")
+    monkeypatch.setenv("MMM_MONARCH_CHUNK", "48")  # does not divide l = 32: no fused plan
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("layout", ["misaligned", "col_slice", "transposed"])
+def test_monarch_fused_layouts(device, layout):
+    """x views: rows that are not 16-byte aligned fall back to the two GEMMs on CUDA (cp.async
+    needs 16-byte rows); the CPU twin takes every layout."""
+    gen = torch.Generator().manual_seed(15)
+    x = _layout(layout, (3, 11, 256), BF16, device, gen)
+    _, w1, w2 = monarch_inputs((1,), *MONARCH_FUSED[0], BF16, device, seed=16)
+    plan = monarch_forward_plan(x, w1, w2)
+    if device == "cpu" or layout == "transposed":  # transposed: a contiguous copy is made
+        assert plan["fused"]
+    elif layout == "misaligned":
+        assert not plan["fused"]
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shapes,tokens,fused", [
+    (((32, 32, 32), (32, 32, 32)), 16384, True),      # 1024 features
+    (((64, 64, 64), (64, 64, 64)), 16384, True),      # 4096 features: the performance target
+    (((64, 128, 128), (64, 128, 128)), 4097, None),   # 8192: fused where the smem allows
+    (((128, 64, 64), (128, 64, 64)), 4097, True),     # 8192, 128 blocks
+], ids=lambda v: _mid(v) if isinstance(v, tuple) else str(v))
+def test_cuda_monarch_fused_benchmark_shapes(shapes, tokens, fused):
+    x, w1, w2 = monarch_inputs((tokens,), *shapes, BF16, "cuda")
+    plan = monarch_forward_plan(x, w1, w2)
+    if fused is not None:
+        assert plan["fused"] == fused, plan
+    check_monarch(x, w1, w2, grad=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=_id)
+def test_cuda_monarch_fused_matches_cpu_twin(monkeypatch, dtype):
+    """The kernel and its CPU twin use one index map: same chunking, close results."""
+    _set_chunk(monkeypatch, 16)
+    x, w1, w2 = monarch_inputs((45,), *MONARCH_FUSED[3], dtype, "cpu")
+    yc = mmm.monarch_matmul(x, w1, w2)
+    xg, w1g, w2g = x.cuda(), w1.cuda(), w2.cuda()
+    assert monarch_forward_plan(xg, w1g, w2g)["fused"]
+    yg = mmm.monarch_matmul(xg, w1g, w2g)
+    torch.testing.assert_close(yg.cpu(), yc, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.cuda
+def test_monarch_fused_sanitizer_subset(monkeypatch):
+    """compute-sanitizer: a forced two-chunk run with a token tail and n_sub = 2."""
+    _set_chunk(monkeypatch, 16)
+    x, w1, w2 = monarch_inputs((35,), *MONARCH_FUSED[2], BF16, "cuda")
+    assert monarch_forward_plan(x, w1, w2)["fused"]
+    check_monarch(x, w1, w2, grad=False)
+
+
+# ---------------------------------------------------------------------------------------------
 # opcheck
 # ---------------------------------------------------------------------------------------------
 def _bdm_opcheck_cases(device):
