@@ -1010,6 +1010,42 @@ def test_cuda_matches_cpu(dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# CUDA only: split-K weight gradients and the cp.async pipeline's operand layouts
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("splits", [None, 1, 2, 3, 7, 64])
+@pytest.mark.parametrize("nb,k,n,tokens", [(16, 64, 64, 16385), (4, 48, 24, 1000), (2, 17, 33, 4099)],
+                         ids=_id)
+def test_cuda_split_k_dw(monkeypatch, splits, nb, k, n, tokens):
+    """dweight reduces over every token: split-K cuts the tokens into ranges whose fp32 partials
+    a second kernel sums in order. Any split count is right, and bitwise reproducible."""
+    if splits is not None:
+        monkeypatch.setenv("MMM_BLOCK_GEMM_SPLITS", str(splits))
+    x, w = bdm_inputs((tokens,), nb, n, k, BF16, "cuda", seed=9)
+    _, grads = check_bdm(x, w)
+    dy = make_tensor((tokens, nb * n), BF16, "cuda", torch.Generator().manual_seed(7))
+    again = torch.ops.mmm.block_diag_matmul_backward(dy, x, w)
+    assert torch.equal(again[1], grads[1]), "dw differs between two runs with the same splits"
+    xm, w1, w2 = monarch_inputs((tokens,), (4, 16, 16), (16, 16, 4), BF16, "cuda", seed=10)
+    check_monarch(xm, w1, w2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=_id)
+@pytest.mark.parametrize("nb,k,n,tokens", [
+    (3, 24, 40, 97),     # multiples of 8, not 16: 16-byte chunks, ragged 32-wide K-tiles
+    (2, 8, 8, 33),       # one chunk per row; dw's K (tokens) ends one past a tile
+    (5, 20, 12, 50),     # row strides not multiples of 8 elements: element-wise staging
+    (2, 136, 72, 300),   # tiles past 128 rows / 64 columns, partial last tiles
+], ids=_id)
+def test_cuda_pipeline_layouts(nb, k, n, tokens, dtype):
+    """Forward, dx and dw stage their operands as [rows][k] or [k][rows] (whichever dimension is
+    contiguous), with cp.async where rows are 16-byte chunks: every combination, with tails."""
+    x, w = bdm_inputs((tokens,), nb, n, k, dtype, "cuda")
+    check_bdm(x, w)
+
+
+# ---------------------------------------------------------------------------------------------
 # a small CUDA subset for compute-sanitizer (memcheck, racecheck): one shape per tile path
 # (multiple-of-16 blocks, odd blocks, big blocks), partial tiles, misaligned and strided x,
 # forward and backward of both ops

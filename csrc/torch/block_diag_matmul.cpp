@@ -1,5 +1,6 @@
 // torch glue for block_diag_matmul and monarch_matmul: schemas, checks, allocation, and the
 // sequence of block GEMMs each op runs (csrc/block_diag_matmul/params.h describes them).
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -51,6 +52,16 @@ void run(BlockGemm g, const Tensor& like) {
     // A switch for comparing the tensor-core kernel with the plain fp32-FMA one on a GPU.
     g.simt_only = env_is("MMM_DISABLE_TENSOR_CORES", '1');
     torch::stable::accelerator::DeviceGuard guard(like.get_device_index());
+    // Split-K where the output alone cannot fill the GPU (dweight); MMM_BLOCK_GEMM_SPLITS=n forces
+    // n splits on the tensor-core kernel (tests compare split counts).
+    const char* splits_env = std::getenv("MMM_BLOCK_GEMM_SPLITS");
+    const bool tc = !g.simt_only && g.dtype != DType::kFloat32;
+    g.splits = splits_env != nullptr && tc ? std::max(1, std::min(1024, std::atoi(splits_env))) : block_gemm_cuda_splits(g);
+    std::optional<Tensor> workspace;  // freed on return: the caching allocator orders its reuse on this stream
+    if (g.splits > 1) {
+      workspace.emplace(glue::empty_like_shape(like, {g.splits * g.batch * g.m * g.n}, ScalarType::Float));
+      g.workspace = static_cast<float*>(workspace->data_ptr());
+    }
     const char* err = launch_block_gemm(g, glue::current_cuda_stream(like.get_device_index()));
     STD_TORCH_CHECK(err == nullptr, "mmm block GEMM (CUDA): ", err ? err : "");
 #else
