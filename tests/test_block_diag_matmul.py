@@ -525,7 +525,7 @@ MONARCH_FUSED = [
     ((8, 32, 16), (16, 32, 16)),      # n_sub = q/l = 2: each chunk takes two row runs of w1
     ((16, 96, 64), (32, 48, 48)),     # n_sub = 3, r = s = 48 (3 column tiles: uneven warps)
     ((2, 256, 32), (32, 16, 16)),     # few big w1 blocks (q = 256), n_sub = 8
-    ((4, 64, 80), (16, 128, 16)),    # p = 80: a 64 + 16 K split; s = 128, n_sub = 4
+    ((4, 64, 80), (16, 64, 16)),     # p = 80: a 64 + 16 K split; n_sub = 4
 ]
 MONARCH_FALLBACK = [
     ((16, 8, 16), (8, 32, 16)),       # l = 8: not a multiple of 16
@@ -537,11 +537,12 @@ MONARCH_FALLBACK = [
 ]
 
 
-def _set_chunk(monkeypatch, chunk):
-    if chunk:
-        monkeypatch.setenv("MMM_MONARCH_CHUNK", str(chunk))
-    else:
-        monkeypatch.delenv("MMM_MONARCH_CHUNK", raising=False)
+def _set_chunk(monkeypatch, chunk, bt=0):
+    for name, v in (("MMM_MONARCH_CHUNK", chunk), ("MMM_MONARCH_BT", bt)):
+        if v:
+            monkeypatch.setenv(name, str(v))
+        else:
+            monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=_id)
@@ -563,13 +564,29 @@ def test_monarch_fused_shapes(device, monkeypatch, shapes, chunk, dtype):
     check_monarch(x, w1, w2)
 
 
+@pytest.mark.parametrize("bt", [16, 32])
 @pytest.mark.parametrize("tokens", [1, 15, 16, 17, 31, 33, 100])
-def test_monarch_fused_token_tails(device, monkeypatch, tokens):
-    """Token counts around the 16/32-token CTA tiles: the rows past the end are zero-filled on
-    load and never stored."""
-    _set_chunk(monkeypatch, 16)
+def test_monarch_fused_token_tails(device, monkeypatch, tokens, bt):
+    """Token counts around the 16/32-token CTA tiles (both kernel instantiations): the rows past
+    the end are zero-filled on load and never stored."""
+    _set_chunk(monkeypatch, 16, bt)
     x, w1, w2 = monarch_inputs((tokens,), *MONARCH_FUSED[2], BF16, device)
-    assert monarch_forward_plan(x, w1, w2)["fused"]
+    plan = monarch_forward_plan(x, w1, w2)
+    assert plan["fused"] and plan["tokens_per_cta"] == bt, plan
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("bt", [16, 32])
+@pytest.mark.parametrize("shapes", MONARCH_FUSED, ids=_mid)
+def test_monarch_fused_tokens_per_cta(device, monkeypatch, shapes, bt):
+    """Every fused shape through both instantiations (16 and 32 tokens per CTA) where they fit."""
+    _set_chunk(monkeypatch, 0, bt)
+    x, w1, w2 = monarch_inputs((45,), *shapes, F16, device)
+    plan = monarch_forward_plan(x, w1, w2)
+    if bt == 16:  # every MONARCH_FUSED shape fits 99 KB at 16 tokens per CTA
+        assert plan["fused"], plan
+    if plan["fused"]:
+        assert plan["tokens_per_cta"] == bt
     check_monarch(x, w1, w2)
 
 
@@ -605,12 +622,12 @@ def test_monarch_plan_rules():
         assert plan(*shapes)["fused"], shapes
     for shapes in MONARCH_FALLBACK:
         assert not plan(*shapes)["fused"], shapes
-    # 1024 features fits in one chunk (x read once); 4096 (64 blocks of 64) does not fit 99 KB
-    # in one chunk: x is re-read l / chunk times.
-    p = plan((32, 32, 32), (32, 32, 32))
-    assert p["chunk"] == 32 and p["smem_bytes"] <= 99 * 1024
-    p = plan((64, 64, 64), (64, 64, 64))
-    assert p["fused"] and p["chunk"] < 64 and 64 % p["chunk"] == 0 and p["smem_bytes"] <= 99 * 1024
+    # 4096 features (64 blocks of 64) does not fit 99 KB in one chunk: x is re-read l / chunk
+    # times. 1024 features fits one chunk at 16 tokens per CTA.
+    for shapes in MONARCH_FUSED + [((64, 64, 64), (64, 64, 64))]:
+        p = plan(*shapes)
+        assert p["fused"] and shapes[1][0] % p["chunk"] == 0 and p["smem_bytes"] <= 99 * 1024
+    assert plan((64, 64, 64), (64, 64, 64))["chunk"] < 64
     assert plan((32, 32, 32), (32, 32, 32), dtype=F64)["fused"]  # the twin serves every dtype
 
 
@@ -622,6 +639,12 @@ def test_monarch_plan_env(monkeypatch):
     monkeypatch.setenv("MMM_MONARCH_CHUNK", "48")  # does not divide l = 32: no fused plan
     assert not monarch_forward_plan(x, w1, w2)["fused"]
     check_monarch(x, w1, w2)
+    monkeypatch.setenv("MMM_MONARCH_CHUNK", "32")
+    monkeypatch.setenv("MMM_MONARCH_BT", "16")  # 1024 features: x read once at 16 tokens per CTA
+    p = monarch_forward_plan(x, w1, w2)
+    assert p["fused"] and p["chunk"] == 32 and p["tokens_per_cta"] == 16
+    monkeypatch.setenv("MMM_MONARCH_BT", "8")  # not an instantiation
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
 
 
 @pytest.mark.parametrize("layout", ["misaligned", "col_slice", "transposed"])
@@ -644,7 +667,7 @@ def test_monarch_fused_layouts(device, layout):
     (((32, 32, 32), (32, 32, 32)), 16384, True),      # 1024 features
     (((64, 64, 64), (64, 64, 64)), 16384, True),      # 4096 features: the performance target
     (((64, 128, 128), (64, 128, 128)), 4097, None),   # 8192: fused where the smem allows
-    (((128, 64, 64), (128, 64, 64)), 4097, True),     # 8192, 128 blocks
+    (((128, 64, 64), (128, 64, 64)), 4097, False),    # 8192, 128 blocks: l = 128 does not divide q
 ], ids=lambda v: _mid(v) if isinstance(v, tuple) else str(v))
 def test_cuda_monarch_fused_benchmark_shapes(shapes, tokens, fused):
     x, w1, w2 = monarch_inputs((tokens,), *shapes, BF16, "cuda")

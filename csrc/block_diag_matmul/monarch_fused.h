@@ -53,6 +53,7 @@ MMM_HD I monarch_y_col(I t2, I jj, I j0, I l) { return t2 * l + j0 + jj; }
 
 // ---- the plan: the one place that decides fused vs two GEMMs --------------------------------
 constexpr int kMonarchThreads = 128;   // 4 warps
+constexpr int kMonarchStages = 3;      // cp.async pipeline depth: loads run two steps ahead
 constexpr int kMonarchKSlice = 64;     // reduction elements per pipeline stage
 constexpr int kMonarchKPitch = 72;     // smem row pitch of a staged slice: 144 bytes, ldmatrix conflict-free
 constexpr int kMonarchYGroup = 8;      // stage-2 blocks whose outputs leave together: 16-byte stores
@@ -69,12 +70,12 @@ struct MonarchFusedPlan {
   const char* why = "";  // when not fused
 };
 
-// Shared-memory bytes of one CTA: double-buffered x slice (bt, 64) and weight slice
-// (max(n_sub*J, s), 64), the chunk's intermediate z (bt, J*r + 8) and the output staging
+// Shared-memory bytes of one CTA: kMonarchStages buffers of an x slice (bt, 64) and a weight
+// slice (max(n_sub*J, s), 64), the chunk's intermediate z (bt, J*r + 8) and the output staging
 // (bt, 8*s + 8); the +8 pads make every row pitch 16 mod 128 bytes (conflict-free ldmatrix).
 inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, int64_t elem = 2) {
   const int64_t n1 = (f.q / f.l) * J, nw = n1 > f.s ? n1 : f.s;
-  return elem * (2 * bt * kMonarchKPitch + 2 * nw * kMonarchKPitch + bt * (J * f.r + 8) +
+  return elem * (kMonarchStages * (bt + nw) * kMonarchKPitch + bt * (J * f.r + 8) +
                  bt * (kMonarchYGroup * f.s + 8));
 }
 
@@ -85,9 +86,11 @@ inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 // on the two tensor-core-free GEMMs: its FMA kernel would gain little from fusion). Among the
 // (bt, J) that fit `smem_limit`, the one moving the fewest bytes per token wins:
 //     x row * (l / J)  [x re-read per chunk]  +  all weights / bt  [weights re-read per CTA]
-// (ties: bigger bt, bigger J). chunk_override > 0 forces J (tests use it to force chunking).
+// (ties: bigger bt, bigger J). chunk_override > 0 forces J (tests use it to force chunking),
+// bt_override > 0 the tokens per CTA (16 or 32): knobs for tuning on a GPU without rebuilding.
+// Not modelled yet (to measure): occupancy (CTAs per SM) and per-step latency.
 inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
-                                           int64_t chunk_override = 0) {
+                                           int64_t chunk_override = 0, int64_t bt_override = 0) {
   MonarchFusedPlan plan;
   const auto no = [&plan](const char* why) { plan.why = why; return plan; };
   const auto fits = [](int64_t v) { return v >= 16 && v % 16 == 0 && v <= kMonarchMaxBlock; };
@@ -106,6 +109,7 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
   const int64_t x_row = f.k * f.p * elem, w_all = (f.k * f.q * f.p + f.l * f.s * f.r) * elem;
   int64_t best = -1;
   for (int bt : {32, 16}) {
+    if (bt_override > 0 && bt != bt_override) continue;
     for (int64_t J = f.l; J >= 16; J -= 16) {
       if (f.l % J != 0 || n_sub * J > kMonarchMaxBlock) continue;
       if (chunk_override > 0 && J != chunk_override) continue;
@@ -118,7 +122,9 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
       }
     }
   }
-  if (!plan.fused) plan.why = chunk_override > 0 ? "the forced chunk does not fit" : "no chunk fits in shared memory";
+  if (!plan.fused)
+    plan.why = chunk_override > 0 || bt_override > 0 ? "the forced chunk / tokens per CTA do not fit"
+                                                     : "no chunk fits in shared memory";
   return plan;
 }
 

@@ -11,11 +11,15 @@
 //     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
 //       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
 //       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col).
-// Pipeline (two buffers, cp.async): iteration g issues step g+1's loads into buffer (g+1)&1,
-// waits for step g's (cp.async.wait_group 1), barrier, computes step g from buffer g&1, barrier
-// (buffer g&1 is overwritten by iteration g+1's loads). The sequence runs on across b, jj and
-// chunks, so the next weights are always in flight. x rows past the last token are zero-filled by
-// cp.async (src-size 0) and never stored.
+// Pipeline (S = kMonarchStages = 3 buffers, cp.async), the step sequence running on across b, jj
+// and chunks so the next weights are always in flight:
+//   prologue: steps 0 .. S-2 into buffers 0 .. S-2, one commit group each
+//   iteration g: wait_group S-2 (step g's copies landed, this thread) -> __syncthreads (everyone's;
+//     and every warp is past step g-1, so its buffer (g-1)%S == (g+S-1)%S is free and every z / ys
+//     store of earlier steps is visible) -> issue step g+S-1 into that buffer, commit (empty past
+//     the end) -> mma on buffer g%S -> last K-slice: store the GEMM to z or ys (ys: a second
+//     barrier, then the 16-byte flush to y).
+// x rows past the last token are zero-filled by cp.async (src-size 0) and never stored.
 // Warps split each step's output columns in 16-wide tiles (warp w: tiles w, w+4, w+8, w+12; at
 // most 256 columns) and all kBT rows: accumulators kMT x 4 x 2 x 4 floats per thread.
 #pragma once
@@ -46,9 +50,10 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
   const int n_sub = q / l, n1 = n_sub * J, nw = n1 > s ? n1 : s;
   const int zp = J * r + 8, yp = kG * s + 8;  // row pitches of z and ys (16 mod 128 bytes)
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* xs = reinterpret_cast<T*>(smem_raw);  // (2, kBT, kKP): x K-slices
-  T* ws = xs + 2 * kBT * kKP;              // (2, nw, kKP): weight K-slices, [n][k]
-  T* zs = ws + 2 * nw * kKP;               // (kBT, zp): the chunk's permuted intermediate
+  constexpr int kS = kMonarchStages;
+  T* xs = reinterpret_cast<T*>(smem_raw);  // (kS, kBT, kKP): x K-slices
+  T* ws = xs + kS * kBT * kKP;             // (kS, nw, kKP): weight K-slices, [n][k]
+  T* zs = ws + kS * nw * kKP;              // (kBT, zp): the chunk's permuted intermediate
   T* ys = zs + kBT * zp;                   // (kBT, yp): 8 stage-2 blocks' outputs, [m][t2][jj%8]
 
   const T* X = static_cast<const T*>(f.x);
@@ -117,16 +122,20 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
   clear();
   const int gq = lane / 4, tq = lane % 4;  // c[c] of an m16n8 tile: row gq + 8*(c/2), col 2*tq + c%2
 
-  load(0, 0);
-  cp_async_commit();
-  for (int g = 0; g < G; ++g) {
-    if (g + 1 < G) load(g + 1, (g + 1) & 1);
+#pragma unroll
+  for (int st = 0; st < kS - 1; ++st) {
+    if (st < G) load(st, st);
     cp_async_commit();  // possibly empty: every thread commits the same sequence of groups
-    cp_async_wait<1>();
-    __syncthreads();  // step g's slices (and earlier z / ys writes) visible to every warp
+  }
+#pragma unroll 1
+  for (int g = 0; g < G; ++g) {
+    cp_async_wait<kS - 2>();
+    __syncthreads();  // step g's slices and earlier z / ys stores visible; buffer (g-1)%kS free
+    if (g + kS - 1 < G) load(g + kS - 1, (g + kS - 1) % kS);
+    cp_async_commit();
 
     const Step st = decode(g);
-    const int buf = g & 1;
+    const int buf = g % kS;
     const int ntiles = (st.stage == 1 ? n1 : s) / 16;
     const T* a_tile = st.stage == 1 ? xs + buf * kBT * kKP : zs;
     const int a_pitch = st.stage == 1 ? kKP : zp;
@@ -181,7 +190,6 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
         }
       }
     }
-    __syncthreads();  // buffer g&1, z and ys are rewritten by later iterations
   }
 }
 

@@ -154,16 +154,19 @@ MonarchFused monarch_fused_args(const MonarchShape& m, const Tensor& x, int64_t 
 // plan_monarch_fused accepts the shape, dtype, alignment and this device's shared memory, else
 // two block GEMMs with the intermediate in global memory. MMM_MONARCH_FUSED=0 forces the two
 // GEMMs (benchmarks compare both); MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to
-// exercise several chunks); MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
+// exercise several chunks) and MMM_MONARCH_BT=16|32 the tokens per CTA (tuning knobs);
+// MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
 MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   MonarchFusedPlan none;  // not fused
   if (env_is("MMM_MONARCH_FUSED", '0')) return none;
   const char* chunk_env = std::getenv("MMM_MONARCH_CHUNK");
   const int64_t chunk = chunk_env != nullptr ? std::atoll(chunk_env) : 0;
-  if (!x.is_cuda()) return plan_monarch_fused(f, kMonarchCpuTwinSmem, /*cuda=*/false, chunk);
+  const char* bt_env = std::getenv("MMM_MONARCH_BT");
+  const int64_t bt = bt_env != nullptr ? std::atoll(bt_env) : 0;
+  if (!x.is_cuda()) return plan_monarch_fused(f, kMonarchCpuTwinSmem, /*cuda=*/false, chunk, bt);
 #ifdef MMM_WITH_CUDA
   if (env_is("MMM_DISABLE_TENSOR_CORES", '1')) return none;
-  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, chunk);
+  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, chunk, bt);
 #else
   return none;
 #endif
