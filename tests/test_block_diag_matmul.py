@@ -517,8 +517,8 @@ def test_monarch_equals_two_block_diag_matmuls(device, dtype):
 # ---------------------------------------------------------------------------------------------
 from mmm.ops.block_diag_matmul import monarch_forward_plan  # noqa: E402
 
-# Shapes the plan accepts (l % 16 == 0, l | q, p, r, s multiples of 16 up to 256), with what
-# each exercises. (w1 (k, q, p), w2 (l, s, r))
+# Shapes the plan accepts (l | q with l % 16 == 0, or q | l with q % 16 == 0; p, r, s multiples
+# of 16 up to 256), with what each exercises. (w1 (k, q, p), w2 (l, s, r))
 MONARCH_FUSED = [
     ((16, 16, 16), (16, 16, 16)),     # the smallest: one 16-wide tile per GEMM
     ((32, 32, 32), (32, 32, 32)),     # square, two chunks when forced to J=16
@@ -526,7 +526,16 @@ MONARCH_FUSED = [
     ((16, 96, 64), (32, 48, 48)),     # n_sub = 3, r = s = 48 (3 column tiles: uneven warps)
     ((2, 256, 32), (32, 16, 16)),     # few big w1 blocks (q = 256), n_sub = 8
     ((4, 64, 80), (16, 64, 16)),     # p = 80: a 64 + 16 K split; n_sub = 4
+    ((32, 16, 16), (32, 16, 16)),     # q | l ("by blocks"): 2 stage-2 blocks per w1 row set
+    ((64, 16, 32), (64, 32, 16)),     # by blocks, l / q = 4, r = 16
+    ((32, 32, 16), (64, 16, 16)),     # by blocks with q = 32: chunks of 32 or 64 blocks
 ]
+
+
+def _smallest_chunk(shapes):
+    """The smallest chunk the plan allows: 16 by rows, a multiple of q by blocks."""
+    (k, q, p), (l, s, r) = shapes
+    return 16 if q % l == 0 else max(16, q)
 MONARCH_FALLBACK = [
     ((16, 8, 16), (8, 32, 16)),       # l = 8: not a multiple of 16
     ((4, 24, 16), (16, 16, 6)),       # l = 16 does not divide q = 24
@@ -546,11 +555,12 @@ def _set_chunk(monkeypatch, chunk, bt=0):
 
 
 @pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=_id)
-@pytest.mark.parametrize("chunk", [0, 16], ids=["chunk_auto", "chunk16"])
+@pytest.mark.parametrize("chunk", ["auto", "smallest"])
 @pytest.mark.parametrize("shapes", MONARCH_FUSED, ids=_mid)
 def test_monarch_fused_shapes(device, monkeypatch, shapes, chunk, dtype):
     """Shapes that take the fused forward (on CUDA for fp16/bf16; the CPU twin for every dtype),
-    with the chunk the plan picks and forced to 16 stage-2 blocks (several chunks, x re-read)."""
+    with the chunk the plan picks and forced to the smallest one (several chunks)."""
+    chunk = 0 if chunk == "auto" else _smallest_chunk(shapes)
     _set_chunk(monkeypatch, chunk)
     x, w1, w2 = monarch_inputs((37,), *shapes, dtype, device)
     plan = monarch_forward_plan(x, w1, w2)
@@ -564,13 +574,14 @@ def test_monarch_fused_shapes(device, monkeypatch, shapes, chunk, dtype):
     check_monarch(x, w1, w2)
 
 
+@pytest.mark.parametrize("shapes", [MONARCH_FUSED[2], MONARCH_FUSED[8]], ids=_mid)
 @pytest.mark.parametrize("bt", [16, 32])
 @pytest.mark.parametrize("tokens", [1, 15, 16, 17, 31, 33, 100])
-def test_monarch_fused_token_tails(device, monkeypatch, tokens, bt):
-    """Token counts around the 16/32-token CTA tiles (both kernel instantiations): the rows past
-    the end are zero-filled on load and never stored."""
-    _set_chunk(monkeypatch, 16, bt)
-    x, w1, w2 = monarch_inputs((tokens,), *MONARCH_FUSED[2], BF16, device)
+def test_monarch_fused_token_tails(device, monkeypatch, tokens, bt, shapes):
+    """Token counts around the 16/32-token CTA tiles (both kernel instantiations), by rows and
+    by blocks: the rows past the end are zero-filled on load and never stored."""
+    _set_chunk(monkeypatch, _smallest_chunk(shapes), bt)
+    x, w1, w2 = monarch_inputs((tokens,), *shapes, BF16, device)
     plan = monarch_forward_plan(x, w1, w2)
     assert plan["fused"] and plan["tokens_per_cta"] == bt, plan
     check_monarch(x, w1, w2)
@@ -667,7 +678,7 @@ def test_monarch_fused_layouts(device, layout):
     (((32, 32, 32), (32, 32, 32)), 16384, True),      # 1024 features
     (((64, 64, 64), (64, 64, 64)), 16384, True),      # 4096 features: the performance target
     (((64, 128, 128), (64, 128, 128)), 4097, None),   # 8192: fused where the smem allows
-    (((128, 64, 64), (128, 64, 64)), 4097, False),    # 8192, 128 blocks: l = 128 does not divide q
+    (((128, 64, 64), (128, 64, 64)), 4097, None),     # 8192, 128 blocks by blocks: 182 KB at 16 tokens
 ], ids=lambda v: _mid(v) if isinstance(v, tuple) else str(v))
 def test_cuda_monarch_fused_benchmark_shapes(shapes, tokens, fused):
     x, w1, w2 = monarch_inputs((tokens,), *shapes, BF16, "cuda")
@@ -691,10 +702,12 @@ def test_cuda_monarch_fused_matches_cpu_twin(monkeypatch, dtype):
 
 
 @pytest.mark.cuda
-def test_monarch_fused_sanitizer_subset(monkeypatch):
-    """compute-sanitizer: a forced two-chunk run with a token tail and n_sub = 2."""
-    _set_chunk(monkeypatch, 16)
-    x, w1, w2 = monarch_inputs((35,), *MONARCH_FUSED[2], BF16, "cuda")
+@pytest.mark.parametrize("shapes", [MONARCH_FUSED[2], MONARCH_FUSED[8]], ids=_mid)
+def test_monarch_fused_sanitizer_subset(monkeypatch, shapes):
+    """compute-sanitizer: forced several-chunk runs with a token tail, by rows (n_sub = 2) and by
+    blocks (q = 32)."""
+    _set_chunk(monkeypatch, _smallest_chunk(shapes))
+    x, w1, w2 = monarch_inputs((35,), *shapes, BF16, "cuda")
     assert monarch_forward_plan(x, w1, w2)["fused"]
     check_monarch(x, w1, w2, grad=False)
 

@@ -2,7 +2,7 @@
 // monarch_fused_cpu.cpp (inside namespace mmm::<isa>; no include guard, no includes on purpose).
 //
 // The same chunk loop and the same index map (monarch_fused.h) as the CUDA kernel, one task per
-// plan.bt tokens: stage 1 writes a chunk's intermediate z permuted (monarch_z_col), rounded to
+// plan.bt tokens: stage 1 writes a chunk's intermediate z permuted (MonarchIndex), rounded to
 // x's dtype as the GPU stores it; stage 2 reads z as contiguous runs and writes y through
 // monarch_y_col. Operands are converted to the accumulation type once, so the inner loops are
 // unit-stride dot products.
@@ -42,7 +42,9 @@ template <typename T>
 void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t task_begin, int64_t task_end) {
   using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
   const int64_t k = f.k, q = f.q, p = f.p, l = f.l, s = f.s, r = f.r;
-  const int64_t n_sub = q / l, J = plan.chunk, n1 = n_sub * J, bt = plan.bt, N = k * p;
+  const int64_t J = plan.chunk, bt = plan.bt, N = k * p;
+  const MonarchIndex<int64_t> ix(k, q, l, r, J);
+  const int64_t n1 = ix.n1(), units = ix.units();
   const T* X = static_cast<const T*>(f.x);
   T* Y = static_cast<T*>(f.y);
   std::vector<C> w1, w2, xt(size_t(bt * N)), z(size_t(bt * J * r));
@@ -53,10 +55,11 @@ void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t ta
     for (int64_t m = 0; m < rows; ++m)
       for (int64_t c = 0; c < N; ++c) xt[size_t(m * N + c)] = to_acc<C>(X[(t0 + m) * f.x_rs + c]);
     for (int64_t j0 = 0; j0 < l; j0 += J) {
-      for (int64_t b = 0; b < k; ++b)  // stage 1, stored permuted
+      for (int64_t u = 0; u < units; ++u)  // stage 1, stored permuted
         for (int64_t e = 0; e < n1; ++e) {
-          const C* wrow = w1.data() + (b * q + monarch_w1_row(e, J, j0, l)) * p;
-          const int64_t zc = monarch_z_col(b, e, J, r, n_sub);
+          const int64_t b = ix.block(j0, u);
+          const C* wrow = w1.data() + (b * q + ix.w1_row(j0, e)) * p;
+          const int64_t zc = ix.z_col(u, e);
           for (int64_t m = 0; m < rows; ++m)
             z[size_t(m * J * r + zc)] = to_acc<C>(from_acc<T>(dot8(xt.data() + m * N + b * p, wrow, p)));
         }

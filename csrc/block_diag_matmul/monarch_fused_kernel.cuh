@@ -5,9 +5,9 @@
 // One CTA = 4 warps. Its work is a flat sequence of steps, each one K-slice (<= 64) of one small
 // GEMM whose B operand (weights) streams through shared memory:
 //   chunk j0 = 0, J, 2J, ... (stage-2 blocks j0 .. j0+J-1):
-//     stage 1, for every w1 block b, K-slices of p:   (kBT, n_sub*J) += x[:, b*p + ks..] (kBT, 64)
-//                                                     * w1[b, monarch_w1_row(e), ks..]^T (n_sub*J, 64)
-//       last slice: accumulators -> z[m][monarch_z_col(b, e)] (the permutation: a store address)
+//     stage 1, for every unit u (w1 block b = block(j0, u)), K-slices of p:
+//           (kBT, n1) += x[:, b*p + ks..] (kBT, 64) * w1[b, w1_row(j0, e), ks..]^T (n1, 64)
+//       last slice: accumulators -> z[m][z_col(u, e)] (the permutation: a store address)
 //     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
 //       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
 //       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col).
@@ -47,7 +47,8 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
   using Tile = MonarchFusedTile<kMT>;
   constexpr int kBT = Tile::kBT, kKS = Tile::kKS, kKP = Tile::kKP, kG = Tile::kG, kTW = Tile::kTilesPerWarp;
   const int k = int(f.k), q = int(f.q), p = int(f.p), l = int(f.l), s = int(f.s), r = int(f.r);
-  const int n_sub = q / l, n1 = n_sub * J, nw = n1 > s ? n1 : s;
+  const MonarchIndex<int> ix(k, q, l, r, J);
+  const int n1 = ix.n1(), nw = n1 > s ? n1 : s;
   const int zp = J * r + 8, yp = kG * s + 8;  // row pitches of z and ys (16 mod 128 bytes)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kS = kMonarchStages;
@@ -63,11 +64,11 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
   const int64_t tok0 = int64_t(blockIdx.x) * kBT;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
 
-  // The step sequence: per chunk, k*P1 stage-1 steps then J*P2 stage-2 steps.
+  // The step sequence: per chunk, units*P1 stage-1 steps then J*P2 stage-2 steps.
   const int P1 = (p + kKS - 1) / kKS, P2 = (r + kKS - 1) / kKS;
-  const int S1 = k * P1, S = S1 + J * P2, G = (l / J) * S;
+  const int S1 = ix.units() * P1, S = S1 + J * P2, G = (l / J) * S;
   struct Step {
-    int j0, stage, blk, kc, ks, len;  // blk: b (stage 1) or jj (stage 2)
+    int j0, stage, blk, kc, ks, len;  // blk: unit u (stage 1) or jj (stage 2)
   };
   const auto decode = [&](int g) {
     Step st;
@@ -87,16 +88,17 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
     T* wdst = ws + buf * nw * kKP;
     if (st.stage == 1) {
       T* xdst = xs + buf * kBT * kKP;
+      const int64_t b = ix.block(st.j0, st.blk);
       for (int i = tid; i < kBT * cpr; i += Tile::kThreads) {
         const int m = i / cpr, ch = i % cpr;
         const bool ok = tok0 + m < f.tokens;
         // Rows past the end: zero-filled, and the source clamped to a valid row (tok0's).
-        const T* src = X + (ok ? tok0 + m : tok0) * f.x_rs + int64_t(st.blk) * p + st.ks + ch * 8;
+        const T* src = X + (ok ? tok0 + m : tok0) * f.x_rs + b * p + st.ks + ch * 8;
         cp_async_16(xdst + m * kKP + ch * 8, src, ok);
       }
       for (int i = tid; i < n1 * cpr; i += Tile::kThreads) {
         const int e = i / cpr, ch = i % cpr;
-        const int64_t row = int64_t(st.blk) * q + monarch_w1_row(e, J, st.j0, l);
+        const int64_t row = b * q + ix.w1_row(st.j0, e);
         cp_async_16(wdst + e * kKP + ch * 8, W1 + row * p + st.ks + ch * 8, true);
       }
     } else {
@@ -173,7 +175,7 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
               for (int c = 0; c < 4; ++c) {
                 const int m = mi * 16 + gq + 8 * (c / 2), col = nt * 16 + h * 8 + 2 * tq + c % 2;
                 const T v = from_f<T>(acc[mi][i][h][c]);
-                if (st.stage == 1) zs[m * zp + monarch_z_col(st.blk, col, J, r, n_sub)] = v;
+                if (st.stage == 1) zs[m * zp + ix.z_col(st.blk, col)] = v;
                 else ys[m * yp + col * kG + st.blk % kG] = v;
               }
           }

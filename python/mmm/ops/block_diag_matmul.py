@@ -108,8 +108,8 @@ def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
     The permutations are never copies. dtypes and differentiability as :func:`block_diag_matmul`;
     the intermediate ``u`` is rounded to x's dtype, as in the reference.
 
-    Forward: when ``l`` is a multiple of 16 dividing ``q`` and ``p``, ``r``, ``s`` are multiples
-    of 16 up to 256, one fused kernel (fp16/bf16 on CUDA; on the CPU its twin, any dtype) reads x
+    Forward: when ``l`` divides ``q`` (``l % 16 == 0``) or ``q`` divides ``l`` (``q % 16 == 0``)
+    and ``p``, ``r``, ``s`` are multiples of 16 up to 256, one fused kernel (fp16/bf16 on CUDA; on the CPU its twin, any dtype) reads x
     once and writes y once, keeping ``u`` in shared memory (on chip); otherwise, and for fp32 on
     CUDA, two block GEMMs with ``u`` in global memory. :func:`monarch_forward_plan` says which.
     """
