@@ -106,7 +106,7 @@ inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 // bt_override > 0 the tokens per CTA (16 or 32): knobs for tuning on a GPU without rebuilding.
 // Not modelled yet (to measure): occupancy (CTAs per SM), per-step latency, and whether fusing
 // pays at all for big blocks: every CTA streams all weights from L2 for only 16-32 tokens
-// (4096 features, blocks of 64: 1 MB per 32 tokens, ~4x the x + y bytes of those tokens), so a
+// (4096 features, blocks of 64: 1 MB per 32 tokens, ~2x the x + y bytes of those tokens), so a
 // rule "fuse only when the weights per CTA are small against its activations" may be needed
 // once the benchmark's "fused x" column has been measured.
 inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
