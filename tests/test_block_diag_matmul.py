@@ -513,6 +513,206 @@ def test_monarch_equals_two_block_diag_matmuls(device, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# the fused Monarch forward (CUDA kernel; on the CPU its twin, with the same index map)
+# ---------------------------------------------------------------------------------------------
+from mmm.ops.block_diag_matmul import monarch_forward_plan  # noqa: E402
+
+# Shapes the plan accepts (l | q with l % 16 == 0, or q | l with q % 16 == 0; p, r, s multiples
+# of 16 up to 256), with what each exercises. (w1 (k, q, p), w2 (l, s, r))
+MONARCH_FUSED = [
+    ((16, 16, 16), (16, 16, 16)),     # the smallest: one 16-wide tile per GEMM
+    ((32, 32, 32), (32, 32, 32)),     # square, two chunks when forced to J=16
+    ((8, 32, 16), (16, 32, 16)),      # n_sub = q/l = 2: each chunk takes two row runs of w1
+    ((16, 96, 64), (32, 48, 48)),     # n_sub = 3, r = s = 48 (3 column tiles: uneven warps)
+    ((2, 256, 32), (32, 16, 16)),     # few big w1 blocks (q = 256), n_sub = 8
+    ((4, 64, 80), (16, 64, 16)),     # p = 80: a 64 + 16 K split; n_sub = 4
+    ((32, 16, 16), (32, 16, 16)),     # q | l ("by blocks"): 2 stage-2 blocks per w1 row set
+    ((64, 16, 32), (64, 32, 16)),     # by blocks, l / q = 4, r = 16
+    ((32, 32, 16), (64, 16, 16)),     # by blocks with q = 32: chunks of 32 or 64 blocks
+]
+
+
+def _smallest_chunk(shapes):
+    """The smallest chunk the plan allows: 16 by rows, a multiple of q by blocks."""
+    (k, q, p), (l, s, r) = shapes
+    return 16 if q % l == 0 else max(16, q)
+MONARCH_FALLBACK = [
+    ((16, 8, 16), (8, 32, 16)),       # l = 8: not a multiple of 16
+    ((4, 24, 16), (16, 16, 6)),       # l = 16 does not divide q = 24
+    ((3, 5, 4), (5, 7, 3)),           # odd sizes
+    ((16, 16, 17), (16, 16, 16)),     # p = 17
+    ((1, 512, 16), (16, 16, 32)),     # n_sub*J >= 32*16 = 512 > 256 accumulator columns
+    ((16, 16, 16), (16, 272, 16)),    # s = 272 > 256
+]
+
+
+def _set_chunk(monkeypatch, chunk, bt=0):
+    for name, v in (("MMM_MONARCH_CHUNK", chunk), ("MMM_MONARCH_BT", bt)):
+        if v:
+            monkeypatch.setenv(name, str(v))
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=_id)
+@pytest.mark.parametrize("chunk", ["auto", "smallest"])
+@pytest.mark.parametrize("shapes", MONARCH_FUSED, ids=_mid)
+def test_monarch_fused_shapes(device, monkeypatch, shapes, chunk, dtype):
+    """Shapes that take the fused forward (on CUDA for fp16/bf16; the CPU twin for every dtype),
+    with the chunk the plan picks and forced to the smallest one (several chunks)."""
+    chunk = 0 if chunk == "auto" else _smallest_chunk(shapes)
+    _set_chunk(monkeypatch, chunk)
+    x, w1, w2 = monarch_inputs((37,), *shapes, dtype, device)
+    plan = monarch_forward_plan(x, w1, w2)
+    expect_fused = not (device == "cuda" and dtype == F32)
+    assert plan["fused"] == expect_fused, plan
+    if expect_fused:
+        l = shapes[1][0]
+        assert plan["chunk"] % 16 == 0 and l % plan["chunk"] == 0
+        assert chunk == 0 or plan["chunk"] == chunk
+        assert plan["tokens_per_cta"] in (16, 32)
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("shapes", [MONARCH_FUSED[2], MONARCH_FUSED[8]], ids=_mid)
+@pytest.mark.parametrize("bt", [16, 32])
+@pytest.mark.parametrize("tokens", [1, 15, 16, 17, 31, 33, 100])
+def test_monarch_fused_token_tails(device, monkeypatch, tokens, bt, shapes):
+    """Token counts around the 16/32-token CTA tiles (both kernel instantiations), by rows and
+    by blocks: the rows past the end are zero-filled on load and never stored."""
+    _set_chunk(monkeypatch, _smallest_chunk(shapes), bt)
+    x, w1, w2 = monarch_inputs((tokens,), *shapes, BF16, device)
+    plan = monarch_forward_plan(x, w1, w2)
+    assert plan["fused"] and plan["tokens_per_cta"] == bt, plan
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("bt", [16, 32])
+@pytest.mark.parametrize("shapes", MONARCH_FUSED, ids=_mid)
+def test_monarch_fused_tokens_per_cta(device, monkeypatch, shapes, bt):
+    """Every fused shape through both instantiations (16 and 32 tokens per CTA) where they fit."""
+    _set_chunk(monkeypatch, 0, bt)
+    x, w1, w2 = monarch_inputs((45,), *shapes, F16, device)
+    plan = monarch_forward_plan(x, w1, w2)
+    if bt == 16:  # every MONARCH_FUSED shape fits 99 KB at 16 tokens per CTA
+        assert plan["fused"], plan
+    if plan["fused"]:
+        assert plan["tokens_per_cta"] == bt
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("shapes", MONARCH_FALLBACK, ids=_mid)
+def test_monarch_fallback_shapes(device, shapes):
+    """Shapes the fused kernel does not take run the two block GEMMs, and are right."""
+    x, w1, w2 = monarch_inputs((9,), *shapes, BF16, device)
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=_id)
+def test_monarch_fused_matches_two_gemms(device, monkeypatch, dtype):
+    """The fused forward and the two-GEMM forward compute the same map with the intermediate
+    rounded the same way (to x's dtype): they agree to accumulation-order round-off."""
+    x, w1, w2 = monarch_inputs((70,), *MONARCH_FUSED[3], dtype, device)
+    _set_chunk(monkeypatch, 16)
+    assert monarch_forward_plan(x, w1, w2)["fused"]
+    fused = mmm.monarch_matmul(x, w1, w2)
+    monkeypatch.setenv("MMM_MONARCH_FUSED", "0")
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    two = mmm.monarch_matmul(x, w1, w2)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == F32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused, two, **tol)
+
+
+def test_monarch_plan_rules():
+    """The plan's rules on the CPU twin (which plans for a 99 KB shared-memory GPU)."""
+    def plan(w1s, w2s, dtype=BF16, tokens=4):
+        x, w1, w2 = monarch_inputs((tokens,), w1s, w2s, dtype, "cpu")
+        return monarch_forward_plan(x, w1, w2)
+    for shapes in MONARCH_FUSED:
+        assert plan(*shapes)["fused"], shapes
+    for shapes in MONARCH_FALLBACK:
+        assert not plan(*shapes)["fused"], shapes
+    # 4096 features (64 blocks of 64) does not fit 99 KB in one chunk: x is re-read l / chunk
+    # times. 1024 features fits one chunk at 16 tokens per CTA.
+    for shapes in MONARCH_FUSED + [((64, 64, 64), (64, 64, 64))]:
+        p = plan(*shapes)
+        assert p["fused"] and shapes[1][0] % p["chunk"] == 0 and p["smem_bytes"] <= 99 * 1024
+    assert plan((64, 64, 64), (64, 64, 64))["chunk"] < 64
+    assert plan((32, 32, 32), (32, 32, 32), dtype=F64)["fused"]  # the twin serves every dtype
+
+
+def test_monarch_plan_env(monkeypatch):
+    x, w1, w2 = monarch_inputs((4,), *MONARCH_FUSED[1], BF16, "cpu")
+    monkeypatch.setenv("MMM_MONARCH_FUSED", "0")
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    monkeypatch.delenv("MMM_MONARCH_FUSED")
+    monkeypatch.setenv("MMM_MONARCH_CHUNK", "48")  # does not divide l = 32: no fused plan
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+    check_monarch(x, w1, w2)
+    monkeypatch.setenv("MMM_MONARCH_CHUNK", "32")
+    monkeypatch.setenv("MMM_MONARCH_BT", "16")  # 1024 features: x read once at 16 tokens per CTA
+    p = monarch_forward_plan(x, w1, w2)
+    assert p["fused"] and p["chunk"] == 32 and p["tokens_per_cta"] == 16
+    monkeypatch.setenv("MMM_MONARCH_BT", "8")  # not an instantiation
+    assert not monarch_forward_plan(x, w1, w2)["fused"]
+
+
+@pytest.mark.parametrize("layout", ["misaligned", "col_slice", "transposed"])
+def test_monarch_fused_layouts(device, layout):
+    """x views: rows that are not 16-byte aligned fall back to the two GEMMs on CUDA (cp.async
+    needs 16-byte rows); the CPU twin takes every layout."""
+    gen = torch.Generator().manual_seed(15)
+    x = _layout(layout, (3, 11, 256), BF16, device, gen)
+    _, w1, w2 = monarch_inputs((1,), *MONARCH_FUSED[0], BF16, device, seed=16)
+    plan = monarch_forward_plan(x, w1, w2)
+    if device == "cpu" or layout == "transposed":  # transposed: a contiguous copy is made
+        assert plan["fused"]
+    elif layout == "misaligned":
+        assert not plan["fused"]
+    check_monarch(x, w1, w2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shapes,tokens,fused", [
+    (((32, 32, 32), (32, 32, 32)), 16384, True),      # 1024 features
+    (((64, 64, 64), (64, 64, 64)), 16384, True),      # 4096 features: the performance target
+    (((64, 128, 128), (64, 128, 128)), 4097, None),   # 8192: fused where the smem allows
+    (((128, 64, 64), (128, 64, 64)), 4097, None),     # 8192, 128 blocks by blocks: 182 KB at 16 tokens
+], ids=lambda v: _mid(v) if isinstance(v, tuple) else str(v))
+def test_cuda_monarch_fused_benchmark_shapes(shapes, tokens, fused):
+    x, w1, w2 = monarch_inputs((tokens,), *shapes, BF16, "cuda")
+    plan = monarch_forward_plan(x, w1, w2)
+    if fused is not None:
+        assert plan["fused"] == fused, plan
+    check_monarch(x, w1, w2, grad=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=_id)
+def test_cuda_monarch_fused_matches_cpu_twin(monkeypatch, dtype):
+    """The kernel and its CPU twin use one index map: same chunking, close results."""
+    _set_chunk(monkeypatch, 16)
+    x, w1, w2 = monarch_inputs((45,), *MONARCH_FUSED[3], dtype, "cpu")
+    yc = mmm.monarch_matmul(x, w1, w2)
+    xg, w1g, w2g = x.cuda(), w1.cuda(), w2.cuda()
+    assert monarch_forward_plan(xg, w1g, w2g)["fused"]
+    yg = mmm.monarch_matmul(xg, w1g, w2g)
+    torch.testing.assert_close(yg.cpu(), yc, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shapes", [MONARCH_FUSED[2], MONARCH_FUSED[8]], ids=_mid)
+def test_monarch_fused_sanitizer_subset(monkeypatch, shapes):
+    """compute-sanitizer: forced several-chunk runs with a token tail, by rows (n_sub = 2) and by
+    blocks (q = 32)."""
+    _set_chunk(monkeypatch, _smallest_chunk(shapes))
+    x, w1, w2 = monarch_inputs((35,), *shapes, BF16, "cuda")
+    assert monarch_forward_plan(x, w1, w2)["fused"]
+    check_monarch(x, w1, w2, grad=False)
+
+
+# ---------------------------------------------------------------------------------------------
 # opcheck
 # ---------------------------------------------------------------------------------------------
 def _bdm_opcheck_cases(device):
@@ -843,6 +1043,42 @@ def test_cuda_matches_cpu(dtype):
         gg = torch.autograd.grad(yg, gpu, dy.cuda())
         for a, b in zip(gg, gc):
             torch.testing.assert_close(a.cpu(), b, **tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA only: split-K weight gradients and the cp.async pipeline's operand layouts
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("splits", [None, 1, 2, 3, 7, 64])
+@pytest.mark.parametrize("nb,k,n,tokens", [(16, 64, 64, 16385), (4, 48, 24, 1000), (2, 17, 33, 4099)],
+                         ids=_id)
+def test_cuda_split_k_dw(monkeypatch, splits, nb, k, n, tokens):
+    """dweight reduces over every token: split-K cuts the tokens into ranges whose fp32 partials
+    a second kernel sums in order. Any split count is right, and bitwise reproducible."""
+    if splits is not None:
+        monkeypatch.setenv("MMM_BLOCK_GEMM_SPLITS", str(splits))
+    x, w = bdm_inputs((tokens,), nb, n, k, BF16, "cuda", seed=9)
+    _, grads = check_bdm(x, w)
+    dy = make_tensor((tokens, nb * n), BF16, "cuda", torch.Generator().manual_seed(7))
+    again = torch.ops.mmm.block_diag_matmul_backward(dy, x, w)
+    assert torch.equal(again[1], grads[1]), "dw differs between two runs with the same splits"
+    xm, w1, w2 = monarch_inputs((tokens,), (4, 16, 16), (16, 16, 4), BF16, "cuda", seed=10)
+    check_monarch(xm, w1, w2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=_id)
+@pytest.mark.parametrize("nb,k,n,tokens", [
+    (3, 24, 40, 97),     # multiples of 8, not 16: 16-byte chunks, ragged 32-wide K-tiles
+    (2, 8, 8, 33),       # one chunk per row; dw's K (tokens) ends one past a tile
+    (5, 20, 12, 50),     # row strides not multiples of 8 elements: element-wise staging
+    (2, 136, 72, 300),   # tiles past 128 rows / 64 columns, partial last tiles
+], ids=_id)
+def test_cuda_pipeline_layouts(nb, k, n, tokens, dtype):
+    """Forward, dx and dw stage their operands as [rows][k] or [k][rows] (whichever dimension is
+    contiguous), with cp.async where rows are 16-byte chunks: every combination, with tails."""
+    x, w = bdm_inputs((tokens,), nb, n, k, dtype, "cuda")
+    check_bdm(x, w)
 
 
 # ---------------------------------------------------------------------------------------------

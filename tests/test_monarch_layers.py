@@ -130,11 +130,13 @@ def test_layer_matches_reference_and_gradients_flow(device, dtype, name):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "in_f, out_f, nb",
-    [(64, 64, 8), (48, 96, 4), (96, 48, 4), (64, 64, 2), (64, 64, 16), (10, 7, 4), (50, 29, 6), (5, 13, 8), (1, 3, 1)],
+    [(64, 64, 8), (48, 96, 4), (96, 48, 4), (64, 64, 2), (64, 64, 16), (10, 7, 4), (50, 29, 6), (5, 13, 8), (1, 3, 1),
+     (512, 256, 16), (256, 512, 16)],
 )
 def test_monarch_equals_its_dense_weight(device, dtype, in_f, out_f, nb):
     """y == x @ to_dense().T + bias, and to_dense() is M[t*nb+j, i*p+c] = w2[j,t,i] * w1[i,j,c]
-    (rectangular, nblocks not sqrt(n), and sizes nblocks does not divide: padded in, truncated out)."""
+    (rectangular, nblocks not sqrt(n), and sizes nblocks does not divide: padded in, truncated out;
+    the last two take monarch_matmul's fused forward)."""
     torch.manual_seed(1)
     layer = MonarchLinear(in_f, out_f, nb, device=device, dtype=dtype)
     p, s = -(-in_f // nb), -(-out_f // nb)

@@ -7,6 +7,11 @@
 //   monarch_bwd  u = block_diag_fwd(x, w1) (recomputed, not saved);  dw2 = stage2_dw(dy, u);
 //                du = stage2_dx(dy, w2);  dx = block_diag_dx(du, w1);  dw1 = block_diag_dw(du, x)
 //                                                                                          5 GEMMs
+//   monarch_fused_fwd  y = monarch(x, w1, w2) by the fused kernel (monarch_fused.h): what
+//                monarch_matmul runs when the plan takes the shape; skipped (with the plan's
+//                reason) where it does not                                      1 kernel
+// GEMMs whose output cannot fill the GPU (the dweights) get split-K as the op gives them
+// (block_gemm_cuda_splits; workspace allocated here).
 // Sweep: (features, nblocks) in {(1024, 32), (4096, 64), (8192, 64), (8192, 128)}, square blocks
 // (w, w1: (nblocks, F/nblocks, F/nblocks); Monarch w2: (l = nblocks, F/nblocks, F/nblocks)),
 // tokens = 16384, dtype in {bf16, fp16} (every operand in that dtype, fp32 accumulation).
@@ -27,7 +32,7 @@
 // every input read once, every output written once; intermediates (u, du) are not counted.
 //   fwd          read x, w                write y            2X + W
 //   bwd          read dy, x, w            write dx, dw       3X + 2W
-//   monarch_fwd  read x, w1, w2           write y            2X + 2W
+//   monarch_fwd  read x, w1, w2           write y            2X + 2W   (monarch_fused_fwd too)
 //   monarch_bwd  read dy, x, w1, w2       write dx, dw1, dw2 3X + 4W
 // "%BW" = GB/s over the copy bandwidth measured here (cudaMemcpyAsync D2D of 1 GiB, read+write).
 //
@@ -43,7 +48,8 @@
 #include <string>
 #include <vector>
 
-#include "block_diag_matmul/params.h"  // include dir: csrc/
+#include "block_diag_matmul/monarch_fused.h"  // include dir: csrc/
+#include "block_diag_matmul/params.h"
 #include "bench_common.cuh"
 
 using mmm::BlockGemm;
@@ -211,7 +217,7 @@ int main(int argc, char** argv) {
   const size_t es = 2;  // bf16 / fp16
   DeviceBuffer x(max_act * es), dy(max_act * es), y(max_act * es), dx(max_act * es),
       u(max_act * es), du(max_act * es);
-  DeviceBuffer w1(max_w * es), w2(max_w * es), dw1(max_w * es), dw2(max_w * es), scratch;
+  DeviceBuffer w1(max_w * es), w2(max_w * es), dw1(max_w * es), dw2(max_w * es), scratch, workspace;
 
   Table table({"features", "nblocks", "block", "tokens", "dtype", "op", "GEMMs", "time us",
                "TFLOP/s", "GB/s", "% copy BW", "reps", "check"});
@@ -249,7 +255,15 @@ int main(int argc, char** argv) {
       const char* name;
       std::vector<BlockGemm> gemms;
       double flops, bytes;
+      bool fused = false;  // the fused Monarch kernel instead of `gemms`
     };
+    mmm::MonarchFused mf;
+    mf.tokens = T, mf.k = nb, mf.q = q, mf.p = p, mf.l = l, mf.s = s, mf.r = r;
+    mf.x = x.get(), mf.x_rs = F, mf.w1 = w1.get(), mf.w2 = w2.get(), mf.y = y.get(), mf.y_rs = l * s;
+    mf.dtype = dt;
+    int device = 0;
+    MMM_CHECK_CUDA(cudaGetDevice(&device));
+    const mmm::MonarchFusedPlan plan = mmm::plan_monarch_fused(mf, mmm::monarch_fused_smem_limit(device), true);
     const double X = double(T) * F * es, W = double(w_elems) * es, fl = 2.0 * double(T) * w_elems;
     std::vector<Op> ops = {
         {"fwd", {g_fwd}, fl, 2 * X + W},
@@ -257,8 +271,20 @@ int main(int argc, char** argv) {
         {"monarch_fwd", {g_s1, g_s2}, 2 * fl, 2 * X + 2 * W},
         {"monarch_bwd", {g_s1, g_s2dw, g_s2dx, g_s1dx, g_s1dw}, 4 * fl, 3 * X + 4 * W},
     };
+    if (tensor_cores && plan.fused) ops.push_back({"monarch_fused_fwd", {}, 2 * fl, 2 * X + 2 * W, true});
+    else
+      std::printf("%s: monarch_fused_fwd skipped: %s\n", tag.c_str(),
+                  tensor_cores ? plan.why : "tensor cores off");
+    size_t ws_bytes = 0;
     for (Op& op : ops)
-      for (BlockGemm& g : op.gemms) g.simt_only = !tensor_cores;
+      for (BlockGemm& g : op.gemms) {
+        g.simt_only = !tensor_cores;
+        g.splits = mmm::block_gemm_cuda_splits(g);
+        ws_bytes = std::max<size_t>(ws_bytes, size_t(g.splits) * g.batch * g.m * g.n * sizeof(float));
+      }
+    workspace.resize(ws_bytes);  // one workspace: an op's GEMMs run in order on one stream
+    for (Op& op : ops)
+      for (BlockGemm& g : op.gemms) g.workspace = g.splits > 1 ? workspace.get<float>() : nullptr;
 
     // Rows checked, and the host inputs shared by the checks.
     std::vector<int64_t> idx = {0, std::min<int64_t>(1, T - 1), std::min<int64_t>(T / 2 + 3, T - 1), T - 1};
@@ -301,6 +327,10 @@ int main(int argc, char** argv) {
         upd(rel_err(gather_rows(dx.get(), F, es, idx, stream), ref_a, dt, es));
         for (int64_t b : w1_blocks)  // dw[b][i][c] = sum_t dy[t, b*n + i] * x[t, b*k + c]
           upd(block_err(dw1.get(), b, bsz, bsz, dy.get(), F, b * bsz, 1, x.get(), F, b * bsz, 1));
+      } else if (name == "monarch_fused_fwd") {
+        cpu_gemm(mmm::block_diag_fwd(hx.data(), F, hw1.data(), ref_a.data(), kq, kr, nb, q, p, dt));
+        cpu_gemm(mmm::monarch_stage2_fwd(ref_a.data(), kq, hw2.data(), ref_b.data(), l * s, kr, l, s, r, dt));
+        upd(rel_err(gather_rows(y.get(), l * s, es, idx, stream), ref_b, dt, es));
       } else if (name == "monarch_fwd") {
         cpu_gemm(mmm::block_diag_fwd(hx.data(), F, hw1.data(), ref_a.data(), kq, kr, nb, q, p, dt));
         cpu_gemm(mmm::monarch_stage2_fwd(ref_a.data(), kq, hw2.data(), ref_b.data(), l * s, kr, l, s, r, dt));
@@ -325,6 +355,7 @@ int main(int argc, char** argv) {
     for (const Op& op : ops) {
       const std::string what = std::string(op.name) + " " + tag;
       auto run = [&] {
+        if (op.fused) MMM_CHECK_LAUNCH(mmm::launch_monarch_fused(mf, plan, stream), what);
         for (const BlockGemm& g : op.gemms) MMM_CHECK_LAUNCH(mmm::launch_block_gemm(g, stream), what);
       };
       // First run (untimed) checked against the CPU twin; a second one, timed alone, sizes the
@@ -364,13 +395,15 @@ int main(int argc, char** argv) {
       const double tflops = op.flops / sec / 1e12, gbps = op.bytes / sec / 1e9;
       const double pct = 100.0 * op.bytes / sec / copy_bps;
       table.add({std::to_string(F), std::to_string(nb), std::to_string(bsz), std::to_string(T),
-                 dtype_name(dt), op.name, std::to_string(op.gemms.size()),
+                 dtype_name(dt), op.name, op.fused ? std::string("fused") : std::to_string(op.gemms.size()),
                  fmtf("%.1f", t.median_ms * 1e3), fmtf("%.1f", tflops), fmtf("%.0f", gbps),
                  fmtf("%.1f", pct), std::to_string(t.reps), check_str});
       JsonObject j;
       j.integer("features", F).integer("nblocks", nb).integer("block", bsz).integer("tokens", T)
           .str("dtype", dtype_name(dt)).str("op", op.name).boolean("tensor_cores", tensor_cores)
-          .integer("gemms", (long long)op.gemms.size()).num("useful_flops", op.flops)
+          .integer("gemms", (long long)op.gemms.size()).boolean("fused", op.fused)
+          .integer("fused_tokens_per_cta", op.fused ? plan.bt : 0).integer("fused_chunk", op.fused ? plan.chunk : 0)
+          .num("useful_flops", op.flops)
           .num("bytes", op.bytes).num("median_us", t.median_ms * 1e3).num("min_us", t.min_ms * 1e3)
           .num("max_us", t.max_ms * 1e3).integer("reps", t.reps)
           .num("TFLOPs", tflops).num("GBps", gbps).num("pct_copy_bw", pct).str("check", check_str)

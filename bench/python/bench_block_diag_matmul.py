@@ -18,7 +18,11 @@ Implementations ("impls")
              it is shown for reference and not counted as a peer.
     einsum   torch.einsum("tbk,bnk->tbn", x.view(T, nb, k), w).reshape(T, nb*n).
   monarch cases
-    mmm      mmm.monarch_matmul(x, w1, w2).
+    mmm      mmm.monarch_matmul(x, w1, w2): the fused forward where its plan takes the shape
+             (the "path" column: "fused J=<chunk> bt=<tokens per CTA>", else "2 GEMMs"; see
+             mmm.ops.block_diag_matmul.monarch_forward_plan), backward always block GEMMs.
+    mmm_unfused  the same with MMM_MONARCH_FUSED=0: the two block GEMMs with the intermediate in
+             global memory; "fused x" = its time / mmm's (not a peer).
     einsum   the two-einsum reference (monarch_reference below; the test suite's definition).
     bmm      the same with two torch.bmm calls and the permutations as transposes/reshapes.
   both
@@ -30,7 +34,9 @@ Implementations ("impls")
     dense    F.linear(x, W) with the dense (out, in) matrix of the same map (torch.block_diag(*w),
              or the Monarch matrix materialised): the dense layer the structured one replaces.
              Not a peer (it is a different, bigger computation): its own column "vs dense".
-  Peers (for "best peer" and "speed-up"): bmm, einsum, compile.
+  Peers (for "best peer" and "speed-up"): bmm, einsum, compile. "vs 2bmm" = bmm time / mmm
+  time: the issue's target for the fused Monarch forward is >= 2 (and >= 60 %BW) at 4096
+  features; for block_diag_matmul, speed-up >= 1 over bmm everywhere.
 
 Modes
   fwd      forward only, under torch.no_grad().
@@ -91,9 +97,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-IMPLS = ("mmm", "bmm", "bmm_nt", "einsum", "compile", "dense")
+IMPLS = ("mmm", "mmm_unfused", "bmm", "bmm_nt", "einsum", "compile", "dense")
 PEERS = ("bmm", "einsum", "compile")
-CHECKED = ("mmm", "bmm", "einsum", "compile")  # same inputs, layout and outputs as mmm
+CHECKED = ("mmm", "mmm_unfused", "bmm", "einsum", "compile")  # same inputs, layout and outputs as mmm
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -245,6 +251,30 @@ def monarch_bmm(x, w1, w2):
     return v.permute(1, 2, 0).reshape(t, s * l)
 
 
+def _unfused(fn):
+    """fn with MMM_MONARCH_FUSED=0 while it runs (the op reads it at every call)."""
+    def run(*args):
+        old = os.environ.get("MMM_MONARCH_FUSED")
+        os.environ["MMM_MONARCH_FUSED"] = "0"
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                del os.environ["MMM_MONARCH_FUSED"]
+            else:
+                os.environ["MMM_MONARCH_FUSED"] = old
+    return run
+
+
+def forward_path(c: Case, inp: dict[str, Any]) -> str:
+    """Which forward mmm.monarch_matmul takes for this case."""
+    if c.op != "monarch":
+        return "1 GEMM"
+    from mmm.ops.block_diag_matmul import monarch_forward_plan
+    plan = monarch_forward_plan(inp["x"], *inp["ws"])
+    return f"fused J={plan['chunk']} bt={plan['tokens_per_cta']}" if plan["fused"] else "2 GEMMs"
+
+
 def reference_fn(c: Case) -> Callable[..., torch.Tensor]:
     return block_diag_einsum if c.op == "block_diag" else monarch_reference
 
@@ -254,6 +284,9 @@ def make_impl(impl: str, c: Case) -> Callable[..., Any]:
     if impl == "mmm":
         import mmm
         return mmm.block_diag_matmul if c.op == "block_diag" else mmm.monarch_matmul
+    if impl == "mmm_unfused":
+        import mmm
+        return _unfused(mmm.monarch_matmul)
     if impl == "einsum":
         return reference_fn(c)
     if impl == "bmm":
@@ -306,6 +339,8 @@ def _std_runners(fn, args: list[torch.Tensor], dout: torch.Tensor) -> dict[str, 
 def runners(impl: str, c: Case, inp: dict[str, Any]) -> dict[str, Callable[[], Any]] | None:
     """None when impl does not apply to this case (bmm_nt for Monarch)."""
     x, ws, dout = inp["x"], inp["ws"], inp["dout"]
+    if impl == "mmm_unfused" and c.op != "monarch":
+        return None
     if impl in CHECKED:
         return _std_runners(make_impl(impl, c), [x, *ws], dout)
     if impl == "bmm_nt":
@@ -427,6 +462,14 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             row["mmm_pct"] = 100.0 * bm[mode] / m.median_s / copy_bps
             if ts.get("dense"):
                 row["vs_dense"] = ts["dense"].median_s / m.median_s
+            if ts.get("bmm"):
+                row["vs_bmm"] = ts["bmm"].median_s / m.median_s
+            if ts.get("mmm_unfused"):
+                row["fused_x"] = ts["mmm_unfused"].median_s / m.median_s
+            try:
+                row["path"] = forward_path(c, inp) if mode == "fwd" else "GEMMs"
+            except Exception as e:  # noqa: BLE001 - an old mmm without the plan op
+                row["path"] = f"? ({type(e).__name__})"
         if peers:
             best = min(peers, key=lambda k: peers[k].median_s)
             row["best_peer"] = best
@@ -441,6 +484,8 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             row["mmm_err"] = err
         else:
             row["check"] = "-"
+        if errs.get("mmm_unfused", {}).get(mode, 0.0) > tolerance(c) and row["check"] in ("ok", "-"):
+            row["check"] = f"FAIL unfused {errs['mmm_unfused'][mode]:.1e}"
         peer_errs = [errs[k][mode] for k in ("einsum", "bmm") if k in errs]
         if peer_errs:
             row["peer_err"] = max(peer_errs)
@@ -455,12 +500,14 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
 COLUMNS = [
     ("op", "op", ""), ("dtype", "dtype", ""), ("T", "T", ""), ("N", "N", ""), ("M", "M", ""),
     ("blocks", "blocks", ""), ("mode", "mode", ""), ("GFLOP", "GFLOP", ".1f"), ("MB", "MB", ".0f"),
-    ("mmm_us", "mmm us", ".1f"), ("bmm_us", "bmm us", ".1f"), ("bmm_nt_us", "bmm_nt us", ".1f"),
+    ("mmm_us", "mmm us", ".1f"), ("mmm_unfused_us", "unfused us", ".1f"), ("bmm_us", "bmm us", ".1f"),
+    ("bmm_nt_us", "bmm_nt us", ".1f"),
     ("einsum_us", "einsum us", ".1f"), ("compile_us", "compile us", ".1f"),
     ("dense_us", "dense us", ".1f"),
     ("mmm_TFLOPs", "mmm TF/s", ".2f"), ("mmm_GBps", "mmm GB/s", ".0f"), ("mmm_pct", "mmm %BW", ".0f"),
     ("best_peer", "best peer", ""), ("peer_TFLOPs", "peer TF/s", ".2f"),
-    ("speedup", "speed-up", ".2f"), ("vs_dense", "vs dense", ".2f"),
+    ("speedup", "speed-up", ".2f"), ("vs_bmm", "vs 2bmm", ".2f"), ("fused_x", "fused x", ".2f"),
+    ("vs_dense", "vs dense", ".2f"), ("path", "path", ""),
     ("mmm_err", "mmm err", ".1e"), ("peer_err", "peer err", ".1e"), ("check", "check", ""),
 ]
 
@@ -493,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         cases, run_one, args=args, report=report, timer=timer, env=env, copy_bw=copy_bw,
         columns=COLUMNS,
         footer=("blocks = w shape(s); GFLOP/MB: the structured op's FLOP and byte models (docstring); "
-                "speed-up = best peer (bmm, einsum, compile) time / mmm time; vs dense = dense F.linear "
+                "speed-up = best peer (bmm, einsum, compile) time / mmm time; vs 2bmm = bmm time / mmm "
+                "time; fused x = mmm_unfused time / mmm time; vs dense = dense F.linear "
                 "time / mmm time; %BW is relative to the measured copy bandwidth; bmm_nt = bmm "
                 "without the layout transposes (not a peer)."),
         t_start=t_start)

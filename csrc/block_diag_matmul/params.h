@@ -23,7 +23,24 @@ struct BlockGemm {
   void* c = nullptr;       int64_t c_bs = 0, c_ms = 0, c_ns = 0;  // C[b][i][j]
   DType dtype = DType::kFloat32;  // of A, B and C
   bool simt_only = false;          // CUDA: skip the tensor-core kernel (MMM_DISABLE_TENSOR_CORES=1)
+  // CUDA split-K (the tensor-core kernel): splits > 1 cuts the reduction into `splits` ranges,
+  // each CTA writes its fp32 partial C to workspace[split][batch][m][n], and a second kernel sums
+  // the partials in split order: parallel over the reduction, no atomics, bitwise reproducible
+  // for a given splits. The caller allocates splits*batch*m*n floats (block_gemm_cuda_splits).
+  int splits = 1;
+  float* workspace = nullptr;
 };
+
+// How many reduction ranges a GEMM gets on a GPU with num_sms SMs: only when its output tiles
+// alone cannot fill the GPU (a dweight: C is one block, the reduction runs over every token),
+// about two CTAs per SM, and at least 8 K-tiles of 32 per range so partials stay cheap.
+inline int block_gemm_splits(const BlockGemm& g, int num_sms) {
+  const int64_t tiles = ceil_div(g.n, 64) * ceil_div(g.m, 128) * g.batch, ktiles = ceil_div(g.k, 32);
+  if (tiles >= num_sms || ktiles < 16) return 1;
+  int64_t s = ceil_div(2 * int64_t(num_sms), tiles);
+  s = s < ktiles / 8 ? s : ktiles / 8;
+  return int(s < 1 ? 1 : s > 64 ? 64 : s);
+}
 
 // x: (tokens, nb*k) with row stride x_rs; w: (nb, n, k) contiguous; y: (tokens, nb*n).
 // y[t, b*n + i] = sum_c x[t, b*k + c] * w[b, i, c]
@@ -69,5 +86,8 @@ void block_gemm_cpu(const BlockGemm& g, int64_t task_begin, int64_t task_end);
 
 // ---- CUDA (block_diag_matmul_launch.cu): nullptr on success, else a static message ----------
 const char* launch_block_gemm(const BlockGemm& g, void* stream);
+// The splits launch_block_gemm would like for g on the current device (1 where the kernel that
+// runs g has no split-K: fp32, simt_only).
+int block_gemm_cuda_splits(const BlockGemm& g);
 
 }  // namespace mmm

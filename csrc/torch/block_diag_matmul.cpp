@@ -1,9 +1,11 @@
 // torch glue for block_diag_matmul and monarch_matmul: schemas, checks, allocation, and the
 // sequence of block GEMMs each op runs (csrc/block_diag_matmul/params.h describes them).
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <tuple>
 
+#include "block_diag_matmul/monarch_fused.h"
 #include "block_diag_matmul/params.h"
 #include "torch/glue.h"
 
@@ -38,14 +40,28 @@ Tensor check_weight(const Tensor& w, const char* name, const Tensor& x, const ch
   return w.is_contiguous() ? w : torch::stable::contiguous(w);
 }
 
+bool env_is(const char* name, char value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] == value;
+}
+
 void run(BlockGemm g, const Tensor& like) {
   if (g.batch == 0 || g.m == 0 || g.n == 0) return;
   if (like.is_cuda()) {
 #ifdef MMM_WITH_CUDA
     // A switch for comparing the tensor-core kernel with the plain fp32-FMA one on a GPU.
-    const char* simt = std::getenv("MMM_DISABLE_TENSOR_CORES");
-    g.simt_only = simt != nullptr && simt[0] == '1';
+    g.simt_only = env_is("MMM_DISABLE_TENSOR_CORES", '1');
     torch::stable::accelerator::DeviceGuard guard(like.get_device_index());
+    // Split-K where the output alone cannot fill the GPU (dweight); MMM_BLOCK_GEMM_SPLITS=n forces
+    // n splits on the tensor-core kernel (tests compare split counts).
+    const char* splits_env = std::getenv("MMM_BLOCK_GEMM_SPLITS");
+    const bool tc = !g.simt_only && g.dtype != DType::kFloat32;
+    g.splits = splits_env != nullptr && tc ? std::max(1, std::min(1024, std::atoi(splits_env))) : block_gemm_cuda_splits(g);
+    std::optional<Tensor> workspace;  // freed on return: the caching allocator orders its reuse on this stream
+    if (g.splits > 1) {
+      workspace.emplace(glue::empty_like_shape(like, {g.splits * g.batch * g.m * g.n}, ScalarType::Float));
+      g.workspace = static_cast<float*>(workspace->data_ptr());
+    }
     const char* err = launch_block_gemm(g, glue::current_cuda_stream(like.get_device_index()));
     STD_TORCH_CHECK(err == nullptr, "mmm block GEMM (CUDA): ", err ? err : "");
 #else
@@ -124,6 +140,51 @@ MonarchShape monarch_shape(const Tensor& x, const Tensor& w1, const Tensor& w2, 
   return {glue::rows_of(x, cols), k, q, p, l, s, r};
 }
 
+MonarchFused monarch_fused_args(const MonarchShape& m, const Tensor& x, int64_t x_rs, const Tensor& w1,
+                                const Tensor& w2, void* y) {
+  MonarchFused f;
+  f.tokens = m.tokens, f.k = m.k, f.q = m.q, f.p = m.p, f.l = m.l, f.s = m.s, f.r = m.r;
+  f.x = x.data_ptr(), f.x_rs = x_rs, f.w1 = w1.data_ptr(), f.w2 = w2.data_ptr();
+  f.y = y, f.y_rs = m.l * m.s;
+  f.dtype = glue::to_dtype(x.scalar_type());
+  return f;
+}
+
+// THE place that picks monarch_matmul's forward: the fused kernel (on the CPU, its twin) when
+// plan_monarch_fused accepts the shape, dtype, alignment and this device's shared memory, else
+// two block GEMMs with the intermediate in global memory. MMM_MONARCH_FUSED=0 forces the two
+// GEMMs (benchmarks compare both); MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to
+// exercise several chunks) and MMM_MONARCH_BT=16|32 the tokens per CTA (tuning knobs);
+// MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
+MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
+  MonarchFusedPlan none;  // not fused
+  if (env_is("MMM_MONARCH_FUSED", '0')) return none;
+  const char* chunk_env = std::getenv("MMM_MONARCH_CHUNK");
+  const int64_t chunk = chunk_env != nullptr ? std::atoll(chunk_env) : 0;
+  const char* bt_env = std::getenv("MMM_MONARCH_BT");
+  const int64_t bt = bt_env != nullptr ? std::atoll(bt_env) : 0;
+  if (!x.is_cuda()) return plan_monarch_fused(f, kMonarchCpuTwinSmem, /*cuda=*/false, chunk, bt);
+#ifdef MMM_WITH_CUDA
+  if (env_is("MMM_DISABLE_TENSOR_CORES", '1')) return none;
+  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, chunk, bt);
+#else
+  return none;
+#endif
+}
+
+void run_fused(const MonarchFused& f, const MonarchFusedPlan& plan, const Tensor& like) {
+  if (like.is_cuda()) {
+#ifdef MMM_WITH_CUDA
+    torch::stable::accelerator::DeviceGuard guard(like.get_device_index());
+    const char* err = launch_monarch_fused(f, plan, glue::current_cuda_stream(like.get_device_index()));
+    STD_TORCH_CHECK(err == nullptr, "mmm fused Monarch (CUDA): ", err ? err : "");
+#endif
+  } else {
+    torch::stable::parallel_for(0, monarch_fused_cpu_tasks(f, plan), 1,
+                                [&](int64_t b, int64_t e) { monarch_fused_cpu(f, plan, b, e); });
+  }
+}
+
 Tensor monarch_matmul(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_in) {
   const char* op = "monarch_matmul";
   check_x(x_in, op);
@@ -132,12 +193,31 @@ Tensor monarch_matmul(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_
   Tensor y = glue::empty_like_shape(x_in, with_last(x_in, m.l * m.s), x_in.scalar_type());
   if (m.tokens == 0) return y;
   auto [x, x_rs] = glue::as_rows(x_in, m.k * m.p);
-  const DType dt = glue::to_dtype(x.scalar_type());
-  // The intermediate stays in x's dtype, as in the reference (two bmms).
+  const MonarchFused f = monarch_fused_args(m, x, x_rs, w1, w2, y.data_ptr());
+  const MonarchFusedPlan plan = monarch_forward_plan(f, x);
+  if (plan.fused) {
+    run_fused(f, plan, x);
+    return y;
+  }
+  const DType dt = f.dtype;
+  // The intermediate stays in x's dtype, as in the reference (two bmms) and the fused kernel.
   Tensor u = glue::empty_like_shape(x, {m.tokens, m.k * m.q}, x.scalar_type());
   run(block_diag_fwd(x.data_ptr(), x_rs, w1.data_ptr(), u.data_ptr(), m.k * m.q, m.tokens, m.k, m.q, m.p, dt), x);
   run(monarch_stage2_fwd(u.data_ptr(), m.k * m.q, w2.data_ptr(), y.data_ptr(), m.l * m.s, m.tokens, m.l, m.s, m.r, dt), x);
   return y;
+}
+
+// Which forward monarch_matmul takes for these inputs: [fused, tokens per CTA, chunk, smem bytes]
+// (tests and benchmarks report it; the op itself never needs it).
+std::vector<int64_t> monarch_forward_plan_op(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_in) {
+  const char* op = "monarch_forward_plan";
+  check_x(x_in, op);
+  const Tensor w1 = check_weight(w1_in, "w1", x_in, op), w2 = check_weight(w2_in, "w2", x_in, op);
+  const auto m = monarch_shape(x_in, w1, w2, op);
+  auto [x, x_rs] = glue::as_rows(x_in, m.k * m.p);
+  // y is allocated fresh by the op, so 16-byte aligned: stand in an aligned null pointer.
+  const MonarchFusedPlan plan = monarch_forward_plan(monarch_fused_args(m, x, x_rs, w1, w2, nullptr), x);
+  return {plan.fused ? 1 : 0, plan.bt, plan.chunk, plan.smem};
 }
 
 std::tuple<Tensor, Tensor, Tensor> monarch_matmul_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w1_in,
@@ -175,6 +255,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(mmm, m) {
   m.def("monarch_matmul(Tensor x, Tensor w1, Tensor w2) -> Tensor");
   m.def("monarch_matmul_backward(Tensor grad_y, Tensor x, Tensor w1, Tensor w2) "
         "-> (Tensor grad_x, Tensor grad_w1, Tensor grad_w2)");
+  m.def("_monarch_forward_plan(Tensor x, Tensor w1, Tensor w2) -> int[]");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(mmm, CPU, m) {
@@ -182,6 +263,7 @@ STABLE_TORCH_LIBRARY_IMPL(mmm, CPU, m) {
   m.impl("block_diag_matmul_backward", TORCH_BOX(&mmm::block_diag_matmul_backward));
   m.impl("monarch_matmul", TORCH_BOX(&mmm::monarch_matmul));
   m.impl("monarch_matmul_backward", TORCH_BOX(&mmm::monarch_matmul_backward));
+  m.impl("_monarch_forward_plan", TORCH_BOX(&mmm::monarch_forward_plan_op));
 }
 
 #ifdef MMM_WITH_CUDA
@@ -190,5 +272,6 @@ STABLE_TORCH_LIBRARY_IMPL(mmm, CUDA, m) {
   m.impl("block_diag_matmul_backward", TORCH_BOX(&mmm::block_diag_matmul_backward));
   m.impl("monarch_matmul", TORCH_BOX(&mmm::monarch_matmul));
   m.impl("monarch_matmul_backward", TORCH_BOX(&mmm::monarch_matmul_backward));
+  m.impl("_monarch_forward_plan", TORCH_BOX(&mmm::monarch_forward_plan_op));
 }
 #endif

@@ -105,36 +105,60 @@ def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
         z = u.reshape(*lead, r, l).transpose(-1, -2).reshape(*lead, l * r)
         y = block_diag_matmul(z, w2).reshape(*lead, l, s).transpose(-1, -2).reshape(*lead, s * l)
 
-    The permutations are strides of the kernels, never copies. dtypes and differentiability as
-    :func:`block_diag_matmul`; the intermediate ``u`` is kept in x's dtype, as in the reference.
+    The permutations are never copies. dtypes and differentiability as :func:`block_diag_matmul`;
+    the intermediate ``u`` is rounded to x's dtype, as in the reference.
+
+    Forward: when ``l`` divides ``q`` (``l % 16 == 0``) or ``q`` divides ``l`` (``q % 16 == 0``)
+    and ``p``, ``r``, ``s`` are multiples of 16 up to 256, one fused kernel (fp16/bf16 on CUDA; on the CPU its twin, any dtype) reads x
+    once and writes y once, keeping ``u`` in shared memory (on chip); otherwise, and for fp32 on
+    CUDA, two block GEMMs with ``u`` in global memory. :func:`monarch_forward_plan` says which.
     """
     return torch.ops.mmm.monarch_matmul(x, w1, w2)
 
 
-def _reference_inputs(device, dtype, g):
-    x = torch.randn(19, 48, generator=g).to(device, dtype)
-    w1 = torch.randn(4, 6, 12, generator=g).to(device, dtype) / 12**0.5
-    w2 = torch.randn(6, 10, 4, generator=g).to(device, dtype) / 2.0
+def monarch_forward_plan(x: Tensor, w1: Tensor, w2: Tensor) -> dict:
+    """Which forward :func:`monarch_matmul` takes for these inputs on their device.
+
+    Returns ``{"fused": bool, "tokens_per_cta": int, "chunk": int, "smem_bytes": int}``:
+    ``chunk`` is the number of stage-2 blocks whose inputs are kept on chip at once (x is read
+    ``l / chunk`` times; once when it equals ``l``). The environment variables the op reads are
+    honoured: ``MMM_MONARCH_FUSED=0`` (always two GEMMs), ``MMM_MONARCH_CHUNK=J`` (force the chunk),
+    ``MMM_DISABLE_TENSOR_CORES=1`` (CUDA: no fused kernel).
+    """
+    fused, bt, chunk, smem = torch.ops.mmm._monarch_forward_plan(x, w1, w2)
+    return {"fused": bool(fused), "tokens_per_cta": bt, "chunk": chunk, "smem_bytes": smem}
+
+
+def _reference_inputs(device, dtype, g, w1_shape, w2_shape):
+    k, q, p = w1_shape
+    x = torch.randn(19, k * p, generator=g).to(device, dtype)
+    w1 = torch.randn(*w1_shape, generator=g).to(device, dtype) / p**0.5
+    w2 = torch.randn(*w2_shape, generator=g).to(device, dtype) / w2_shape[2] ** 0.5
     return x, w1, w2
 
 
 def selftest(device: str) -> float:
     """monarch_matmul (and so block_diag_matmul) forward and backward against the plain PyTorch
-    expression in fp32 on a rectangular shape; returns the worst relative error."""
+    expression in fp32, on a rectangular shape (two block GEMMs) and on one the fused forward
+    takes; returns the worst relative error."""
     g = torch.Generator().manual_seed(0)
     worst = 0.0
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
-        x, w1, w2 = (t.requires_grad_() for t in _reference_inputs(device, dtype, g))
-        y = monarch_matmul(x, w1, w2)
-        dy = torch.randn(y.shape, generator=g).to(device, dtype)
-        grads = torch.autograd.grad(y, (x, w1, w2), dy)
-        rx, rw1, rw2 = (t.detach().float().requires_grad_() for t in (x, w1, w2))
-        u = torch.einsum("tkp,kqp->tkq", rx.reshape(19, 4, 12), rw1).reshape(19, 24)
-        z = u.reshape(19, 4, 6).transpose(1, 2).reshape(19, 6, 4)
-        ref = torch.einsum("tlr,lsr->tls", z, rw2).transpose(1, 2).reshape(19, 60)
-        ref_grads = torch.autograd.grad(ref, (rx, rw1, rw2), dy.float())
-        for got, want in zip((y, *grads), (ref, *ref_grads)):
-            err = ((got.float() - want).norm() / want.norm()).item()
-            worst = max(worst, err)
-            assert err < tol, f"monarch_matmul selftest on {device} ({dtype}): relative error {err:.2e}"
+    for w1_shape, w2_shape in (((4, 6, 12), (6, 10, 4)), ((8, 32, 16), (16, 32, 16))):
+        k, q, p = w1_shape
+        l, s, r = w2_shape
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+            x, w1, w2 = (t.requires_grad_() for t in _reference_inputs(device, dtype, g, w1_shape, w2_shape))
+            y = monarch_matmul(x, w1, w2)
+            dy = torch.randn(y.shape, generator=g).to(device, dtype)
+            grads = torch.autograd.grad(y, (x, w1, w2), dy)
+            rx, rw1, rw2 = (t.detach().float().requires_grad_() for t in (x, w1, w2))
+            u = torch.einsum("tkp,kqp->tkq", rx.reshape(19, k, p), rw1).reshape(19, k * q)
+            z = u.reshape(19, r, l).transpose(1, 2).reshape(19, l, r)
+            ref = torch.einsum("tlr,lsr->tls", z, rw2).transpose(1, 2).reshape(19, s * l)
+            ref_grads = torch.autograd.grad(ref, (rx, rw1, rw2), dy.float())
+            for got, want in zip((y, *grads), (ref, *ref_grads)):
+                err = ((got.float() - want).norm() / want.norm()).item()
+                worst = max(worst, err)
+                assert err < tol, (f"monarch_matmul selftest on {device} ({dtype}, w1 {w1_shape}, "
+                                   f"w2 {w2_shape}): relative error {err:.2e}")
     return worst

@@ -1,0 +1,166 @@
+// The fused Monarch forward: y = monarch(x, w1, w2) in one pass, the intermediate kept on chip.
+//
+// Semantics (HazyResearch/fly's blockdiag_butterfly_multiply; params.h has the two-GEMM form):
+// x (T, k*p), w1 (k, q, p), w2 (l, s, r), l*r == k*q, y (T, l*s);
+//     u[t, b*q + i1]    = sum_c x[t, b*p + c] * w1[b, i1, c]          (stage 1, rounded to x's dtype)
+//     y[t, t2*l + j]    = sum_i u[t, i*l + j] * w2[j, t2, i]          (stage 2)
+//
+// The index map. Intermediate column c is stage-1 block b = c / q's row i1 = c % q, and stage-2
+// block j = c % l's input i = c / l. Stage-2 blocks are processed in chunks of J consecutive
+// blocks j = j0 + jj (J | l, J % 16 == 0); a chunk's stage 1 is a list of "units", each one
+// small GEMM x[:, b*p : (b+1)*p] (T, p) x w1[b, rows]^T (p, n1), whose output e is stored,
+// permuted, where stage 2 reads it as one contiguous K run:
+//   l | q ("by rows", n_sub = q / l, r = k * n_sub): c = b*q + a*l + j (a < n_sub) is input
+//     i = b*n_sub + a of block j. Units u = b < k; n1 = n_sub*J rows
+//         e = a*J + jj  ->  w1 row a*l + j0 + jj,  stored at z[t][jj*r + b*n_sub + a];
+//     x is read once per chunk (once when J == l).
+//   q | l otherwise ("by blocks", m = l / q, r = k / m, J % q == 0): c = (i*m + jb)*q + e with
+//     j = jb*q + e, so a chunk takes whole w1 blocks: units u < r*J/q, i = u / (J/q),
+//     jb = u % (J/q), block b = i*m + j0/q + jb, all n1 = q rows e, stored at
+//     z[t][(jb*q + e)*r + i]; every w1 block (and x slice) is used by exactly one chunk.
+// Stage 2 of block jj is then a plain GEMM over z[:, jj*r : (jj+1)*r], whose output t2 goes to
+//     y[t, t2*l + j0 + jj]                                             (monarch_y_col)
+// The permutations are thus only which w1 rows a unit loads and where its results are stored:
+// no data moves for them.
+//
+// The CUDA kernel (monarch_fused_kernel.cuh) and its CPU twin (monarch_fused_cpu_impl.h) both use
+// these functions; the CPU twin is monarch_matmul's CPU forward for every shape the plan
+// accepts, so the CPU tests check the index map the GPU uses.
+#pragma once
+#include <cstdint>
+
+#include "core/common.h"
+
+namespace mmm {
+
+struct MonarchFused {
+  int64_t tokens = 0;
+  int64_t k = 0, q = 0, p = 0;  // w1 (k, q, p)
+  int64_t l = 0, s = 0, r = 0;  // w2 (l, s, r)
+  const void* x = nullptr; int64_t x_rs = 0;  // (tokens, k*p), unit column stride
+  const void* w1 = nullptr;                    // contiguous
+  const void* w2 = nullptr;                    // contiguous
+  void* y = nullptr; int64_t y_rs = 0;         // (tokens, l*s), unit column stride
+  DType dtype = DType::kBFloat16;
+};
+
+// ---- the index map ------------------------------------------------------------------------
+// Templated on the index type: the CUDA kernel uses int (64-bit division is slow there).
+template <typename I>
+struct MonarchIndex {
+  I k, q, l, r, J;
+  bool by_rows;  // l | q; else q | l
+  MMM_HD MonarchIndex(I k_, I q_, I l_, I r_, I J_) : k(k_), q(q_), l(l_), r(r_), J(J_), by_rows(q_ % l_ == 0) {}
+  MMM_HD I units() const { return by_rows ? k : r * (J / q); }         // stage-1 GEMMs per chunk
+  MMM_HD I n1() const { return by_rows ? (q / l) * J : q; }             // their output columns
+  MMM_HD I block(I j0, I u) const {                                      // unit u's w1 block
+    return by_rows ? u : (u / (J / q)) * (l / q) + j0 / q + u % (J / q);
+  }
+  MMM_HD I w1_row(I j0, I e) const { return by_rows ? (e / J) * l + j0 + e % J : e; }  // unit's output e
+  MMM_HD I z_col(I u, I e) const {                                       // where e is stored in z
+    return by_rows ? (e % J) * r + u * (q / l) + e / J : ((u % (J / q)) * q + e) * r + u / (J / q);
+  }
+};
+// Output t2 of stage-2 block j0 + jj: its column in y.
+template <typename I>
+MMM_HD I monarch_y_col(I t2, I jj, I j0, I l) { return t2 * l + j0 + jj; }
+
+// ---- the plan: the one place that decides fused vs two GEMMs --------------------------------
+constexpr int kMonarchThreads = 128;   // 4 warps
+constexpr int kMonarchStages = 3;      // cp.async pipeline depth: loads run two steps ahead
+constexpr int kMonarchKSlice = 64;     // reduction elements per pipeline stage
+constexpr int kMonarchKPitch = 72;     // smem row pitch of a staged slice: 144 bytes, ldmatrix conflict-free
+constexpr int kMonarchYGroup = 8;      // stage-2 blocks whose outputs leave together: 16-byte stores
+constexpr int kMonarchMaxBlock = 256;  // p, r, s and n1: accumulators stay in registers
+// The CPU twin plans as the smallest-shared-memory GPU the fused kernel targets (sm_86/89: 99 KB
+// per block with opt-in), so CPU runs exercise the chunking big shapes get there.
+constexpr int64_t kMonarchCpuTwinSmem = 99 * 1024;
+
+struct MonarchFusedPlan {
+  bool fused = false;
+  int bt = 0;          // tokens per CTA (CUDA) / per task (CPU)
+  int chunk = 0;       // J: stage-2 blocks per chunk
+  int64_t smem = 0;    // dynamic shared memory bytes per CTA (CUDA)
+  const char* why = "";  // when not fused
+};
+
+// Shared-memory bytes of one CTA: kMonarchStages buffers of an x slice (bt, 64) and a weight
+// slice (max(n1, s), 64), the chunk's intermediate z (bt, J*r + 8) and the output staging
+// (bt, 8*s + 8); the +8 pads make every row pitch 16 mod 128 bytes (conflict-free ldmatrix).
+inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, int64_t elem = 2) {
+  const int64_t n1 = MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1(), nw = n1 > f.s ? n1 : f.s;
+  return elem * (kMonarchStages * (bt + nw) * kMonarchKPitch + bt * (J * f.r + 8) +
+                 bt * (kMonarchYGroup * f.s + 8));
+}
+
+inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Shapes the fused path takes: l | q with l % 16 == 0, or q | l with q % 16 == 0; p, r, s
+// multiples of 16 and <= 256; the n1 of a chunk <= 256. `cuda`
+// adds the CUDA kernel's conditions: fp16/bf16 and 16-byte aligned rows for cp.async (fp32 stays
+// on the two tensor-core-free GEMMs: its FMA kernel would gain little from fusion). Among the
+// (bt, J) that fit `smem_limit`, the one moving the fewest bytes per token wins:
+//     x row * reads  [by rows: x re-read per chunk, l / J; by blocks: 1]
+//     + all weights / bt  [weights re-read per CTA]
+// (ties: bigger bt, bigger J). chunk_override > 0 forces J (tests use it to force chunking),
+// bt_override > 0 the tokens per CTA (16 or 32): knobs for tuning on a GPU without rebuilding.
+// Not modelled yet (to measure): occupancy (CTAs per SM), per-step latency, and whether fusing
+// pays at all for big blocks: every CTA streams all weights from L2 for only 16-32 tokens
+// (4096 features, blocks of 64: 1 MB per 32 tokens, ~2x the x + y bytes of those tokens), so a
+// rule "fuse only when the weights per CTA are small against its activations" may be needed
+// once the benchmark's "fused x" column has been measured.
+inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
+                                           int64_t chunk_override = 0, int64_t bt_override = 0) {
+  MonarchFusedPlan plan;
+  const auto no = [&plan](const char* why) { plan.why = why; return plan; };
+  const auto fits = [](int64_t v) { return v >= 16 && v % 16 == 0 && v <= kMonarchMaxBlock; };
+  const bool by_rows = f.q % f.l == 0;
+  if (!by_rows && f.l % f.q != 0) return no("neither of w1's block_out q and w2's block count l divides the other");
+  if (by_rows ? f.l % 16 != 0 : f.q % 16 != 0)
+    return no("the smaller of w1's block_out q and w2's block count l is not a multiple of 16");
+  if (!fits(f.p) || !fits(f.r) || !fits(f.s))
+    return no("block sizes p, r, s are not multiples of 16 up to 256");
+  if (cuda) {
+    if (f.dtype != DType::kFloat16 && f.dtype != DType::kBFloat16)
+      return no("the fused CUDA kernel is fp16/bf16 only");
+    if (!monarch_aligned16(f.x) || f.x_rs % 8 != 0 || !monarch_aligned16(f.w1) || !monarch_aligned16(f.w2) ||
+        !monarch_aligned16(f.y) || f.y_rs % 8 != 0)
+      return no("x, w1, w2 or y rows are not 16-byte aligned");
+  }
+  const int64_t elem = 2;
+  const int64_t x_row = f.k * f.p * elem, w_all = (f.k * f.q * f.p + f.l * f.s * f.r) * elem;
+  int64_t best = -1;
+  for (int bt : {32, 16}) {
+    if (bt_override > 0 && bt != bt_override) continue;
+    for (int64_t J = f.l; J >= 16; J -= 16) {
+      if (f.l % J != 0 || (!by_rows && J % f.q != 0)) continue;
+      if (MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1() > kMonarchMaxBlock) continue;
+      if (chunk_override > 0 && J != chunk_override) continue;
+      const int64_t smem = monarch_fused_smem(f, bt, J);
+      if (smem > smem_limit) continue;
+      const int64_t cost = x_row * (by_rows ? f.l / J : 1) + w_all / bt;
+      if (best < 0 || cost < best) {
+        best = cost;
+        plan.fused = true, plan.bt = bt, plan.chunk = int(J), plan.smem = smem;
+      }
+    }
+  }
+  if (!plan.fused)
+    plan.why = chunk_override > 0 || bt_override > 0 ? "the forced chunk / tokens per CTA do not fit"
+                                                     : "no chunk fits in shared memory";
+  return plan;
+}
+
+// ---- CPU twin (monarch_fused_cpu.cpp): one task = plan.bt tokens ----------------------------
+inline int64_t monarch_fused_cpu_tasks(const MonarchFused& f, const MonarchFusedPlan& plan) {
+  return ceil_div(f.tokens, plan.bt);
+}
+void monarch_fused_cpu(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t task_begin, int64_t task_end);
+
+// ---- CUDA (monarch_fused_launch.cu) ----------------------------------------------------------
+// The opt-in shared memory per block of `device` (what plan_monarch_fused may use); 0 on error.
+int64_t monarch_fused_smem_limit(int device);
+// nullptr on success, else a static message. `plan` must come from plan_monarch_fused(cuda=true).
+const char* launch_monarch_fused(const MonarchFused& f, const MonarchFusedPlan& plan, void* stream);
+
+}  // namespace mmm

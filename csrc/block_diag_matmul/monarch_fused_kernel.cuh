@@ -1,0 +1,198 @@
+// The fused Monarch forward on CUDA (fp16/bf16, sm_80+): one CTA per kBT tokens reads its x rows
+// and writes its y rows once; the intermediate lives in shared memory. monarch_fused.h states
+// the semantics, the index map and the plan (tokens per CTA, chunk J, shared memory).
+//
+// One CTA = 4 warps. Its work is a flat sequence of steps, each one K-slice (<= 64) of one small
+// GEMM whose B operand (weights) streams through shared memory:
+//   chunk j0 = 0, J, 2J, ... (stage-2 blocks j0 .. j0+J-1):
+//     stage 1, for every unit u (w1 block b = block(j0, u)), K-slices of p:
+//           (kBT, n1) += x[:, b*p + ks..] (kBT, 64) * w1[b, w1_row(j0, e), ks..]^T (n1, 64)
+//       last slice: accumulators -> z[m][z_col(u, e)] (the permutation: a store address)
+//     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
+//       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
+//       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col).
+// Pipeline (S = kMonarchStages = 3 buffers, cp.async), the step sequence running on across b, jj
+// and chunks so the next weights are always in flight:
+//   prologue: steps 0 .. S-2 into buffers 0 .. S-2, one commit group each
+//   iteration g: wait_group S-2 (step g's copies landed, this thread) -> __syncthreads (everyone's;
+//     and every warp is past step g-1, so its buffer (g-1)%S == (g+S-1)%S is free and every z / ys
+//     store of earlier steps is visible) -> issue step g+S-1 into that buffer, commit (empty past
+//     the end) -> mma on buffer g%S -> last K-slice: store the GEMM to z or ys (ys: a second
+//     barrier, then the 16-byte flush to y).
+// x rows past the last token are zero-filled by cp.async (src-size 0) and never stored.
+// Warps split each step's output columns in 16-wide tiles (warp w: tiles w, w+4, w+8, w+12; at
+// most 256 columns) and all kBT rows: accumulators kMT x 4 x 2 x 4 floats per thread.
+#pragma once
+#include "block_diag_matmul/monarch_fused.h"
+#include "core/cp_async.cuh"
+#include "core/cuda_utils.cuh"
+#include "core/mma.cuh"
+
+namespace mmm {
+
+template <int kMT_>
+struct MonarchFusedTile {
+  static constexpr int kMT = kMT_;            // m16 tiles per CTA
+  static constexpr int kBT = 16 * kMT;        // tokens per CTA
+  static constexpr int kThreads = kMonarchThreads, kWarps = kThreads / 32;
+  static constexpr int kKS = kMonarchKSlice, kKP = kMonarchKPitch, kG = kMonarchYGroup;
+  static constexpr int kTilesPerWarp = kMonarchMaxBlock / 16 / kWarps;  // 16-wide column tiles
+  static_assert(kWarps == 4 && kTilesPerWarp == 4, "4 warps cover 256 output columns in 16-wide tiles");
+  static_assert(kKS % 16 == 0 && (kKP * 2) % 128 == 16, "pitch 16 mod 128 bytes: conflict-free ldmatrix");
+  static_assert(kG * 2 == 16, "an output group is one 16-byte store");
+};
+
+template <typename T, int kMT>
+__global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const MonarchFused f, const int J) {
+  using Tile = MonarchFusedTile<kMT>;
+  constexpr int kBT = Tile::kBT, kKS = Tile::kKS, kKP = Tile::kKP, kG = Tile::kG, kTW = Tile::kTilesPerWarp;
+  const int k = int(f.k), q = int(f.q), p = int(f.p), l = int(f.l), s = int(f.s), r = int(f.r);
+  const MonarchIndex<int> ix(k, q, l, r, J);
+  const int n1 = ix.n1(), nw = n1 > s ? n1 : s;
+  const int zp = J * r + 8, yp = kG * s + 8;  // row pitches of z and ys (16 mod 128 bytes)
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kS = kMonarchStages;
+  T* xs = reinterpret_cast<T*>(smem_raw);  // (kS, kBT, kKP): x K-slices
+  T* ws = xs + kS * kBT * kKP;             // (kS, nw, kKP): weight K-slices, [n][k]
+  T* zs = ws + kS * nw * kKP;              // (kBT, zp): the chunk's permuted intermediate
+  T* ys = zs + kBT * zp;                   // (kBT, yp): 8 stage-2 blocks' outputs, [m][t2][jj%8]
+
+  const T* X = static_cast<const T*>(f.x);
+  const T* W1 = static_cast<const T*>(f.w1);
+  const T* W2 = static_cast<const T*>(f.w2);
+  T* Y = static_cast<T*>(f.y);
+  const int64_t tok0 = int64_t(blockIdx.x) * kBT;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+
+  // The step sequence: per chunk, units*P1 stage-1 steps then J*P2 stage-2 steps.
+  const int P1 = (p + kKS - 1) / kKS, P2 = (r + kKS - 1) / kKS;
+  const int S1 = ix.units() * P1, S = S1 + J * P2, G = (l / J) * S;
+  struct Step {
+    int j0, stage, blk, kc, ks, len;  // blk: unit u (stage 1) or jj (stage 2)
+  };
+  const auto decode = [&](int g) {
+    Step st;
+    st.j0 = (g / S) * J;
+    int i = g % S;
+    st.stage = i < S1 ? 1 : 2;
+    if (st.stage == 2) i -= S1;
+    const int P = st.stage == 1 ? P1 : P2;
+    st.blk = i / P, st.kc = i % P, st.ks = st.kc * kKS;
+    st.len = min(kKS, (st.stage == 1 ? p : r) - st.ks);  // a multiple of 16
+    return st;
+  };
+
+  const auto load = [&](int g, int buf) {
+    const Step st = decode(g);
+    const int cpr = st.len / 8;  // 16-byte chunks per row
+    T* wdst = ws + buf * nw * kKP;
+    if (st.stage == 1) {
+      T* xdst = xs + buf * kBT * kKP;
+      const int64_t b = ix.block(st.j0, st.blk);
+      for (int i = tid; i < kBT * cpr; i += Tile::kThreads) {
+        const int m = i / cpr, ch = i % cpr;
+        const bool ok = tok0 + m < f.tokens;
+        // Rows past the end: zero-filled, and the source clamped to a valid row (tok0's).
+        const T* src = X + (ok ? tok0 + m : tok0) * f.x_rs + b * p + st.ks + ch * 8;
+        cp_async_16(xdst + m * kKP + ch * 8, src, ok);
+      }
+      for (int i = tid; i < n1 * cpr; i += Tile::kThreads) {
+        const int e = i / cpr, ch = i % cpr;
+        const int64_t row = b * q + ix.w1_row(st.j0, e);
+        cp_async_16(wdst + e * kKP + ch * 8, W1 + row * p + st.ks + ch * 8, true);
+      }
+    } else {
+      const int64_t blk = st.j0 + st.blk;
+      for (int i = tid; i < s * cpr; i += Tile::kThreads) {
+        const int t2 = i / cpr, ch = i % cpr;
+        cp_async_16(wdst + t2 * kKP + ch * 8, W2 + (blk * s + t2) * r + st.ks + ch * 8, true);
+      }
+    }
+  };
+
+  float acc[kMT][kTW][2][4];
+  const auto clear = [&]() {
+#pragma unroll
+    for (int mi = 0; mi < kMT; ++mi)
+#pragma unroll
+      for (int i = 0; i < kTW; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[mi][i][h][c] = 0.f;
+  };
+  clear();
+  const int gq = lane / 4, tq = lane % 4;  // c[c] of an m16n8 tile: row gq + 8*(c/2), col 2*tq + c%2
+
+#pragma unroll
+  for (int st = 0; st < kS - 1; ++st) {
+    if (st < G) load(st, st);
+    cp_async_commit();  // possibly empty: every thread commits the same sequence of groups
+  }
+#pragma unroll 1
+  for (int g = 0; g < G; ++g) {
+    cp_async_wait<kS - 2>();
+    __syncthreads();  // step g's slices and earlier z / ys stores visible; buffer (g-1)%kS free
+    if (g + kS - 1 < G) load(g + kS - 1, (g + kS - 1) % kS);
+    cp_async_commit();
+
+    const Step st = decode(g);
+    const int buf = g % kS;
+    const int ntiles = (st.stage == 1 ? n1 : s) / 16;
+    const T* a_tile = st.stage == 1 ? xs + buf * kBT * kKP : zs;
+    const int a_pitch = st.stage == 1 ? kKP : zp;
+    const int a_col0 = st.stage == 1 ? 0 : st.blk * r + st.ks;
+    const T* b_tile = ws + buf * nw * kKP;
+    for (int kk = 0; kk < st.len; kk += 16) {
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mi = 0; mi < kMT; ++mi) load_a_frag(a[mi], a_tile, a_pitch, mi * 16, a_col0 + kk);
+#pragma unroll
+      for (int i = 0; i < kTW; ++i) {
+        const int nt = warp + Tile::kWarps * i;
+        if (nt < ntiles) {  // warp-uniform
+          uint32_t b_lo[2], b_hi[2];
+          load_b_frags(b_lo, b_hi, b_tile, kKP, nt * 16, kk);
+#pragma unroll
+          for (int mi = 0; mi < kMT; ++mi) {
+            mma_m16n8k16<T>(acc[mi][i][0], a[mi], b_lo);
+            mma_m16n8k16<T>(acc[mi][i][1], a[mi], b_hi);
+          }
+        }
+      }
+    }
+
+    if (st.kc == (st.stage == 1 ? P1 : P2) - 1) {  // the step's GEMM is complete: store it
+#pragma unroll
+      for (int mi = 0; mi < kMT; ++mi)
+#pragma unroll
+        for (int i = 0; i < kTW; ++i) {
+          const int nt = warp + Tile::kWarps * i;
+          if (nt < ntiles) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int c = 0; c < 4; ++c) {
+                const int m = mi * 16 + gq + 8 * (c / 2), col = nt * 16 + h * 8 + 2 * tq + c % 2;
+                const T v = from_f<T>(acc[mi][i][h][c]);
+                if (st.stage == 1) zs[m * zp + ix.z_col(st.blk, col)] = v;
+                else ys[m * yp + col * kG + st.blk % kG] = v;
+              }
+          }
+        }
+      clear();
+      if (st.stage == 2 && st.blk % kG == kG - 1) {  // CTA-uniform
+        __syncthreads();  // every warp's ys columns written
+        const int jg = st.blk - (kG - 1);
+        for (int i = tid; i < kBT * s; i += Tile::kThreads) {
+          const int m = i / s, t2 = i % s;
+          if (tok0 + m < f.tokens)
+            *reinterpret_cast<uint4*>(Y + (tok0 + m) * f.y_rs + monarch_y_col(t2, jg, st.j0, l)) =
+                *reinterpret_cast<const uint4*>(ys + m * yp + t2 * kG);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mmm
