@@ -2,16 +2,18 @@
 // no atomics, so dq, dk and dv are bitwise reproducible:
 //
 //   attention_bwd_dot_kernel   delta = rowsum(dO ∘ O) − dlse per query row (fp32 scratch).
-//   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 64 keys); each warp owns 16 keys and
+//   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 16·kWarps keys[, half of D at d = 256]);
+//                              each warp owns 16 keys and
 //                              works on transposed scores, Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ come out of
 //                              the accumulators already in the A-operand layout of
 //                              dV += Pᵀ·dO and dK += dSᵀ·Q: no shared-memory transposes. The
 //                              query heads of a GQA group are summed in order inside the CTA.
-//   attention_bwd_dq_kernel    a CTA per (batch, head, 64 queries) recomputes S = Q·Kᵀ and
+//   attention_bwd_dq_kernel    a CTA per (batch, head, 16·kWarps queries) recomputes S = Q·Kᵀ and
 //                              dP = dO·Vᵀ and accumulates dQ += dS·K in registers.
 // P = exp(S·scale − lse) is recomputed from the forward's lse (+inf on rows with no key, so
 // P = 0 there); masked entries are −inf before the exp. The price of determinism without
-// atomics is computing S and dP twice.
+// atomics is computing S and dP twice. Shared tiles: attention_smem.cuh (swizzled, unpadded);
+// each step's tiles are loaded and waited for in turn (no multi-stage pipeline here yet).
 #pragma once
 #include "attention/attention_fwd_kernel.cuh"
 
@@ -20,21 +22,24 @@ namespace mmm {
 template <int kD_, typename T_>
 struct AttnBwdTraits {
   using T = T_;
+  using Layout = AttnSmemLayout<kD_>;
   static constexpr int kD = kD_;
-  // Each warp keeps two (16, kD) fp32 accumulators (dK and dV) plus two (16, kBlockCols) score
-  // tiles in registers: 32-column steps from d = 96 up; 2 warps above d = 128 so the four
-  // shared tiles fit a 99 KB block (d = 256 still spills some registers).
+  // Each warp keeps two (16, kD / kDSplit) fp32 accumulators (dK and dV) plus two (16,
+  // kBlockCols) score tiles in registers: 32-column steps from d = 96 up; 2 warps above d = 128.
+  // At d = 256, dK and dV alone would be 256 registers per thread: the dkdv kernel splits them
+  // over kDSplit = 2 CTAs (blockIdx.z picks the half of the head dim), each recomputing the
+  // full Sᵀ and dPᵀ (they contract over all of D), so nothing spills.
   static constexpr int kWarps = kD <= 128 ? 4 : 2, kThreads = 32 * kWarps;
   static constexpr int kBlockRows = 16 * kWarps;         // keys (dkdv) or queries (dq) per CTA
   static constexpr int kBlockCols = kD <= 64 ? 64 : 32;  // queries (dkdv) or keys (dq) per step
-  static constexpr int kPitch = kD + 8;                   // as the forward: conflict-free ldmatrix
+  static constexpr int kDSplit = kD > 192 ? 2 : 1;
+  static constexpr int kDOut = kD / kDSplit;             // dK/dV columns per dkdv CTA
   // dkdv: rows K, V; step Q, dO.  dq: rows Q, dO; step K, V.
-  static constexpr int kSmemBytes = 2 * (kBlockRows + kBlockCols) * kPitch * int(sizeof(T));
-  static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8;
-  static_assert(kD % 16 == 0 && kBlockCols % 16 == 0, "tile shape");
-  // The forward's tile loader, which only needs kD and kPitch.
-  using Loader = AttnFwdTraits<kD, T>;
-  static_assert(Loader::kPitch == kPitch, "shared loader");
+  static constexpr int kSmemBytes = 2 * (kBlockRows + kBlockCols) * kD * int(sizeof(T));
+  static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8, kDOutTiles = kDOut / 8;
+  static_assert(kD % 32 == 0 && kBlockCols % 16 == 0 && kDOut % 16 == 0, "tile shape");
+  static_assert(kDSplit == 1 || kDOut % Layout::kBlockCols == 0, "a dK/dV column split is a pointer shift");
+  static_assert(kSmemBytes <= kAttnSmemMinOptin, "must fit every sm_80+ GPU's opt-in shared memory");
 };
 
 // One warp per query row: delta[(b*Hq + h)*Sq + i] = sum_d dO[i, d] * O[i, d] - dlse[i] (fp32;
@@ -64,26 +69,30 @@ __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_
 }
 
 template <class K>
-__global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
+__global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
   using T = typename K::T;
-  using L = typename K::Loader;
-  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kP = K::kPitch;
+  using L = typename K::Layout;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
   const AttentionFwdParams& f = p.fwd;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_k = reinterpret_cast<T*>(smem_raw);  // (kR keys, kD)
-  T* s_v = s_k + kR * kP;                   // (kR keys, kD)
-  T* s_q = s_v + kR * kP;                   // (kC queries, kD)
-  T* s_do = s_q + kC * kP;                  // (kC queries, kD)
+  T* s_v = s_k + kR * kD;                   // (kR keys, kD)
+  T* s_q = s_v + kR * kD;                   // (kC queries, kD)
+  T* s_do = s_q + kC * kD;                  // (kC queries, kD)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const int64_t bhk = blockIdx.x, b = bhk / f.heads_kv, hk = bhk % f.heads_kv;
   const int64_t n0 = int64_t(blockIdx.y) * kR;
   const int64_t sq = f.seqlen_q, sk = f.seqlen_k, shift = sk - sq;
   const int64_t group = f.heads_q / f.heads_kv;
   const float scale_log2 = f.scale * 1.44269504088896340736f;
 
-  load_tile_async<L>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk, kR, f.head_dim);
-  load_tile_async<L>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk, kR, f.head_dim);
+  const int d0 = int(blockIdx.z) * K::kDOut;  // this CTA's dK/dV columns: d0 .. d0 + kDOut
+  load_tile_async<L, kR, kNT>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk,
+                              f.head_dim);
+  load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
+                              f.head_dim);
   cp_async_commit();
 
   // Queries that can see any of these keys; other query tiles are skipped.
@@ -94,9 +103,9 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
   m_hi = m_hi > sq ? sq : m_hi;
   const int64_t mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? ceil_div(m_hi, kC) : mb_lo;
 
-  float dk[K::kDTiles][4], dv[K::kDTiles][4];  // this warp's 16 keys x kD
+  float dk[K::kDOutTiles][4], dv[K::kDOutTiles][4];  // this warp's 16 keys x columns d0.. of D
 #pragma unroll
-  for (int d = 0; d < K::kDTiles; ++d)
+  for (int d = 0; d < K::kDOutTiles; ++d)
 #pragma unroll
     for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
 
@@ -107,8 +116,8 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
     const float* dl = delta + (b * f.heads_q + h) * sq;
     for (int64_t mb = mb_lo; mb < mb_hi; ++mb) {
       const int64_t m0 = mb * kC;
-      load_tile_async<L>(s_q, q, f.q_s.row, m0, sq, kC, f.head_dim);
-      load_tile_async<L>(s_do, dout, p.do_s.row, m0, sq, kC, f.head_dim);
+      load_tile_async<L, kC, kNT>(s_q, q, f.q_s.row, m0, sq, f.head_dim);
+      load_tile_async<L, kC, kNT>(s_do, dout, p.do_s.row, m0, sq, f.head_dim);
       cp_async_commit();
       cp_async_wait<0>();
       __syncthreads();
@@ -122,15 +131,15 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
 #pragma unroll
       for (int kk = 0; kk < K::kD; kk += 16) {
         uint32_t a_k[4], a_v[4];
-        load_a_frag(a_k, s_k, kP, warp * 16, kk);
-        load_a_frag(a_v, s_v, kP, warp * 16, kk);
+        ld_a<L>(a_k, smem_addr(s_k), la, warp * 16, kk);
+        ld_a<L>(a_v, smem_addr(s_v), la, warp * 16, kk);
 #pragma unroll
         for (int j = 0; j < K::kCTiles; j += 2) {
           uint32_t b_lo[2], b_hi[2];
-          load_b_frags(b_lo, b_hi, s_q, kP, j * 8, kk);
+          ld_b<L>(b_lo, b_hi, smem_addr(s_q), lb, j * 8, kk);
           mma_m16n8k16<T>(st[j], a_k, b_lo);
           mma_m16n8k16<T>(st[j + 1], a_k, b_hi);
-          load_b_frags(b_lo, b_hi, s_do, kP, j * 8, kk);
+          ld_b<L>(b_lo, b_hi, smem_addr(s_do), lb, j * 8, kk);
           mma_m16n8k16<T>(dpt[j], a_v, b_lo);
           mma_m16n8k16<T>(dpt[j + 1], a_v, b_hi);
         }
@@ -157,12 +166,12 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
                                   pack2<T>(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
                                   pack2<T>(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
 #pragma unroll
-        for (int d = 0; d < K::kDTiles; d += 2) {
+        for (int d = 0; d < K::kDOutTiles; d += 2) {
           uint32_t b_lo[2], b_hi[2];
-          load_b_frags_kn(b_lo, b_hi, s_do, kP, kc * 16, d * 8);
+          ld_b_kn<L>(b_lo, b_hi, smem_addr(s_do + d0), la, kc * 16, d * 8);  // d0 % 64 == 0: a pointer shift
           mma_m16n8k16<T>(dv[d], a_p, b_lo);
           mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
-          load_b_frags_kn(b_lo, b_hi, s_q, kP, kc * 16, d * 8);
+          ld_b_kn<L>(b_lo, b_hi, smem_addr(s_q + d0), la, kc * 16, d * 8);
           mma_m16n8k16<T>(dk[d], a_ds, b_lo);
           mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
         }
@@ -179,8 +188,8 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
     const int64_t key = n0 + warp * 16 + g + 8 * rh;
     if (key >= sk) continue;
 #pragma unroll
-    for (int d = 0; d < K::kDTiles; ++d) {
-      const int64_t col = d * 8 + 2 * t;
+    for (int d = 0; d < K::kDOutTiles; ++d) {
+      const int64_t col = d0 + d * 8 + 2 * t;
       if (col < f.head_dim) {
         *reinterpret_cast<uint32_t*>(dk_out + key * p.dk_s.row + col) =
             pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
@@ -191,18 +200,19 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
 }
 
 template <class K>
-__global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const AttentionBwdParams p, const float* delta) {
+__global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const AttentionBwdParams p, const float* delta) {
   using T = typename K::T;
-  using L = typename K::Loader;
-  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kP = K::kPitch;
+  using L = typename K::Layout;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
   const AttentionFwdParams& f = p.fwd;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_q = reinterpret_cast<T*>(smem_raw);  // (kR queries, kD)
-  T* s_do = s_q + kR * kP;                  // (kR queries, kD)
-  T* s_k = s_do + kR * kP;                  // (kC keys, kD)
-  T* s_v = s_k + kC * kP;                   // (kC keys, kD)
+  T* s_do = s_q + kR * kD;                  // (kR queries, kD)
+  T* s_k = s_do + kR * kD;                  // (kC keys, kD)
+  T* s_v = s_k + kC * kD;                   // (kC keys, kD)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const int64_t bh = blockIdx.x, b = bh / f.heads_q, h = bh % f.heads_q;
   const int64_t hk = h / (f.heads_q / f.heads_kv);
   const int64_t m0 = int64_t(blockIdx.y) * kR;
@@ -211,9 +221,10 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
   const T* k = static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head;
   const T* v = static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head;
 
-  load_tile_async<L>(s_q, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, sq, kR, f.head_dim);
-  load_tile_async<L>(s_do, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head, p.do_s.row, m0, sq, kR,
-                     f.head_dim);
+  load_tile_async<L, kR, kNT>(s_q, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, sq,
+                              f.head_dim);
+  load_tile_async<L, kR, kNT>(s_do, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head, p.do_s.row, m0,
+                              sq, f.head_dim);
   cp_async_commit();
 
   const int64_t m_last = (m0 + kR < sq ? m0 + kR : sq) - 1;
@@ -240,8 +251,8 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
 
   for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
     const int64_t n0 = nb * kC;
-    load_tile_async<L>(s_k, k, f.k_s.row, n0, sk, kC, f.head_dim);
-    load_tile_async<L>(s_v, v, f.v_s.row, n0, sk, kC, f.head_dim);
+    load_tile_async<L, kC, kNT>(s_k, k, f.k_s.row, n0, sk, f.head_dim);
+    load_tile_async<L, kC, kNT>(s_v, v, f.v_s.row, n0, sk, f.head_dim);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -254,15 +265,15 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
 #pragma unroll
     for (int kk = 0; kk < K::kD; kk += 16) {
       uint32_t a_q[4], a_do[4];
-      load_a_frag(a_q, s_q, kP, warp * 16, kk);
-      load_a_frag(a_do, s_do, kP, warp * 16, kk);
+      ld_a<L>(a_q, smem_addr(s_q), la, warp * 16, kk);
+      ld_a<L>(a_do, smem_addr(s_do), la, warp * 16, kk);
 #pragma unroll
       for (int j = 0; j < K::kCTiles; j += 2) {
         uint32_t b_lo[2], b_hi[2];
-        load_b_frags(b_lo, b_hi, s_k, kP, j * 8, kk);
+        ld_b<L>(b_lo, b_hi, smem_addr(s_k), lb, j * 8, kk);
         mma_m16n8k16<T>(s[j], a_q, b_lo);
         mma_m16n8k16<T>(s[j + 1], a_q, b_hi);
-        load_b_frags(b_lo, b_hi, s_v, kP, j * 8, kk);
+        ld_b<L>(b_lo, b_hi, smem_addr(s_v), lb, j * 8, kk);
         mma_m16n8k16<T>(dp[j], a_do, b_lo);
         mma_m16n8k16<T>(dp[j + 1], a_do, b_hi);
       }
@@ -287,7 +298,7 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
 #pragma unroll
       for (int d = 0; d < K::kDTiles; d += 2) {
         uint32_t b_lo[2], b_hi[2];
-        load_b_frags_kn(b_lo, b_hi, s_k, kP, kc * 16, d * 8);
+        ld_b_kn<L>(b_lo, b_hi, smem_addr(s_k), la, kc * 16, d * 8);
         mma_m16n8k16<T>(dq[d], a_ds, b_lo);
         mma_m16n8k16<T>(dq[d + 1], a_ds, b_hi);
       }
