@@ -50,6 +50,20 @@ def _id(v):
     return str(v)
 
 
+ALL_CUDA_HEAD_DIMS = (32, 64, 96, 128, 192, 256)  # CMake's default MMM_ATTENTION_HEAD_DIMS
+
+
+def cuda_head_dim_compiled(d):
+    """Whether this build has a CUDA kernel for head dim d (one of the compiled MMM_ATTENTION_HEAD_DIMS >= d)."""
+    return any(d <= c for c in mmm.build_info()["attention_head_dims"])
+
+
+def require_cuda_head_dim(d):
+    if not cuda_head_dim_compiled(d):
+        pytest.skip(f"head dim {d} has no CUDA kernel in this build (MMM_ATTENTION_HEAD_DIMS = "
+                    f"{mmm.build_info()['attention_head_dims']}); test_cuda_head_dim_not_compiled checks the error")
+
+
 def skip_if_unsupported(device, dtype=None, head_dim=None):
     if device != "cuda":
         return
@@ -57,6 +71,8 @@ def skip_if_unsupported(device, dtype=None, head_dim=None):
         pytest.skip("float32/float64 attention runs on the CPU only (CUDA: float16, bfloat16)")
     if head_dim is not None and head_dim % 8:
         pytest.skip("the CUDA kernels take head dims that are multiples of 8")
+    if head_dim is not None:
+        require_cuda_head_dim(head_dim)
 
 
 def f32_scale(scale, d):
@@ -127,6 +143,8 @@ def check(q, k, v, *, causal=False, window=(-1, -1), scale=None, grad=True, retu
     """mmm.fused_attention forward (and backward) on these tensors as given (strides included)
     against the float64 truth and PyTorch in the inputs' dtype. Returns (outs, grads)."""
     dtype, device = q.dtype, q.device
+    if device.type == "cuda":
+        require_cuda_head_dim(q.shape[-1])
     leaves = [t.detach().requires_grad_(grad) for t in (q, k, v)]
     res = mmm.fused_attention(*leaves, causal=causal, window=window, scale=scale, return_lse=return_lse)
     out, lse = res if return_lse else (res, None)
@@ -607,6 +625,7 @@ def _grads(q, k, v, dout, threads=None, **kw):
 
 @pytest.mark.parametrize("heads", ["mha", "mqa"])
 def test_deterministic(device, heads):
+    skip_if_unsupported(device, head_dim=64)
     hq, hkv = HEADS[heads]
     shape = (1 if heads == "mqa" else 2, hq, hkv, 300, 250, 64)
     q, k, v = make_qkv(shape, BF16, device, seed=16)
@@ -700,6 +719,7 @@ def test_backward_op_bad_inputs():
 
 @pytest.mark.cuda
 def test_bad_inputs_cuda():
+    require_cuda_head_dim(64)
     q, k, v = make_qkv((1, 2, 2, 16, 16, 64), BF16, "cuda")
     with pytest.raises(RuntimeError, match=r"q must be float16 or bfloat16 on CUDA, got Float.*cast"):
         mmm.fused_attention(q.float(), k.float(), v.float())
@@ -731,6 +751,7 @@ def test_cuda_many_batch_heads():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=_id)
 def test_cuda_matches_cpu(dtype):
+    require_cuda_head_dim(64)
     q, k, v = make_qkv((2, 4, 2, 300, 257, 64), dtype, "cpu", seed=18)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     cpu = _grads(q, k, v, dout, causal=True)
@@ -760,9 +781,59 @@ def test_attention_sanitizer_subset(case):
 
 @pytest.mark.cuda
 def test_attention_empty_sanitizer_subset():
+    require_cuda_head_dim(64)
     q, k, v = make_qkv((2, 2, 2, 9, 0, 64), BF16, "cuda")
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     out = mmm.fused_attention(*leaves)
     assert (out == 0).all()
     (dq,) = torch.autograd.grad(out.float().sum(), leaves[0])
     assert (dq == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled head dims (CMake MMM_ATTENTION_HEAD_DIMS): reported, routed, and a clear error
+# ---------------------------------------------------------------------------------------------
+def test_build_info_head_dims():
+    info = mmm.build_info()
+    dims = info["attention_head_dims"]
+    if not info["cuda_kernels"]:
+        assert dims == []
+        return
+    assert dims and dims == sorted(set(dims)) and set(dims) <= set(ALL_CUDA_HEAD_DIMS), dims
+
+
+def _fake_cuda_forward(d):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(1, 2, 5, d, device="cuda", dtype=BF16)
+        return torch.ops.mmm.fused_attention_forward(q, q, q, 0.5, -1, -1)
+
+
+def test_fake_kernel_knows_the_compiled_head_dims(monkeypatch):
+    """The fake kernel (what torch.compile traces) routes like the launcher: a head dim runs on the
+    smallest compiled one >= it, and one above every compiled head dim raises naming the set."""
+    from mmm.ops import attention
+
+    monkeypatch.setattr(attention, "_compiled_dims", (64, 128))
+    for d in (8, 64, 72, 128):
+        out, lse = _fake_cuda_forward(d)
+        assert out.shape == (1, 2, 5, d) and lse.shape == (1, 2, 5)
+    with pytest.raises(RuntimeError, match=r"head_dim \(q.size\(3\)\) 136 has no CUDA kernel in this build of mmm, "
+                                           r"which compiled head dims 64, 128 only \(rebuild with MMM_ATTENTION_HEAD_DIMS"):
+        _fake_cuda_forward(136)
+
+
+@pytest.mark.cuda
+def test_cuda_head_dim_not_compiled():
+    dims = mmm.build_info()["attention_head_dims"]
+    if max(dims) == 256:
+        pytest.skip(f"every head dim up to 256 has a kernel in this build ({dims})")
+    d = max(dims) + 8
+    q, k, v = make_qkv((1, 2, 2, 16, 16, d), BF16, "cuda")
+    match = rf"head_dim \(q.size\(3\)\) {d} has no CUDA kernel in this build of mmm"
+    with pytest.raises(RuntimeError, match=match):
+        mmm.fused_attention(q, k, v)
+    out, lse = torch.ops.mmm.fused_attention_forward(q.cpu(), k.cpu(), v.cpu(), 0.5, -1, -1)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.mmm.fused_attention_backward(out.cuda(), None, q, k, v, out.cuda(), lse.cuda(), 0.5, -1, -1)
