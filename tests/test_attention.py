@@ -742,6 +742,18 @@ def test_cuda_head_dims_long(d, causal):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("d", [64, 128, 256])  # 3, 2, 2 pipeline stages; 64- and 32-key tiles
+@pytest.mark.parametrize("window", [(300, 100), (-1, 200), (500, -1), (0, 0)], ids=_id)
+@pytest.mark.parametrize("seqs", [(1000, 1000), (700, 1100), (1100, 700)], ids=_id)
+def test_cuda_pipeline_windows(d, window, seqs):
+    """Many K/V tiles per CTA through the cp.async ring (stage i % kStages), with windows wide
+    enough that some tiles are fully visible (the unmasked path) next to tiles the window cuts
+    (the masked path), tiles skipped on both sides, and a ragged last tile."""
+    q, k, v = make_qkv((1, 2, 1, *seqs, d), BF16, "cuda", layout="bshd", seed=d + window[0])
+    check(q, k, v, window=window, return_lse=True)
+
+
+@pytest.mark.cuda
 def test_cuda_many_batch_heads():
     """batch x heads > 65535 (more blocks than one grid dimension holds)."""
     q, k, v = make_qkv((2, 33000, 33000, 3, 5, 8), F16, "cuda", seed=17)
