@@ -20,6 +20,10 @@ bench/gpu_check.sh runs under compute-sanitizer.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -849,3 +853,38 @@ def test_cuda_head_dim_not_compiled():
     out, lse = torch.ops.mmm.fused_attention_forward(q.cpu(), k.cpu(), v.cpu(), 0.5, -1, -1)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.mmm.fused_attention_backward(out.cuda(), None, q, k, v, out.cuda(), lse.cuda(), 0.5, -1, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels' shared-memory primitives (swizzled tiles, cp.async loader, ldmatrix fragments):
+# tests/cuda/test_attention_primitives.cu, compiled wherever nvcc is, run where there is a GPU
+# ---------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def primitives_binary(tmp_path_factory):
+    nvcc = next((c for c in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc") if c and os.path.exists(c)), None)
+    if nvcc is None:
+        pytest.skip("nvcc not found: cannot build tests/cuda/test_attention_primitives.cu")
+    out = tmp_path_factory.mktemp("attention") / "test_attention_primitives"
+    arch = "sm_80"
+    if torch.cuda.is_available():  # this GPU's own architecture
+        arch = "sm_{}{}".format(*torch.cuda.get_device_capability())
+    cmd = [nvcc, "-std=c++20", "-O2", f"-arch={arch}", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc'}",
+           str(ROOT / "tests" / "cuda" / "test_attention_primitives.cu"), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_attention_primitives_compile(primitives_binary):
+    assert primitives_binary.exists()
+
+
+@pytest.mark.cuda
+def test_attention_primitives_cuda(primitives_binary):
+    res = subprocess.run([str(primitives_binary)], capture_output=True, text=True, timeout=120)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert " 0 failed" in res.stdout
