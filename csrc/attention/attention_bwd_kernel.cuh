@@ -13,7 +13,9 @@
 // P = exp(S·scale − lse) is recomputed from the forward's lse (+inf on rows with no key, so
 // P = 0 there); masked entries are −inf before the exp. The price of determinism without
 // atomics is computing S and dP twice. Shared tiles: attention_smem.cuh (swizzled, unpadded);
-// each step's tiles are loaded and waited for in turn (no multi-stage pipeline here yet).
+// each kernel's streamed tiles go through a kStages-deep cp.async pipeline, the forward's
+// schedule (one group per step, wait_group<kStages-2> + one barrier at the top of each step,
+// then the step kStages-1 ahead is issued into the stage the previous step read).
 #pragma once
 #include "attention/attention_fwd_kernel.cuh"
 
@@ -33,9 +35,12 @@ struct AttnBwdTraits {
   static constexpr int kBlockRows = 16 * kWarps;         // keys (dkdv) or queries (dq) per CTA
   static constexpr int kBlockCols = kD <= 64 ? 64 : 32;  // queries (dkdv) or keys (dq) per step
   static constexpr int kDSplit = kD > 192 ? 2 : 1;
+  // The streamed tiles (dkdv: Q, dO; dq: K, V) are double-buffered through cp.async with the
+  // forward's schedule (attention_fwd_kernel.cuh); 2 stages fit 99 KB at every head dim.
+  static constexpr int kStages = 2;
   static constexpr int kDOut = kD / kDSplit;             // dK/dV columns per dkdv CTA
-  // dkdv: rows K, V; step Q, dO.  dq: rows Q, dO; step K, V.
-  static constexpr int kSmemBytes = 2 * (kBlockRows + kBlockCols) * kD * int(sizeof(T));
+  // dkdv: rows K, V; kStages x step Q, dO.  dq: rows Q, dO; kStages x step K, V.
+  static constexpr int kSmemBytes = 2 * (kBlockRows + kStages * kBlockCols) * kD * int(sizeof(T));
   static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8, kDOutTiles = kDOut / 8;
   static_assert(kD % 32 == 0 && kBlockCols % 16 == 0 && kDOut % 16 == 0, "tile shape");
   static_assert(kDSplit == 1 || kDOut % Layout::kBlockCols == 0, "a dK/dV column split is a pointer shift");
@@ -75,10 +80,10 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
   const AttentionFwdParams& f = p.fwd;
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  constexpr int kS = K::kStages, kTile = kC * kD;
   T* s_k = reinterpret_cast<T*>(smem_raw);  // (kR keys, kD)
   T* s_v = s_k + kR * kD;                   // (kR keys, kD)
-  T* s_q = s_v + kR * kD;                   // (kC queries, kD)
-  T* s_do = s_q + kC * kD;                  // (kC queries, kD)
+  T* s_qdo = s_v + kR * kD;                 // kS stages of [Q (kC queries, kD), dO (kC queries, kD)]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
@@ -93,7 +98,6 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
                               f.head_dim);
   load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
                               f.head_dim);
-  cp_async_commit();
 
   // Queries that can see any of these keys; other query tiles are skipped.
   const int64_t n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
@@ -109,18 +113,34 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
 #pragma unroll
     for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
 
-  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-    const T* q = static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head;
-    const T* dout = static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head;
-    const float* lse = f.lse + (b * f.heads_q + h) * sq;
-    const float* dl = delta + (b * f.heads_q + h) * sq;
-    for (int64_t mb = mb_lo; mb < mb_hi; ++mb) {
-      const int64_t m0 = mb * kC;
-      load_tile_async<L, kC, kNT>(s_q, q, f.q_s.row, m0, sq, f.head_dim);
-      load_tile_async<L, kC, kNT>(s_do, dout, p.do_s.row, m0, sq, f.head_dim);
-      cp_async_commit();
-      cp_async_wait<0>();
-      __syncthreads();
+  // Steps: (query head h of the group, query tile mb), h-major, numbered 0 .. n_steps-1; step i
+  // lives in stage i % kS. G0 = {K, V, step 0}, then one group per step (see the file header).
+  const int64_t n_mb = mb_hi - mb_lo, n_steps = group * n_mb;
+  auto load_step = [&](int64_t i) {
+    const int64_t h = hk * group + i / n_mb, m0 = (mb_lo + i % n_mb) * kC;
+    T* dst = s_qdo + (i % kS) * 2 * kTile;
+    load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, sq,
+                                f.head_dim);
+    load_tile_async<L, kC, kNT>(dst + kTile, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head,
+                                p.do_s.row, m0, sq, f.head_dim);
+  };
+#pragma unroll
+  for (int i = 0; i < kS - 1; ++i) {
+    if (i < n_steps) load_step(i);
+    cp_async_commit();
+  }
+
+  for (int64_t i = 0; i < n_steps; ++i) {
+    cp_async_wait<kS - 2>();
+    __syncthreads();
+    if (i + kS - 1 < n_steps) load_step(i + kS - 1);
+    cp_async_commit();
+    {
+      const int64_t h = hk * group + i / n_mb, m0 = (mb_lo + i % n_mb) * kC;
+      const float* lse = f.lse + (b * f.heads_q + h) * sq;
+      const float* dl = delta + (b * f.heads_q + h) * sq;
+      const T* s_q = s_qdo + (i % kS) * 2 * kTile;  // (kC queries, kD)
+      const T* s_do = s_q + kTile;                  // (kC queries, kD)
 
       // Sᵀ (16 keys x kC queries) = K·Qᵀ and dPᵀ = V·dOᵀ: A from [key][d], B from [query][d].
       float st[K::kCTiles][4], dpt[K::kCTiles][4];
@@ -176,10 +196,9 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
           mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
         }
       }
-      __syncthreads();  // the next step overwrites s_q and s_do
     }
   }
-  cp_async_wait<0>();
+  cp_async_wait<0>();  // the empty tail groups; K, V themselves when no query sees these keys
 
   T* dk_out = static_cast<T*>(p.dk) + b * p.dk_s.batch + hk * p.dk_s.head;
   T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
@@ -206,10 +225,10 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
   constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
   const AttentionFwdParams& f = p.fwd;
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  constexpr int kS = K::kStages, kTile = kC * kD;
   T* s_q = reinterpret_cast<T*>(smem_raw);  // (kR queries, kD)
   T* s_do = s_q + kR * kD;                  // (kR queries, kD)
-  T* s_k = s_do + kR * kD;                  // (kC keys, kD)
-  T* s_v = s_k + kC * kD;                   // (kC keys, kD)
+  T* s_kv = s_do + kR * kD;                 // kS stages of [K (kC keys, kD), V (kC keys, kD)]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
@@ -225,14 +244,26 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
                               f.head_dim);
   load_tile_async<L, kR, kNT>(s_do, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head, p.do_s.row, m0,
                               sq, f.head_dim);
-  cp_async_commit();
 
   const int64_t m_last = (m0 + kR < sq ? m0 + kR : sq) - 1;
   int64_t n_lo = f.window_left >= 0 ? m0 + shift - f.window_left : 0;
   int64_t n_hi = f.window_right >= 0 ? m_last + shift + f.window_right + 1 : sk;
   n_lo = n_lo < 0 ? 0 : n_lo;
   n_hi = n_hi > sk ? sk : n_hi;
-  const int64_t nb_lo = n_lo / kC, nb_hi = n_hi > n_lo ? ceil_div(n_hi, kC) : nb_lo;
+  const int64_t nb_lo = n_lo / kC, n_tiles = n_hi > n_lo ? ceil_div(n_hi, kC) - nb_lo : 0;
+
+  // Key tile i (keys (nb_lo + i) * kC ...) into stage i % kS; G0 = {Q, dO, tile 0}, then one
+  // group per tile (the forward's schedule, see the file header).
+  auto load_kv = [&](int64_t i) {
+    T* dst = s_kv + (i % kS) * 2 * kTile;
+    load_tile_async<L, kC, kNT>(dst, k, f.k_s.row, (nb_lo + i) * kC, sk, f.head_dim);
+    load_tile_async<L, kC, kNT>(dst + kTile, v, f.v_s.row, (nb_lo + i) * kC, sk, f.head_dim);
+  };
+#pragma unroll
+  for (int i = 0; i < kS - 1; ++i) {
+    if (i < n_tiles) load_kv(i);
+    cp_async_commit();
+  }
 
   const float* lse = f.lse + (b * f.heads_q + h) * sq;
   const float* dl = delta + (b * f.heads_q + h) * sq;
@@ -249,13 +280,14 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 #pragma unroll
     for (int c = 0; c < 4; ++c) dq[d][c] = 0.f;
 
-  for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
-    const int64_t n0 = nb * kC;
-    load_tile_async<L, kC, kNT>(s_k, k, f.k_s.row, n0, sk, f.head_dim);
-    load_tile_async<L, kC, kNT>(s_v, v, f.v_s.row, n0, sk, f.head_dim);
-    cp_async_commit();
-    cp_async_wait<0>();
+  for (int64_t i = 0; i < n_tiles; ++i) {
+    cp_async_wait<kS - 2>();
     __syncthreads();
+    if (i + kS - 1 < n_tiles) load_kv(i + kS - 1);
+    cp_async_commit();
+    const int64_t n0 = (nb_lo + i) * kC;
+    const T* s_k = s_kv + (i % kS) * 2 * kTile;  // (kC keys, kD)
+    const T* s_v = s_k + kTile;                  // (kC keys, kD)
 
     float s[K::kCTiles][4], dp[K::kCTiles][4];  // (16 queries, kC keys)
 #pragma unroll
@@ -303,9 +335,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
         mma_m16n8k16<T>(dq[d + 1], a_ds, b_hi);
       }
     }
-    __syncthreads();
   }
-  cp_async_wait<0>();
+  cp_async_wait<0>();  // the empty tail groups; Q, dO themselves when no key is visible
 
   T* dq_out = static_cast<T*>(p.dq) + b * p.dq_s.batch + h * p.dq_s.head;
 #pragma unroll
