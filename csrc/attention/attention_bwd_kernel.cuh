@@ -27,13 +27,14 @@ struct AttnBwdTraits {
   using Layout = AttnSmemLayout<kD_>;
   static constexpr int kD = kD_;
   // Each warp keeps two (16, kD / kDSplit) fp32 accumulators (dK and dV) plus two (16,
-  // kBlockCols) score tiles in registers: 32-column steps from d = 96 up; 2 warps above d = 128.
+  // kBlockCols) score tiles in registers: 32-column steps from d = 96 up, 16 at d = 192 (dK and
+  // dV take 192 registers there; 32-column steps spilled a few bytes); 2 warps above d = 128.
   // At d = 256, dK and dV alone would be 256 registers per thread: the dkdv kernel splits them
   // over kDSplit = 2 CTAs (blockIdx.z picks the half of the head dim), each recomputing the
   // full Sᵀ and dPᵀ (they contract over all of D), so nothing spills.
   static constexpr int kWarps = kD <= 128 ? 4 : 2, kThreads = 32 * kWarps;
   static constexpr int kBlockRows = 16 * kWarps;         // keys (dkdv) or queries (dq) per CTA
-  static constexpr int kBlockCols = kD <= 64 ? 64 : 32;  // queries (dkdv) or keys (dq) per step
+  static constexpr int kBlockCols = kD <= 64 ? 64 : kD == 192 ? 16 : 32;  // queries (dkdv) / keys (dq) per step
   static constexpr int kDSplit = kD > 192 ? 2 : 1;
   // The streamed tiles (dkdv: Q, dO; dq: K, V) are double-buffered through cp.async with the
   // forward's schedule (attention_fwd_kernel.cuh); 2 stages fit 99 KB at every head dim.
@@ -114,31 +115,33 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
     for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
 
   // Steps: (query head h of the group, query tile mb), h-major, numbered 0 .. n_steps-1; step i
-  // lives in stage i % kS. G0 = {K, V, step 0}, then one group per step (see the file header).
-  const int64_t n_mb = mb_hi - mb_lo, n_steps = group * n_mb;
-  auto load_step = [&](int64_t i) {
-    const int64_t h = hk * group + i / n_mb, m0 = (mb_lo + i % n_mb) * kC;
+  // lives in stage i % 2. G0 = {K, V, step 0}, then one group per step (the schedule of the file
+  // header with kStages = 2). One (h, mb) counter serves both the step computed and the step
+  // loaded one ahead, advanced by counting in 32 bits (heads and query tiles < 2^31) rather than
+  // by dividing i: the d = 192 kernel has no registers to spare.
+  static_assert(kS == 2, "one (h, mb) counter: the load runs exactly one step ahead");
+  const int64_t n_steps = group * (mb_hi - mb_lo);
+  int h = int(hk * group), mb = int(mb_lo);  // step 0, then at the top of step i: step i + 1
+  auto load_step = [&](int64_t i) {  // step i = (h, mb)
     T* dst = s_qdo + (i % kS) * 2 * kTile;
-    load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, sq,
-                                f.head_dim);
+    load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row,
+                                int64_t(mb) * kC, sq, f.head_dim);
     load_tile_async<L, kC, kNT>(dst + kTile, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head,
-                                p.do_s.row, m0, sq, f.head_dim);
+                                p.do_s.row, int64_t(mb) * kC, sq, f.head_dim);
   };
-#pragma unroll
-  for (int i = 0; i < kS - 1; ++i) {
-    if (i < n_steps) load_step(i);
-    cp_async_commit();
-  }
+  if (n_steps > 0) load_step(0);
+  cp_async_commit();
 
   for (int64_t i = 0; i < n_steps; ++i) {
     cp_async_wait<kS - 2>();
     __syncthreads();
-    if (i + kS - 1 < n_steps) load_step(i + kS - 1);
+    const int64_t m0 = int64_t(mb) * kC;  // step i
+    const float* lse = f.lse + (b * f.heads_q + h) * sq;
+    const float* dl = delta + (b * f.heads_q + h) * sq;
+    if (++mb == mb_hi) mb = int(mb_lo), ++h;  // step i + 1
+    if (i + 1 < n_steps) load_step(i + 1);
     cp_async_commit();
     {
-      const int64_t h = hk * group + i / n_mb, m0 = (mb_lo + i % n_mb) * kC;
-      const float* lse = f.lse + (b * f.heads_q + h) * sq;
-      const float* dl = delta + (b * f.heads_q + h) * sq;
       const T* s_q = s_qdo + (i % kS) * 2 * kTile;  // (kC queries, kD)
       const T* s_do = s_q + kTile;                  // (kC queries, kD)
 
