@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   // by dividing i: the d = 192 kernel has no registers to spare.
   static_assert(kS == 2, "one (h, mb) counter: the load runs exactly one step ahead");
   const int64_t n_steps = group * (mb_hi - mb_lo);
-  int h = int(hk * group), mb = int(mb_lo);  // step 0, then at the top of step i: step i + 1
+  int h = int(hk * group), mb = int(mb_lo);  // step 0; at the top of iteration i, step i
   auto load_step = [&](int64_t i) {  // step i = (h, mb)
     T* dst = s_qdo + (i % kS) * 2 * kTile;
     load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row,
