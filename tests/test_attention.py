@@ -20,6 +20,10 @@ bench/gpu_check.sh runs under compute-sanitizer.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +54,20 @@ def _id(v):
     return str(v)
 
 
+ALL_CUDA_HEAD_DIMS = (32, 64, 96, 128, 192, 256)  # CMake's default MMM_ATTENTION_HEAD_DIMS
+
+
+def cuda_head_dim_compiled(d):
+    """Whether this build has a CUDA kernel for head dim d (one of the compiled MMM_ATTENTION_HEAD_DIMS >= d)."""
+    return any(d <= c for c in mmm.build_info()["attention_head_dims"])
+
+
+def require_cuda_head_dim(d):
+    if not cuda_head_dim_compiled(d):
+        pytest.skip(f"head dim {d} has no CUDA kernel in this build (MMM_ATTENTION_HEAD_DIMS = "
+                    f"{mmm.build_info()['attention_head_dims']}); test_cuda_head_dim_not_compiled checks the error")
+
+
 def skip_if_unsupported(device, dtype=None, head_dim=None):
     if device != "cuda":
         return
@@ -57,6 +75,8 @@ def skip_if_unsupported(device, dtype=None, head_dim=None):
         pytest.skip("float32/float64 attention runs on the CPU only (CUDA: float16, bfloat16)")
     if head_dim is not None and head_dim % 8:
         pytest.skip("the CUDA kernels take head dims that are multiples of 8")
+    if head_dim is not None:
+        require_cuda_head_dim(head_dim)
 
 
 def f32_scale(scale, d):
@@ -127,6 +147,8 @@ def check(q, k, v, *, causal=False, window=(-1, -1), scale=None, grad=True, retu
     """mmm.fused_attention forward (and backward) on these tensors as given (strides included)
     against the float64 truth and PyTorch in the inputs' dtype. Returns (outs, grads)."""
     dtype, device = q.dtype, q.device
+    if device.type == "cuda":
+        require_cuda_head_dim(q.shape[-1])
     leaves = [t.detach().requires_grad_(grad) for t in (q, k, v)]
     res = mmm.fused_attention(*leaves, causal=causal, window=window, scale=scale, return_lse=return_lse)
     out, lse = res if return_lse else (res, None)
@@ -607,6 +629,7 @@ def _grads(q, k, v, dout, threads=None, **kw):
 
 @pytest.mark.parametrize("heads", ["mha", "mqa"])
 def test_deterministic(device, heads):
+    skip_if_unsupported(device, head_dim=64)
     hq, hkv = HEADS[heads]
     shape = (1 if heads == "mqa" else 2, hq, hkv, 300, 250, 64)
     q, k, v = make_qkv(shape, BF16, device, seed=16)
@@ -700,6 +723,7 @@ def test_backward_op_bad_inputs():
 
 @pytest.mark.cuda
 def test_bad_inputs_cuda():
+    require_cuda_head_dim(64)
     q, k, v = make_qkv((1, 2, 2, 16, 16, 64), BF16, "cuda")
     with pytest.raises(RuntimeError, match=r"q must be float16 or bfloat16 on CUDA, got Float.*cast"):
         mmm.fused_attention(q.float(), k.float(), v.float())
@@ -722,6 +746,18 @@ def test_cuda_head_dims_long(d, causal):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("d", [64, 128, 256])  # 3, 2, 2 pipeline stages; 64- and 32-key tiles
+@pytest.mark.parametrize("window", [(300, 100), (-1, 200), (500, -1), (0, 0)], ids=_id)
+@pytest.mark.parametrize("seqs", [(1000, 1000), (700, 1100), (1100, 700)], ids=_id)
+def test_cuda_pipeline_windows(d, window, seqs):
+    """Many K/V tiles per CTA through the cp.async ring (stage i % kStages), with windows wide
+    enough that some tiles are fully visible (the unmasked path) next to tiles the window cuts
+    (the masked path), tiles skipped on both sides, and a ragged last tile."""
+    q, k, v = make_qkv((1, 2, 1, *seqs, d), BF16, "cuda", layout="bshd", seed=d + window[0])
+    check(q, k, v, window=window, return_lse=True)
+
+
+@pytest.mark.cuda
 def test_cuda_many_batch_heads():
     """batch x heads > 65535 (more blocks than one grid dimension holds)."""
     q, k, v = make_qkv((2, 33000, 33000, 3, 5, 8), F16, "cuda", seed=17)
@@ -731,6 +767,7 @@ def test_cuda_many_batch_heads():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=_id)
 def test_cuda_matches_cpu(dtype):
+    require_cuda_head_dim(64)
     q, k, v = make_qkv((2, 4, 2, 300, 257, 64), dtype, "cpu", seed=18)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     cpu = _grads(q, k, v, dout, causal=True)
@@ -760,9 +797,94 @@ def test_attention_sanitizer_subset(case):
 
 @pytest.mark.cuda
 def test_attention_empty_sanitizer_subset():
+    require_cuda_head_dim(64)
     q, k, v = make_qkv((2, 2, 2, 9, 0, 64), BF16, "cuda")
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     out = mmm.fused_attention(*leaves)
     assert (out == 0).all()
     (dq,) = torch.autograd.grad(out.float().sum(), leaves[0])
     assert (dq == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled head dims (CMake MMM_ATTENTION_HEAD_DIMS): reported, routed, and a clear error
+# ---------------------------------------------------------------------------------------------
+def test_build_info_head_dims():
+    info = mmm.build_info()
+    dims = info["attention_head_dims"]
+    if not info["cuda_kernels"]:
+        assert dims == []
+        return
+    assert dims and dims == sorted(set(dims)) and set(dims) <= set(ALL_CUDA_HEAD_DIMS), dims
+
+
+def _fake_cuda_forward(d):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(1, 2, 5, d, device="cuda", dtype=BF16)
+        return torch.ops.mmm.fused_attention_forward(q, q, q, 0.5, -1, -1)
+
+
+def test_fake_kernel_knows_the_compiled_head_dims(monkeypatch):
+    """The fake kernel (what torch.compile traces) routes like the launcher: a head dim runs on the
+    smallest compiled one >= it, and one above every compiled head dim raises naming the set."""
+    from mmm.ops import attention
+
+    monkeypatch.setattr(attention, "_compiled_dims", (64, 128))
+    for d in (8, 64, 72, 128):
+        out, lse = _fake_cuda_forward(d)
+        assert out.shape == (1, 2, 5, d) and lse.shape == (1, 2, 5)
+    with pytest.raises(RuntimeError, match=r"head_dim \(q.size\(3\)\) 136 has no CUDA kernel in this build of mmm, "
+                                           r"which compiled head dims 64, 128 only \(rebuild with MMM_ATTENTION_HEAD_DIMS"):
+        _fake_cuda_forward(136)
+
+
+@pytest.mark.cuda
+def test_cuda_head_dim_not_compiled():
+    dims = mmm.build_info()["attention_head_dims"]
+    if max(dims) == 256:
+        pytest.skip(f"every head dim up to 256 has a kernel in this build ({dims})")
+    d = max(dims) + 8
+    q, k, v = make_qkv((1, 2, 2, 16, 16, d), BF16, "cuda")
+    match = rf"head_dim \(q.size\(3\)\) {d} has no CUDA kernel in this build of mmm"
+    with pytest.raises(RuntimeError, match=match):
+        mmm.fused_attention(q, k, v)
+    out, lse = torch.ops.mmm.fused_attention_forward(q.cpu(), k.cpu(), v.cpu(), 0.5, -1, -1)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.mmm.fused_attention_backward(out.cuda(), None, q, k, v, out.cuda(), lse.cuda(), 0.5, -1, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels' shared-memory primitives (swizzled tiles, cp.async loader, ldmatrix fragments):
+# tests/cuda/test_attention_primitives.cu, compiled wherever nvcc is, run where there is a GPU
+# ---------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def primitives_binary(tmp_path_factory):
+    nvcc = next((c for c in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc") if c and os.path.exists(c)), None)
+    if nvcc is None:
+        pytest.skip("nvcc not found: cannot build tests/cuda/test_attention_primitives.cu")
+    out = tmp_path_factory.mktemp("attention") / "test_attention_primitives"
+    arch = "sm_80"
+    if torch.cuda.is_available():  # this GPU's own architecture
+        arch = "sm_{}{}".format(*torch.cuda.get_device_capability())
+    cmd = [nvcc, "-std=c++20", "-O2", f"-arch={arch}", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc'}",
+           str(ROOT / "tests" / "cuda" / "test_attention_primitives.cu"), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_attention_primitives_compile(primitives_binary):
+    assert primitives_binary.exists()
+
+
+@pytest.mark.cuda
+def test_attention_primitives_cuda(primitives_binary):
+    res = subprocess.run([str(primitives_binary)], capture_output=True, text=True, timeout=120)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert " 0 failed" in res.stdout

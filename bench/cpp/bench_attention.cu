@@ -3,6 +3,7 @@
 // (forward 4·B·H·Sq·Sk·D, halved for causal; backward 2.5x the forward), sequence lengths
 // 512..16k at 16k tokens per batch, head dims 64 and 128, causal off and on, fp16 and bf16.
 // Before timing, a small case (odd lengths, GQA, a window) is checked against the CPU twin.
+// Head dims without a kernel in this build (CMake MMM_ATTENTION_HEAD_DIMS) are skipped, saying so.
 //
 //   bench_attention [--quick] [--reps N] [--json PATH]
 #include <cmath>
@@ -86,7 +87,8 @@ std::vector<float> download(const DeviceBuffer& b, size_t n, mmm::DType dt) {
 // max |gpu - cpu| / max |cpu| over out, lse, dq, dk, dv of a small case; the CPU twin reads the
 // same (downloaded) inputs, in fp32.
 double check_against_cpu(mmm::DType dt) {
-  const Shape s{2, 4, 2, 77, 93, 64, false, 20, 5};
+  // d = 64 when this build can run it (MMM_ATTENTION_HEAD_DIMS); 32 always can.
+  const Shape s{2, 4, 2, 77, 93, mmm::attention_compiled_head_dim(64) ? 64 : 32, false, 20, 5};
   Problem g = make(s, dt, 7);
   MMM_CHECK_LAUNCH(mmm::launch_attention_fwd(g.fwd(), nullptr), "fwd");
   MMM_CHECK_LAUNCH(mmm::launch_attention_bwd(g.bwd(), nullptr), "bwd");
@@ -138,6 +140,7 @@ int main(int argc, char** argv) {
   MMM_CHECK_CUDA(cudaStreamCreate(&stream));
   const double copy_bps = copy_bandwidth(stream);
   std::printf("%s (sm_%d%d), copy bandwidth %.0f GB/s\n", dev.prop.name, dev.prop.major, dev.prop.minor, copy_bps / 1e9);
+  std::printf("compiled head dims: %s\n", mmm::attention_compiled_head_dims());
 
   bool ok = true;
   for (mmm::DType dt : {mmm::DType::kBFloat16, mmm::DType::kFloat16}) {
@@ -156,7 +159,11 @@ int main(int argc, char** argv) {
   std::vector<JsonObject> records;
   for (mmm::DType dt : {mmm::DType::kBFloat16, mmm::DType::kFloat16}) {
     if (args.quick && dt == mmm::DType::kFloat16) break;
-    for (int64_t d : {64, 128})
+    for (int64_t d : {64, 128}) {
+      if (mmm::attention_compiled_head_dim(d) == 0) {
+        std::printf("skipping head dim %lld: no kernel in this build (MMM_ATTENTION_HEAD_DIMS)\n", (long long)d);
+        continue;
+      }
       for (bool causal : {false, true})
         for (int64_t s : seqlens) {
           const int64_t h = 2048 / d;  // model width 2048
@@ -181,6 +188,7 @@ int main(int argc, char** argv) {
               .integer("reps", reps);
           records.push_back(r);
         }
+    }
   }
   table.print();
   std::printf("FLOPs: forward 4*B*H*S*S*D (halved when causal), backward 2.5x forward; cold L2; median.\n");

@@ -15,8 +15,11 @@ Implementations ("impls")
                        S x S scores do not fit beyond). A backend that cannot run a case (not
                        built, not supported on this GPU or for these shapes) is recorded as an
                        error for that case and the sweep goes on.
-    Peers (for "best peer" and "speed-up"): every sdpa* impl.
-    (No Triton kernel: none ships with torch, and this repository does not copy one in.)
+    triton           CUDA, when `import triton` works: the compact FlashAttention-2 forward and
+                     backward of triton_attention.py (written for this benchmark, not Triton's
+                     tutorial kernel). It must pass the same check as mmm (below) or it is
+                     recorded as an error for that case and not timed.
+    Peers (for "best peer" and "speed-up"): every sdpa* impl and triton.
 
 Modes
     fwd      forward only, under torch.no_grad().
@@ -41,7 +44,8 @@ Checks: before timing, mmm and every peer run one batch element and the first tw
 case, forward and backward, and are compared with SDPA on those inputs upcast (fp64 for fp32
 cases on the CPU, fp32 otherwise; the default backend): err = max |a - ref| / max |ref| over out,
 dq, dk and dv. mmm's must be <= 2e-2 (bf16), 5e-3 (fp16), 1e-4 (fp32). A failed check is
-reported in the table and JSON and makes the script exit 1 (after writing the results).
+reported in the table and JSON and makes the script exit 1 (after writing the results). The
+Triton peer must pass the same bound or it is not timed (an error for that case).
 
 Plot: on CUDA (or with --plot PATH) a PNG of TFLOP/s against sequence length, one panel per
 (mode, D, causal), one line per impl, written next to --out (PATH.png) or to --plot; skipped
@@ -72,8 +76,8 @@ import common  # noqa: E402
 
 CUDA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
                  "sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_math": "MATH"}
-IMPLS = ("mmm", "sdpa", *CUDA_BACKENDS)
-PEERS = ("sdpa", *CUDA_BACKENDS)
+IMPLS = ("mmm", "sdpa", *CUDA_BACKENDS, "triton")
+PEERS = ("sdpa", *CUDA_BACKENDS, "triton")
 MODES = ("fwd", "bwd", "fwd+bwd")
 MATH_MAX_SEQLEN = 4096
 
@@ -158,6 +162,10 @@ def make_impl(impl: str, c: Case) -> Callable[..., torch.Tensor]:
         return lambda q, k, v: mmm.fused_attention(q, k, v, causal=c.causal)
     if impl == "sdpa":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=c.causal)
+    if impl == "triton":
+        from triton_attention import triton_attention
+
+        return lambda q, k, v: triton_attention(q, k, v, causal=c.causal)
     if impl in CUDA_BACKENDS:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -171,9 +179,19 @@ def make_impl(impl: str, c: Case) -> Callable[..., torch.Tensor]:
     raise ValueError(impl)
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - not installed, or broken: no Triton peer
+        return False
+    return True
+
+
 def applicable(impl: str, device: torch.device, c: Case | None = None) -> bool:
     if impl == "sdpa_math" and c is not None and c.seqlen > MATH_MAX_SEQLEN:
         return False  # its S x S scores (and their gradient) do not fit
+    if impl == "triton":
+        return device.type == "cuda" and triton_available()
     return impl == "mmm" or (impl == "sdpa") == (device.type == "cpu")
 
 
@@ -261,6 +279,9 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         try:
             fn = make_impl(impl, c)
             errs[impl] = max_rel_err(_fwd_bwd(fn, _slice(inp)), ref)
+            if impl == "triton" and not errs[impl] <= tolerance(c):
+                raise RuntimeError(f"the Triton peer failed its check against SDPA: rel err {errs[impl]:.1e} > "
+                                   f"{tolerance(c):.0e}; not timed")
             run = runners(fn, inp)
             for mode in MODES:
                 t = timer.time(run[mode])

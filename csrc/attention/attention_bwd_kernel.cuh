@@ -2,16 +2,20 @@
 // no atomics, so dq, dk and dv are bitwise reproducible:
 //
 //   attention_bwd_dot_kernel   delta = rowsum(dO ∘ O) − dlse per query row (fp32 scratch).
-//   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 64 keys); each warp owns 16 keys and
+//   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 16·kWarps keys[, half of D at d = 256]);
+//                              each warp owns 16 keys and
 //                              works on transposed scores, Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ come out of
 //                              the accumulators already in the A-operand layout of
 //                              dV += Pᵀ·dO and dK += dSᵀ·Q: no shared-memory transposes. The
 //                              query heads of a GQA group are summed in order inside the CTA.
-//   attention_bwd_dq_kernel    a CTA per (batch, head, 64 queries) recomputes S = Q·Kᵀ and
+//   attention_bwd_dq_kernel    a CTA per (batch, head, 16·kWarps queries) recomputes S = Q·Kᵀ and
 //                              dP = dO·Vᵀ and accumulates dQ += dS·K in registers.
 // P = exp(S·scale − lse) is recomputed from the forward's lse (+inf on rows with no key, so
 // P = 0 there); masked entries are −inf before the exp. The price of determinism without
-// atomics is computing S and dP twice.
+// atomics is computing S and dP twice. Shared tiles: attention_smem.cuh (swizzled, unpadded);
+// each kernel's streamed tiles go through a kStages-deep cp.async pipeline, the forward's
+// schedule (one group per step, wait_group<kStages-2> + one barrier at the top of each step,
+// then the step kStages-1 ahead is issued into the stage the previous step read).
 #pragma once
 #include "attention/attention_fwd_kernel.cuh"
 
@@ -20,21 +24,28 @@ namespace mmm {
 template <int kD_, typename T_>
 struct AttnBwdTraits {
   using T = T_;
+  using Layout = AttnSmemLayout<kD_>;
   static constexpr int kD = kD_;
-  // Each warp keeps two (16, kD) fp32 accumulators (dK and dV) plus two (16, kBlockCols) score
-  // tiles in registers: 32-column steps from d = 96 up; 2 warps above d = 128 so the four
-  // shared tiles fit a 99 KB block (d = 256 still spills some registers).
+  // Each warp keeps two (16, kD / kDSplit) fp32 accumulators (dK and dV) plus two (16,
+  // kBlockCols) score tiles in registers: 32-column steps from d = 96 up, 16 at d = 192 (dK and
+  // dV take 192 registers there; 32-column steps spilled a few bytes); 2 warps above d = 128.
+  // At d = 256, dK and dV alone would be 256 registers per thread: the dkdv kernel splits them
+  // over kDSplit = 2 CTAs (blockIdx.z picks the half of the head dim), each recomputing the
+  // full Sᵀ and dPᵀ (they contract over all of D), so nothing spills.
   static constexpr int kWarps = kD <= 128 ? 4 : 2, kThreads = 32 * kWarps;
   static constexpr int kBlockRows = 16 * kWarps;         // keys (dkdv) or queries (dq) per CTA
-  static constexpr int kBlockCols = kD <= 64 ? 64 : 32;  // queries (dkdv) or keys (dq) per step
-  static constexpr int kPitch = kD + 8;                   // as the forward: conflict-free ldmatrix
-  // dkdv: rows K, V; step Q, dO.  dq: rows Q, dO; step K, V.
-  static constexpr int kSmemBytes = 2 * (kBlockRows + kBlockCols) * kPitch * int(sizeof(T));
-  static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8;
-  static_assert(kD % 16 == 0 && kBlockCols % 16 == 0, "tile shape");
-  // The forward's tile loader, which only needs kD and kPitch.
-  using Loader = AttnFwdTraits<kD, T>;
-  static_assert(Loader::kPitch == kPitch, "shared loader");
+  static constexpr int kBlockCols = kD <= 64 ? 64 : kD == 192 ? 16 : 32;  // queries (dkdv) / keys (dq) per step
+  static constexpr int kDSplit = kD > 192 ? 2 : 1;
+  // The streamed tiles (dkdv: Q, dO; dq: K, V) are double-buffered through cp.async with the
+  // forward's schedule (attention_fwd_kernel.cuh); 2 stages fit 99 KB at every head dim.
+  static constexpr int kStages = 2;
+  static constexpr int kDOut = kD / kDSplit;             // dK/dV columns per dkdv CTA
+  // dkdv: rows K, V; kStages x step Q, dO.  dq: rows Q, dO; kStages x step K, V.
+  static constexpr int kSmemBytes = 2 * (kBlockRows + kStages * kBlockCols) * kD * int(sizeof(T));
+  static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8, kDOutTiles = kDOut / 8;
+  static_assert(kD % 32 == 0 && kBlockCols % 16 == 0 && kDOut % 16 == 0, "tile shape");
+  static_assert(kDSplit == 1 || kDOut % Layout::kBlockCols == 0, "a dK/dV column split is a pointer shift");
+  static_assert(kSmemBytes <= kAttnSmemMinOptin, "must fit every sm_80+ GPU's opt-in shared memory");
 };
 
 // One warp per query row: delta[(b*Hq + h)*Sq + i] = sum_d dO[i, d] * O[i, d] - dlse[i] (fp32;
@@ -64,27 +75,30 @@ __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_
 }
 
 template <class K>
-__global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
+__global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
   using T = typename K::T;
-  using L = typename K::Loader;
-  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kP = K::kPitch;
+  using L = typename K::Layout;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
   const AttentionFwdParams& f = p.fwd;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  constexpr int kS = K::kStages, kTile = kC * kD;
   T* s_k = reinterpret_cast<T*>(smem_raw);  // (kR keys, kD)
-  T* s_v = s_k + kR * kP;                   // (kR keys, kD)
-  T* s_q = s_v + kR * kP;                   // (kC queries, kD)
-  T* s_do = s_q + kC * kP;                  // (kC queries, kD)
+  T* s_v = s_k + kR * kD;                   // (kR keys, kD)
+  T* s_qdo = s_v + kR * kD;                 // kS stages of [Q (kC queries, kD), dO (kC queries, kD)]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const int64_t bhk = blockIdx.x, b = bhk / f.heads_kv, hk = bhk % f.heads_kv;
   const int64_t n0 = int64_t(blockIdx.y) * kR;
   const int64_t sq = f.seqlen_q, sk = f.seqlen_k, shift = sk - sq;
   const int64_t group = f.heads_q / f.heads_kv;
   const float scale_log2 = f.scale * 1.44269504088896340736f;
 
-  load_tile_async<L>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk, kR, f.head_dim);
-  load_tile_async<L>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk, kR, f.head_dim);
-  cp_async_commit();
+  const int d0 = int(blockIdx.z) * K::kDOut;  // this CTA's dK/dV columns: d0 .. d0 + kDOut
+  load_tile_async<L, kR, kNT>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk,
+                              f.head_dim);
+  load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
+                              f.head_dim);
 
   // Queries that can see any of these keys; other query tiles are skipped.
   const int64_t n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
@@ -94,24 +108,42 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
   m_hi = m_hi > sq ? sq : m_hi;
   const int64_t mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? ceil_div(m_hi, kC) : mb_lo;
 
-  float dk[K::kDTiles][4], dv[K::kDTiles][4];  // this warp's 16 keys x kD
+  float dk[K::kDOutTiles][4], dv[K::kDOutTiles][4];  // this warp's 16 keys x columns d0.. of D
 #pragma unroll
-  for (int d = 0; d < K::kDTiles; ++d)
+  for (int d = 0; d < K::kDOutTiles; ++d)
 #pragma unroll
     for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
 
-  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-    const T* q = static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head;
-    const T* dout = static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head;
+  // Steps: (query head h of the group, query tile mb), h-major, numbered 0 .. n_steps-1; step i
+  // lives in stage i % 2. G0 = {K, V, step 0}, then one group per step (the schedule of the file
+  // header with kStages = 2). One (h, mb) counter serves both the step computed and the step
+  // loaded one ahead, advanced by counting in 32 bits (heads and query tiles < 2^31) rather than
+  // by dividing i: the d = 192 kernel has no registers to spare.
+  static_assert(kS == 2, "one (h, mb) counter: the load runs exactly one step ahead");
+  const int64_t n_steps = group * (mb_hi - mb_lo);
+  int h = int(hk * group), mb = int(mb_lo);  // step 0; at the top of iteration i, step i
+  auto load_step = [&](int64_t i) {  // step i = (h, mb)
+    T* dst = s_qdo + (i % kS) * 2 * kTile;
+    load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row,
+                                int64_t(mb) * kC, sq, f.head_dim);
+    load_tile_async<L, kC, kNT>(dst + kTile, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head,
+                                p.do_s.row, int64_t(mb) * kC, sq, f.head_dim);
+  };
+  if (n_steps > 0) load_step(0);
+  cp_async_commit();
+
+  for (int64_t i = 0; i < n_steps; ++i) {
+    cp_async_wait<kS - 2>();
+    __syncthreads();
+    const int64_t m0 = int64_t(mb) * kC;  // step i
     const float* lse = f.lse + (b * f.heads_q + h) * sq;
     const float* dl = delta + (b * f.heads_q + h) * sq;
-    for (int64_t mb = mb_lo; mb < mb_hi; ++mb) {
-      const int64_t m0 = mb * kC;
-      load_tile_async<L>(s_q, q, f.q_s.row, m0, sq, kC, f.head_dim);
-      load_tile_async<L>(s_do, dout, p.do_s.row, m0, sq, kC, f.head_dim);
-      cp_async_commit();
-      cp_async_wait<0>();
-      __syncthreads();
+    if (++mb == mb_hi) mb = int(mb_lo), ++h;  // step i + 1
+    if (i + 1 < n_steps) load_step(i + 1);
+    cp_async_commit();
+    {
+      const T* s_q = s_qdo + (i % kS) * 2 * kTile;  // (kC queries, kD)
+      const T* s_do = s_q + kTile;                  // (kC queries, kD)
 
       // Sᵀ (16 keys x kC queries) = K·Qᵀ and dPᵀ = V·dOᵀ: A from [key][d], B from [query][d].
       float st[K::kCTiles][4], dpt[K::kCTiles][4];
@@ -122,15 +154,15 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
 #pragma unroll
       for (int kk = 0; kk < K::kD; kk += 16) {
         uint32_t a_k[4], a_v[4];
-        load_a_frag(a_k, s_k, kP, warp * 16, kk);
-        load_a_frag(a_v, s_v, kP, warp * 16, kk);
+        ld_a<L>(a_k, smem_addr(s_k), la, warp * 16, kk);
+        ld_a<L>(a_v, smem_addr(s_v), la, warp * 16, kk);
 #pragma unroll
         for (int j = 0; j < K::kCTiles; j += 2) {
           uint32_t b_lo[2], b_hi[2];
-          load_b_frags(b_lo, b_hi, s_q, kP, j * 8, kk);
+          ld_b<L>(b_lo, b_hi, smem_addr(s_q), lb, j * 8, kk);
           mma_m16n8k16<T>(st[j], a_k, b_lo);
           mma_m16n8k16<T>(st[j + 1], a_k, b_hi);
-          load_b_frags(b_lo, b_hi, s_do, kP, j * 8, kk);
+          ld_b<L>(b_lo, b_hi, smem_addr(s_do), lb, j * 8, kk);
           mma_m16n8k16<T>(dpt[j], a_v, b_lo);
           mma_m16n8k16<T>(dpt[j + 1], a_v, b_hi);
         }
@@ -157,20 +189,19 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
                                   pack2<T>(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
                                   pack2<T>(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
 #pragma unroll
-        for (int d = 0; d < K::kDTiles; d += 2) {
+        for (int d = 0; d < K::kDOutTiles; d += 2) {
           uint32_t b_lo[2], b_hi[2];
-          load_b_frags_kn(b_lo, b_hi, s_do, kP, kc * 16, d * 8);
+          ld_b_kn<L>(b_lo, b_hi, smem_addr(s_do + d0), la, kc * 16, d * 8);  // d0 % 64 == 0: a pointer shift
           mma_m16n8k16<T>(dv[d], a_p, b_lo);
           mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
-          load_b_frags_kn(b_lo, b_hi, s_q, kP, kc * 16, d * 8);
+          ld_b_kn<L>(b_lo, b_hi, smem_addr(s_q + d0), la, kc * 16, d * 8);
           mma_m16n8k16<T>(dk[d], a_ds, b_lo);
           mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
         }
       }
-      __syncthreads();  // the next step overwrites s_q and s_do
     }
   }
-  cp_async_wait<0>();
+  cp_async_wait<0>();  // the empty tail groups; K, V themselves when no query sees these keys
 
   T* dk_out = static_cast<T*>(p.dk) + b * p.dk_s.batch + hk * p.dk_s.head;
   T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
@@ -179,8 +210,8 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
     const int64_t key = n0 + warp * 16 + g + 8 * rh;
     if (key >= sk) continue;
 #pragma unroll
-    for (int d = 0; d < K::kDTiles; ++d) {
-      const int64_t col = d * 8 + 2 * t;
+    for (int d = 0; d < K::kDOutTiles; ++d) {
+      const int64_t col = d0 + d * 8 + 2 * t;
       if (col < f.head_dim) {
         *reinterpret_cast<uint32_t*>(dk_out + key * p.dk_s.row + col) =
             pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
@@ -191,18 +222,19 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dkdv_kernel(const A
 }
 
 template <class K>
-__global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const AttentionBwdParams p, const float* delta) {
+__global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const AttentionBwdParams p, const float* delta) {
   using T = typename K::T;
-  using L = typename K::Loader;
-  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kP = K::kPitch;
+  using L = typename K::Layout;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
   const AttentionFwdParams& f = p.fwd;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  constexpr int kS = K::kStages, kTile = kC * kD;
   T* s_q = reinterpret_cast<T*>(smem_raw);  // (kR queries, kD)
-  T* s_do = s_q + kR * kP;                  // (kR queries, kD)
-  T* s_k = s_do + kR * kP;                  // (kC keys, kD)
-  T* s_v = s_k + kC * kP;                   // (kC keys, kD)
+  T* s_do = s_q + kR * kD;                  // (kR queries, kD)
+  T* s_kv = s_do + kR * kD;                 // kS stages of [K (kC keys, kD), V (kC keys, kD)]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const int64_t bh = blockIdx.x, b = bh / f.heads_q, h = bh % f.heads_q;
   const int64_t hk = h / (f.heads_q / f.heads_kv);
   const int64_t m0 = int64_t(blockIdx.y) * kR;
@@ -211,17 +243,30 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
   const T* k = static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head;
   const T* v = static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head;
 
-  load_tile_async<L>(s_q, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, sq, kR, f.head_dim);
-  load_tile_async<L>(s_do, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head, p.do_s.row, m0, sq, kR,
-                     f.head_dim);
-  cp_async_commit();
+  load_tile_async<L, kR, kNT>(s_q, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, sq,
+                              f.head_dim);
+  load_tile_async<L, kR, kNT>(s_do, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head, p.do_s.row, m0,
+                              sq, f.head_dim);
 
   const int64_t m_last = (m0 + kR < sq ? m0 + kR : sq) - 1;
   int64_t n_lo = f.window_left >= 0 ? m0 + shift - f.window_left : 0;
   int64_t n_hi = f.window_right >= 0 ? m_last + shift + f.window_right + 1 : sk;
   n_lo = n_lo < 0 ? 0 : n_lo;
   n_hi = n_hi > sk ? sk : n_hi;
-  const int64_t nb_lo = n_lo / kC, nb_hi = n_hi > n_lo ? ceil_div(n_hi, kC) : nb_lo;
+  const int64_t nb_lo = n_lo / kC, n_tiles = n_hi > n_lo ? ceil_div(n_hi, kC) - nb_lo : 0;
+
+  // Key tile i (keys (nb_lo + i) * kC ...) into stage i % kS; G0 = {Q, dO, tile 0}, then one
+  // group per tile (the forward's schedule, see the file header).
+  auto load_kv = [&](int64_t i) {
+    T* dst = s_kv + (i % kS) * 2 * kTile;
+    load_tile_async<L, kC, kNT>(dst, k, f.k_s.row, (nb_lo + i) * kC, sk, f.head_dim);
+    load_tile_async<L, kC, kNT>(dst + kTile, v, f.v_s.row, (nb_lo + i) * kC, sk, f.head_dim);
+  };
+#pragma unroll
+  for (int i = 0; i < kS - 1; ++i) {
+    if (i < n_tiles) load_kv(i);
+    cp_async_commit();
+  }
 
   const float* lse = f.lse + (b * f.heads_q + h) * sq;
   const float* dl = delta + (b * f.heads_q + h) * sq;
@@ -238,13 +283,14 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
 #pragma unroll
     for (int c = 0; c < 4; ++c) dq[d][c] = 0.f;
 
-  for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
-    const int64_t n0 = nb * kC;
-    load_tile_async<L>(s_k, k, f.k_s.row, n0, sk, kC, f.head_dim);
-    load_tile_async<L>(s_v, v, f.v_s.row, n0, sk, kC, f.head_dim);
-    cp_async_commit();
-    cp_async_wait<0>();
+  for (int64_t i = 0; i < n_tiles; ++i) {
+    cp_async_wait<kS - 2>();
     __syncthreads();
+    if (i + kS - 1 < n_tiles) load_kv(i + kS - 1);
+    cp_async_commit();
+    const int64_t n0 = (nb_lo + i) * kC;
+    const T* s_k = s_kv + (i % kS) * 2 * kTile;  // (kC keys, kD)
+    const T* s_v = s_k + kTile;                  // (kC keys, kD)
 
     float s[K::kCTiles][4], dp[K::kCTiles][4];  // (16 queries, kC keys)
 #pragma unroll
@@ -254,15 +300,15 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
 #pragma unroll
     for (int kk = 0; kk < K::kD; kk += 16) {
       uint32_t a_q[4], a_do[4];
-      load_a_frag(a_q, s_q, kP, warp * 16, kk);
-      load_a_frag(a_do, s_do, kP, warp * 16, kk);
+      ld_a<L>(a_q, smem_addr(s_q), la, warp * 16, kk);
+      ld_a<L>(a_do, smem_addr(s_do), la, warp * 16, kk);
 #pragma unroll
       for (int j = 0; j < K::kCTiles; j += 2) {
         uint32_t b_lo[2], b_hi[2];
-        load_b_frags(b_lo, b_hi, s_k, kP, j * 8, kk);
+        ld_b<L>(b_lo, b_hi, smem_addr(s_k), lb, j * 8, kk);
         mma_m16n8k16<T>(s[j], a_q, b_lo);
         mma_m16n8k16<T>(s[j + 1], a_q, b_hi);
-        load_b_frags(b_lo, b_hi, s_v, kP, j * 8, kk);
+        ld_b<L>(b_lo, b_hi, smem_addr(s_v), lb, j * 8, kk);
         mma_m16n8k16<T>(dp[j], a_do, b_lo);
         mma_m16n8k16<T>(dp[j + 1], a_do, b_hi);
       }
@@ -287,14 +333,13 @@ __global__ void __launch_bounds__(K::kThreads) attention_bwd_dq_kernel(const Att
 #pragma unroll
       for (int d = 0; d < K::kDTiles; d += 2) {
         uint32_t b_lo[2], b_hi[2];
-        load_b_frags_kn(b_lo, b_hi, s_k, kP, kc * 16, d * 8);
+        ld_b_kn<L>(b_lo, b_hi, smem_addr(s_k), la, kc * 16, d * 8);
         mma_m16n8k16<T>(dq[d], a_ds, b_lo);
         mma_m16n8k16<T>(dq[d + 1], a_ds, b_hi);
       }
     }
-    __syncthreads();
   }
-  cp_async_wait<0>();
+  cp_async_wait<0>();  // the empty tail groups; Q, dO themselves when no key is visible
 
   T* dq_out = static_cast<T*>(p.dq) + b * p.dq_s.batch + h * p.dq_s.head;
 #pragma unroll

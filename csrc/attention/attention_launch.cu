@@ -1,7 +1,11 @@
 // Entry points of the attention kernels: dtype and head dimension -> instantiation.
-// Compiled head dimensions: 32, 64, 96, 128, 192, 256; any multiple of 8 up to 256 runs on
-// the next one up (its extra columns are zero-filled in shared memory and never stored).
+// Head dimensions with kernels: 32, 64, 96, 128, 192, 256, or the subset the build selected
+// (CMake MMM_ATTENTION_HEAD_DIMS, passed as the bit mask MMM_ATTENTION_HEAD_DIMS_MASK); any multiple of 8 up
+// to 256 runs on the smallest compiled one above it (its extra columns are zero-filled in shared
+// memory and never stored). With no compiled one above it the launchers return an error.
 #include <cuda_runtime.h>
+
+#include <string>
 
 #include "attention/attention_launch_template.cuh"
 
@@ -20,34 +24,74 @@ MMM_DECLARE(192)
 MMM_DECLARE(256)
 #undef MMM_DECLARE
 
+#ifndef MMM_ATTENTION_HEAD_DIMS_MASK  // a build outside CMake (e.g. one nvcc call): all of them
+#define MMM_ATTENTION_HEAD_DIMS_MASK 0x3f
+#endif
+
+namespace {
+constexpr int kAllHeadDims[] = {32, 64, 96, 128, 192, 256};  // CMake's MMM_ATTENTION_ALL_HEAD_DIMS
+constexpr unsigned kHeadDimsMask = MMM_ATTENTION_HEAD_DIMS_MASK;
+static_assert(kHeadDimsMask != 0 && kHeadDimsMask < (1u << 6), "MMM_ATTENTION_HEAD_DIMS_MASK");
+
+constexpr bool compiled(int d) {
+  for (int i = 0; i < 6; ++i)
+    if (kAllHeadDims[i] == d) return (kHeadDimsMask >> i) & 1u;
+  return false;
+}
+
+const std::string& compiled_list() {
+  static const std::string s = [] {
+    std::string r;
+    for (int i = 0; i < 6; ++i)
+      if ((kHeadDimsMask >> i) & 1u) r += (r.empty() ? "" : ", ") + std::to_string(kAllHeadDims[i]);
+    return r;
+  }();
+  return s;
+}
+}  // namespace
+
+const char* attention_compiled_head_dims() { return compiled_list().c_str(); }
+
 int attention_compiled_head_dim(int64_t head_dim) {
-  for (int d : {32, 64, 96, 128, 192, 256})
-    if (head_dim <= d) return d;
+  for (int d : kAllHeadDims)  // ascending
+    if (compiled(d) && head_dim <= d) return d;
   return 0;
 }
 
 namespace {
+// Only compiled head dims are named: the others' launchers are declared but never defined.
+template <int D, typename T>
+cudaError_t fwd_d(const AttentionFwdParams& p, cudaStream_t s) {
+  if constexpr (compiled(D)) return launch_attention_fwd_t<D, T>(p, s);
+  else return cudaErrorInvalidValue;
+}
+template <int D, typename T>
+cudaError_t bwd_d(const AttentionBwdParams& p, float* delta, cudaStream_t s) {
+  if constexpr (compiled(D)) return launch_attention_bwd_t<D, T>(p, delta, s);
+  else return cudaErrorInvalidValue;
+}
+
 template <typename T>
 cudaError_t fwd(const AttentionFwdParams& p, cudaStream_t s) {
   switch (attention_compiled_head_dim(p.head_dim)) {
-    case 32: return launch_attention_fwd_t<32, T>(p, s);
-    case 64: return launch_attention_fwd_t<64, T>(p, s);
-    case 96: return launch_attention_fwd_t<96, T>(p, s);
-    case 128: return launch_attention_fwd_t<128, T>(p, s);
-    case 192: return launch_attention_fwd_t<192, T>(p, s);
-    case 256: return launch_attention_fwd_t<256, T>(p, s);
+    case 32: return fwd_d<32, T>(p, s);
+    case 64: return fwd_d<64, T>(p, s);
+    case 96: return fwd_d<96, T>(p, s);
+    case 128: return fwd_d<128, T>(p, s);
+    case 192: return fwd_d<192, T>(p, s);
+    case 256: return fwd_d<256, T>(p, s);
     default: return cudaErrorInvalidValue;
   }
 }
 template <typename T>
 cudaError_t bwd(const AttentionBwdParams& p, float* delta, cudaStream_t s) {
   switch (attention_compiled_head_dim(p.fwd.head_dim)) {
-    case 32: return launch_attention_bwd_t<32, T>(p, delta, s);
-    case 64: return launch_attention_bwd_t<64, T>(p, delta, s);
-    case 96: return launch_attention_bwd_t<96, T>(p, delta, s);
-    case 128: return launch_attention_bwd_t<128, T>(p, delta, s);
-    case 192: return launch_attention_bwd_t<192, T>(p, delta, s);
-    case 256: return launch_attention_bwd_t<256, T>(p, delta, s);
+    case 32: return bwd_d<32, T>(p, delta, s);
+    case 64: return bwd_d<64, T>(p, delta, s);
+    case 96: return bwd_d<96, T>(p, delta, s);
+    case 128: return bwd_d<128, T>(p, delta, s);
+    case 192: return bwd_d<192, T>(p, delta, s);
+    case 256: return bwd_d<256, T>(p, delta, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -55,6 +99,11 @@ cudaError_t bwd(const AttentionBwdParams& p, float* delta, cudaStream_t s) {
 const char* check_shapes(const AttentionFwdParams& p) {
   if (p.head_dim < 1 || p.head_dim > 256 || p.head_dim % 8 != 0)
     return "fused_attention (CUDA): head_dim must be a multiple of 8 up to 256";
+  if (attention_compiled_head_dim(p.head_dim) == 0) {
+    static const std::string msg = "fused_attention (CUDA): no kernel for this head_dim: this build of mmm compiled "
+                                   "head dims " + compiled_list() + " only (CMake MMM_ATTENTION_HEAD_DIMS)";
+    return msg.c_str();
+  }
   if (ceil_div(p.seqlen_q, 64) > 65535 || ceil_div(p.seqlen_k, 64) > 65535)
     return "fused_attention (CUDA): sequence length above 4194240";
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)

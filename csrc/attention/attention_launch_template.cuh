@@ -42,7 +42,7 @@ cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, cu
   if ((err = allow_smem(dkdv, K::kSmemBytes)) != cudaSuccess || (err = allow_smem(dq, K::kSmemBytes)) != cudaSuccess)
     return err;
   if (f.seqlen_k > 0) {
-    const dim3 grid(unsigned(f.batch * f.heads_kv), unsigned(ceil_div(f.seqlen_k, K::kBlockRows)));
+    const dim3 grid(unsigned(f.batch * f.heads_kv), unsigned(ceil_div(f.seqlen_k, K::kBlockRows)), K::kDSplit);
     dkdv<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p, delta);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }

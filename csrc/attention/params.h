@@ -82,5 +82,8 @@ size_t attention_bwd_cuda_workspace_bytes(const AttentionBwdParams& p);  // fp32
 // dq, dk, dv written in full (no atomics: always deterministic). With seqlen_k == 0 dk/dv are
 // empty; a query row with no key gets dq = 0.
 const char* launch_attention_bwd(const AttentionBwdParams& p, void* stream);
-int attention_compiled_head_dim(int64_t head_dim);  // the kernel head dimension used, 0 if none
+// The kernel head dimension head_dim runs on: the smallest compiled one >= head_dim, 0 if none
+// (the build compiles MMM_ATTENTION_HEAD_DIMS, by default 32, 64, 96, 128, 192, 256).
+int attention_compiled_head_dim(int64_t head_dim);
+const char* attention_compiled_head_dims();  // "32, 64, ..." as compiled
 }  // namespace mmm

@@ -142,11 +142,23 @@ Tensor aligned_for_cuda(const Tensor& t) {
   return ok ? t : torch::stable::contiguous(t);
 }
 
+// A build may compile a subset of the kernel head dims (CMake MMM_ATTENTION_HEAD_DIMS). Mirrored
+// by _check in attention.py (from mmm.build_info()["attention_head_dims"]).
+void check_cuda_head_dim(const QKVShape& s) {
+  STD_TORCH_CHECK(attention_compiled_head_dim(s.head_dim) != 0, "fused_attention: head_dim (q.size(3)) ",
+                  s.head_dim, " has no CUDA kernel in this build of mmm, which compiled head dims ",
+                  attention_compiled_head_dims(), " only (rebuild with MMM_ATTENTION_HEAD_DIMS including one >= ",
+                  s.head_dim, ", or run on the CPU)");
+}
+
 #endif
 
 std::tuple<Tensor, Tensor> fused_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                                                    int64_t window_left, int64_t window_right) {
   const QKVShape s = check_qkv(q, k, v, window_left, window_right);
+#ifdef MMM_WITH_CUDA
+  if (q.is_cuda()) check_cuda_head_dim(s);
+#endif
   Tensor out = empty_in_layout_of(q, q.scalar_type());
   Tensor lse = glue::empty_like_shape(q, {s.batch, s.heads_q, s.seqlen_q}, lse_dtype(q));
   if (s.batch * s.heads_q * s.seqlen_q == 0) return {out, lse};
@@ -193,6 +205,9 @@ std::tuple<Tensor, Tensor, Tensor> fused_attention_backward(const Tensor& grad_o
                                                             const Tensor& out_in, const Tensor& lse_in, double scale,
                                                             int64_t window_left, int64_t window_right) {
   const QKVShape s = check_qkv(q, k, v, window_left, window_right);
+#ifdef MMM_WITH_CUDA
+  if (q.is_cuda()) check_cuda_head_dim(s);
+#endif
   const std::vector<int64_t> q_sizes = glue::sizes_of(q), lse_sizes{s.batch, s.heads_q, s.seqlen_q};
   check_like(grad_out_in, "grad_out", q, q_sizes, q.scalar_type());
   check_like(out_in, "out", q, q_sizes, q.scalar_type());

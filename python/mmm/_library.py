@@ -51,5 +51,7 @@ def build_info() -> dict:
         "cuda": bi.CUDA,
         "cuda_archs": [a for a in bi.CUDA_ARCHS.split(";") if a],
         "cuda_kernels": bool(bi.CUDA_KERNELS),
+        # fused_attention's compiled CUDA head dims; a head dim D runs on the smallest one >= D
+        "attention_head_dims": [int(d) for d in getattr(bi, "ATTENTION_HEAD_DIMS", "").split(";") if d],
         "library": load_library(),
     }

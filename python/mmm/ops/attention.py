@@ -69,7 +69,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, window_left: int, window_right: int)
         raise RuntimeError(f"fused_attention: v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
     if not 1 <= D <= MAX_HEAD_DIM:
         raise RuntimeError(f"fused_attention: head_dim (q.size(3)) must be in [1, {MAX_HEAD_DIM}], got {D}")
-    if q.device.type == "cuda" and D % 8 != 0:  # check_cuda_head_dim in the glue's CUDA branch
+    if q.device.type == "cuda" and D % 8 != 0:  # check_qkv's CUDA rule
         raise RuntimeError(f"fused_attention: head_dim (q.size(3)) must be a multiple of 8 on CUDA, got {D} "
                            "(pad q, k and v with zeros to a multiple of 8 and slice the output)")
     if (Hq % Hkv != 0) if Hkv >= 1 else Hq != 0:
@@ -84,6 +84,25 @@ def _check(q: Tensor, k: Tensor, v: Tensor, window_left: int, window_right: int)
         raise RuntimeError(f"fused_attention: window_left must be >= -1 (-1: unbounded), got {window_left}")
     if window_right < -1:
         raise RuntimeError(f"fused_attention: window_right must be >= -1 (-1: unbounded), got {window_right}")
+    dims = compiled_cuda_head_dims() if q.device.type == "cuda" else ()
+    if dims and not any(D <= c for c in dims):  # check_cuda_head_dim
+        raise RuntimeError(f"fused_attention: head_dim (q.size(3)) {D} has no CUDA kernel in this build of mmm, "
+                           f"which compiled head dims {', '.join(map(str, dims))} only (rebuild with "
+                           f"MMM_ATTENTION_HEAD_DIMS including one >= {D}, or run on the CPU)")
+
+
+_compiled_dims: Optional[Tuple[int, ...]] = None
+
+
+def compiled_cuda_head_dims() -> Tuple[int, ...]:
+    """The head dims this build compiled CUDA kernels for (CMake ``MMM_ATTENTION_HEAD_DIMS``,
+    by default 32, 64, 96, 128, 192, 256); a head dim D runs on the smallest one >= D."""
+    global _compiled_dims
+    if _compiled_dims is None:
+        from mmm._library import build_info
+
+        _compiled_dims = tuple(build_info().get("attention_head_dims", ()))
+    return _compiled_dims
 
 
 def _empty_in_layout_of(t: Tensor) -> Tensor:
