@@ -12,6 +12,10 @@ warp), n <= 16384 (one pass on chip, forward and backward), beyond (multi-pass: 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -329,6 +333,19 @@ def test_bad_inputs_cuda():
 def test_sanitizer_subset(log_n):
     # Small shapes for compute-sanitizer memcheck / racecheck (bench/gpu_check.sh).
     check(torch.randn(3, 2, (1 << log_n) - 1, device="cuda"), random_twiddle(2, 2, log_n, F32, "cuda"), log_n % 2 == 0)
+
+
+# The CUDA launcher and kernels run on the host (tests/emulate/butterfly.cpp via tests/emulate/run.sh:
+# one thread per block, under ASan/UBSan, with small shared-memory limits that force the multi-pass
+# paths) against the CPU twin: slow to build and run (~1 min), so opt-in with MMM_EMULATE=1.
+@pytest.mark.skipif("1" not in (os.environ.get("MMM_EMULATE"), os.environ.get("MMM_FFT_EMULATE"))
+                    or shutil.which("g++") is None,
+                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA butterfly code on the CPU")
+def test_cuda_kernels_on_cpu_threads(tmp_path):
+    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
+    out = subprocess.run(["bash", str(run), "butterfly"], capture_output=True, text=True,
+                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
 
 # ---- ButterflyLinear ---------------------------------------------------------------------------

@@ -314,19 +314,19 @@ def test_sanitizer_subset(n):
 
 
 # ------------------------------------------------------------------------------------------- #
-# The CUDA code itself, run on CPU threads (csrc/fft/fft_emulate.cpp): slow to build, so opt-in.
+# The CUDA code itself, run on CPU threads (tests/emulate/fft.cpp via tests/emulate/run.sh): slow
+# to build, so opt-in with MMM_EMULATE=1 (MMM_FFT_EMULATE=1 still works).
 
 
-@pytest.mark.skipif(os.environ.get("MMM_FFT_EMULATE") != "1" or shutil.which("g++") is None,
-                    reason="set MMM_FFT_EMULATE=1 (needs g++) to run the CUDA FFT code on CPU threads")
+@pytest.mark.skipif("1" not in (os.environ.get("MMM_EMULATE"), os.environ.get("MMM_FFT_EMULATE"))
+                    or shutil.which("g++") is None,
+                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA FFT code on CPU threads")
 def test_cuda_code_on_cpu_threads(tmp_path):
-    root = Path(__file__).resolve().parent.parent
-    exe = tmp_path / "fft_emulate"
-    subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", f"-I{root / 'csrc'}", str(root / "csrc/fft/fft_emulate.cpp"),
-                    "-o", str(exe)], check=True)
+    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
     # core/fft.cuh up to 2^11 (two CTA passes), the op kernels up to 2^12 with the CTA limit at
     # 2^10 (so the four-step path runs with a = 2 and 4).
-    out = subprocess.run([str(exe), "11", "0", "12", "10"], capture_output=True, text=True)
+    out = subprocess.run(["bash", str(run), "fft", "11", "0", "12", "10"], capture_output=True, text=True,
+                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -295,17 +295,17 @@ def test_sanitizer_subset(n):
     check(make_inputs(2, 2, n, F32, "cuda"), atol_scale=4.0)
 
 
-# The CUDA kernels themselves, run on CPU threads (csrc/fftconv/fftconv_emulate.cpp) against a
-# direct convolution in double, through all three shared-memory / scratch paths: slow to build
-# and run (~1 min), so opt-in.
-@pytest.mark.skipif(os.environ.get("MMM_FFT_EMULATE") != "1" or shutil.which("g++") is None,
-                    reason="set MMM_FFT_EMULATE=1 (needs g++) to run the CUDA fftconv code on CPU threads")
+# The CUDA kernels themselves, run on CPU threads (tests/emulate/fftconv.cpp via
+# tests/emulate/run.sh) against a direct convolution in double, through all three shared-memory /
+# scratch paths: slow to build and run (~1 min), so opt-in with MMM_EMULATE=1 (MMM_FFT_EMULATE=1
+# still works).
+@pytest.mark.skipif("1" not in (os.environ.get("MMM_EMULATE"), os.environ.get("MMM_FFT_EMULATE"))
+                    or shutil.which("g++") is None,
+                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA fftconv code on CPU threads")
 def test_cuda_kernels_on_cpu_threads(tmp_path):
-    root = Path(__file__).resolve().parent.parent
-    exe = tmp_path / "fftconv_emulate"
-    subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", f"-I{root / 'csrc'}",
-                    str(root / "csrc/fftconv/fftconv_emulate.cpp"), "-o", str(exe)], check=True)
-    out = subprocess.run([str(exe), "1000"], capture_output=True, text=True)
+    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
+    out = subprocess.run(["bash", str(run), "fftconv", "1000"], capture_output=True, text=True,
+                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -27,7 +27,7 @@
 // Registers: a caller kernel needs ~100 per thread, so launch it with at most 512 threads
 // (__launch_bounds__(512)); 1024 threads force 64 registers and spills.
 #pragma once
-#ifndef MMM_FFT_HOST_EMULATION  // csrc/fft/fft_emulate.cpp runs this code on CPU threads
+#ifndef MMM_FFT_HOST_EMULATION  // tests/emulate/fft.cpp runs this code on CPU threads
 #include <cuda_runtime.h>
 #endif
 

@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
     fft_cta_kernel(const float2* __restrict__ x, int64_t xs, float2* __restrict__ y, int64_t ys, int64_t subrows,
                    int a, int log2n, float scale) {
 #ifdef MMM_FFT_HOST_EMULATION
-  float2* smem = emu_dynamic_smem();  // csrc/fft/fft_emulate.cpp
+  float2* smem = emu_dynamic_smem();  // tests/emulate/cuda_on_cpu.h
 #else
   extern __shared__ float2 smem[];  // (n,) swizzled
 #endif

@@ -23,7 +23,7 @@
 //   fftconv_bwd_finalize     one CTA per channel: sum the chunks' slots in order, irfft -> dk;
 //                            dbias from the chunks' partial sums
 #pragma once
-#ifndef MMM_FFT_HOST_EMULATION  // fftconv_emulate.cpp runs these kernels on CPU threads
+#ifndef MMM_FFT_HOST_EMULATION  // tests/emulate/fftconv.cpp runs these kernels on CPU threads
 #include "core/cuda_utils.cuh"
 #define MMM_FFTCONV_DYNAMIC_SMEM(name) extern __shared__ float2 name[]
 #else

@@ -1,88 +1,20 @@
-// Runs the device code of csrc/core/fft.cuh on the CPU, one std::thread per CUDA thread, with
-// __syncthreads() as a barrier over the block and __shfl_xor_sync as an exchange through a
-// barrier over the warp, and checks it against csrc/core/fft_cpu.h. It exercises the index math,
-// the pass schedule, the twiddles and the swizzle of the CUDA code without a GPU (it cannot see
-// races or bank conflicts). Not part of the library build:
-//   g++ -std=c++20 -O1 -pthread -Icsrc csrc/fft/fft_emulate.cpp -o /tmp/fft_emulate && /tmp/fft_emulate [max_log2 [min_log2 [op_max_log2 [op_cta_log2]]]]
-// (tests/test_fft.py::test_cuda_code_on_cpu_threads builds and runs it when g++ is available).
-#include <barrier>
-#include <cmath>
+// Runs the device code of csrc/core/fft.cuh and the op kernels of csrc/fft/fft_kernel.cuh on CPU
+// threads (tests/emulate/cuda_on_cpu.h: one std::thread per CUDA thread, barriers for
+// __syncthreads, warp exchanges for __shfl_xor_sync) and checks them against csrc/core/fft_cpu.h.
+// It exercises the index math, the pass schedule, the twiddles and the swizzle of the CUDA code
+// without a GPU (it cannot see races or bank conflicts).
+//   tests/emulate/run.sh fft [max_log2 [min_log2 [op_max_log2 [op_cta_log2]]]]
+// (tests/test_fft.py::test_cuda_code_on_cpu_threads runs it when MMM_EMULATE=1).
 #include <complex>
-#include <cstdio>
 #include <cstdlib>
-#include <memory>
 #include <random>
-#include <thread>
-#include <vector>
 
-#define MMM_FFT_HOST_EMULATION
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __global__
-#define __launch_bounds__(...)
-#define __shared__ static  // one block runs at a time: a static is the block's shared memory
-
-struct float2 {
-  float x, y;
-};
-inline float2 make_float2(float x, float y) { return {x, y}; }
-struct Dim3 {
-  unsigned x = 0;
-};
-thread_local Dim3 threadIdx;
-Dim3 blockDim, blockIdx, gridDim;
-
-namespace emu {
-std::unique_ptr<std::barrier<>> block_barrier;
-std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-std::vector<float> exchange;  // one slot per thread
-}  // namespace emu
-
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
-inline void __syncwarp() { emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
-std::vector<float2> emu_smem;
-inline float2* emu_dynamic_smem() { return emu_smem.data(); }
-inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  const unsigned t = threadIdx.x, w = t / 32;
-  emu::exchange[t] = v;
-  emu::warp_barriers[w]->arrive_and_wait();
-  const float r = emu::exchange[(t & ~31u) | ((t & 31u) ^ unsigned(mask))];
-  emu::warp_barriers[w]->arrive_and_wait();
-  return r;
-}
-inline void sincospif(float x, float* s, float* c) {
-  const long double a = 3.141592653589793238462643383279502884L * x;
-  *s = float(std::sin(a));
-  *c = float(std::cos(a));
-}
-inline unsigned __brev(unsigned v) {
-  unsigned r = 0;
-  for (int b = 0; b < 32; ++b) r |= ((v >> b) & 1u) << (31 - b);
-  return r;
-}
-
+#include "cuda_on_cpu.h"
 #include "core/fft.cuh"
 #include "core/fft_cpu.h"
 #include "fft/fft_kernel.cuh"
 
 using C = std::complex<double>;
-
-template <class Body>
-void launch(int threads, Body body) {
-  blockDim.x = unsigned(threads);
-  emu::block_barrier = std::make_unique<std::barrier<>>(threads);
-  emu::warp_barriers.clear();
-  for (int w = 0; w < threads / 32; ++w) emu::warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
-  emu::exchange.assign(size_t(threads), 0.f);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([t, &body] {
-      threadIdx.x = unsigned(t);
-      body();
-    });
-  for (auto& th : pool) th.join();
-}
 
 static double rel_err(const std::vector<float2>& got, const std::vector<C>& want, int count) {
   double num = 0, den = 0;
@@ -124,7 +56,7 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
   for (int i = 0; i < n; ++i) smem[size_t(mmm::fft::swz<kSwizzle>(i, log2n))] = {float(in[i].real()), float(in[i].imag())};
   smem[size_t(n)] = {float(in[n].real()), float(in[n].imag())};
   float2* data = smem.data();
-  launch(threads, [&] {
+  launch_grid(1, threads, 0, [&] {
     switch (mode) {
       case Mode::kFft: mmm::fft::cta_fft<kInverse, kSwizzle>(data, log2n); break;
       case Mode::kDif: mmm::fft::cta_fft_dif<kInverse, kSwizzle>(data, log2n); break;
@@ -142,16 +74,6 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
 
 // ---- The op kernels (csrc/fft/fft_kernel.cuh) on a small grid, mirroring fft_launch.cu's paths
 // with a configurable CTA limit so the four-step path runs at small n.
-template <class Body>
-void launch_grid(int grid, int threads, size_t smem_float2, Body body) {
-  gridDim.x = unsigned(grid);
-  emu_smem.assign(smem_float2, {0.f, 0.f});
-  for (int b = 0; b < grid; ++b) {
-    blockIdx.x = unsigned(b);
-    launch(threads, body);
-  }
-}
-
 template <mmm::FftKind kKind, bool kInverse>
 void emu_run(int log2n, int64_t rows, const float2* x, int64_t xs, float2* y, int64_t ys, float2* ws, int lmax,
              float scale) {
@@ -166,7 +88,7 @@ void emu_run(int log2n, int64_t rows, const float2* x, int64_t xs, float2* y, in
   }
   auto cta_threads = [](int l) { return std::min(std::max((1 << l) / FftTile::kPointsPerThread, 32), FftTile::kMaxThreads); };
   if (log2n <= lmax) {
-    launch_grid(grid, cta_threads(log2n), size_t(1) << log2n,
+    launch_grid(grid, cta_threads(log2n), sizeof(float2) << log2n,
                 [&] { mmm::fft_cta_kernel<kKind, kInverse, kPost>(x, xs, y, ys, rows, 1, log2n, scale); });
     return;
   }
@@ -179,7 +101,7 @@ void emu_run(int log2n, int64_t rows, const float2* x, int64_t xs, float2* y, in
       default: mmm::fft_column_kernel<4, kKind, kInverse>(x, xs, ws, rows, log2n); break;
     }
   });
-  launch_grid(grid, cta_threads(lmax), size_t(1) << lmax, [&] {
+  launch_grid(grid, cta_threads(lmax), sizeof(float2) << lmax, [&] {
     mmm::fft_cta_kernel<FftKind::kC2C, kInverse, false>(ws, int64_t(1) << lmax, y, ys, rows * a, a, lmax,
                                                         kPost ? 1.f : scale);
   });

@@ -1,109 +1,17 @@
-// Runs the fftconv CUDA kernels (fftconv_kernel.cuh, on core/fft.cuh) on the CPU: one std::thread
-// per CUDA thread, __syncthreads as a barrier over the block, __shfl_xor_sync as an exchange
-// through a warp barrier, blocks one after another (the emulation of csrc/fft/fft_emulate.cpp on
-// the fft branch). Checks y and every gradient against a direct O(N^2) convolution in double,
-// through every path the launcher can pick: shared memory, one buffer in global scratch, both
-// in scratch, with small grids so that every grid-stride loop and scratch slot is reused. It
-// sees index math, pairing, scaling and the order of barriers; not races or bank conflicts.
-// Not part of the library build:
-//   g++ -std=c++20 -O1 -pthread -Icsrc csrc/fftconv/fftconv_emulate.cpp -o /tmp/fftconv_emulate
-//   /tmp/fftconv_emulate [max_N [min_N]]
-// (tests/test_fftconv.py::test_cuda_kernels_on_cpu_threads, opt-in with MMM_FFT_EMULATE=1).
-#include <barrier>
-#include <cmath>
-#include <cstdio>
+// Runs the fftconv CUDA kernels (csrc/fftconv/fftconv_kernel.cuh, on core/fft.cuh) on CPU threads
+// (tests/emulate/cuda_on_cpu.h: one std::thread per CUDA thread, barriers for __syncthreads, warp
+// exchanges for __shfl_xor_sync, blocks one after another). Checks y and every gradient against a
+// direct O(N^2) convolution in double, through every path the launcher can pick: shared memory,
+// one buffer in global scratch, both in scratch, with small grids so that every grid-stride loop
+// and scratch slot is reused. It sees index math, pairing, scaling and the order of barriers; not
+// races or bank conflicts.
+//   tests/emulate/run.sh fftconv [max_N [min_N]]
+// (tests/test_fftconv.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 #include <cstdlib>
-#include <memory>
 #include <random>
-#include <thread>
-#include <vector>
 
-#include "core/numeric.h"
-
-#define MMM_FFT_HOST_EMULATION
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __global__
-#define __launch_bounds__(x)
-#define __shared__ static  // one block runs at a time: a static is the block's shared memory
-
-struct float2 {
-  float x, y;
-};
-inline float2 make_float2(float x, float y) { return {x, y}; }
-struct Dim3 {
-  unsigned x = 0;
-};
-thread_local Dim3 threadIdx;
-Dim3 blockDim, blockIdx, gridDim;
-
-namespace emu {
-std::unique_ptr<std::barrier<>> block_barrier;
-std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-std::vector<float> exchange;
-}  // namespace emu
-
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
-std::vector<float2> emu_smem;
-inline float2* emu_dynamic_smem() { return emu_smem.data(); }
-inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  const unsigned t = threadIdx.x, w = t / 32;
-  emu::exchange[t] = v;
-  emu::warp_barriers[w]->arrive_and_wait();
-  const float r = emu::exchange[(t & ~31u) | ((t & 31u) ^ unsigned(mask))];
-  emu::warp_barriers[w]->arrive_and_wait();
-  return r;
-}
-inline void sincospif(float x, float* s, float* c) {
-  const long double a = 3.141592653589793238462643383279502884L * x;
-  *s = float(std::sin(a));
-  *c = float(std::cos(a));
-}
-inline unsigned __brev(unsigned v) {
-  unsigned r = 0;
-  for (int b = 0; b < 32; ++b) r |= ((v >> b) & 1u) << (31 - b);
-  return r;
-}
-// The storage types and conversions of core/cuda_utils.cuh, on the CPU twins' bit-exact ones.
-struct __half { mmm::Half h; };
-struct __nv_bfloat16 { mmm::BFloat16 h; };
-inline float __half2float(__half v) { return mmm::to_float(v.h); }
-inline float __bfloat162float(__nv_bfloat16 v) { return mmm::to_float(v.h); }
-inline __half __float2half_rn(float f) { return {mmm::from_float<mmm::Half>(f)}; }
-inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {mmm::from_float<mmm::BFloat16>(f)}; }
-namespace mmm {
-inline float to_f(float v) { return v; }
-template <typename U> inline U from_f(float v);
-template <> inline float from_f<float>(float v) { return v; }
-inline float warp_sum(float v) {
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
-}  // namespace mmm
-
+#include "cuda_on_cpu.h"
 #include "fftconv/fftconv_kernel.cuh"
-
-template <class Body>
-void launch_grid(int grid, int threads, size_t smem_float2, Body body) {
-  gridDim.x = unsigned(grid);
-  emu_smem.assign(smem_float2, {0.f, 0.f});
-  blockDim.x = unsigned(threads);
-  for (int b = 0; b < grid; ++b) {
-    blockIdx.x = unsigned(b);
-    emu::block_barrier = std::make_unique<std::barrier<>>(threads);
-    emu::warp_barriers.clear();
-    for (int w = 0; w < threads / 32; ++w) emu::warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
-    emu::exchange.assign(size_t(threads), 0.f);
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([t, &body] {
-        threadIdx.x = unsigned(t);
-        body();
-      });
-    for (auto& th : pool) th.join();
-  }
-}
 
 using Vec = std::vector<float>;
 
@@ -146,17 +54,17 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
   Vec dbias_part(size_t(H * chunks));
   const bool s1 = path < 2, s2 = path == 0;
   const int g_ch = s1 ? int(H) : slots, g_rows = s1 ? int(R) : slots;
-  if (s1) launch_grid(g_ch, threads, n, [&] { mmm::fftconv_kspec_kernel<true>(p, kspec.data(), nullptr); });
+  if (s1) launch_grid(g_ch, threads, n * sizeof(float2), [&] { mmm::fftconv_kspec_kernel<true>(p, kspec.data(), nullptr); });
   else launch_grid(g_ch, threads, 0, [&] { mmm::fftconv_kspec_kernel<false>(p, kspec.data(), scratch.data()); });
-  if (s1) launch_grid(g_rows, threads, n, [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
+  if (s1) launch_grid(g_rows, threads, n * sizeof(float2), [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
   else launch_grid(g_rows, threads, 0, [&] { mmm::fftconv_fwd_kernel<float, false>(p, kspec.data(), scratch.data()); });
   const int tasks = int(H * chunks);
   if (s2)
-    launch_grid(tasks, threads, 2 * n, [&] {
+    launch_grid(tasks, threads, 2 * n * sizeof(float2), [&] {
       mmm::fftconv_bwd_kernel<float, true, true>(p, kspec.data(), dk_part.data(), dbias_part.data(), nullptr);
     });
   else if (s1)
-    launch_grid(slots, threads, n, [&] {
+    launch_grid(slots, threads, n * sizeof(float2), [&] {
       mmm::fftconv_bwd_kernel<float, true, false>(p, kspec.data(), dk_part.data(), dbias_part.data(), scratch.data());
     });
   else
@@ -164,7 +72,7 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
       mmm::fftconv_bwd_kernel<float, false, false>(p, kspec.data(), dk_part.data(), dbias_part.data(), scratch.data());
     });
   if (s1)
-    launch_grid(g_ch, threads, n, [&] {
+    launch_grid(g_ch, threads, n * sizeof(float2), [&] {
       mmm::fftconv_bwd_finalize_kernel<true>(p, dk_part.data(), dbias_part.data(), nullptr);
     });
   else

@@ -1,15 +1,17 @@
 // Runs launch_butterfly_forward / launch_butterfly_backward (the CUDA launcher and kernels,
-// compiled for the host through shim.h) against the CPU twin on random inputs: every dtype pair,
+// compiled for the host through cuda_on_cpu.h, each block's work in one emulated thread, under
+// ASan/UBSan) against the CPU twin on random inputs: every dtype pair,
 // stacks, blocks, padded/trimmed and strided rows, both stride orders, and shared-memory limits
 // of 227 KB, 4 KB and 1 KB (the last two force the multi-pass forward and backward at small n).
-// Build and run: csrc/butterfly/emulate/run.sh
+//   tests/emulate/run.sh butterfly
+// (tests/test_butterfly.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 #include <complex>
 #include <cstdio>
 #include <random>
 #include <vector>
 #include "butterfly/params.h"
 #include "core/numeric.h"
-#include "shim.h"
+#include "cuda_on_cpu.h"
 using namespace mmm;
 static std::mt19937 rng(1);
 static float rnd() { return std::normal_distribution<float>(0.f, 0.7f)(rng); }
@@ -75,10 +77,11 @@ int run_case(int64_t batch, int64_t nstacks, int64_t nblocks, int64_t log_n, int
   return ok ? 0 : 1;
 }
 int main() {
+  emu::max_block_threads = 256;  // the kernels' __launch_bounds__
   int bad = 0;
   const DType F = DType::kFloat32, H = DType::kFloat16, B = DType::kBFloat16, C = DType::kComplex64;
   for (int optin : {232448, 4096, 1024}) {
-    g_optin = optin; g_sms = 3;
+    emu::optin_smem = optin; emu::sms = 3;
     printf("-- optin %d\n", optin);
     for (int log_n : {1, 2, 5, 8, 10}) for (bool inc : {true, false}) {
       const int64_t n = int64_t(1) << log_n;
@@ -89,11 +92,11 @@ int main() {
       bad += run_case(4, 2, 1, log_n, n, inc, H, H, 0);
     }
   }
-  g_optin = 232448; g_sms = 132;
+  emu::optin_smem = 232448; emu::sms = 132;
   bad += run_case(2, 1, 1, 16, 65536, true, F, F, 0);
   bad += run_case(2, 1, 1, 15, 30000, false, C, C, 0);
   bad += run_case(40, 1, 1, 12, 4096, false, B, B, 0);
-  printf("max smem used %zu\n", g_max_smem_used);
+  printf("max smem used %zu\n", emu::max_smem_used);
   printf(bad ? "FAILURES: %d\n" : "all ok %d\n", bad);
   return bad != 0;
 }
