@@ -17,19 +17,9 @@
 #include <vector>
 
 #include "attention/attention_smem.cuh"
+#include "harness.cuh"
 
 using namespace mmm;
-
-static int g_passed = 0, g_failed = 0;
-
-#define CUDA_OK(x)                                                                  \
-  do {                                                                              \
-    cudaError_t e_ = (x);                                                           \
-    if (e_ != cudaSuccess) {                                                        \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                 \
-    }                                                                               \
-  } while (0)
 
 constexpr int kRows = 64, kThreads = 128;
 
@@ -122,6 +112,5 @@ int main() {
   test_head_dim<128>();
   test_head_dim<192>();
   test_head_dim<256>();
-  std::printf("attention primitives: %d passed, %d failed\n", g_passed, g_failed);
-  return g_failed ? 1 : 0;
+  return summary("attention primitives: ");
 }

@@ -18,24 +18,9 @@
 #include "core/mma.cuh"
 #include "core/numeric.h"
 #include "core/philox.h"
+#include "harness.cuh"
 
 using namespace mmm;
-
-static int g_passed = 0, g_failed = 0;
-
-#define CUDA_OK(call)                                                                  \
-  do {                                                                                 \
-    cudaError_t e_ = (call);                                                           \
-    if (e_ != cudaSuccess) {                                                           \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                    \
-    }                                                                                  \
-  } while (0)
-
-static void check(bool ok, const char* name, const char* detail = "") {
-  if (ok) ++g_passed; else ++g_failed;
-  std::printf("%s %s %s\n", ok ? "PASS" : "FAIL", name, detail);
-}
 
 template <typename T>
 struct DeviceBuffer {
@@ -401,6 +386,5 @@ int main() {
   test_mma_kn<__half>("ldmatrix.trans B[k][n] + accumulators as A (P.V path), fp16");
   test_mma_kn<__nv_bfloat16>("ldmatrix.trans B[k][n] + accumulators as A (P.V path), bf16");
   CUDA_OK(cudaDeviceSynchronize());
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed ? 1 : 0;
+  return summary();
 }

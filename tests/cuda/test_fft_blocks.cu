@@ -14,15 +14,7 @@
 
 #include "core/fft.cuh"
 #include "core/fft_cpu.h"
-
-#define CUDA_OK(call)                                                                      \
-  do {                                                                                     \
-    cudaError_t e_ = (call);                                                               \
-    if (e_ != cudaSuccess) {                                                               \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                        \
-    }                                                                                      \
-  } while (0)
+#include "harness.cuh"
 
 using C = std::complex<double>;
 enum Mode { kFft = 0, kDif, kDit, kRfft, kIrfft };
@@ -94,8 +86,6 @@ double run_case(int log2n, int threads, int rows, std::mt19937& gen) {
   return std::sqrt(num / (den > 0 ? den : 1));
 }
 
-int g_failed = 0, g_passed = 0;
-
 template <int kMode>
 void run_mode(int max_log2, std::mt19937& gen) {
   double worst = 0;
@@ -140,6 +130,5 @@ int main() {
   run_mode<kRfft>(max_log2, gen);
   run_mode<kIrfft>(max_log2, gen);
   CUDA_OK(cudaDeviceSynchronize());
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed ? 1 : 0;
+  return summary();
 }
