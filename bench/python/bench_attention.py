@@ -353,13 +353,8 @@ def columns(impls: list[str]) -> list[tuple[str, str, str]]:
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """TFLOP/s against sequence length, one panel per (mode, head dim, causal)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as e:  # noqa: BLE001
-        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+    plt = common.pyplot()
+    if plt is None:
         return
     recs = [r for r in report.records if r.get("status") == "ok"]
     configs = sorted({(r["head_dim"], r["causal"], r["dtype"]) for r in recs})
@@ -387,11 +382,7 @@ def plot(report: common.Report, impls: list[str], path: Path) -> None:
             ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(common.describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote plot {path}")
+    common.save_plot(fig, report, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                 "out, dq, dk, dv on one batch element and two heads."),
         t_start=t_start)
     if args.plot is not None or device.type == "cuda":
-        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_attention.png"))
+        path = common.plot_path(args, "bench_attention.png")
         plot(report, impls, path)
     return rc
 
