@@ -59,7 +59,6 @@ Examples
 from __future__ import annotations
 
 import gc
-import math
 import os
 import sys
 import time
@@ -253,18 +252,6 @@ def reference(c: Case, inp: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         torch.set_float32_matmul_precision(prev)
 
 
-def max_rel_err(got, want) -> float:
-    worst = 0.0
-    for a, b in zip(got, want):
-        a, b = a.detach().double(), b.detach().double()
-        if a.shape != b.shape:
-            return float("inf")
-        denom = b.abs().max().item() if b.numel() else 0.0
-        err = (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
-        worst = max(worst, err if math.isfinite(err) else float("inf"))
-    return worst
-
-
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +265,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     for impl in impls:
         try:
             fn = make_impl(impl, c)
-            errs[impl] = max_rel_err(_fwd_bwd(fn, _slice(inp)), ref)
+            errs[impl] = common.max_rel_err(_fwd_bwd(fn, _slice(inp)), ref, torch.float64)
             if impl == "triton" and not errs[impl] <= tolerance(c):
                 raise RuntimeError(f"the Triton peer failed its check against SDPA: rel err {errs[impl]:.1e} > "
                                    f"{tolerance(c):.0e}; not timed")

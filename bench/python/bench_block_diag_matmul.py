@@ -358,22 +358,6 @@ def runners(impl: str, c: Case, inp: dict[str, Any]) -> dict[str, Callable[[], A
     raise ValueError(impl)
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().float(), b.detach().float()
-    if a.shape != b.shape:
-        return float("inf")
-    denom = b.abs().max().item() if b.numel() else 0.0
-    return (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
-def max_rel_err(a: Any, b: Any) -> float:
-    a = list(a) if isinstance(a, (tuple, list)) else [a]
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    if len(a) != len(b):
-        return float("inf")
-    return max(rel_err(x, y) for x, y in zip(a, b))
-
-
 def tolerance(c: Case) -> float:
     """Bound on max |mmm - ref| / max |ref| over the output and every gradient."""
     return {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}[c.dtype]
@@ -412,7 +396,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
                 errs[impl] = {}
                 for m in MODES:
                     got = run[m]()
-                    errs[impl][m] = max_rel_err(got, ref[m])
+                    errs[impl][m] = common.max_rel_err(got, ref[m], torch.float32)
                     del got
             dense = impl == "dense"
             for mode in MODES:

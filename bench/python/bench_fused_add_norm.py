@@ -271,14 +271,6 @@ def runners(fn: Callable[..., Any], c: Case, inp: dict[str, Any]) -> dict[str, C
     return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().float(), b.detach().float()
-    if a.shape != b.shape:
-        return float("inf")
-    denom = b.abs().max().item()
-    return (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
 def tolerance(c: Case) -> float:
     """Bound on max |mmm - ref| / max |ref| over every output and gradient."""
     return {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}[c.dtype]
@@ -291,15 +283,6 @@ def reference(c: Case, inp: dict[str, Any]) -> dict[str, Any]:
     rinp = {k: (v.to(rdt) if v is not None else None) for k, v in inp.items()}
     run = runners(eager_expr(rc), rc, rinp)
     return {m: run[m]() for m in MODES}
-
-
-def max_rel_err(a: Any, b: Any) -> float:
-    """Largest relative error over all outputs / gradients."""
-    a = list(a) if isinstance(a, (tuple, list)) else [a]
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    if len(a) != len(b):
-        return float("inf")
-    return max(rel_err(x, y) for x, y in zip(a, b))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -319,7 +302,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             fn = make_impl(impl, c)
             run = runners(fn, c, inp)
             if ref is not None and impl in ("eager", "mmm"):
-                errs[impl] = {m: max_rel_err(run[m](), ref[m]) for m in MODES}
+                errs[impl] = {m: common.max_rel_err(run[m](), ref[m], torch.float32) for m in MODES}
             for mode in MODES:
                 t = timer.time(run[mode])
                 per_mode[mode][impl] = t

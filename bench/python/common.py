@@ -537,21 +537,25 @@ def runners(fn: Callable, inputs: Sequence[torch.Tensor | None],
     return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|, computed in b's (reference) dtype; inf on a shape mismatch."""
+def rel_err(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -> float:
+    """max |a - b| / max |b| in ``dtype`` (default: b's, the reference's); inf on a shape mismatch."""
     if a.shape != b.shape:
         return float("inf")
+    dtype = dtype or b.dtype
+    a, b = a.detach().to(dtype), b.detach().to(dtype)
     denom = b.abs().max().item() if b.numel() else 0.0
-    return (a.detach().to(b.dtype) - b).abs().max().item() / (denom if denom > 0 else 1.0)
+    return (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
 
 
-def max_rel_err(a: Any, b: Any) -> float:
-    """rel_err over matching outputs (a tensor or a tuple of them, e.g. y and the gradients)."""
+def max_rel_err(a: Any, b: Any, dtype: torch.dtype | None = None) -> float:
+    """rel_err over matching outputs (a tensor or a tuple of them, e.g. y and the gradients).
+    NaN counts as inf: max() would otherwise keep a finite error seen before it."""
     a = list(a) if isinstance(a, (tuple, list)) else [a]
     b = list(b) if isinstance(b, (tuple, list)) else [b]
     if len(a) != len(b):
         return float("inf")
-    return max(rel_err(x, y) for x, y in zip(a, b))
+    errs = [rel_err(x, y, dtype) for x, y in zip(a, b)]
+    return max(e if math.isfinite(e) else float("inf") for e in errs)
 
 
 def time_impls(case_name: str, impls: Sequence[str],
