@@ -81,12 +81,10 @@ Examples
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -384,51 +382,41 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     inp = make_inputs(c, device)
     fl, bm = flop_model(c), byte_model(c)
     fl_d, bm_d = flop_model(c, dense=True), byte_model(c, dense=True)
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
     ref = reference(c, inp) if any(i in CHECKED for i in impls) else None
-    errs: dict[str, dict[str, float]] = {}
-    for impl in impls:
-        try:
-            run = runners(impl, c, inp)
-            if run is None:
-                continue
-            if ref is not None and impl in CHECKED:
-                errs[impl] = {}
-                for m in MODES:
-                    got = run[m]()
-                    errs[impl][m] = common.max_rel_err(got, ref[m], torch.float32)
-                    del got
-            dense = impl == "dense"
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                flops = (fl_d if dense else fl)[mode]
-                nbytes = (bm_d if dense else bm)[mode]
-                rec = {"case": c.name, "op": c.op, "dtype": dtype_name(c.dtype),
-                       "tokens": c.tokens, "in_features": c.in_features,
-                       "out_features": c.out_features, "w_shapes": [list(s) for s in c.w_shapes],
-                       "tier": c.tier, "impl": impl, "mode": mode, "flops": flops,
-                       "bytes": nbytes, **t.summary(),
-                       "TFLOPs": flops / t.median_s / 1e12,
-                       "GBps": nbytes / t.median_s / 1e9,
-                       "pct_copy_bw": 100.0 * nbytes / t.median_s / copy_bps,
-                       "status": "ok"}
-                if impl in errs:
-                    rec["check_rel_err"] = errs[impl][mode]
-                    rec["check_tol"] = tolerance(c)
-                report.add(rec)
-            del run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            for mode in MODES:
-                per_mode[mode].setdefault(impl, None)
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error",
-                            "error": msg})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+
+    def prepare(impl):
+        run = runners(impl, c, inp)
+        if run is None:
+            return None
+        if ref is None or impl not in CHECKED:
+            return run, None
+        errs = {}
+        for m in MODES:
+            got = run[m]()
+            errs[m] = common.max_rel_err(got, ref[m], torch.float32)
+            del got
+        return run, errs
+
+    def record(impl, mode, t, err):
+        dense = impl == "dense"
+        flops = (fl_d if dense else fl)[mode]
+        nbytes = (bm_d if dense else bm)[mode]
+        rec = {"case": c.name, "op": c.op, "dtype": dtype_name(c.dtype),
+               "tokens": c.tokens, "in_features": c.in_features,
+               "out_features": c.out_features, "w_shapes": [list(s) for s in c.w_shapes],
+               "tier": c.tier, "impl": impl, "mode": mode, "flops": flops,
+               "bytes": nbytes, **t.summary(),
+               "TFLOPs": flops / t.median_s / 1e12,
+               "GBps": nbytes / t.median_s / 1e9,
+               "pct_copy_bw": 100.0 * nbytes / t.median_s / copy_bps,
+               "status": "ok"}
+        if err is not None:
+            rec["check_rel_err"] = err[mode]
+            rec["check_tol"] = tolerance(c)
+        return rec
+
+    per_mode, errs = common.time_impls(c.name, impls, prepare, record, timer=timer, device=device,
+                                       report=report, keep_timed=True)
     rows_out = []
     for mode in MODES:
         ts = per_mode[mode]
@@ -475,9 +463,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             row["peer_err"] = max(peer_errs)
         rows_out.append(row)
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows_out
 
 

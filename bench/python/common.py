@@ -561,20 +561,25 @@ def max_rel_err(a: Any, b: Any, dtype: torch.dtype | None = None) -> float:
 def time_impls(case_name: str, impls: Sequence[str],
                prepare: Callable[[str], tuple[dict[str, Callable[[], Any]], Any]],
                record: Callable[[str, str, Timing, Any], dict[str, Any]], *, timer: Timer,
-               device: torch.device, report: Report,
-               modes: Sequence[str] = MODES) -> tuple[dict[str, dict[str, Timing | None]], dict]:
+               device: torch.device, report: Report, modes: Sequence[str] = MODES,
+               keep_timed: bool = False) -> tuple[dict[str, dict[str, Timing | None]], dict]:
     """Checks and times every impl of one case.
 
-    ``prepare(impl)`` returns (runners by mode, its check errors or None); ``record(impl, mode,
-    timing, check errors)`` the JSON record of one measurement. Returns (per_mode[mode][impl] = Timing, or None
-    where the impl errored; errs[impl]). One failing impl must not stop the sweep: its error is
-    printed and recorded for every mode, and the next impl runs.
+    ``prepare(impl)`` returns (runners by mode, its check errors or None), or None for an impl
+    that does not apply to the case; ``record(impl, mode, timing, check errors)`` the JSON record
+    of one measurement. Returns (per_mode[mode][impl] = Timing, or None where the impl errored;
+    errs[impl]). One failing impl must not stop the sweep: its error is printed and recorded for
+    every mode, and the next impl runs. A failure after some modes were timed voids them too,
+    unless ``keep_timed`` (the table then still shows those modes).
     """
     per_mode: dict[str, dict[str, Timing | None]] = {m: {} for m in modes}
     errs: dict[str, Any] = {}
     for impl in impls:
         try:
-            run, err = prepare(impl)
+            prepared = prepare(impl)
+            if prepared is None:
+                continue
+            run, err = prepared
             if err is not None:
                 errs[impl] = err
             for mode in modes:
@@ -588,7 +593,10 @@ def time_impls(case_name: str, impls: Sequence[str],
             if os.environ.get("MMM_BENCH_TRACEBACK"):
                 traceback.print_exc()
             for mode in modes:
-                per_mode[mode][impl] = None
+                if keep_timed:
+                    per_mode[mode].setdefault(impl, None)
+                else:
+                    per_mode[mode][impl] = None
                 report.add({"case": case_name, "impl": impl, "mode": mode, "status": "error",
                             "error": msg})
         if device.type == "cuda":
