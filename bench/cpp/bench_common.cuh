@@ -190,6 +190,13 @@ inline float load_as_float(const void* p, size_t i, mmm::DType t) {
   return NAN;
 }
 
+// A host copy of `bytes` bytes of device memory (synchronous; only the checks use it).
+inline std::vector<unsigned char> to_host(const void* dev, size_t bytes) {
+  std::vector<unsigned char> h(bytes);
+  if (dev && bytes) MMM_CHECK_CUDA(cudaMemcpy(h.data(), dev, bytes, cudaMemcpyDeviceToHost));
+  return h;
+}
+
 // The check against a CPU twin: max |a - ref| / max |ref| over `count` elements of host copies,
 // inf on a non-finite value (a NaN would otherwise compare false and pass).
 inline double rel_err(const void* a, const void* ref, size_t count, mmm::DType t) {

@@ -40,12 +40,6 @@ const char* kUsage =
     "  --no-check 1  skip the comparison with the CPU twin\n"
     "  env MMM_COMMIT is recorded in the JSON as the commit.\n";
 
-std::vector<unsigned char> to_host(const void* dev, size_t bytes) {
-  std::vector<unsigned char> h(bytes);
-  if (dev && bytes) MMM_CHECK_CUDA(cudaMemcpy(h.data(), dev, bytes, cudaMemcpyDeviceToHost));
-  return h;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -85,11 +85,6 @@ std::vector<unsigned char> gather_rows(const void* dev, int64_t n, size_t es,
                               n * es, cudaMemcpyDeviceToHost));
   return h;
 }
-std::vector<unsigned char> to_host(const void* dev, size_t bytes) {
-  std::vector<unsigned char> h(bytes);
-  if (dev && bytes) MMM_CHECK_CUDA(cudaMemcpy(h.data(), dev, bytes, cudaMemcpyDeviceToHost));
-  return h;
-}
 
 }  // namespace
 
