@@ -58,11 +58,8 @@ Examples
 """
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -102,11 +99,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.config}/{dtype_name(self.dtype)}/{self.batch}x{self.heads}x{self.seqlen}"
-
-
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dt, str(dt))
+        return f"{self.config}/{common.dtype_name(self.dtype)}/{self.batch}x{self.heads}x{self.seqlen}"
 
 
 def flop_model(c: Case) -> dict[str, float]:
@@ -259,45 +252,36 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
              report: common.Report, peak: float | None) -> list[dict[str, Any]]:
     inp = make_inputs(c, device)
     fl = flop_model(c)
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
-    errs: dict[str, float] = {}
     ref = reference(c, inp)
-    for impl in impls:
-        try:
-            fn = make_impl(impl, c)
-            errs[impl] = common.max_rel_err(_fwd_bwd(fn, _slice(inp)), ref, torch.float64)
-            if impl == "triton" and not errs[impl] <= tolerance(c):
-                raise RuntimeError(f"the Triton peer failed its check against SDPA: rel err {errs[impl]:.1e} > "
-                                   f"{tolerance(c):.0e}; not timed")
-            run = runners(fn, inp)
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                rec = {"case": c.name, **{k: (dtype_name(v) if isinstance(v, torch.dtype) else v)
-                                          for k, v in asdict(c).items()},
-                       "impl": impl, "mode": mode, "flops": fl[mode], **t.summary(),
-                       "TFLOPs": fl[mode] / t.median_s / 1e12, "status": "ok",
-                       "check_rel_err": errs[impl], "check_tol": tolerance(c)}
-                if peak:
-                    rec["pct_peak"] = 100.0 * rec["TFLOPs"] / peak
-                report.add(rec)
-            del fn, run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            errs.pop(impl, None)
-            for mode in MODES:
-                per_mode[mode][impl] = None
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
+
+    def prepare(impl):
         if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # return the previous impl's cached blocks before this one allocates
+        fn = make_impl(impl, c)
+        err = common.max_rel_err(_fwd_bwd(fn, _slice(inp)), ref, torch.float64)
+        if impl == "triton" and not err <= tolerance(c):
+            raise RuntimeError(f"the Triton peer failed its check against SDPA: rel err {err:.1e} > "
+                               f"{tolerance(c):.0e}; not timed")
+        return runners(fn, inp), err
+
+    def record(impl, mode, t, err):
+        rec = {"case": c.name, **{k: (common.dtype_name(v) if isinstance(v, torch.dtype) else v)
+                                  for k, v in asdict(c).items()},
+               "impl": impl, "mode": mode, "flops": fl[mode], **t.summary(),
+               "TFLOPs": fl[mode] / t.median_s / 1e12, "status": "ok",
+               "check_rel_err": err, "check_tol": tolerance(c)}
+        if peak:
+            rec["pct_peak"] = 100.0 * rec["TFLOPs"] / peak
+        return rec
+
+    per_mode, errs = common.time_impls(c.name, impls, prepare, record, timer=timer, device=device,
+                                       report=report, modes=MODES)
+    # peer err covers timed impls only: drop the check error of one that failed while timed.
+    errs = {k: e for k, e in errs.items() if per_mode[MODES[0]].get(k) is not None}
     rows = []
     for mode in MODES:
         ts = per_mode[mode]
-        row: dict[str, Any] = {"config": c.config, "dtype": dtype_name(c.dtype), "B": c.batch, "H": c.heads,
+        row: dict[str, Any] = {"config": c.config, "dtype": common.dtype_name(c.dtype), "B": c.batch, "H": c.heads,
                                "S": c.seqlen, "mode": mode, "GFLOP": fl[mode] / 1e9}
         for impl in IMPLS:
             t = ts.get(impl)
@@ -323,9 +307,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             row["peer_err"] = max(peer_errs)
         rows.append(row)
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows
 
 

@@ -101,11 +101,6 @@ CHECKED = ("mmm", "mmm_unfused", "bmm", "einsum", "compile")  # same inputs, lay
 MODES = ("fwd", "fwd+bwd")
 
 
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-            torch.float64: "fp64"}.get(dt, str(dt))
-
-
 @dataclass(frozen=True)
 class Case:
     op: str                   # "block_diag" | "monarch"
@@ -138,7 +133,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return (f"{self.op}/{dtype_name(self.dtype)}/{self.tokens}x{self.in_features}"
+        return (f"{self.op}/{common.dtype_name(self.dtype)}/{self.tokens}x{self.in_features}"
                 f"/nb{self.nblocks}")
 
     @property
@@ -401,7 +396,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         dense = impl == "dense"
         flops = (fl_d if dense else fl)[mode]
         nbytes = (bm_d if dense else bm)[mode]
-        rec = {"case": c.name, "op": c.op, "dtype": dtype_name(c.dtype),
+        rec = {"case": c.name, "op": c.op, "dtype": common.dtype_name(c.dtype),
                "tokens": c.tokens, "in_features": c.in_features,
                "out_features": c.out_features, "w_shapes": [list(s) for s in c.w_shapes],
                "tier": c.tier, "impl": impl, "mode": mode, "flops": flops,
@@ -416,11 +411,11 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         return rec
 
     per_mode, errs = common.time_impls(c.name, impls, prepare, record, timer=timer, device=device,
-                                       report=report, keep_timed=True)
+                                       report=report, modes=MODES, keep_timed=True)
     rows_out = []
     for mode in MODES:
         ts = per_mode[mode]
-        row: dict[str, Any] = {"op": c.op, "dtype": dtype_name(c.dtype), "T": c.tokens,
+        row: dict[str, Any] = {"op": c.op, "dtype": common.dtype_name(c.dtype), "T": c.tokens,
                                "N": c.in_features, "M": c.out_features, "blocks": c.blocks,
                                "mode": mode, "GFLOP": fl[mode] / 1e9, "MB": bm[mode] / 1e6}
         for impl in IMPLS:

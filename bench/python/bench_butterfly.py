@@ -65,7 +65,6 @@ IMPLS = ("mmm", "loop", "dense")
 PEERS = ("loop", "dense")
 MODES = ("fwd", "fwd+bwd")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.complex64: 1e-5}
-NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.complex64: "c64", torch.float16: "fp16"}
 DENSE_MAX_N_WIDE = 8192  # fp32 / complex64 weights of 16384^2 take 1-2 GB
 
 
@@ -86,7 +85,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{NAMES[self.dtype]}/{self.rows}x{self.n}"
+        return f"{common.dtype_name(self.dtype)}/{self.rows}x{self.n}"
 
 
 def esize(dt: torch.dtype) -> int:
@@ -189,13 +188,13 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         del ref_run
         return run, errs
 
-    fields = {"dtype": NAMES[c.dtype], "rows": c.rows, "n": c.n, "tier": c.tier}
+    fields = {"dtype": common.dtype_name(c.dtype), "rows": c.rows, "n": c.n, "tier": c.tier}
     per_mode, errs = common.time_impls(
         c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
             c.name, fields, impl, mode, bm[mode], t, copy_bps, err[mode], TOL[c.dtype]),
-        timer=timer, device=device, report=report)
+        timer=timer, device=device, report=report, modes=MODES)
     rows_out = [common.peer_columns(
-        {"dtype": NAMES[c.dtype], "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}, per_mode[mode],
+        {"dtype": fields["dtype"], "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}, per_mode[mode],
         impls=IMPLS, peers=PEERS, nbytes=bm[mode], copy_bps=copy_bps, errs={k: e[mode] for k, e in errs.items()},
         tol=TOL[c.dtype]) for mode in MODES]
     del x, dy, w

@@ -141,7 +141,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
             c.name, {"op": c.op, "rows": c.rows, "n": c.n, "tier": c.tier}, impl, mode, bm[mode], t,
             copy_bps, err[mode], TOL),
-        timer=timer, device=device, report=report)
+        timer=timer, device=device, report=report, modes=MODES)
     rows_out = []
     for mode in MODES:
         ts = per_mode[mode]

@@ -68,10 +68,6 @@ CONV1D_MAX_N = 1024
 TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dt, str(dt))
-
-
 @dataclass(frozen=True)
 class Case:
     dtype: torch.dtype
@@ -84,7 +80,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{dtype_name(self.dtype)}/{self.b}x{self.h}x{self.n}{'' if self.gated else '/nogate'}"
+        return f"{common.dtype_name(self.dtype)}/{self.b}x{self.h}x{self.n}{'' if self.gated else '/nogate'}"
 
 
 def byte_model(c: Case) -> dict[str, int]:
@@ -201,13 +197,13 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         del got
         return runners(fn, inp), errs
 
-    fields = {"dtype": dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n, "gated": c.gated, "tier": c.tier}
+    fields = {"dtype": common.dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n, "gated": c.gated, "tier": c.tier}
     per_mode, errs = common.time_impls(
         c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
             c.name, fields, impl, mode, bm[mode], t, copy_bps, err[mode], TOL[c.dtype]),
-        timer=timer, device=device, report=report)
+        timer=timer, device=device, report=report, modes=MODES)
     rows_out = [common.peer_columns(
-        {"dtype": dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n, "gates": "y" if c.gated else "n",
+        {"dtype": common.dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n, "gates": "y" if c.gated else "n",
          "mode": mode, "MB": bm[mode] / 1e6}, per_mode[mode], impls=IMPLS, peers=PEERS, nbytes=bm[mode],
         copy_bps=copy_bps, errs={k: e[mode] for k, e in errs.items()}, tol=TOL[c.dtype]) for mode in MODES]
     del inp, ref

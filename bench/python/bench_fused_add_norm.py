@@ -88,16 +88,12 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.config}/{dtype_name(self.dtype)}/{self.rows}x{self.n}"
+        return f"{self.config}/{common.dtype_name(self.dtype)}/{self.rows}x{self.n}"
 
     def kwargs(self) -> dict[str, Any]:
         return dict(eps=self.eps, rms=self.rms, activation=self.activation,
                     dropout_p=self.dropout_p, prenorm=self.prenorm,
                     residual_in_fp32=self.residual_in_fp32)
-
-
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dt, str(dt))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,7 +296,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         return run, {m: common.max_rel_err(run[m](), ref[m], torch.float32) for m in MODES}
 
     def record(impl, mode, t, err):
-        rec = {"case": c.name, **{k: (dtype_name(v) if isinstance(v, torch.dtype) else v)
+        rec = {"case": c.name, **{k: (common.dtype_name(v) if isinstance(v, torch.dtype) else v)
                                   for k, v in asdict(c).items()},
                "impl": impl, "mode": mode, "bytes": bm[mode], **t.summary(),
                "GBps": bm[mode] / t.median_s / 1e9,
@@ -312,10 +308,10 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         return rec
 
     per_mode, errs = common.time_impls(c.name, impls, prepare, record, timer=timer, device=device,
-                                       report=report, keep_timed=True)
+                                       report=report, modes=MODES, keep_timed=True)
     for mode in MODES:
         ts = per_mode[mode]
-        row: dict[str, Any] = {"config": c.config, "dtype": dtype_name(c.dtype), "rows": c.rows,
+        row: dict[str, Any] = {"config": c.config, "dtype": common.dtype_name(c.dtype), "rows": c.rows,
                                "N": c.n, "mode": mode, "MB": bm[mode] / 1e6}
         for impl in IMPLS:
             t = ts.get(impl)

@@ -75,11 +75,6 @@ DENSE_MAX_N = {"cuda": 8192, "cpu": 4096}
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-            torch.float64: "fp64"}.get(dt, str(dt))
-
-
 def pow2_ceil(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -102,7 +97,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{dtype_name(self.dtype)}/{self.rows}x{self.n}"
+        return f"{common.dtype_name(self.dtype)}/{self.rows}x{self.n}"
 
 
 def byte_model(c: Case) -> dict[str, int]:
@@ -230,14 +225,14 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             del got
         return run, errs
 
-    fields = {"dtype": dtype_name(c.dtype), "rows": c.rows, "n": c.n, "padded_n": c.m,
+    fields = {"dtype": common.dtype_name(c.dtype), "rows": c.rows, "n": c.n, "padded_n": c.m,
               "scale": c.scale, "tier": c.tier}
     per_mode, errs = common.time_impls(
         c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
             c.name, fields, impl, mode, bm[mode], t, copy_bps, err[mode], TOL[c.dtype]),
-        timer=timer, device=device, report=report)
+        timer=timer, device=device, report=report, modes=MODES)
     rows_out = [common.peer_columns(
-        {"dtype": dtype_name(c.dtype), "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6},
+        {"dtype": common.dtype_name(c.dtype), "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6},
         per_mode[mode], impls=IMPLS, peers=PEERS, nbytes=bm[mode], copy_bps=copy_bps,
         errs={k: e[mode] for k, e in errs.items()}, tol=TOL[c.dtype]) for mode in MODES]
     del inp, ref

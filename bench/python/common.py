@@ -427,6 +427,12 @@ def print_table(rows: Iterable[dict[str, Any]],
     out.flush()
 
 
+def dtype_name(dt: torch.dtype) -> str:
+    """The short dtype names of case names, tables and JSON records."""
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+            torch.float64: "fp64", torch.complex64: "c64"}.get(dt, str(dt))
+
+
 def describe_env(env: dict[str, Any], copy_bw: dict[str, Any] | None) -> str:
     bw = f"{copy_bw['GBps']:.0f} GB/s" if copy_bw else "n/a"
     mmm = env["mmm"]
@@ -516,9 +522,6 @@ def run_cases(cases: Sequence[Any], run_one: Callable[[Any], list], *, args: arg
 # ------------------------------------------------------------------------------------------------
 # One case: check, time, record, summarise
 # ------------------------------------------------------------------------------------------------
-MODES = ("fwd", "fwd+bwd")
-
-
 def runners(fn: Callable, inputs: Sequence[torch.Tensor | None],
             dy: torch.Tensor) -> dict[str, Callable[[], Any]]:
     """``fwd``: fn(*inputs) under no_grad; ``fwd+bwd``: (y, *grads of every non-None input).
@@ -561,7 +564,7 @@ def max_rel_err(a: Any, b: Any, dtype: torch.dtype | None = None) -> float:
 def time_impls(case_name: str, impls: Sequence[str],
                prepare: Callable[[str], tuple[dict[str, Callable[[], Any]], Any]],
                record: Callable[[str, str, Timing, Any], dict[str, Any]], *, timer: Timer,
-               device: torch.device, report: Report, modes: Sequence[str] = MODES,
+               device: torch.device, report: Report, modes: Sequence[str],
                keep_timed: bool = False) -> tuple[dict[str, dict[str, Timing | None]], dict]:
     """Checks and times every impl of one case.
 
