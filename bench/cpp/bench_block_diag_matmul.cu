@@ -154,21 +154,10 @@ std::vector<unsigned char> gather_cols(const void* src, int64_t rs, int64_t col0
 // The CPU twin over a whole descriptor (single-threaded).
 void cpu_gemm(const BlockGemm& g) { mmm::block_gemm_cpu(g, 0, mmm::block_gemm_cpu_tasks(g)); }
 
-// max |a - ref| / max |ref| over `count` elements (inf on a non-finite value).
-double rel_err(const unsigned char* a, const unsigned char* ref, size_t count, DType t) {
-  double max_diff = 0, max_ref = 0;
-  for (size_t i = 0; i < count; ++i) {
-    const double x = load_as_float(a, i, t), y = load_as_float(ref, i, t);
-    if (!std::isfinite(x) || !std::isfinite(y)) return INFINITY;
-    max_diff = std::max(max_diff, std::fabs(x - y));
-    max_ref = std::max(max_ref, std::fabs(y));
-  }
-  return max_diff / (max_ref > 0 ? max_ref : 1.0);
-}
 double rel_err(const std::vector<unsigned char>& a, const std::vector<unsigned char>& ref, DType t,
                size_t es) {
   if (a.size() != ref.size()) return INFINITY;
-  return rel_err(a.data(), ref.data(), a.size() / es, t);
+  return mmm_bench::rel_err(a.data(), ref.data(), a.size() / es, t);
 }
 
 }  // namespace

@@ -190,6 +190,26 @@ inline float load_as_float(const void* p, size_t i, mmm::DType t) {
   return NAN;
 }
 
+// A host copy of `bytes` bytes of device memory (synchronous; only the checks use it).
+inline std::vector<unsigned char> to_host(const void* dev, size_t bytes) {
+  std::vector<unsigned char> h(bytes);
+  if (dev && bytes) MMM_CHECK_CUDA(cudaMemcpy(h.data(), dev, bytes, cudaMemcpyDeviceToHost));
+  return h;
+}
+
+// The check against a CPU twin: max |a - ref| / max |ref| over `count` elements of host copies,
+// inf on a non-finite value (a NaN would otherwise compare false and pass).
+inline double rel_err(const void* a, const void* ref, size_t count, mmm::DType t) {
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const double x = load_as_float(a, i, t), y = load_as_float(ref, i, t);
+    if (!std::isfinite(x) || !std::isfinite(y)) return INFINITY;
+    max_diff = std::max(max_diff, std::fabs(x - y));
+    max_ref = std::max(max_ref, std::fabs(y));
+  }
+  return max_diff / (max_ref > 0 ? max_ref : 1.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Device facts, L2 flush, timing
 // ---------------------------------------------------------------------------------------------
@@ -311,6 +331,26 @@ struct Args {
     return def;
   }
 };
+
+// "a,b,c" -> {a, b, c} for a list option such as --n; exits 2 on an item that is not positive or
+// that `valid` rejects, naming the option and what `need`s to hold.
+inline std::vector<int64_t> parse_list(const std::string& s, const char* option = "--n",
+                                       bool (*valid)(long long) = nullptr, const char* need = "") {
+  std::vector<int64_t> v;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    long long x = std::atoll(s.substr(i, j - i).c_str());
+    if (x <= 0 || (valid && !valid(x))) {
+      std::fprintf(stderr, "bad %s %s%s\n", option, s.c_str(), need);
+      std::exit(2);
+    }
+    v.push_back(x);
+    i = j + 1;
+  }
+  return v;
+}
 
 // ---------------------------------------------------------------------------------------------
 // JSON and table output

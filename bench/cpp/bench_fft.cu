@@ -48,20 +48,6 @@ struct Case {
 
 const char* kind_name(FftKind k) { return k == FftKind::kC2C ? "fft" : "rfft"; }
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> v;
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    long long x = std::atoll(s.substr(i, j - i).c_str());
-    if (x < 2 || (x & (x - 1))) { std::fprintf(stderr, "bad --n %s (powers of two >= 2)\n", s.c_str()); std::exit(2); }
-    v.push_back(x);
-    i = j + 1;
-  }
-  return v;
-}
-
 int ilog2(int64_t v) {
   int l = 0;
   while ((int64_t(1) << l) < v) ++l;
@@ -77,7 +63,9 @@ int main(int argc, char** argv) {
   std::vector<int64_t> ns;
   if (args.quick) ns = {256, 4096, 65536};
   else for (int l = 8; l <= 16; ++l) ns.push_back(int64_t(1) << l);
-  if (args.get("--n", "") != "") ns = parse_list(args.get("--n", ""));
+  if (args.get("--n", "") != "")
+    ns = parse_list(args.get("--n", ""), "--n", [](long long x) { return x >= 2 && !(x & (x - 1)); },
+                    " (powers of two >= 2)");
   const int64_t x_bytes = int64_t(args.quick ? 32 : 128) << 20;
 
   const DeviceInfo dev = device_info();

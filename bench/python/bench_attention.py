@@ -58,12 +58,8 @@ Examples
 """
 from __future__ import annotations
 
-import gc
-import math
-import os
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -103,11 +99,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.config}/{dtype_name(self.dtype)}/{self.batch}x{self.heads}x{self.seqlen}"
-
-
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dt, str(dt))
+        return f"{self.config}/{common.dtype_name(self.dtype)}/{self.batch}x{self.heads}x{self.seqlen}"
 
 
 def flop_model(c: Case) -> dict[str, float]:
@@ -253,18 +245,6 @@ def reference(c: Case, inp: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         torch.set_float32_matmul_precision(prev)
 
 
-def max_rel_err(got, want) -> float:
-    worst = 0.0
-    for a, b in zip(got, want):
-        a, b = a.detach().double(), b.detach().double()
-        if a.shape != b.shape:
-            return float("inf")
-        denom = b.abs().max().item() if b.numel() else 0.0
-        err = (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
-        worst = max(worst, err if math.isfinite(err) else float("inf"))
-    return worst
-
-
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -272,45 +252,36 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
              report: common.Report, peak: float | None) -> list[dict[str, Any]]:
     inp = make_inputs(c, device)
     fl = flop_model(c)
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
-    errs: dict[str, float] = {}
     ref = reference(c, inp)
-    for impl in impls:
-        try:
-            fn = make_impl(impl, c)
-            errs[impl] = max_rel_err(_fwd_bwd(fn, _slice(inp)), ref)
-            if impl == "triton" and not errs[impl] <= tolerance(c):
-                raise RuntimeError(f"the Triton peer failed its check against SDPA: rel err {errs[impl]:.1e} > "
-                                   f"{tolerance(c):.0e}; not timed")
-            run = runners(fn, inp)
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                rec = {"case": c.name, **{k: (dtype_name(v) if isinstance(v, torch.dtype) else v)
-                                          for k, v in asdict(c).items()},
-                       "impl": impl, "mode": mode, "flops": fl[mode], **t.summary(),
-                       "TFLOPs": fl[mode] / t.median_s / 1e12, "status": "ok",
-                       "check_rel_err": errs[impl], "check_tol": tolerance(c)}
-                if peak:
-                    rec["pct_peak"] = 100.0 * rec["TFLOPs"] / peak
-                report.add(rec)
-            del fn, run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            errs.pop(impl, None)
-            for mode in MODES:
-                per_mode[mode][impl] = None
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
+
+    def prepare(impl):
         if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # return the previous impl's cached blocks before this one allocates
+        fn = make_impl(impl, c)
+        err = common.max_rel_err(_fwd_bwd(fn, _slice(inp)), ref, torch.float64)
+        if impl == "triton" and not err <= tolerance(c):
+            raise RuntimeError(f"the Triton peer failed its check against SDPA: rel err {err:.1e} > "
+                               f"{tolerance(c):.0e}; not timed")
+        return runners(fn, inp), err
+
+    def record(impl, mode, t, err):
+        rec = {"case": c.name, **{k: (common.dtype_name(v) if isinstance(v, torch.dtype) else v)
+                                  for k, v in asdict(c).items()},
+               "impl": impl, "mode": mode, "flops": fl[mode], **t.summary(),
+               "TFLOPs": fl[mode] / t.median_s / 1e12, "status": "ok",
+               "check_rel_err": err, "check_tol": tolerance(c)}
+        if peak:
+            rec["pct_peak"] = 100.0 * rec["TFLOPs"] / peak
+        return rec
+
+    per_mode, errs = common.time_impls(c.name, impls, prepare, record, timer=timer, device=device,
+                                       report=report, modes=MODES)
+    # peer err covers timed impls only: drop the check error of one that failed while timed.
+    errs = {k: e for k, e in errs.items() if per_mode[MODES[0]].get(k) is not None}
     rows = []
     for mode in MODES:
         ts = per_mode[mode]
-        row: dict[str, Any] = {"config": c.config, "dtype": dtype_name(c.dtype), "B": c.batch, "H": c.heads,
+        row: dict[str, Any] = {"config": c.config, "dtype": common.dtype_name(c.dtype), "B": c.batch, "H": c.heads,
                                "S": c.seqlen, "mode": mode, "GFLOP": fl[mode] / 1e9}
         for impl in IMPLS:
             t = ts.get(impl)
@@ -336,9 +307,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             row["peer_err"] = max(peer_errs)
         rows.append(row)
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows
 
 
@@ -353,13 +322,8 @@ def columns(impls: list[str]) -> list[tuple[str, str, str]]:
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """TFLOP/s against sequence length, one panel per (mode, head dim, causal)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as e:  # noqa: BLE001
-        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+    plt = common.pyplot()
+    if plt is None:
         return
     recs = [r for r in report.records if r.get("status") == "ok"]
     configs = sorted({(r["head_dim"], r["causal"], r["dtype"]) for r in recs})
@@ -387,11 +351,7 @@ def plot(report: common.Report, impls: list[str], path: Path) -> None:
             ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(common.describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote plot {path}")
+    common.save_plot(fig, report, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 "out, dq, dk, dv on one batch element and two heads."),
         t_start=t_start)
     if args.plot is not None or device.type == "cuda":
-        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_attention.png"))
+        path = common.plot_path(args, "bench_attention.png")
         plot(report, impls, path)
     return rc
 

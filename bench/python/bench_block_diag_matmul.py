@@ -81,12 +81,10 @@ Examples
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -101,11 +99,6 @@ IMPLS = ("mmm", "mmm_unfused", "bmm", "bmm_nt", "einsum", "compile", "dense")
 PEERS = ("bmm", "einsum", "compile")
 CHECKED = ("mmm", "mmm_unfused", "bmm", "einsum", "compile")  # same inputs, layout and outputs as mmm
 MODES = ("fwd", "fwd+bwd")
-
-
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-            torch.float64: "fp64"}.get(dt, str(dt))
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return (f"{self.op}/{dtype_name(self.dtype)}/{self.tokens}x{self.in_features}"
+        return (f"{self.op}/{common.dtype_name(self.dtype)}/{self.tokens}x{self.in_features}"
                 f"/nb{self.nblocks}")
 
     @property
@@ -358,22 +351,6 @@ def runners(impl: str, c: Case, inp: dict[str, Any]) -> dict[str, Callable[[], A
     raise ValueError(impl)
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().float(), b.detach().float()
-    if a.shape != b.shape:
-        return float("inf")
-    denom = b.abs().max().item() if b.numel() else 0.0
-    return (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
-def max_rel_err(a: Any, b: Any) -> float:
-    a = list(a) if isinstance(a, (tuple, list)) else [a]
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    if len(a) != len(b):
-        return float("inf")
-    return max(rel_err(x, y) for x, y in zip(a, b))
-
-
 def tolerance(c: Case) -> float:
     """Bound on max |mmm - ref| / max |ref| over the output and every gradient."""
     return {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}[c.dtype]
@@ -400,55 +377,45 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     inp = make_inputs(c, device)
     fl, bm = flop_model(c), byte_model(c)
     fl_d, bm_d = flop_model(c, dense=True), byte_model(c, dense=True)
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
     ref = reference(c, inp) if any(i in CHECKED for i in impls) else None
-    errs: dict[str, dict[str, float]] = {}
-    for impl in impls:
-        try:
-            run = runners(impl, c, inp)
-            if run is None:
-                continue
-            if ref is not None and impl in CHECKED:
-                errs[impl] = {}
-                for m in MODES:
-                    got = run[m]()
-                    errs[impl][m] = max_rel_err(got, ref[m])
-                    del got
-            dense = impl == "dense"
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                flops = (fl_d if dense else fl)[mode]
-                nbytes = (bm_d if dense else bm)[mode]
-                rec = {"case": c.name, "op": c.op, "dtype": dtype_name(c.dtype),
-                       "tokens": c.tokens, "in_features": c.in_features,
-                       "out_features": c.out_features, "w_shapes": [list(s) for s in c.w_shapes],
-                       "tier": c.tier, "impl": impl, "mode": mode, "flops": flops,
-                       "bytes": nbytes, **t.summary(),
-                       "TFLOPs": flops / t.median_s / 1e12,
-                       "GBps": nbytes / t.median_s / 1e9,
-                       "pct_copy_bw": 100.0 * nbytes / t.median_s / copy_bps,
-                       "status": "ok"}
-                if impl in errs:
-                    rec["check_rel_err"] = errs[impl][mode]
-                    rec["check_tol"] = tolerance(c)
-                report.add(rec)
-            del run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            for mode in MODES:
-                per_mode[mode].setdefault(impl, None)
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error",
-                            "error": msg})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+
+    def prepare(impl):
+        run = runners(impl, c, inp)
+        if run is None:
+            return None
+        if ref is None or impl not in CHECKED:
+            return run, None
+        errs = {}
+        for m in MODES:
+            got = run[m]()
+            errs[m] = common.max_rel_err(got, ref[m], torch.float32)
+            del got
+        return run, errs
+
+    def record(impl, mode, t, err):
+        dense = impl == "dense"
+        flops = (fl_d if dense else fl)[mode]
+        nbytes = (bm_d if dense else bm)[mode]
+        rec = {"case": c.name, "op": c.op, "dtype": common.dtype_name(c.dtype),
+               "tokens": c.tokens, "in_features": c.in_features,
+               "out_features": c.out_features, "w_shapes": [list(s) for s in c.w_shapes],
+               "tier": c.tier, "impl": impl, "mode": mode, "flops": flops,
+               "bytes": nbytes, **t.summary(),
+               "TFLOPs": flops / t.median_s / 1e12,
+               "GBps": nbytes / t.median_s / 1e9,
+               "pct_copy_bw": 100.0 * nbytes / t.median_s / copy_bps,
+               "status": "ok"}
+        if err is not None:
+            rec["check_rel_err"] = err[mode]
+            rec["check_tol"] = tolerance(c)
+        return rec
+
+    per_mode, errs = common.time_impls(c.name, impls, prepare, record, timer=timer, device=device,
+                                       report=report, modes=MODES, keep_timed=True)
     rows_out = []
     for mode in MODES:
         ts = per_mode[mode]
-        row: dict[str, Any] = {"op": c.op, "dtype": dtype_name(c.dtype), "T": c.tokens,
+        row: dict[str, Any] = {"op": c.op, "dtype": common.dtype_name(c.dtype), "T": c.tokens,
                                "N": c.in_features, "M": c.out_features, "blocks": c.blocks,
                                "mode": mode, "GFLOP": fl[mode] / 1e9, "MB": bm[mode] / 1e6}
         for impl in IMPLS:
@@ -491,9 +458,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             row["peer_err"] = max(peer_errs)
         rows_out.append(row)
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows_out
 
 

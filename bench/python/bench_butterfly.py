@@ -48,15 +48,12 @@ Examples
 """
 from __future__ import annotations
 
-import gc
 import math
-import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +65,6 @@ IMPLS = ("mmm", "loop", "dense")
 PEERS = ("loop", "dense")
 MODES = ("fwd", "fwd+bwd")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.complex64: 1e-5}
-NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.complex64: "c64", torch.float16: "fp16"}
 DENSE_MAX_N_WIDE = 8192  # fp32 / complex64 weights of 16384^2 take 1-2 GB
 
 
@@ -89,7 +85,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{NAMES[self.dtype]}/{self.rows}x{self.n}"
+        return f"{common.dtype_name(self.dtype)}/{self.rows}x{self.n}"
 
 
 def esize(dt: torch.dtype) -> int:
@@ -163,29 +159,6 @@ def make_impl(impl: str, c: Case, w: dict[str, torch.Tensor], device: torch.devi
     raise ValueError(impl)
 
 
-def runners(fn: Callable, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    def run_fwd():
-        with torch.no_grad():
-            return fn(x, weight)
-
-    xl = x.detach().requires_grad_(True)
-    wl = weight.detach().requires_grad_(True)
-
-    def run_fwdbwd():
-        y = fn(xl, wl)
-        return (y, *torch.autograd.grad(y, (xl, wl), dy))
-
-    return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    hi = torch.complex128 if b.is_complex() else torch.float64
-    denom = b.abs().max().item() if b.numel() else 0.0
-    return (a.detach().to(hi) - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
 def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Timer, copy_bps: float,
              report: common.Report) -> list[dict[str, Any]]:
     g = torch.Generator(device=device)
@@ -199,85 +172,40 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     x, dy = x.to(c.dtype), dy.to(c.dtype)
     w = make_weights(c, device, g)
     bm = byte_model(c)
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
-    errs: dict[str, dict[str, float]] = {}
     hi = torch.complex128 if c.dtype.is_complex else torch.float64
-    for impl in impls:
-        try:
-            fn, weight = make_impl(impl, c, w, device)
-            run = runners(fn, x, weight, dy)
-            # The reference: the same function (same weight) in float64 / complex128.
-            ref_fn = butterfly_loop if impl != "dense" else (lambda a, W: F.linear(a, W))
-            ref_run = runners(ref_fn, x.to(hi), weight.to(hi), dy.to(hi))
-            errs[impl] = {}
-            for mode in MODES:
-                got, want = run[mode](), ref_run[mode]()
-                got = got if isinstance(got, tuple) else (got,)
-                want = want if isinstance(want, tuple) else (want,)
-                errs[impl][mode] = max(rel_err(a, b) for a, b in zip(got, want))
-                del got, want
-            del ref_run
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                report.add({"case": c.name, "dtype": NAMES[c.dtype], "rows": c.rows, "n": c.n, "tier": c.tier,
-                            "impl": impl, "mode": mode, "bytes": bm[mode], **t.summary(),
-                            "GBps": bm[mode] / t.median_s / 1e9,
-                            "pct_copy_bw": 100.0 * bm[mode] / t.median_s / copy_bps,
-                            "check_rel_err": errs[impl][mode], "check_tol": TOL[c.dtype], "status": "ok"})
-            del run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            for mode in MODES:
-                per_mode[mode][impl] = None
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    rows_out = []
-    for mode in MODES:
-        ts = per_mode[mode]
-        row: dict[str, Any] = {"dtype": NAMES[c.dtype], "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}
-        for impl in IMPLS:
-            t = ts.get(impl)
-            row[f"{impl}_us"] = t.median_s * 1e6 if t else None
-        m = ts.get("mmm")
-        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
-        if m:
-            row["mmm_GBps"] = bm[mode] / m.median_s / 1e9
-            row["mmm_pct"] = 100.0 * bm[mode] / m.median_s / copy_bps
-        if peers:
-            best = min(peers, key=lambda k: peers[k].median_s)
-            row["best_peer"] = best
-            if m:
-                row["speedup"] = peers[best].median_s / m.median_s
-        if "mmm" in ts and ts["mmm"] is None:
-            row["check"] = "error"
-        elif "mmm" in errs and mode in errs["mmm"]:
-            e = errs["mmm"][mode]
-            row["check"] = "ok" if e <= TOL[c.dtype] else f"FAIL {e:.1e}"
-            row["mmm_err"] = e
-        else:
-            row["check"] = "-"
-        rows_out.append(row)
+
+    def prepare(impl):
+        fn, weight = make_impl(impl, c, w, device)
+        run = common.runners(fn, [x, weight], dy)
+        # The reference: the same function (same weight) in float64 / complex128.
+        ref_fn = butterfly_loop if impl != "dense" else (lambda a, W: F.linear(a, W))
+        ref_run = common.runners(ref_fn, [x.to(hi), weight.to(hi)], dy.to(hi))
+        errs = {}
+        for mode in MODES:
+            got, want = run[mode](), ref_run[mode]()
+            errs[mode] = common.max_rel_err(got, want)
+            del got, want
+        del ref_run
+        return run, errs
+
+    fields = {"dtype": common.dtype_name(c.dtype), "rows": c.rows, "n": c.n, "tier": c.tier}
+    per_mode, errs = common.time_impls(
+        c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
+            c.name, fields, impl, mode, bm[mode], t, copy_bps, err[mode], TOL[c.dtype]),
+        timer=timer, device=device, report=report, modes=MODES)
+    rows_out = [common.peer_columns(
+        {"dtype": fields["dtype"], "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}, per_mode[mode],
+        impls=IMPLS, peers=PEERS, nbytes=bm[mode], copy_bps=copy_bps, errs={k: e[mode] for k, e in errs.items()},
+        tol=TOL[c.dtype]) for mode in MODES]
     del x, dy, w
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows_out
 
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """GB/s against n, one panel per (dtype, mode)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as e:  # noqa: BLE001
-        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+    plt = common.pyplot()
+    if plt is None:
         return
     recs = [r for r in report.records if r.get("status") == "ok"]
     panels = sorted({(r["dtype"], r["mode"]) for r in recs})
@@ -338,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max|ref| against the same function in float64."),
         t_start=t_start)
     if args.plot or args.out or device.type == "cuda":
-        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_butterfly.png"))
+        path = common.plot_path(args, "bench_butterfly.png")
         plot(report, impls, path)
     return rc
 

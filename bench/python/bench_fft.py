@@ -39,11 +39,8 @@ Examples
 """
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -103,20 +100,6 @@ def make_impl(impl: str, op: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise ValueError(impl)
 
 
-def runners(fn: Callable, x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    def run_fwd():
-        with torch.no_grad():
-            return fn(x)
-
-    leaf = x.detach().requires_grad_(True)
-
-    def run_fwdbwd():
-        y = fn(leaf)
-        return (y, *torch.autograd.grad(y, leaf, dy))
-
-    return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
-
-
 def make_inputs(c: Case, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
@@ -136,22 +119,9 @@ def reference(c: Case, inp: dict[str, torch.Tensor]) -> dict[str, Any]:
     """torch.fft in complex128 / float64 on a slice of the rows (the check, not the timing)."""
     rows = min(c.rows, 64)
     x = inp["x"][:rows].to(torch.complex128 if c.op == "fft" else torch.float64)
-    run = runners(make_impl("torch", c.op), x, inp["dy"][:rows].to(torch.complex128))
+    run = common.runners(make_impl("torch", c.op), [x], inp["dy"][:rows].to(torch.complex128))
     y, dx = run["fwd+bwd"]()
     return {"rows": rows, "fwd": y.detach(), "fwd+bwd": (y.detach(), dx)}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    denom = b.abs().max().item() if b.numel() else 0.0
-    return (a.detach().to(b.dtype) - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
-def max_rel_err(a: Any, b: Any) -> float:
-    a = list(a) if isinstance(a, (tuple, list)) else [a]
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    return max(rel_err(x, y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
 
 
 def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Timer, copy_bps: float,
@@ -160,63 +130,29 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     bm = byte_model(c)
     ref = reference(c, inp)
     r = ref["rows"]
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
-    errs: dict[str, dict[str, float]] = {}
-    for impl in impls:
-        try:
-            fn = make_impl(impl, c.op)
-            check = runners(fn, inp["x"][:r], inp["dy"][:r])
-            errs[impl] = {mode: max_rel_err(check[mode](), ref[mode]) for mode in MODES}
-            run = runners(fn, inp["x"], inp["dy"])
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                report.add({"case": c.name, "op": c.op, "rows": c.rows, "n": c.n, "tier": c.tier, "impl": impl,
-                            "mode": mode, "bytes": bm[mode], **t.summary(), "GBps": bm[mode] / t.median_s / 1e9,
-                            "pct_copy_bw": 100.0 * bm[mode] / t.median_s / copy_bps,
-                            "check_rel_err": errs[impl][mode], "check_tol": TOL, "status": "ok"})
-            del run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            for mode in MODES:
-                per_mode[mode][impl] = None
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+
+    def prepare(impl):
+        fn = make_impl(impl, c.op)
+        check = common.runners(fn, [inp["x"][:r]], inp["dy"][:r])
+        errs = {mode: common.max_rel_err(check[mode](), ref[mode]) for mode in MODES}
+        return common.runners(fn, [inp["x"]], inp["dy"]), errs
+
+    per_mode, errs = common.time_impls(
+        c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
+            c.name, {"op": c.op, "rows": c.rows, "n": c.n, "tier": c.tier}, impl, mode, bm[mode], t,
+            copy_bps, err[mode], TOL),
+        timer=timer, device=device, report=report, modes=MODES)
     rows_out = []
     for mode in MODES:
         ts = per_mode[mode]
-        row: dict[str, Any] = {"op": c.op, "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}
-        for impl in IMPLS:
-            t = ts.get(impl)
-            row[f"{impl}_us"] = t.median_s * 1e6 if t else None
-            if t:
-                row[f"{impl}_GBps"] = bm[mode] / t.median_s / 1e9
-        m = ts.get("mmm")
-        if m:
-            row["mmm_pct"] = 100.0 * bm[mode] / m.median_s / copy_bps
-        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
-        if peers and m:
-            best = min(peers, key=lambda k: peers[k].median_s)
-            row["speedup"] = peers[best].median_s / m.median_s
-        if "mmm" in ts and ts["mmm"] is None:
-            row["check"] = "error"
-        elif "mmm" in errs:
-            err = errs["mmm"][mode]
-            row["check"] = "ok" if err <= TOL else f"FAIL {err:.1e}"
-            row["mmm_err"] = err
-        else:
-            row["check"] = "-"
-        if "torch" in errs:
-            row["peer_err"] = errs["torch"][mode]
+        row = common.peer_columns(
+            {"op": c.op, "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6}, ts, impls=IMPLS,
+            peers=PEERS, nbytes=bm[mode], copy_bps=copy_bps, errs={k: e[mode] for k, e in errs.items()}, tol=TOL)
+        if ts.get("torch"):
+            row["torch_GBps"] = bm[mode] / ts["torch"].median_s / 1e9
         rows_out.append(row)
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows_out
 
 
@@ -230,13 +166,8 @@ COLUMNS = [
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """GB/s against n, one panel per (op, mode), one line per impl."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as e:  # noqa: BLE001
-        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+    plt = common.pyplot()
+    if plt is None:
         return
     recs = [r for r in report.records if r.get("status") == "ok"]
     if not recs:
@@ -259,11 +190,7 @@ def plot(report: common.Report, impls: list[str], path: Path) -> None:
             ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(common.describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote plot {path}")
+    common.save_plot(fig, report, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 "relative to the measured copy bandwidth; err = max|a - ref| / max|ref| against torch.fft in float64."),
         t_start=t_start)
     if args.plot is not None or device.type == "cuda":
-        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_fft.png"))
+        path = common.plot_path(args, "bench_fft.png")
         plot(report, impls, path)
     return rc
 

@@ -49,11 +49,8 @@ Examples
 """
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -71,10 +68,6 @@ CONV1D_MAX_N = 1024
 TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dt, str(dt))
-
-
 @dataclass(frozen=True)
 class Case:
     dtype: torch.dtype
@@ -87,7 +80,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{dtype_name(self.dtype)}/{self.b}x{self.h}x{self.n}{'' if self.gated else '/nogate'}"
+        return f"{common.dtype_name(self.dtype)}/{self.b}x{self.h}x{self.n}{'' if self.gated else '/nogate'}"
 
 
 def byte_model(c: Case) -> dict[str, int]:
@@ -170,20 +163,7 @@ def make_inputs(c: Case, device: torch.device, seed: int = 0) -> dict[str, Any]:
 
 
 def runners(fn: Callable, inp: dict[str, Any]) -> dict[str, Callable[[], Any]]:
-    args = [inp[k] for k in ("u", "k", "bias", "pre", "post")]
-
-    def run_fwd():
-        with torch.no_grad():
-            return fn(*args)
-
-    leaves = [a.detach().requires_grad_(True) if a is not None else None for a in args]
-    want = [a for a in leaves if a is not None]
-
-    def run_fwdbwd():
-        y = fn(*leaves)
-        return (y, *torch.autograd.grad(y, want, inp["dy"]))
-
-    return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
+    return common.runners(fn, [inp[k] for k in ("u", "k", "bias", "pre", "post")], inp["dy"])
 
 
 def reference(c: Case, inp: dict[str, Any]) -> dict[str, Any]:
@@ -201,21 +181,6 @@ def check_outputs(fn: Callable, inp: dict[str, Any]) -> dict[str, Any]:
     return {"fwd": run["fwd"](), "fwd+bwd": run["fwd+bwd"]()}
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    denom = b.abs().max().item() if b.numel() else 0.0
-    return (a.detach().double() - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
-def max_rel_err(a: Any, b: Any) -> float:
-    a = list(a) if isinstance(a, (tuple, list)) else [a]
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    if len(a) != len(b):
-        return float("inf")
-    return max(rel_err(x, y) for x, y in zip(a, b))
-
-
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -224,68 +189,25 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     inp = make_inputs(c, device)
     bm = byte_model(c)
     ref = reference(c, inp)
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
-    errs: dict[str, dict[str, float]] = {}
-    for impl in impls:
-        try:
-            fn = make_impl(impl)
-            got = check_outputs(fn, inp)
-            errs[impl] = {m: max_rel_err(got[m], ref[m]) for m in MODES}
-            del got
-            run = runners(fn, inp)
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                report.add({"case": c.name, "dtype": dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n,
-                            "gated": c.gated, "tier": c.tier, "impl": impl, "mode": mode, "bytes": bm[mode],
-                            **t.summary(), "GBps": bm[mode] / t.median_s / 1e9,
-                            "pct_copy_bw": 100.0 * bm[mode] / t.median_s / copy_bps,
-                            "check_rel_err": errs[impl][mode], "check_tol": TOL[c.dtype], "status": "ok"})
-            del run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            for mode in MODES:
-                per_mode[mode][impl] = None
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error", "error": msg})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    rows_out = []
-    for mode in MODES:
-        ts = per_mode[mode]
-        row: dict[str, Any] = {"dtype": dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n,
-                               "gates": "y" if c.gated else "n", "mode": mode, "MB": bm[mode] / 1e6}
-        for impl in IMPLS:
-            t = ts.get(impl)
-            row[f"{impl}_us"] = t.median_s * 1e6 if t else None
-        m = ts.get("mmm")
-        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
-        if m:
-            row["mmm_GBps"] = bm[mode] / m.median_s / 1e9
-            row["mmm_pct"] = 100.0 * bm[mode] / m.median_s / copy_bps
-        if peers:
-            best = min(peers, key=lambda k: peers[k].median_s)
-            row["best_peer"] = best
-            if m:
-                row["speedup"] = peers[best].median_s / m.median_s
-        if "mmm" in ts and ts["mmm"] is None:
-            row["check"] = "error"
-        elif "mmm" in errs:
-            err = errs["mmm"][mode]
-            row["check"] = "ok" if err <= TOL[c.dtype] else f"FAIL {err:.1e}"
-            row["mmm_err"] = err
-        else:
-            row["check"] = "-"
-        peer_errs = [errs[k][mode] for k in PEERS if mode in errs.get(k, {})]
-        if peer_errs:
-            row["peer_err"] = max(peer_errs)
-        rows_out.append(row)
+
+    def prepare(impl):
+        fn = make_impl(impl)
+        got = check_outputs(fn, inp)
+        errs = {m: common.max_rel_err(got[m], ref[m]) for m in MODES}
+        del got
+        return runners(fn, inp), errs
+
+    fields = {"dtype": common.dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n, "gated": c.gated, "tier": c.tier}
+    per_mode, errs = common.time_impls(
+        c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
+            c.name, fields, impl, mode, bm[mode], t, copy_bps, err[mode], TOL[c.dtype]),
+        timer=timer, device=device, report=report, modes=MODES)
+    rows_out = [common.peer_columns(
+        {"dtype": common.dtype_name(c.dtype), "B": c.b, "H": c.h, "N": c.n, "gates": "y" if c.gated else "n",
+         "mode": mode, "MB": bm[mode] / 1e6}, per_mode[mode], impls=IMPLS, peers=PEERS, nbytes=bm[mode],
+        copy_bps=copy_bps, errs={k: e[mode] for k, e in errs.items()}, tol=TOL[c.dtype]) for mode in MODES]
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows_out
 
 
@@ -300,13 +222,8 @@ COLUMNS = [
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """GB/s (byte model) against N, one panel per (mode, dtype), gated cases only."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as e:  # noqa: BLE001
-        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+    plt = common.pyplot()
+    if plt is None:
         return
     recs = [r for r in report.records if r.get("status") == "ok" and r.get("gated")]
     dts = sorted({r["dtype"] for r in recs})
@@ -331,11 +248,7 @@ def plot(report: common.Report, impls: list[str], path: Path) -> None:
             ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(common.describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote plot {path}")
+    common.save_plot(fig, report, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 "float64 torch.fft on batch element 0, peer err = worst peer's."),
         t_start=t_start)
     if args.plot is not None or device.type == "cuda":
-        path = args.plot or (args.out.with_suffix(".png") if args.out else Path("bench_fftconv.png"))
+        path = common.plot_path(args, "bench_fftconv.png")
         plot(report, impls, path)
     return rc
 

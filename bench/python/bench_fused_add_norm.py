@@ -54,11 +54,8 @@ Examples
 """
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -91,16 +88,12 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.config}/{dtype_name(self.dtype)}/{self.rows}x{self.n}"
+        return f"{self.config}/{common.dtype_name(self.dtype)}/{self.rows}x{self.n}"
 
     def kwargs(self) -> dict[str, Any]:
         return dict(eps=self.eps, rms=self.rms, activation=self.activation,
                     dropout_p=self.dropout_p, prenorm=self.prenorm,
                     residual_in_fp32=self.residual_in_fp32)
-
-
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dt, str(dt))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,14 +264,6 @@ def runners(fn: Callable[..., Any], c: Case, inp: dict[str, Any]) -> dict[str, C
     return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().float(), b.detach().float()
-    if a.shape != b.shape:
-        return float("inf")
-    denom = b.abs().max().item()
-    return (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
 def tolerance(c: Case) -> float:
     """Bound on max |mmm - ref| / max |ref| over every output and gradient."""
     return {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}[c.dtype]
@@ -293,15 +278,6 @@ def reference(c: Case, inp: dict[str, Any]) -> dict[str, Any]:
     return {m: run[m]() for m in MODES}
 
 
-def max_rel_err(a: Any, b: Any) -> float:
-    """Largest relative error over all outputs / gradients."""
-    a = list(a) if isinstance(a, (tuple, list)) else [a]
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    if len(a) != len(b):
-        return float("inf")
-    return max(rel_err(x, y) for x, y in zip(a, b))
-
-
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -310,44 +286,32 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     inp = make_inputs(c, device)
     bm = byte_model(c)
     rows_out = []
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
     # Correctness: eager and mmm against an upcast reference (not with dropout: masks differ).
     ref = reference(c, inp) if c.dropout_p == 0 and "mmm" in impls else None
-    errs: dict[str, dict[str, float]] = {}
-    for impl in impls:
-        try:
-            fn = make_impl(impl, c)
-            run = runners(fn, c, inp)
-            if ref is not None and impl in ("eager", "mmm"):
-                errs[impl] = {m: max_rel_err(run[m](), ref[m]) for m in MODES}
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                rec = {"case": c.name, **{k: (dtype_name(v) if isinstance(v, torch.dtype) else v)
-                                          for k, v in asdict(c).items()},
-                       "impl": impl, "mode": mode, "bytes": bm[mode], **t.summary(),
-                       "GBps": bm[mode] / t.median_s / 1e9,
-                       "pct_copy_bw": 100.0 * bm[mode] / t.median_s / copy_bps,
-                       "status": "ok"}
-                if impl in errs:
-                    rec["check_rel_err"] = errs[impl][mode]
-                    rec["check_tol"] = tolerance(c)
-                report.add(rec)
-            del fn, run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            for mode in MODES:
-                per_mode[mode].setdefault(impl, None)
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error",
-                            "error": msg})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+
+    def prepare(impl):
+        run = runners(make_impl(impl, c), c, inp)
+        if ref is None or impl not in ("eager", "mmm"):
+            return run, None
+        return run, {m: common.max_rel_err(run[m](), ref[m], torch.float32) for m in MODES}
+
+    def record(impl, mode, t, err):
+        rec = {"case": c.name, **{k: (common.dtype_name(v) if isinstance(v, torch.dtype) else v)
+                                  for k, v in asdict(c).items()},
+               "impl": impl, "mode": mode, "bytes": bm[mode], **t.summary(),
+               "GBps": bm[mode] / t.median_s / 1e9,
+               "pct_copy_bw": 100.0 * bm[mode] / t.median_s / copy_bps,
+               "status": "ok"}
+        if err is not None:
+            rec["check_rel_err"] = err[mode]
+            rec["check_tol"] = tolerance(c)
+        return rec
+
+    per_mode, errs = common.time_impls(c.name, impls, prepare, record, timer=timer, device=device,
+                                       report=report, modes=MODES, keep_timed=True)
     for mode in MODES:
         ts = per_mode[mode]
-        row: dict[str, Any] = {"config": c.config, "dtype": dtype_name(c.dtype), "rows": c.rows,
+        row: dict[str, Any] = {"config": c.config, "dtype": common.dtype_name(c.dtype), "rows": c.rows,
                                "N": c.n, "mode": mode, "MB": bm[mode] / 1e6}
         for impl in IMPLS:
             t = ts.get(impl)
@@ -376,9 +340,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             row["mmm_err"] = errs["mmm"][mode]
         rows_out.append(row)
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows_out
 
 

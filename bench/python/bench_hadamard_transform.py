@@ -55,12 +55,9 @@ Examples
 """
 from __future__ import annotations
 
-import gc
 import math
-import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -76,11 +73,6 @@ PEERS = ("eager", "compile", "dense")
 MODES = ("fwd", "fwd+bwd")
 DENSE_MAX_N = {"cuda": 8192, "cpu": 4096}
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-def dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-            torch.float64: "fp64"}.get(dt, str(dt))
 
 
 def pow2_ceil(n: int) -> int:
@@ -105,7 +97,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{dtype_name(self.dtype)}/{self.rows}x{self.n}"
+        return f"{common.dtype_name(self.dtype)}/{self.rows}x{self.n}"
 
 
 def byte_model(c: Case) -> dict[str, int]:
@@ -192,17 +184,7 @@ def make_impl(impl: str, c: Case, device: torch.device) -> Callable[[torch.Tenso
 
 
 def runners(fn: Callable, x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    def run_fwd():
-        with torch.no_grad():
-            return fn(x)
-
-    leaf = x.detach().requires_grad_(True)
-
-    def run_fwdbwd():
-        y = fn(leaf)
-        return (y, *torch.autograd.grad(y, leaf, dy))
-
-    return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
+    return common.runners(fn, [x], dy)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,21 +207,6 @@ def reference(c: Case, inp: dict[str, torch.Tensor]) -> dict[str, Any]:
     return {"fwd": y, "fwd+bwd": (y, dx)}
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    denom = b.abs().max().item() if b.numel() else 0.0
-    return (a.detach().double() - b).abs().max().item() / (denom if denom > 0 else 1.0)
-
-
-def max_rel_err(a: Any, b: Any) -> float:
-    a = list(a) if isinstance(a, (tuple, list)) else [a]
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    if len(a) != len(b):
-        return float("inf")
-    return max(rel_err(x, y) for x, y in zip(a, b))
-
-
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -248,73 +215,28 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
     inp = make_inputs(c, device)
     bm = byte_model(c)
     ref = reference(c, inp)
-    per_mode: dict[str, dict[str, Any]] = {m: {} for m in MODES}
-    errs: dict[str, dict[str, float]] = {}
-    for impl in impls:
-        try:
-            run = runners(make_impl(impl, c, device), inp["x"], inp["dy"])
-            errs[impl] = {}
-            for mode in MODES:
-                got = run[mode]()
-                errs[impl][mode] = max_rel_err(got, ref[mode])
-                del got
-            for mode in MODES:
-                t = timer.time(run[mode])
-                per_mode[mode][impl] = t
-                nbytes = bm[mode]
-                report.add({"case": c.name, "dtype": dtype_name(c.dtype), "rows": c.rows,
-                            "n": c.n, "padded_n": c.m, "scale": c.scale, "tier": c.tier,
-                            "impl": impl, "mode": mode, "bytes": nbytes, **t.summary(),
-                            "GBps": nbytes / t.median_s / 1e9,
-                            "pct_copy_bw": 100.0 * nbytes / t.median_s / copy_bps,
-                            "check_rel_err": errs[impl][mode], "check_tol": TOL[c.dtype],
-                            "status": "ok"})
-            del run
-        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"  [{c.name}] {impl} failed: {msg}", file=sys.stderr)
-            if os.environ.get("MMM_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            for mode in MODES:
-                per_mode[mode][impl] = None
-                report.add({"case": c.name, "impl": impl, "mode": mode, "status": "error",
-                            "error": msg})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    rows_out = []
-    for mode in MODES:
-        ts = per_mode[mode]
-        row: dict[str, Any] = {"dtype": dtype_name(c.dtype), "rows": c.rows, "n": c.n,
-                               "mode": mode, "MB": bm[mode] / 1e6}
-        for impl in IMPLS:
-            t = ts.get(impl)
-            row[f"{impl}_us"] = t.median_s * 1e6 if t else None
-        m = ts.get("mmm")
-        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
-        if m:
-            row["mmm_GBps"] = bm[mode] / m.median_s / 1e9
-            row["mmm_pct"] = 100.0 * bm[mode] / m.median_s / copy_bps
-        if peers:
-            best = min(peers, key=lambda k: peers[k].median_s)
-            row["best_peer"] = best
-            if m:
-                row["speedup"] = peers[best].median_s / m.median_s
-        if "mmm" in ts and ts["mmm"] is None:
-            row["check"] = "error"
-        elif "mmm" in errs and mode in errs["mmm"]:
-            err = errs["mmm"][mode]
-            row["check"] = "ok" if err <= TOL[c.dtype] else f"FAIL {err:.1e}"
-            row["mmm_err"] = err
-        else:
-            row["check"] = "-"
-        peer_errs = [errs[k][mode] for k in PEERS if mode in errs.get(k, {})]
-        if peer_errs:
-            row["peer_err"] = max(peer_errs)
-        rows_out.append(row)
+
+    def prepare(impl):
+        run = runners(make_impl(impl, c, device), inp["x"], inp["dy"])
+        errs = {}
+        for mode in MODES:
+            got = run[mode]()
+            errs[mode] = common.max_rel_err(got, ref[mode])
+            del got
+        return run, errs
+
+    fields = {"dtype": common.dtype_name(c.dtype), "rows": c.rows, "n": c.n, "padded_n": c.m,
+              "scale": c.scale, "tier": c.tier}
+    per_mode, errs = common.time_impls(
+        c.name, impls, prepare, lambda impl, mode, t, err: common.bandwidth_record(
+            c.name, fields, impl, mode, bm[mode], t, copy_bps, err[mode], TOL[c.dtype]),
+        timer=timer, device=device, report=report, modes=MODES)
+    rows_out = [common.peer_columns(
+        {"dtype": common.dtype_name(c.dtype), "rows": c.rows, "n": c.n, "mode": mode, "MB": bm[mode] / 1e6},
+        per_mode[mode], impls=IMPLS, peers=PEERS, nbytes=bm[mode], copy_bps=copy_bps,
+        errs={k: e[mode] for k, e in errs.items()}, tol=TOL[c.dtype]) for mode in MODES]
     del inp, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    common.release(device)
     return rows_out
 
 

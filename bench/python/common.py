@@ -7,6 +7,11 @@ What is here
   * ``measure_copy_bandwidth`` -- the device's copy bandwidth, the ceiling GB/s are compared with.
   * ``environment``          -- device name, torch version, mmm commit, date, ... for the JSON.
   * ``Report``               -- records -> JSON (one run appended per invocation) + aligned table.
+  * ``runners``, ``max_rel_err`` -- the fwd / fwd+bwd callables of one impl and the check metric.
+  * ``time_impls``, ``bandwidth_record``, ``peer_columns`` -- the per-case skeleton: check and
+                                time every impl, one JSON record per (impl, mode), one table row
+                                per mode with mmm's GB/s, %BW, best peer, speed-up and check.
+  * ``pyplot``, ``save_plot`` -- matplotlib when importable, and where the PNG goes.
 
 How timing works
   CUDA: every timed run is bracketed by CUDA events on the current stream. Before each run the L2
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gc
 import json
 import math
 import os
@@ -35,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -420,6 +427,12 @@ def print_table(rows: Iterable[dict[str, Any]],
     out.flush()
 
 
+def dtype_name(dt: torch.dtype) -> str:
+    """The short dtype names of case names, tables and JSON records."""
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+            torch.float64: "fp64", torch.complex64: "c64"}.get(dt, str(dt))
+
+
 def describe_env(env: dict[str, Any], copy_bw: dict[str, Any] | None) -> str:
     bw = f"{copy_bw['GBps']:.0f} GB/s" if copy_bw else "n/a"
     mmm = env["mmm"]
@@ -503,3 +516,172 @@ def run_cases(cases: Sequence[Any], run_one: Callable[[Any], list], *, args: arg
               file=sys.stderr)
         return 1
     return 0
+
+
+
+# ------------------------------------------------------------------------------------------------
+# One case: check, time, record, summarise
+# ------------------------------------------------------------------------------------------------
+def runners(fn: Callable, inputs: Sequence[torch.Tensor | None],
+            dy: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """``fwd``: fn(*inputs) under no_grad; ``fwd+bwd``: (y, *grads of every non-None input).
+    The leaves are made here, once, so neither detach nor requires_grad_ is timed."""
+    def run_fwd():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    leaves = [a.detach().requires_grad_(True) if a is not None else None for a in inputs]
+    want = [a for a in leaves if a is not None]
+
+    def run_fwdbwd():
+        y = fn(*leaves)
+        return (y, *torch.autograd.grad(y, want, dy))
+
+    return {"fwd": run_fwd, "fwd+bwd": run_fwdbwd}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -> float:
+    """max |a - b| / max |b| in ``dtype`` (default: b's, the reference's); inf on a shape mismatch."""
+    if a.shape != b.shape:
+        return float("inf")
+    dtype = dtype or b.dtype
+    a, b = a.detach().to(dtype), b.detach().to(dtype)
+    denom = b.abs().max().item() if b.numel() else 0.0
+    return (a - b).abs().max().item() / (denom if denom > 0 else 1.0)
+
+
+def max_rel_err(a: Any, b: Any, dtype: torch.dtype | None = None) -> float:
+    """rel_err over matching outputs (a tensor or a tuple of them, e.g. y and the gradients).
+    NaN counts as inf: max() would otherwise keep a finite error seen before it."""
+    a = list(a) if isinstance(a, (tuple, list)) else [a]
+    b = list(b) if isinstance(b, (tuple, list)) else [b]
+    if len(a) != len(b):
+        return float("inf")
+    errs = [rel_err(x, y, dtype) for x, y in zip(a, b)]
+    return max(e if math.isfinite(e) else float("inf") for e in errs)
+
+
+def time_impls(case_name: str, impls: Sequence[str],
+               prepare: Callable[[str], tuple[dict[str, Callable[[], Any]], Any]],
+               record: Callable[[str, str, Timing, Any], dict[str, Any]], *, timer: Timer,
+               device: torch.device, report: Report, modes: Sequence[str],
+               keep_timed: bool = False) -> tuple[dict[str, dict[str, Timing | None]], dict]:
+    """Checks and times every impl of one case.
+
+    ``prepare(impl)`` returns (runners by mode, its check errors or None), or None for an impl
+    that does not apply to the case; ``record(impl, mode, timing, check errors)`` the JSON record
+    of one measurement. Returns (per_mode[mode][impl] = Timing, or None where the impl errored;
+    errs[impl]). One failing impl must not stop the sweep: its error is printed and recorded for
+    every mode, and the next impl runs. A failure after some modes were timed voids them too,
+    unless ``keep_timed`` (the table then still shows those modes).
+    """
+    per_mode: dict[str, dict[str, Timing | None]] = {m: {} for m in modes}
+    errs: dict[str, Any] = {}
+    for impl in impls:
+        try:
+            prepared = prepare(impl)
+            if prepared is None:
+                continue
+            run, err = prepared
+            if err is not None:
+                errs[impl] = err
+            for mode in modes:
+                t = timer.time(run[mode])
+                per_mode[mode][impl] = t
+                report.add(record(impl, mode, t, err))
+            del run
+        except Exception as e:  # noqa: BLE001 - one failing impl must not stop the sweep
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            print(f"  [{case_name}] {impl} failed: {msg}", file=sys.stderr)
+            if os.environ.get("MMM_BENCH_TRACEBACK"):
+                traceback.print_exc()
+            for mode in modes:
+                if keep_timed:
+                    per_mode[mode].setdefault(impl, None)
+                else:
+                    per_mode[mode][impl] = None
+                report.add({"case": case_name, "impl": impl, "mode": mode, "status": "error",
+                            "error": msg})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return per_mode, errs
+
+
+def bandwidth_record(case_name: str, fields: dict[str, Any], impl: str, mode: str, nbytes: int,
+                     t: Timing, copy_bps: float, check_rel_err: float,
+                     check_tol: float) -> dict[str, Any]:
+    """The JSON record of one measurement of a memory-bound op (GB/s over its byte model)."""
+    return {"case": case_name, **fields, "impl": impl, "mode": mode, "bytes": nbytes,
+            **t.summary(), "GBps": nbytes / t.median_s / 1e9,
+            "pct_copy_bw": 100.0 * nbytes / t.median_s / copy_bps,
+            "check_rel_err": check_rel_err, "check_tol": check_tol, "status": "ok"}
+
+
+def peer_columns(row: dict[str, Any], ts: dict[str, Timing | None], *, impls: Sequence[str],
+                 peers: Sequence[str], nbytes: int, copy_bps: float,
+                 errs: dict[str, float], tol: float) -> dict[str, Any]:
+    """Fills one table row of a memory-bound op from one mode's timings and check errors
+    (``errs[impl]`` for that mode): each impl's us, mmm's GB/s and %BW, the fastest peer and
+    speed-up = its time / mmm's, mmm's check against ``tol`` and the worst peer's error."""
+    for impl in impls:
+        t = ts.get(impl)
+        row[f"{impl}_us"] = t.median_s * 1e6 if t else None
+    m = ts.get("mmm")
+    measured = {k: v for k, v in ts.items() if k in peers and v is not None}
+    if m:
+        row["mmm_GBps"] = nbytes / m.median_s / 1e9
+        row["mmm_pct"] = 100.0 * nbytes / m.median_s / copy_bps
+    if measured:
+        best = min(measured, key=lambda k: measured[k].median_s)
+        row["best_peer"] = best
+        if m:
+            row["speedup"] = measured[best].median_s / m.median_s
+    if "mmm" in ts and ts["mmm"] is None:
+        row["check"] = "error"
+    elif "mmm" in errs:
+        row["check"] = "ok" if errs["mmm"] <= tol else f"FAIL {errs['mmm']:.1e}"
+        row["mmm_err"] = errs["mmm"]
+    else:
+        row["check"] = "-"
+    peer_errs = [errs[k] for k in peers if k in errs]
+    if peer_errs:
+        row["peer_err"] = max(peer_errs)
+    return row
+
+
+def release(device: torch.device) -> None:
+    """Returns a finished case's tensors to the device, so the next case's big inputs fit."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------------
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (with a note) where it is not importable:
+    a missing plot must not fail a benchmark run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001
+        print(f"plot skipped: matplotlib is not importable ({type(e).__name__}: {e})")
+        return None
+    return plt
+
+
+def plot_path(args: argparse.Namespace, default: str) -> Path:
+    """--plot, else next to --out, else ``default`` in the working directory."""
+    return args.plot or (args.out.with_suffix(".png") if args.out else Path(default))
+
+
+def save_plot(fig, report: Report, path: Path) -> None:
+    """Titles the figure with the run's environment and writes it."""
+    fig.suptitle(describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote plot {path}")
