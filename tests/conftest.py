@@ -21,6 +21,11 @@ takes an argument named ``device`` (and does not parametrize it itself) is param
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -96,3 +101,33 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             if r.nodeid in cuda_ids
         }
         terminalreporter.write_sep("=", f"{len(ran)} CUDA tests ran", green=True, bold=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# tests/cuda/*.cu: primitive tests compiled wherever nvcc is (so CI proves they build) and run
+# where there is a GPU.
+# ---------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_cuda_test(name: str, out_dir: Path) -> Path:
+    """Compiles tests/cuda/<name>.cu for this GPU's architecture (sm_80 without a GPU); skips
+    when there is no nvcc, fails with nvcc's message when it does not compile."""
+    nvcc = next((c for c in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc") if c and os.path.exists(c)), None)
+    if nvcc is None:
+        pytest.skip(f"nvcc not found: cannot build tests/cuda/{name}.cu")
+    arch = "sm_{}{}".format(*torch.cuda.get_device_capability()) if torch.cuda.is_available() else "sm_80"
+    out = Path(out_dir) / name
+    cmd = [nvcc, "-std=c++20", "-O2", f"-arch={arch}", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc'}",
+           str(ROOT / "tests" / "cuda" / f"{name}.cu"), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def run_cuda_test(binary: Path) -> None:
+    """Runs a tests/cuda binary (tests/cuda/harness.cuh prints "N passed, M failed")."""
+    res = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert " 0 failed" in res.stdout, res.stdout

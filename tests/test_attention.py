@@ -20,16 +20,13 @@ bench/gpu_check.sh runs under compute-sanitizer.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mmm
+from conftest import build_cuda_test, run_cuda_test
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 DTYPE_NAMES = {F32: "fp32", F16: "fp16", BF16: "bf16", F64: "fp64"}
@@ -859,23 +856,9 @@ def test_cuda_head_dim_not_compiled():
 # the kernels' shared-memory primitives (swizzled tiles, cp.async loader, ldmatrix fragments):
 # tests/cuda/test_attention_primitives.cu, compiled wherever nvcc is, run where there is a GPU
 # ---------------------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture(scope="module")
 def primitives_binary(tmp_path_factory):
-    nvcc = next((c for c in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc") if c and os.path.exists(c)), None)
-    if nvcc is None:
-        pytest.skip("nvcc not found: cannot build tests/cuda/test_attention_primitives.cu")
-    out = tmp_path_factory.mktemp("attention") / "test_attention_primitives"
-    arch = "sm_80"
-    if torch.cuda.is_available():  # this GPU's own architecture
-        arch = "sm_{}{}".format(*torch.cuda.get_device_capability())
-    cmd = [nvcc, "-std=c++20", "-O2", f"-arch={arch}", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc'}",
-           str(ROOT / "tests" / "cuda" / "test_attention_primitives.cu"), "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return out
+    return build_cuda_test("test_attention_primitives", tmp_path_factory.mktemp("attention"))
 
 
 def test_attention_primitives_compile(primitives_binary):
@@ -884,7 +867,4 @@ def test_attention_primitives_compile(primitives_binary):
 
 @pytest.mark.cuda
 def test_attention_primitives_cuda(primitives_binary):
-    res = subprocess.run([str(primitives_binary)], capture_output=True, text=True, timeout=120)
-    print(res.stdout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert " 0 failed" in res.stdout
+    run_cuda_test(primitives_binary)

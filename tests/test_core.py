@@ -8,20 +8,14 @@
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import mmm  # noqa: F401  (loads the ops)
 
-from conftest import devices
+from conftest import build_cuda_test, devices, run_cuda_test
 
-ROOT = Path(__file__).resolve().parents[1]
 M32 = np.uint64(0xFFFFFFFF)
 
 
@@ -74,27 +68,9 @@ def test_dropout_mask_is_philox_of_seed_and_index(device, seed, rows, n, p):
     np.testing.assert_array_equal(got, expected_keep(seed, rows, n, p))
 
 
-def _nvcc():
-    for cand in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if cand and os.path.exists(cand):
-            return cand
-    return None
-
-
 @pytest.fixture(scope="module")
 def core_test_binary(tmp_path_factory):
-    nvcc = _nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found: cannot build tests/cuda/test_core_primitives.cu")
-    out = tmp_path_factory.mktemp("core") / "test_core_primitives"
-    cmd = [nvcc, "-std=c++20", "-O2", "-arch=sm_80", f"-I{ROOT / 'csrc'}",
-           str(ROOT / "tests" / "cuda" / "test_core_primitives.cu"), "-o", str(out)]
-    if torch.cuda.is_available():  # run on this GPU's own architecture
-        major, minor = torch.cuda.get_device_capability()
-        cmd[3] = f"-arch=sm_{major}{minor}"
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return out
+    return build_cuda_test("test_core_primitives", tmp_path_factory.mktemp("core"))
 
 
 def test_core_primitives_compile(core_test_binary):
@@ -103,7 +79,4 @@ def test_core_primitives_compile(core_test_binary):
 
 @pytest.mark.cuda
 def test_core_primitives_cuda(core_test_binary):
-    res = subprocess.run([str(core_test_binary)], capture_output=True, text=True, timeout=120)
-    print(res.stdout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert " 0 failed" in res.stdout
+    run_cuda_test(core_test_binary)

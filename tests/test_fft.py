@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import mmm
+from conftest import build_cuda_test, run_cuda_test
 
 C64, C128, F32, F64 = torch.complex64, torch.complex128, torch.float32, torch.float64
 NORMS = [None, "backward", "ortho", "forward"]
@@ -333,16 +334,7 @@ def test_cuda_code_on_cpu_threads(tmp_path):
 @pytest.mark.cuda
 def test_fft_blocks_cuda(tmp_path):
     # tests/cuda/test_fft_blocks.cu: each building block of core/fft.cuh against core/fft_cpu.h.
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
-    if nvcc is None:
-        pytest.skip("nvcc not found: cannot build tests/cuda/test_fft_blocks.cu")
-    root = Path(__file__).resolve().parent.parent
-    major, minor = torch.cuda.get_device_capability()
-    exe = tmp_path / "test_fft_blocks"
-    subprocess.run([nvcc, "-std=c++20", "-O2", f"-arch=sm_{major}{minor}", f"-I{root / 'csrc'}",
-                    str(root / "tests/cuda/test_fft_blocks.cu"), "-o", str(exe)], check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    run_cuda_test(build_cuda_test("test_fft_blocks", tmp_path))
 
 
 # ------------------------------------------------------------------------------------------- #
