@@ -322,43 +322,19 @@ def columns(impls: list[str]) -> list[tuple[str, str, str]]:
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """TFLOP/s against sequence length, one panel per (mode, head dim, causal)."""
-    plt = common.pyplot()
-    if plt is None:
-        return
-    recs = [r for r in report.records if r.get("status") == "ok"]
-    configs = sorted({(r["head_dim"], r["causal"], r["dtype"]) for r in recs})
-    if not configs:
-        print("plot skipped: no successful measurement")
-        return
-    fig, axes = plt.subplots(len(MODES), len(configs), figsize=(4 * len(configs), 3.2 * len(MODES)),
-                             squeeze=False)
-    for i, mode in enumerate(MODES):
-        for j, (d, causal, dt) in enumerate(configs):
-            ax = axes[i][j]
-            for impl in impls:
-                pts = sorted((r["seqlen"], r["TFLOPs"]) for r in recs
-                             if r["impl"] == impl and r["mode"] == mode and r["head_dim"] == d
-                             and r["causal"] == causal and r["dtype"] == dt)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=impl)
-            ax.set_xscale("log", base=2)
-            ticks = sorted({r["seqlen"] for r in recs})
-            ax.set_xticks(ticks, [f"{t // 1024}k" if t >= 1024 else str(t) for t in ticks])
-            ax.minorticks_off()
-            ax.set_title(f"{mode}, D={d}, {'causal' if causal else 'full'}, {dt}", fontsize=9)
-            ax.set_xlabel("sequence length")
-            ax.set_ylabel("TFLOP/s")
-            ax.set_ylim(bottom=0)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-    common.save_plot(fig, report, path)
+    configs = sorted({(r["head_dim"], r["causal"], r["dtype"]) for r in report.records if r.get("status") == "ok"})
+    panels = [(f"{mode}, D={d}, {'causal' if causal else 'full'}, {dt}",
+               lambda r, mode=mode, d=d, causal=causal, dt=dt: (r["mode"], r["head_dim"], r["causal"], r["dtype"])
+               == (mode, d, causal, dt))
+              for mode in MODES for (d, causal, dt) in configs]
+    common.plot_panels(report, impls, path, panels, x="seqlen", y="TFLOPs", xlabel="sequence length",
+                       ylabel="TFLOP/s", ncols=max(1, len(configs)), panel_size=(4, 3.2),
+                       tick_label=lambda t: f"{t // 1024}k" if t >= 1024 else str(t))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.make_parser(__doc__.split("\n")[0], IMPLS)
-    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
-                        help="write the TFLOP/s plot here (default on CUDA: next to --out, else "
-                             "bench_attention.png)")
+    common.add_plot_arg(parser, "TFLOP/s", "bench_attention.png")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     device = common.resolve_device(args)

@@ -204,28 +204,10 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """GB/s against n, one panel per (dtype, mode)."""
-    plt = common.pyplot()
-    if plt is None:
-        return
-    recs = [r for r in report.records if r.get("status") == "ok"]
-    panels = sorted({(r["dtype"], r["mode"]) for r in recs})
-    if not panels:
-        return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (dt, mode) in zip(axes[0], panels):
-        for impl in impls:
-            pts = sorted((r["n"], r["GBps"]) for r in recs if r["dtype"] == dt and r["mode"] == mode and r["impl"] == impl)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{dt} {mode}")
-        ax.set_xlabel("n")
-        ax.set_ylabel("GB/s (byte model)")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
+    panels = [(f"{dt} {mode}", lambda r, dt=dt, mode=mode: r["dtype"] == dt and r["mode"] == mode)
+              for dt, mode in sorted({(r["dtype"], r["mode"]) for r in report.records if r.get("status") == "ok"})]
+    common.plot_panels(report, impls, path, panels, x="n", y="GBps", xlabel="n", ylabel="GB/s (byte model)",
+                       ncols=max(1, len(panels)), copy_line=True, panel_size=(4.5, 3.6))
 
 
 COLUMNS = [
@@ -238,8 +220,7 @@ COLUMNS = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.make_parser(__doc__.split("\n")[0], IMPLS)
-    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
-                        help="write the GB/s plot here (default: next to --out, else bench_butterfly.png on CUDA)")
+    common.add_plot_arg(parser, "GB/s", "bench_butterfly.png")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     device = common.resolve_device(args)
@@ -265,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 "(loop, dense) time / mmm time; %BW relative to the measured copy bandwidth; err = max|a - ref| / "
                 "max|ref| against the same function in float64."),
         t_start=t_start)
-    if args.plot or args.out or device.type == "cuda":
+    if args.plot is not None or device.type == "cuda":
         path = common.plot_path(args, "bench_butterfly.png")
         plot(report, impls, path)
     return rc

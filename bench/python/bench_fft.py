@@ -165,38 +165,16 @@ COLUMNS = [
 
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
-    """GB/s against n, one panel per (op, mode), one line per impl."""
-    plt = common.pyplot()
-    if plt is None:
-        return
-    recs = [r for r in report.records if r.get("status") == "ok"]
-    if not recs:
-        print("plot skipped: no successful measurement")
-        return
-    copy_gbps = report.run["copy_bandwidth"]["bytes_per_s"] / 1e9
-    fig, axes = plt.subplots(len(MODES), len(OPS), figsize=(5 * len(OPS), 3.4 * len(MODES)), squeeze=False)
-    for i, mode in enumerate(MODES):
-        for j, op in enumerate(OPS):
-            ax = axes[i][j]
-            for impl in impls:
-                pts = sorted((r["n"], r["GBps"]) for r in recs if r["impl"] == impl and r["mode"] == mode and r["op"] == op)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=impl)
-            ax.axhline(copy_gbps, color="gray", linestyle="--", linewidth=1, label="copy")
-            ax.set_xscale("log", base=2)
-            ax.set_title(f"{op}, {mode}", fontsize=9)
-            ax.set_xlabel("n")
-            ax.set_ylabel("GB/s (byte model)")
-            ax.set_ylim(bottom=0)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-    common.save_plot(fig, report, path)
+    """GB/s against n, one panel per (mode, op), one line per impl."""
+    panels = [(f"{op}, {mode}", lambda r, op=op, mode=mode: r["op"] == op and r["mode"] == mode)
+              for mode in MODES for op in OPS]
+    common.plot_panels(report, impls, path, panels, x="n", y="GBps", xlabel="n", ylabel="GB/s (byte model)",
+                       ncols=len(OPS), copy_line=True, panel_size=(5, 3.4))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.make_parser(__doc__.split("\n")[0], IMPLS)
-    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
-                        help="write the GB/s plot here (default on CUDA: next to --out, else bench_fft.png)")
+    common.add_plot_arg(parser, "GB/s", "bench_fft.png")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     device = common.resolve_device(args)

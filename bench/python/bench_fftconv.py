@@ -222,39 +222,16 @@ COLUMNS = [
 
 def plot(report: common.Report, impls: list[str], path: Path) -> None:
     """GB/s (byte model) against N, one panel per (mode, dtype), gated cases only."""
-    plt = common.pyplot()
-    if plt is None:
-        return
-    recs = [r for r in report.records if r.get("status") == "ok" and r.get("gated")]
-    dts = sorted({r["dtype"] for r in recs})
-    if not dts:
-        print("plot skipped: no successful measurement")
-        return
-    fig, axes = plt.subplots(len(MODES), len(dts), figsize=(4.5 * len(dts), 3.2 * len(MODES)), squeeze=False)
-    for i, mode in enumerate(MODES):
-        for j, dt in enumerate(dts):
-            ax = axes[i][j]
-            for impl in impls:
-                pts = sorted((r["N"], r["GBps"]) for r in recs if r["impl"] == impl and r["mode"] == mode
-                             and r["dtype"] == dt)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=impl)
-            ax.axhline(report.run["copy_bandwidth"]["bytes_per_s"] / 1e9, color="gray", ls="--", lw=0.8,
-                       label="copy")
-            ax.set_xscale("log", base=2)
-            ax.set_title(f"{mode}, {dt}", fontsize=9)
-            ax.set_xlabel("N")
-            ax.set_ylabel("GB/s (byte model)")
-            ax.set_ylim(bottom=0)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-    common.save_plot(fig, report, path)
+    dts = sorted({r["dtype"] for r in report.records if r.get("status") == "ok" and r.get("gated")})
+    panels = [(f"{mode}, {dt}", lambda r, mode=mode, dt=dt: r.get("gated") and r["mode"] == mode and r["dtype"] == dt)
+              for mode in MODES for dt in dts]
+    common.plot_panels(report, impls, path, panels, x="N", y="GBps", xlabel="N", ylabel="GB/s (byte model)",
+                       ncols=max(1, len(dts)), copy_line=True, panel_size=(4.5, 3.2))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.make_parser(__doc__.split("\n")[0], IMPLS)
-    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
-                        help="write the GB/s plot here (default on CUDA: next to --out, else bench_fftconv.png)")
+    common.add_plot_arg(parser, "GB/s", "bench_fftconv.png")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     device = common.resolve_device(args)

@@ -678,6 +678,50 @@ def plot_path(args: argparse.Namespace, default: str) -> Path:
     return args.plot or (args.out.with_suffix(".png") if args.out else Path(default))
 
 
+def add_plot_arg(parser: argparse.ArgumentParser, what: str, default: str) -> None:
+    parser.add_argument("--plot", type=Path, default=None, metavar="PATH.png",
+                        help=f"write the {what} plot here (default on CUDA: next to --out, else {default})")
+
+
+def plot_panels(report: Report, impls: Sequence[str], path: Path, panels: Sequence[tuple[str, Callable]], *,
+                x: str, y: str, xlabel: str, ylabel: str, ncols: int, copy_line: bool = False,
+                tick_label: Callable[[Any], str] | None = None, panel_size: tuple[float, float] = (4.5, 3.4)) -> None:
+    """One panel per (title, keep) of ``panels`` (row-major, ``ncols`` a row): a line per impl of
+    ``y`` against ``x`` (log2 axis) over the successful records ``keep`` accepts; ``copy_line``
+    draws the measured copy bandwidth (for GB/s panels)."""
+    plt = pyplot()
+    if plt is None:
+        return
+    recs = [r for r in report.records if r.get("status") == "ok"]
+    if not recs or not panels:
+        print("plot skipped: no successful measurement")
+        return
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
+    for ax, (title, keep) in zip(axes.flat, panels):
+        for impl in impls:
+            pts = sorted((r[x], r[y]) for r in recs if r["impl"] == impl and keep(r))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=impl)
+        if copy_line:
+            ax.axhline(report.run["copy_bandwidth"]["bytes_per_s"] / 1e9, color="gray", linestyle="--",
+                       linewidth=1, label="copy")
+        ax.set_xscale("log", base=2)
+        if tick_label is not None:
+            ticks = sorted({r[x] for r in recs})
+            ax.set_xticks(ticks, [tick_label(t) for t in ticks])
+            ax.minorticks_off()
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    save_plot(fig, report, path)
+
+
 def save_plot(fig, report: Report, path: Path) -> None:
     """Titles the figure with the run's environment and writes it."""
     fig.suptitle(describe_env(report.run["env"], report.run["copy_bandwidth"]), fontsize=8)
