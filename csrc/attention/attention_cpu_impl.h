@@ -7,7 +7,9 @@
 //             (fp32, pre-scaled by scale·log2 e so that exp2 needs no multiply), then 64-key
 //             tiles of K (packed transposed) and V stream past it: S = Q·Kᵀ, masked, online
 //             softmax (running max m and sum l per row), O = O·α + P·V. Key tiles that the
-//             causal/window mask hides from every row of the tile are never visited.
+//             causal/window mask hides from every row of the tile are never visited. A thread
+//             runs up to kFwdGroup neighbouring query tiles together so that each packed K/V tile
+//             serves all of them.
 //   backward  FlashAttention-2: P recomputed from Q, K and the saved lse; D = rowsum(dO ∘ O);
 //             dV += Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − D), dK += dSᵀ·Q·scale, dQ += dS·K·scale.
 //             dK/dV are owned by a (batch, kv head[, key tile]) task, dQ either by the same
@@ -44,6 +46,7 @@ template <> struct VecOf<double> {
 constexpr int64_t kBlockM = 64;  // query rows per tile
 constexpr int64_t kBlockN = 64;  // keys per tile (a multiple of 2 vectors of every variant)
 constexpr int kMicroRows = 6;    // micro-GEMM: 6 rows x 2 vectors = 12 accumulators (16 registers)
+constexpr int64_t kFwdGroup = 4; // forward: query tiles that share each packed K/V tile
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -79,10 +82,13 @@ struct Attention {
     for (int l = 1; l < L; ++l) s += v[l];
     return s;
   }
-  static C hmax(V v) {  // NaN if any lane is NaN
-    C s = v[0];
-    for (int l = 1; l < L; ++l) s = (v[l] > s || v[l] != v[l]) ? v[l] : s;
-    return s;
+  static C hmax(V v) {  // NaN if any lane is NaN; a butterfly of lane swaps, log2(L) steps
+#pragma GCC unroll 4
+    for (int w = L / 2; w >= 1; w /= 2) {
+      const V o = __builtin_shuffle(v, iota() ^ w);
+      v = (o > v) | (o != o) ? o : v;
+    }
+    return v[0];
   }
   static VI iota() {
     VI v;
@@ -243,81 +249,115 @@ struct Attention {
   // ---- forward ---------------------------------------------------------------------------------
   static int64_t fwd_tiles(const AttentionFwdParams& p) { return ceil_div(p.seqlen_q, kBlockM); }
 
+  // One query tile of the forward: its packed Q, running output, max and sum.
+  struct FwdTile {
+    C *Qs, *O, *m, *l;
+    int64_t i0, M, jt_lo, jt_hi;  // rows [i0, i0 + M) visit key tiles [jt_lo, jt_hi)
+  };
+
+  // Folds key tile [j0, j0 + n) (packed in Kt, Vp) into one query tile's running state.
+  static void fwd_step(const MaskGeom& mg, int64_t D, int64_t Dp, int64_t j0, int64_t n, const C* Kt,
+                       const C* Vp, C* S, const FwdTile& q) {
+    const int64_t np = round_up(n, L);
+    gemm<false>(q.M, np, D, q.Qs, D, 1, Kt, kBlockN, S, kBlockN);  // S = Q·Kᵀ (scaled)
+    for (int64_t r = 0; r < q.M; ++r) {
+      C* s = S + r * kBlockN;
+      const int64_t i = q.i0 + r;
+      const int64_t vlo = std::max<int64_t>(mg.lo(i) - j0, 0), vhi = std::min<int64_t>(mg.hi(i) - j0, n);
+      const C mx = mask_row_max(s, np, vlo, vhi);
+      const C m_old = q.m[r];
+      const C m_new = mx != mx ? mx : std::max(m_old, mx);
+      if (m_new == -kInf) {  // nothing visible to this row yet: P = 0, O and l stay 0
+        std::fill(s, s + np, C(0));
+        continue;
+      }
+      const V vm = vsplat(m_new);
+      V sum = V{};
+      for (int64_t c = 0; c < np; c += L) {
+        const V e = vexp(vload(s + c) - vm);
+        vstore(s + c, e);
+        sum += e;
+      }
+      const C alpha = sexp(m_old - m_new);  // 0 when m was -inf
+      q.l[r] = q.l[r] * alpha + hsum(sum);
+      q.m[r] = m_new;
+      if (alpha != C(1)) {
+        C* o = q.O + r * Dp;
+        const V va = vsplat(alpha);
+        for (int64_t c = 0; c < Dp; c += L) vstore(o + c, vload(o + c) * va);
+      }
+    }
+    gemm<true>(q.M, Dp, n, S, kBlockN, 1, Vp, Dp, q.O, Dp);  // O += P·V
+  }
+
   static void fwd(const AttentionFwdParams& p, int64_t t0, int64_t t1) {
     const int64_t D = p.head_dim, Dp = round_up(D, L), tiles = fwd_tiles(p);
     const int64_t group = p.heads_q / p.heads_kv;
     const MaskGeom mg(p);
-    std::vector<C> buf(kBlockM * D + D * kBlockN + kBlockN * Dp + kBlockM * kBlockN + kBlockM * Dp + 3 * kBlockM + Dp);
-    C* const Qs = buf.data();                // (kBlockM, D)
-    C* const Kt = Qs + kBlockM * D;          // (D, kBlockN)
-    C* const Vp = Kt + D * kBlockN;          // (kBlockN, Dp)
-    C* const S = Vp + kBlockN * Dp;          // (kBlockM, kBlockN): scores, then P
-    C* const O = S + kBlockM * kBlockN;      // (kBlockM, Dp)
-    C* const m = O + kBlockM * Dp;           // (kBlockM,) running max (working base)
-    C* const l = m + kBlockM;                // (kBlockM,) running sum
-    C* const alpha = l + kBlockM;            // (kBlockM,)
-    C* const tmp = alpha + kBlockM;          // (Dp,)
+    const int64_t per_tile = kBlockM * D + kBlockM * Dp + 2 * kBlockM;
+    std::vector<C> buf(D * kBlockN + kBlockN * Dp + kBlockM * kBlockN + Dp + kFwdGroup * per_tile);
+    C* const Kt = buf.data();            // (D, kBlockN)
+    C* const Vp = Kt + D * kBlockN;      // (kBlockN, Dp)
+    C* const S = Vp + kBlockN * Dp;      // (kBlockM, kBlockN): scores, then P
+    C* const tmp = S + kBlockM * kBlockN;  // (Dp,)
+    C* const tiles_buf = tmp + Dp;       // kFwdGroup x [Qs (kBlockM, D), O (kBlockM, Dp), m, l]
     const C qscale = C(p.scale) * kLogBase;
 
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t qt = t % tiles, bh = t / tiles, b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group;
-      const int64_t i0 = qt * kBlockM, i1 = std::min(p.seqlen_q, i0 + kBlockM), M = i1 - i0;
-      const T* q = head_ptr(p.q, p.q_s, b, h);
+    // A thread's tasks are consecutive, so most of its query tiles share a head with their
+    // neighbours: up to kFwdGroup of them go through the key tiles together, and each K/V tile is
+    // converted and transposed once per group instead of once per query tile. Each query tile
+    // still visits its key tiles in ascending order: the result does not depend on the grouping.
+    FwdTile q[kFwdGroup];
+    for (int64_t t = t0; t < t1;) {
+      const int64_t bh = t / tiles, b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group;
+      const int64_t t_end = std::min({t1, t + kFwdGroup, (bh + 1) * tiles});
+      const int64_t G = t_end - t;
+      const T* qh = head_ptr(p.q, p.q_s, b, h);
       const T* k = head_ptr(p.k, p.k_s, b, hk);
       const T* v = head_ptr(p.v, p.v_s, b, hk);
-      pack_rows(q, p.q_s.row, i0, M, D, D, qscale, Qs);
-      std::fill(O, O + M * Dp, C(0));
-      std::fill(m, m + M, -kInf);
-      std::fill(l, l + M, C(0));
+      int64_t jt_lo = std::numeric_limits<int64_t>::max(), jt_hi = 0;
+      for (int64_t g = 0; g < G; ++g) {
+        FwdTile& x = q[g];
+        x.Qs = tiles_buf + g * per_tile;
+        x.O = x.Qs + kBlockM * D;
+        x.m = x.O + kBlockM * Dp;
+        x.l = x.m + kBlockM;
+        x.i0 = (t + g - bh * tiles) * kBlockM;
+        x.M = std::min(p.seqlen_q, x.i0 + kBlockM) - x.i0;
+        x.jt_lo = mg.lo(x.i0) / kBlockN;
+        x.jt_hi = ceil_div(mg.hi(x.i0 + x.M - 1), kBlockN);
+        jt_lo = std::min(jt_lo, x.jt_lo);
+        jt_hi = std::max(jt_hi, x.jt_hi);
+        pack_rows(qh, p.q_s.row, x.i0, x.M, D, D, qscale, x.Qs);
+        std::fill(x.O, x.O + x.M * Dp, C(0));
+        std::fill(x.m, x.m + x.M, -kInf);
+        std::fill(x.l, x.l + x.M, C(0));
+      }
 
-      const int64_t klo = mg.lo(i0), khi = mg.hi(i1 - 1);
-      for (int64_t jt = klo / kBlockN; jt * kBlockN < khi; ++jt) {
-        const int64_t j0 = jt * kBlockN, n = std::min(p.seqlen_k, j0 + kBlockN) - j0, np = round_up(n, L);
+      for (int64_t jt = jt_lo; jt < jt_hi; ++jt) {
+        const int64_t j0 = jt * kBlockN, n = std::min(p.seqlen_k, j0 + kBlockN) - j0;
         pack_transposed(k, p.k_s.row, j0, n, D, tmp, Kt);
         pack_rows(v, p.v_s.row, j0, n, D, Dp, C(1), Vp);
-        gemm<false>(M, np, D, Qs, D, 1, Kt, kBlockN, S, kBlockN);  // S = Q·Kᵀ (scaled)
-        for (int64_t r = 0; r < M; ++r) {
-          C* s = S + r * kBlockN;
-          const int64_t i = i0 + r;
-          const int64_t vlo = std::max<int64_t>(mg.lo(i) - j0, 0), vhi = std::min<int64_t>(mg.hi(i) - j0, n);
-          const C mx = mask_row_max(s, np, vlo, vhi);
-          const C m_new = mx != mx ? mx : std::max(m[r], mx);
-          if (m_new == -kInf) {  // nothing visible to this row yet: P = 0, O and l stay 0
-            std::fill(s, s + np, C(0));
-            alpha[r] = C(1);
-            continue;
-          }
-          const V vm = vsplat(m_new);
-          V sum = V{};
-          for (int64_t c = 0; c < np; c += L) {
-            const V e = vexp(vload(s + c) - vm);
-            vstore(s + c, e);
-            sum += e;
-          }
-          alpha[r] = sexp(m[r] - m_new);  // 0 when m was -inf
-          l[r] = l[r] * alpha[r] + hsum(sum);
-          m[r] = m_new;
-          if (alpha[r] != C(1)) {
-            C* o = O + r * Dp;
-            const V va = vsplat(alpha[r]);
-            for (int64_t c = 0; c < Dp; c += L) vstore(o + c, vload(o + c) * va);
-          }
-        }
-        gemm<true>(M, Dp, n, S, kBlockN, 1, Vp, Dp, O, Dp);  // O += P·V
+        for (int64_t g = 0; g < G; ++g)
+          if (jt >= q[g].jt_lo && jt < q[g].jt_hi) fwd_step(mg, D, Dp, j0, n, Kt, Vp, S, q[g]);
       }
 
       T* out = head_ptr(p.out, p.o_s, b, h);
-      const int64_t lse_off = (b * p.heads_q + h) * p.seqlen_q + i0;
-      for (int64_t r = 0; r < M; ++r) {
-        const bool any = !(l[r] <= C(0));  // a row that saw a key (or a NaN)
-        const C inv = any ? C(1) / l[r] : C(0);
-        C* o = O + r * Dp;
-        for (int64_t c = 0; c < Dp; ++c) o[c] *= inv;
-        store_row(o, out + (i0 + r) * p.o_s.row, D);
-        const C lse = any ? (m[r] + slog(l[r])) / kLogBase : kInf;
-        if constexpr (kF32) p.lse[lse_off + r] = lse;
-        else p.lse_f64[lse_off + r] = lse;
+      for (int64_t g = 0; g < G; ++g) {
+        const FwdTile& x = q[g];
+        const int64_t lse_off = (b * p.heads_q + h) * p.seqlen_q + x.i0;
+        for (int64_t r = 0; r < x.M; ++r) {
+          const bool any = !(x.l[r] <= C(0));  // a row that saw a key (or a NaN)
+          const C inv = any ? C(1) / x.l[r] : C(0);
+          C* o = x.O + r * Dp;
+          for (int64_t c = 0; c < Dp; ++c) o[c] *= inv;
+          store_row(o, out + (x.i0 + r) * p.o_s.row, D);
+          const C lse = any ? (x.m[r] + slog(x.l[r])) / kLogBase : kInf;
+          if constexpr (kF32) p.lse[lse_off + r] = lse;
+          else p.lse_f64[lse_off + r] = lse;
+        }
       }
+      t = t_end;
     }
   }
 
