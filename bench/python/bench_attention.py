@@ -289,22 +289,7 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
         m = ts.get("mmm")
         if m and peak:
             row["mmm_pct"] = 100.0 * fl[mode] / m.median_s / 1e12 / peak
-        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
-        if peers:
-            best = min(peers, key=lambda k: peers[k].median_s)
-            row["best_peer"] = best
-            if m:
-                row["speedup"] = peers[best].median_s / m.median_s
-        if "mmm" in ts and ts["mmm"] is None:
-            row["check"] = "error"
-        elif "mmm" in errs:
-            row["mmm_err"] = errs["mmm"]
-            row["check"] = "ok" if errs["mmm"] <= tolerance(c) else f"FAIL {errs['mmm']:.1e}"
-        else:
-            row["check"] = "-"
-        peer_errs = [errs[k] for k in PEERS if k in errs]
-        if peer_errs:
-            row["peer_err"] = max(peer_errs)
+        common.peer_check(row, ts, peers=PEERS, errs=errs, tol=tolerance(c))
         rows.append(row)
     del inp, ref
     common.release(device)

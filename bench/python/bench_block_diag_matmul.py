@@ -422,7 +422,6 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
             t = ts.get(impl)
             row[f"{impl}_us"] = t.median_s * 1e6 if t else None
         m = ts.get("mmm")
-        peers = {k: v for k, v in ts.items() if k in PEERS and v is not None}
         if m:
             row["mmm_TFLOPs"] = fl[mode] / m.median_s / 1e12
             row["mmm_GBps"] = bm[mode] / m.median_s / 1e9
@@ -437,25 +436,12 @@ def run_case(c: Case, impls: list[str], device: torch.device, timer: common.Time
                 row["path"] = forward_path(c, inp) if mode == "fwd" else "GEMMs"
             except Exception as e:  # noqa: BLE001 - an old mmm without the plan op
                 row["path"] = f"? ({type(e).__name__})"
-        if peers:
-            best = min(peers, key=lambda k: peers[k].median_s)
-            row["best_peer"] = best
-            row["peer_TFLOPs"] = fl[mode] / peers[best].median_s / 1e12
-            if m:
-                row["speedup"] = peers[best].median_s / m.median_s
-        if "mmm" in ts and ts["mmm"] is None:
-            row["check"] = "error"
-        elif "mmm" in errs:
-            err = errs["mmm"][mode]
-            row["check"] = "ok" if err <= tolerance(c) else f"FAIL {err:.1e}"
-            row["mmm_err"] = err
-        else:
-            row["check"] = "-"
+        best = common.peer_check(row, ts, peers=PEERS, errs={k: e[mode] for k, e in errs.items()},
+                                 tol=tolerance(c))
+        if best:
+            row["peer_TFLOPs"] = fl[mode] / ts[best].median_s / 1e12
         if errs.get("mmm_unfused", {}).get(mode, 0.0) > tolerance(c) and row["check"] in ("ok", "-"):
             row["check"] = f"FAIL unfused {errs['mmm_unfused'][mode]:.1e}"
-        peer_errs = [errs[k][mode] for k in ("einsum", "bmm") if k in errs]
-        if peer_errs:
-            row["peer_err"] = max(peer_errs)
         rows_out.append(row)
     del inp, ref
     common.release(device)

@@ -10,7 +10,8 @@ What is here
   * ``runners``, ``max_rel_err`` -- the fwd / fwd+bwd callables of one impl and the check metric.
   * ``time_impls``, ``bandwidth_record``, ``peer_columns`` -- the per-case skeleton: check and
                                 time every impl, one JSON record per (impl, mode), one table row
-                                per mode with mmm's GB/s, %BW, best peer, speed-up and check.
+                                per mode with mmm's GB/s, %BW, best peer, speed-up and check
+                                (``peer_check``: the best-peer and check columns alone).
   * ``pyplot``, ``save_plot`` -- matplotlib when importable, and where the PNG goes.
 
 How timing works
@@ -617,22 +618,15 @@ def bandwidth_record(case_name: str, fields: dict[str, Any], impl: str, mode: st
             "check_rel_err": check_rel_err, "check_tol": check_tol, "status": "ok"}
 
 
-def peer_columns(row: dict[str, Any], ts: dict[str, Timing | None], *, impls: Sequence[str],
-                 peers: Sequence[str], nbytes: int, copy_bps: float,
-                 errs: dict[str, float], tol: float) -> dict[str, Any]:
-    """Fills one table row of a memory-bound op from one mode's timings and check errors
-    (``errs[impl]`` for that mode): each impl's us, mmm's GB/s and %BW, the fastest peer and
-    speed-up = its time / mmm's, mmm's check against ``tol`` and the worst peer's error."""
-    for impl in impls:
-        t = ts.get(impl)
-        row[f"{impl}_us"] = t.median_s * 1e6 if t else None
+def peer_check(row: dict[str, Any], ts: dict[str, Timing | None], *, peers: Sequence[str],
+               errs: dict[str, float], tol: float) -> str | None:
+    """The comparison half of a table row, for one mode: the fastest measured peer and
+    speed-up = its time / mmm's, mmm's check (``errs[impl]`` for this mode) against ``tol``, and the
+    worst peer's error. Returns the fastest peer (None if no peer was measured)."""
     m = ts.get("mmm")
     measured = {k: v for k, v in ts.items() if k in peers and v is not None}
-    if m:
-        row["mmm_GBps"] = nbytes / m.median_s / 1e9
-        row["mmm_pct"] = 100.0 * nbytes / m.median_s / copy_bps
-    if measured:
-        best = min(measured, key=lambda k: measured[k].median_s)
+    best = min(measured, key=lambda k: measured[k].median_s) if measured else None
+    if best:
         row["best_peer"] = best
         if m:
             row["speedup"] = measured[best].median_s / m.median_s
@@ -646,6 +640,22 @@ def peer_columns(row: dict[str, Any], ts: dict[str, Timing | None], *, impls: Se
     peer_errs = [errs[k] for k in peers if k in errs]
     if peer_errs:
         row["peer_err"] = max(peer_errs)
+    return best
+
+
+def peer_columns(row: dict[str, Any], ts: dict[str, Timing | None], *, impls: Sequence[str],
+                 peers: Sequence[str], nbytes: int, copy_bps: float,
+                 errs: dict[str, float], tol: float) -> dict[str, Any]:
+    """Fills one table row of a memory-bound op from one mode's timings and check errors
+    (``errs[impl]`` for that mode): each impl's us, mmm's GB/s and %BW, then ``peer_check``."""
+    for impl in impls:
+        t = ts.get(impl)
+        row[f"{impl}_us"] = t.median_s * 1e6 if t else None
+    m = ts.get("mmm")
+    if m:
+        row["mmm_GBps"] = nbytes / m.median_s / 1e9
+        row["mmm_pct"] = 100.0 * nbytes / m.median_s / copy_bps
+    peer_check(row, ts, peers=peers, errs=errs, tol=tol)
     return row
 
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "fftconv/params.h"
 #include "torch/glue.h"
@@ -117,6 +118,30 @@ Tensor kspec_cpu(const FFTConvParams& p, const Tensor& like) {
   return ks;
 }
 
+// Both directions on CUDA: the launcher's workspace (fp32, 16-byte aligned), then one launch.
+template <typename P>
+void run_cuda(const Tensor& u, const P& p) {
+  constexpr bool fwd = std::is_same_v<P, FFTConvParams>;
+  const char* direction = fwd ? "forward" : "backward";
+#ifdef MMM_WITH_CUDA
+  const int32_t device = u.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(device);
+  size_t bytes;
+  if constexpr (fwd) bytes = fftconv_cuda_fwd_workspace_bytes(p, device);
+  else bytes = fftconv_cuda_bwd_workspace_bytes(p, device);
+  Tensor ws = glue::empty_like_shape(u, {int64_t((bytes + 15) / 16) * 4}, ScalarType::Float);
+  void* wptr = bytes ? ws.data_ptr() : nullptr;
+  void* stream = glue::current_cuda_stream(device);
+  const char* err;
+  if constexpr (fwd) err = launch_fftconv_fwd(p, wptr, stream);
+  else err = launch_fftconv_bwd(p, wptr, stream);
+  STD_TORCH_CHECK(err == nullptr, "fftconv (CUDA ", direction, "): ", err ? err : "");
+#else
+  (void)u, (void)p;
+  STD_TORCH_CHECK(false, "fftconv (", direction, "): mmm was built without CUDA kernels");
+#endif
+}
+
 Tensor fftconv(const Tensor& u, const Tensor& k, const optional<Tensor>& bias_in, const optional<Tensor>& pregate,
                const optional<Tensor>& postgate) {
   constexpr const char* op = "fftconv";
@@ -133,16 +158,7 @@ Tensor fftconv(const Tensor& u, const Tensor& k, const optional<Tensor>& bias_in
   fill_common(p, u, k, bias, pregate, postgate, keep);
   p.y = y.data_ptr();
   if (u.is_cuda()) {
-#ifdef MMM_WITH_CUDA
-    const int32_t device = u.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(device);
-    const size_t bytes = fftconv_cuda_fwd_workspace_bytes(p, device);
-    Tensor ws = glue::empty_like_shape(u, {int64_t((bytes + 15) / 16) * 4}, ScalarType::Float);
-    const char* err = launch_fftconv_fwd(p, bytes ? ws.data_ptr() : nullptr, glue::current_cuda_stream(device));
-    STD_TORCH_CHECK(err == nullptr, "fftconv (CUDA forward): ", err ? err : "");
-#else
-    STD_TORCH_CHECK(false, "fftconv: mmm was built without CUDA kernels");
-#endif
+    run_cuda(u, p);
   } else {
     Tensor ks = kspec_cpu(p, u);
     const void* kptr = ks.data_ptr();
@@ -193,16 +209,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fftconv_backward(
   p.dpregate = need_pregate ? dpre.data_ptr() : nullptr;
   p.dpostgate = need_postgate ? dpost.data_ptr() : nullptr;
   if (u.is_cuda()) {
-#ifdef MMM_WITH_CUDA
-    const int32_t device = u.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(device);
-    const size_t bytes = fftconv_cuda_bwd_workspace_bytes(p, device);
-    Tensor ws = glue::empty_like_shape(u, {int64_t((bytes + 15) / 16) * 4}, ScalarType::Float);
-    const char* err = launch_fftconv_bwd(p, bytes ? ws.data_ptr() : nullptr, glue::current_cuda_stream(device));
-    STD_TORCH_CHECK(err == nullptr, "fftconv (CUDA backward): ", err ? err : "");
-#else
-    STD_TORCH_CHECK(false, "fftconv: mmm was built without CUDA kernels");
-#endif
+    run_cuda(u, p);
   } else {
     Tensor ks = kspec_cpu(p, u);
     const void* kptr = ks.data_ptr();

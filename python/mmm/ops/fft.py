@@ -11,7 +11,6 @@ trims or zero-pads the bins).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -48,20 +47,17 @@ def _check_x(x: Tensor, complex_in: bool, op: str) -> None:
         raise RuntimeError(f"{op}: x must have at least one dimension, got a 0-dim tensor")
 
 
-@torch.library.register_fake("mmm::fft")
-def _fft_fake(x, norm=None):
-    _check_x(x, True, "fft")
-    _check_length(x.shape[-1], 1, "the last dimension of x", "fft", x)
-    _check_norm(norm, "fft")
-    return x.new_empty(x.shape)
+def _register_c2c_fake(op: str) -> None:
+    @torch.library.register_fake(f"mmm::{op}")
+    def _fake(x, norm=None):
+        _check_x(x, True, op)
+        _check_length(x.shape[-1], 1, "the last dimension of x", op, x)
+        _check_norm(norm, op)
+        return x.new_empty(x.shape)
 
 
-@torch.library.register_fake("mmm::ifft")
-def _ifft_fake(x, norm=None):
-    _check_x(x, True, "ifft")
-    _check_length(x.shape[-1], 1, "the last dimension of x", "ifft", x)
-    _check_norm(norm, "ifft")
-    return x.new_empty(x.shape)
+_register_c2c_fake("fft")
+_register_c2c_fake("ifft")
 
 
 @torch.library.register_fake("mmm::rfft")
