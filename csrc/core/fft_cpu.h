@@ -114,44 +114,34 @@ void bit_reverse_permute(std::complex<T>* data, int log2n) {
 
 namespace detail {
 
-// The two smallest DIF stages (h = 2, 1) as one radix-4 pass: their twiddles are 1 and W_4 = -i
-// (+i inverse), so no table and no multiplications.
-template <class T>
-inline void dif_last2(T* d, int64_t n, bool inverse) {
+// A 4-point DFT on each group of 4 complex points: the two smallest DIF stages (h = 2, 1) or,
+// mirrored, the two first DIT stages (h = 1, 2). Their twiddles are 1 and W_4 = -i (+i inverse),
+// so no table and no multiplications. Point x_k sits in slot In[k] of its group and X_k goes to
+// slot Out[k]: DIF reads natural order and writes bit-reversed {0, 2, 1, 3}; DIT the reverse.
+template <int I0, int I1, int I2, int I3, int O0, int O1, int O2, int O3, class T>
+inline void dft4_groups(T* d, int64_t n, bool inverse) {
   for (int64_t i = 0; i < n; i += 4) {
     T* x = d + 2 * i;
-    const T a0r = x[0] + x[4], a0i = x[1] + x[5], a2r = x[0] - x[4], a2i = x[1] - x[5];
-    const T a1r = x[2] + x[6], a1i = x[3] + x[7], er = x[2] - x[6], ei = x[3] - x[7];
-    const T a3r = inverse ? -ei : ei, a3i = inverse ? er : -er;  // (x1 - x3) * -+i
-    x[0] = a0r + a1r;
-    x[1] = a0i + a1i;
-    x[2] = a0r - a1r;
-    x[3] = a0i - a1i;
-    x[4] = a2r + a3r;
-    x[5] = a2i + a3i;
-    x[6] = a2r - a3r;
-    x[7] = a2i - a3i;
+    const T sr = x[2 * I0] + x[2 * I2], si = x[2 * I0 + 1] + x[2 * I2 + 1];  // x0 + x2
+    const T dr = x[2 * I0] - x[2 * I2], di = x[2 * I0 + 1] - x[2 * I2 + 1];  // x0 - x2
+    const T tr = x[2 * I1] + x[2 * I3], ti = x[2 * I1 + 1] + x[2 * I3 + 1];  // x1 + x3
+    const T er = x[2 * I1] - x[2 * I3], ei = x[2 * I1 + 1] - x[2 * I3 + 1];
+    const T ur = inverse ? -ei : ei, ui = inverse ? er : -er;                // (x1 - x3) * -+i
+    x[2 * O0] = sr + tr;
+    x[2 * O0 + 1] = si + ti;
+    x[2 * O2] = sr - tr;
+    x[2 * O2 + 1] = si - ti;
+    x[2 * O1] = dr + ur;
+    x[2 * O1 + 1] = di + ui;
+    x[2 * O3] = dr - ur;
+    x[2 * O3 + 1] = di - ui;
   }
 }
 
-// The mirror: DIT stages h = 1, 2.
 template <class T>
-inline void dit_first2(T* d, int64_t n, bool inverse) {
-  for (int64_t i = 0; i < n; i += 4) {
-    T* x = d + 2 * i;
-    const T b0r = x[0] + x[2], b0i = x[1] + x[3], b1r = x[0] - x[2], b1i = x[1] - x[3];
-    const T b2r = x[4] + x[6], b2i = x[5] + x[7], er = x[4] - x[6], ei = x[5] - x[7];
-    const T b3r = inverse ? -ei : ei, b3i = inverse ? er : -er;  // (x2 - x3) * -+i
-    x[0] = b0r + b2r;
-    x[1] = b0i + b2i;
-    x[4] = b0r - b2r;
-    x[5] = b0i - b2i;
-    x[2] = b1r + b3r;
-    x[3] = b1i + b3i;
-    x[6] = b1r - b3r;
-    x[7] = b1i - b3i;
-  }
-}
+inline void dif_last2(T* d, int64_t n, bool inverse) { dft4_groups<0, 1, 2, 3, 0, 2, 1, 3>(d, n, inverse); }
+template <class T>
+inline void dit_first2(T* d, int64_t n, bool inverse) { dft4_groups<0, 2, 1, 3, 0, 1, 2, 3>(d, n, inverse); }
 
 }  // namespace detail
 
