@@ -609,6 +609,43 @@ def test_raw_op_residual_out_when_not_needed(device):
     assert out.shape == x.shape and mean.shape == (4,) and rstd.shape == (4,)
 
 
+@pytest.mark.parametrize("prenorm", [False, True])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+@pytest.mark.parametrize("types", ["bf16", "bf16_fp32res", "fp64_fp32res"])
+def test_raw_op_inference_skips_h(device, prenorm, dropout_p, types):
+    # inference=True writes h only when it is an output (prenorm); out is bitwise the same (h is
+    # rounded to its dtype before the statistics either way).
+    dtype, rdtype, rif = {"bf16": (BF16, BF16, False), "bf16_fp32res": (BF16, F32, True),
+                          "fp64_fp32res": (F64, F32, False)}[types]
+    if dtype == F64 and device != "cpu":
+        pytest.skip("float64 is CPU-only")
+    x, w, b, r = make_inputs((6, 48), dtype, device, rdtype=rdtype)
+    seed = torch.tensor(9, dtype=torch.int64)
+    kw = dict(dropout_p=dropout_p, dropout_seed=seed if dropout_p else None, prenorm=prenorm,
+              residual_in_fp32=rif)
+    full = torch.ops.mmm.fused_add_norm(x, w, b, r, **kw)
+    lean = torch.ops.mmm.fused_add_norm(x, w, b, r, inference=True, **kw)
+    assert torch.equal(full[0], lean[0])
+    if prenorm:
+        assert torch.equal(full[1], lean[1])
+    else:
+        assert full[1].shape == x.shape and lean[1].numel() == 0
+
+
+def test_public_no_grad_matches_grad_mode(device):
+    x, w, b, r = make_inputs((5, 40), F32, device)
+    with torch.no_grad():
+        lean = mmm.fused_add_norm(x, w, b, r, activation="gelu")
+    full = mmm.fused_add_norm(x, w.clone().requires_grad_(), b, r, activation="gelu")
+    assert torch.equal(lean, full.detach())
+
+
+def test_raw_op_inference_with_grad_raises(device):
+    x, w, b, r = make_inputs((4, 16), F32, device)
+    with pytest.raises(RuntimeError, match="inference=True"):
+        torch.ops.mmm.fused_add_norm(x.requires_grad_(), w, b, r, inference=True)
+
+
 def test_raw_op_explicit_seed(device):
     x, w, b, r = make_inputs((8, 64), F32, device)
     seed = torch.tensor(77, dtype=torch.int64)
@@ -641,10 +678,11 @@ def _opcheck_cases(device):
         ((rg(x), None, None, rg(r)), dict(dropout_p=0.1, dropout_seed=seed, prenorm=True)),
         ((rg(xb), rg(wf), rg(bf), rg(rf)), dict(residual_in_fp32=True, prenorm=True,
                                                dropout_p=0.2, dropout_seed=seed)),
+        ((x, w, b, r), dict(inference=True)),
     ]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(6))
 def test_opcheck(device, case):
     args, kwargs = _opcheck_cases(device)[case]
     torch.library.opcheck(torch.ops.mmm.fused_add_norm.default, args, kwargs)

@@ -186,6 +186,8 @@ struct RowKernels {
         TH* h_row = static_cast<TH*>(p.h_out) + r * p.h_row_stride;
         store_row(h.data(), h_row, n);
         if constexpr (!std::is_same_v<TH, C>) load_row(h_row, h.data(), n);
+      } else if constexpr (!std::is_same_v<TH, C>) {  // not stored (inference): rounded all the same
+        for (int64_t j = 0; j < n; ++j) h[j] = C(TH(h[j]));
       }
 
       C mean = 0, var;
@@ -357,10 +359,13 @@ inline auto with_flag(bool b, F&& f) {
 // have no branches.
 template <typename T, typename TH, typename TW>
 struct BlockKernels {
-  // Forward pass 1 for row r: h = dropout(x) + residual, stored to residual_out (then read back
-  // as rounded), kept in hb; returns mean(h) (mean(h^2) for RMSNorm).
+  // Forward pass 1 for row r: h = dropout(x) + residual, rounded to h's dtype (stored to
+  // residual_out when there is one, and read back), kept in hb; returns mean(h) (mean(h^2) for
+  // RMSNorm). Normalising the rounded h matches what backward reads back, and makes the output
+  // the same whether or not h is stored.
   template <bool kRes, bool kHo, bool kDrop, bool kRms>
   static float fwd_h(const FusedAddNormFwdParams& p, int64_t r, float* __restrict hb, bool stream, int pf) {
+    constexpr bool kRound = (kRes || kDrop) && !std::is_same_v<TH, float>;
     const int64_t n = p.cols, nv = n - n % kW;
     const T* __restrict x = static_cast<const T*>(p.x) + r * p.x_row_stride;
     const TH* __restrict res = kRes ? static_cast<const TH*>(p.residual) + r * p.res_row_stride : nullptr;
@@ -378,7 +383,12 @@ struct BlockKernels {
       VF h = vload(x + j);
       if constexpr (kDrop) h = dropout_block(mask, idx0 + j, h, scale);
       if constexpr (kRes) h += vload(res + j);
-      if constexpr (kHo) h = nt ? vstream(ho + j, h) : vstore(ho + j, h);
+      if constexpr (kHo) {
+        h = nt ? vstream(ho + j, h) : vstore(ho + j, h);
+      } else if constexpr (kRound) {  // h not stored (inference): the same rounding all the same
+        TH t[kW];
+        h = vstore(t, h);
+      }
       vstore(hb + j, h);
       if constexpr (kRms) return h * h;
       else return h;
@@ -395,7 +405,12 @@ struct BlockKernels {
       float h = sload(x + j);
       if constexpr (kDrop) h = mask.keep(idx0 + j) ? h * scale : 0.f;
       if constexpr (kRes) h += sload(res + j);
-      if constexpr (kHo) h = sstore(ho + j, h);
+      if constexpr (kHo) {
+        h = sstore(ho + j, h);
+      } else if constexpr (kRound) {
+        TH t;
+        h = sstore(&t, h);
+      }
       hb[j] = h;
       st += kRms ? h * h : h;
     }
@@ -457,13 +472,12 @@ struct BlockKernels {
     if (p.bias) load_row(static_cast<const TW*>(p.bias), b, n);
     else std::fill(b, b + n, 0.f);
 
-    // The glue stores h whenever there is a residual or dropout.
     using H = float (*)(const FusedAddNormFwdParams&, int64_t, float*, bool, int);
-    const bool drop = p.dropout_p > 0, res = p.residual != nullptr, ho = p.h_out != nullptr || res || drop;
     const H h_pass = with_flag(p.rms, [&](auto rms) -> H {
-      if (!ho) return &fwd_h<false, false, false, rms>;
-      return with_flag(res, [&](auto kres) -> H {
-        return drop ? &fwd_h<kres, true, true, rms> : &fwd_h<kres, true, false, rms>;
+      return with_flag(p.residual != nullptr, [&](auto res) -> H {
+        return with_flag(p.dropout_p > 0, [&](auto drop) -> H {
+          return p.h_out ? &fwd_h<res, true, drop, rms> : &fwd_h<res, false, drop, rms>;
+        });
       });
     });
     const auto out_pass = p.act != Activation::kNone ? &fwd_out<true> : &fwd_out<false>;

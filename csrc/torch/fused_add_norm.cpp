@@ -82,7 +82,7 @@ ScalarType h_dtype_for(const Tensor& x, const optional<Tensor>& residual, bool r
 std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_norm(
     const Tensor& x_in, const optional<Tensor>& weight_in, const optional<Tensor>& bias_in,
     const optional<Tensor>& residual_in, const optional<Tensor>& dropout_seed, double eps, bool rms,
-    std::string activation, double dropout_p, bool prenorm, bool residual_in_fp32) {
+    std::string activation, double dropout_p, bool prenorm, bool residual_in_fp32, bool inference) {
   check_x(x_in);
   const int64_t n = x_in.size(x_in.dim() - 1);
   const optional<Tensor> weight = check_param(weight_in, "weight", x_in, n);
@@ -106,7 +106,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_norm(
 
   const auto sizes = glue::sizes_of(x_in);
   const int64_t rows = glue::rows_of(x_in, n);
-  const bool store_h = prenorm || residual.has_value() || dropout_p > 0.0 || h_dtype != x_in.scalar_type();
+  // h is an output with prenorm; otherwise it is kept for backward only, where it differs from x.
+  const bool store_h =
+      prenorm || (!inference && (residual.has_value() || dropout_p > 0.0 || h_dtype != x_in.scalar_type()));
   const ScalarType stat_dtype = x_in.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 
   Tensor out = glue::empty_like_shape(x_in, sizes, x_in.scalar_type());
@@ -264,7 +266,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(mmm, m) {
   m.def(
       "fused_add_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual=None, Tensor? dropout_seed=None, "
       "*, float eps=1e-05, bool rms=False, str activation=\"none\", float dropout_p=0.0, bool prenorm=False, "
-      "bool residual_in_fp32=False) "
+      "bool residual_in_fp32=False, bool inference=False) "
       "-> (Tensor out, Tensor residual_out, Tensor mean, Tensor rstd)");
   m.def(
       "fused_add_norm_backward(Tensor grad_out, Tensor? grad_residual_out, Tensor h, Tensor? weight, "

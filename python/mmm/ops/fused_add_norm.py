@@ -24,13 +24,14 @@ def _h_dtype(x: Tensor, residual: Optional[Tensor], residual_in_fp32: bool) -> t
     return residual.dtype if residual is not None else x.dtype
 
 
-def _stores_h(x, residual, dropout_p, prenorm, residual_in_fp32) -> bool:
-    return (
-        prenorm
-        or residual is not None
+def _stores_h(x, residual, dropout_p, prenorm, residual_in_fp32, inference) -> bool:
+    """Whether the op writes h (residual_out): always with prenorm; otherwise only for backward,
+    where h differs from x. Mirrors store_h in the C++ glue."""
+    return prenorm or (not inference and (
+        residual is not None
         or dropout_p > 0.0
         or _h_dtype(x, residual, residual_in_fp32) != x.dtype
-    )
+    ))
 
 
 def _check(x, weight, bias, residual, eps, activation, dropout_p):
@@ -67,12 +68,13 @@ def _check(x, weight, bias, residual, eps, activation, dropout_p):
 
 @torch.library.register_fake("mmm::fused_add_norm")
 def _fused_add_norm_fake(x, weight, bias, residual=None, dropout_seed=None, *, eps=1e-5, rms=False,
-                         activation="none", dropout_p=0.0, prenorm=False, residual_in_fp32=False):
+                         activation="none", dropout_p=0.0, prenorm=False, residual_in_fp32=False,
+                         inference=False):
     _check(x, weight, bias, residual, eps, activation, dropout_p)
     rows = x.numel() // x.shape[-1]
     stat = torch.float64 if x.dtype == torch.float64 else torch.float32
     h_dtype = _h_dtype(x, residual, residual_in_fp32)
-    h_shape = x.shape if _stores_h(x, residual, dropout_p, prenorm, residual_in_fp32) else (0,)
+    h_shape = x.shape if _stores_h(x, residual, dropout_p, prenorm, residual_in_fp32, inference) else (0,)
     return (
         x.new_empty(x.shape),
         x.new_empty(h_shape, dtype=h_dtype),
@@ -97,8 +99,13 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output):
     x, weight, bias, residual, dropout_seed = inputs
     kw = keyword_only_inputs
     _, h_out, mean, rstd = output
+    if kw["inference"]:
+        raise RuntimeError(
+            "fused_add_norm: inference=True keeps nothing for backward, but an input requires grad; "
+            "call it under torch.no_grad() (mmm.fused_add_norm chooses for you) or without inference=True"
+        )
     # xhat is recomputed from h; when h was not stored it is x itself.
-    ctx.stored_h = _stores_h(x, residual, kw["dropout_p"], kw["prenorm"], kw["residual_in_fp32"])
+    ctx.stored_h = _stores_h(x, residual, kw["dropout_p"], kw["prenorm"], kw["residual_in_fp32"], False)
     ctx.save_for_backward(h_out if ctx.stored_h else x, weight, bias, mean, rstd, dropout_seed)
     ctx.residual_dtype = residual.dtype if residual is not None else None
     ctx.x_dtype = x.dtype
@@ -175,13 +182,19 @@ def fused_add_norm(
     collapse to a single row stride (e.g. a slice of rows, or a column slice ``x[..., :N]`` of a
     wider buffer) is read in place; anything else is copied once to contiguous memory.
 
+    Under ``torch.no_grad()``, or when no input requires grad, h is not written to memory unless
+    it is returned (``prenorm``): backward is the only other reader.
+
     Returns:
         ``out`` (x's shape and dtype), or ``(out, residual_out)`` when ``prenorm``.
     """
     seed = _new_dropout_seed() if dropout_p > 0.0 else None
+    # Without autograd nothing reads h back, so it is written only when it is an output.
+    inference = not (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, residual)))
     out, residual_out, _, _ = torch.ops.mmm.fused_add_norm(
         x, weight, bias, residual, seed, eps=eps, rms=rms, activation=activation, dropout_p=dropout_p,
-        prenorm=prenorm, residual_in_fp32=residual_in_fp32,
+        prenorm=prenorm, residual_in_fp32=residual_in_fp32, inference=inference,
     )
     return (out, residual_out) if prenorm else out
 
