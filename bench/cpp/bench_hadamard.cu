@@ -1,0 +1,199 @@
+// Standalone benchmark of mmm's Walsh-Hadamard transform CUDA kernels (no torch).
+//
+//   y = scale * H_m · pad(x) along rows of a dense (rows, n) matrix, truncated back to n; m = the
+//   next power of two >= n, H_m Sylvester-ordered, scale = 1/sqrt(m) (orthonormal), fp32 math.
+//
+// Sweep: fp32, fp16 and bf16 at n in {256, 512, ..., 32768, 65536}, plus bf16 at n = 14336
+// (padded to 16384); rows such that x is 128 MB (--quick: 32 MB, n in {256, 4096, 65536}). A row
+// of up to 32768 elements (fp32 in shared memory: 128 KB) is one CTA's segment on GPUs with
+// >= 128 KB of shared memory per block (A100, H100); longer rows (65536 everywhere) take the
+// two-pass path: the segment pass into an fp32 workspace of rows * m * 4 bytes (the size
+// hadamard_cuda_workspace_bytes asks for, allocated here) and the column pass. The table's
+// "path" column says which ran (1-pass / 2-pass: the workspace size decides). Flags: see --help.
+//
+// Method: inputs filled on the device by a hash-based kernel (untimed); before each timed run the
+// L2 is flushed by a cudaMemsetAsync of 4x the L2 size; each run is bracketed by CUDA events on
+// one stream; median of --reps runs (default 50) after 5 untimed warm-up runs.
+//
+// Byte model (E = rows * n, the stored length: the padding is never stored; s = bytes per
+// element; GB/s = bytes / median time, decimal):
+//   read x, write y:  2 * E * s
+// The two-pass path writes and reads the fp32 workspace once more (2 * rows * m * 4 bytes, not
+// counted, so it shows as lower GB/s). "%BW" = GB/s over the copy bandwidth measured here
+// (cudaMemcpyAsync D2D of 1 GiB, read + write).
+//
+// Check: after the first run of each case, rows {0, 1, rows-1} are compared with the CPU twin
+// (hadamard_cpu: the same transform in fp32 on host copies of those rows, rounded once to the
+// dtype, like the kernel): max |gpu - cpu| / max |cpu| must be under 2e-2 (bf16), 4e-3 (fp16) or
+// 1e-5 (fp32). Both sides do the same fp32 butterflies (a + b, a - b) stride by stride in
+// increasing order and scale once at the end, so they should agree bit for bit; the tolerances
+// leave room for one ulp of the dtype (2^-7 relative for bf16, 2^-10 for fp16) and still catch
+// any wrong index (an O(1) error). A failed check, like any CUDA or launcher error, makes the
+// program exit with status 1.
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "hadamard/params.h"  // include dir: csrc/
+#include "bench_common.cuh"
+
+using mmm::DType;
+using namespace mmm_bench;
+
+namespace {
+
+const char* kUsage =
+    "usage: bench_hadamard [--json PATH] [--reps N] [--quick] [--n N1,N2,...] [--no-check 1]\n"
+    "  --json PATH   write the records as JSON to PATH (overwritten)\n"
+    "  --reps N      timed runs per measurement (default 50; with --quick 10)\n"
+    "  --quick       n in {256, 4096, 65536}, 32 MB inputs, fewer runs\n"
+    "  --n LIST      comma-separated lengths (1 .. 524288; not a power of two: zero padded)\n"
+    "                instead of the default sweep, each in fp32, fp16 and bf16\n"
+    "  --no-check 1  skip the comparison with the CPU twin\n"
+    "  env MMM_COMMIT is recorded in the JSON as the commit.\n";
+
+constexpr int64_t kMaxN = int64_t(1) << 19;  // the glue's limit (two passes on every sm_80+ GPU)
+
+struct Case {
+  DType dt;
+  int64_t n;
+};
+
+int64_t next_pow2(int64_t v) {
+  int64_t m = 1;
+  while (m < v) m *= 2;
+  return m;
+}
+
+// Exits 1 with a clear message where no CUDA device can be used (before any other CUDA call).
+void require_device(const char* prog) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::fprintf(stderr, "%s: no usable CUDA device (%s); this benchmark needs a GPU\n", prog,
+                 e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
+    std::exit(1);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args = Args::parse(argc, argv, {"--n", "--no-check"}, kUsage);
+  const bool do_check = args.get("--no-check", "0") == "0";
+  const int reps = args.reps > 0 ? args.reps : (args.quick ? 10 : 50);
+  const std::vector<DType> dts = {DType::kBFloat16, DType::kFloat16, DType::kFloat32};
+  std::vector<Case> cases;
+  if (args.get("--n", "") != "") {
+    const std::vector<int64_t> ns =
+        parse_list(args.get("--n", ""), "--n", [](long long x) { return x <= kMaxN; }, " (1 .. 524288)");
+    for (DType dt : dts)
+      for (int64_t n : ns) cases.push_back({dt, n});
+  } else {
+    std::vector<int64_t> ns;
+    if (args.quick) ns = {256, 4096, 65536};
+    else for (int l = 8; l <= 16; ++l) ns.push_back(int64_t(1) << l);
+    for (DType dt : dts)
+      for (int64_t n : ns) cases.push_back({dt, n});
+    if (!args.quick) cases.push_back({DType::kBFloat16, 14336});
+  }
+  const int64_t x_bytes = int64_t(args.quick ? 32 : 128) << 20;
+
+  require_device("bench_hadamard");
+  const DeviceInfo dev = device_info();
+  cudaStream_t stream;
+  MMM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const double copy_bps = copy_bandwidth(stream);
+  L2Flusher flusher(dev.l2_bytes);
+  int optin = 0;
+  MMM_CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev.id));
+  std::printf("%s (sm_%d%d, %d SMs, L2 %d MB, %d KB smem/block) | copy bandwidth %.0f GB/s | L2 flush %zu MB | "
+              "commit %s\n",
+              dev.prop.name, dev.prop.major, dev.prop.minor, dev.prop.multiProcessorCount, dev.l2_bytes >> 20,
+              optin >> 10, copy_bps / 1e9, flusher.bytes() >> 20, env_or("MMM_COMMIT", "unknown").c_str());
+
+  Table table({"dtype", "n", "rows", "time us", "GB/s", "% copy BW", "path", "check"});
+  std::vector<JsonObject> records;
+  int failures = 0;
+  uint64_t seed = 1;
+  // x and y hold x_bytes rounded down to whole rows (at least one row); the workspace grows to
+  // the largest size a case asks for.
+  DeviceBuffer x, y, ws;
+
+  for (const Case& c : cases) {
+    const size_t es = dtype_size(c.dt);
+    const int64_t m = next_pow2(c.n);
+    const int64_t rows = std::max<int64_t>(1, x_bytes / (c.n * int64_t(es)));
+    const size_t e = size_t(rows * c.n);  // elements of x (and of y)
+    x.resize(e * es);
+    y.resize(e * es);
+    fill_random(x.get(), e, c.dt, seed++, -1.f, 1.f, stream);
+    mmm::HadamardParams p;
+    p.rows = rows;
+    p.n = c.n;
+    p.n_pow2 = m;
+    p.x = x.get();
+    p.x_row_stride = c.n;
+    p.y = y.get();
+    p.y_row_stride = c.n;
+    p.dtype = c.dt;
+    p.scale = 1.0 / std::sqrt(double(m));
+    const size_t wsb = mmm::hadamard_cuda_workspace_bytes(p, dev.id);  // rows * m * 4, or 0 (one pass)
+    ws.resize(std::max<size_t>(wsb, 16));
+    const std::string tag = std::string(dtype_name(c.dt)) + " n=" + std::to_string(c.n);
+    auto run = [&] { MMM_CHECK_LAUNCH(mmm::launch_hadamard(p, ws.get(), stream), tag); };
+    run();
+    MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
+    std::string check = "-";
+    double err = NAN;
+    if (do_check) {
+      const std::vector<int64_t> idx = {0, std::min<int64_t>(1, rows - 1), rows - 1};
+      const int64_t k = int64_t(idx.size());
+      const size_t row_b = size_t(c.n) * es;
+      std::vector<unsigned char> hx(k * row_b), hy(k * row_b), ref(k * row_b);
+      for (int64_t i = 0; i < k; ++i) {
+        MMM_CHECK_CUDA(cudaMemcpy(hx.data() + i * row_b, x.get<unsigned char>() + idx[i] * row_b, row_b,
+                                  cudaMemcpyDeviceToHost));
+        MMM_CHECK_CUDA(cudaMemcpy(hy.data() + i * row_b, y.get<unsigned char>() + idx[i] * row_b, row_b,
+                                  cudaMemcpyDeviceToHost));
+      }
+      mmm::HadamardParams hp = p;
+      hp.rows = k;
+      hp.x = hx.data();
+      hp.y = ref.data();
+      mmm::hadamard_cpu(hp, 0, k);
+      const double tol = c.dt == DType::kBFloat16 ? 2e-2 : c.dt == DType::kFloat16 ? 4e-3 : 1e-5;
+      err = rel_err(hy.data(), ref.data(), size_t(k * c.n), c.dt);
+      check = err <= tol ? "ok" : "FAIL " + fmtf("%.1e", err);
+      failures += err <= tol ? 0 : 1;
+    }
+    const double bytes = 2.0 * double(e) * double(es);
+    const Timing t = time_median(run, stream, &flusher, reps, 5);
+    const double gbps = bytes / (t.median_ms * 1e-3) / 1e9, pct = 100.0 * bytes / (t.median_ms * 1e-3) / copy_bps;
+    const char* path = wsb ? "2-pass" : "1-pass";
+    table.add({dtype_name(c.dt), std::to_string(c.n), std::to_string(rows), fmtf("%.1f", t.median_ms * 1e3),
+               fmtf("%.0f", gbps), fmtf("%.1f", pct), path, check});
+    JsonObject j;
+    j.str("op", "hadamard").str("dtype", dtype_name(c.dt)).integer("n", c.n).integer("n_pow2", m)
+        .integer("rows", rows).str("path", path).integer("workspace_bytes", (long long)wsb).num("bytes", bytes)
+        .num("median_us", t.median_ms * 1e3).num("min_us", t.min_ms * 1e3).num("max_us", t.max_ms * 1e3)
+        .integer("reps", t.reps).num("GBps", gbps).num("pct_copy_bw", pct).str("check", check)
+        .num("check_rel_err", err);
+    records.push_back(j);
+  }
+  MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
+  table.print();
+  std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in the source header\n",
+              copy_bps / 1e9);
+  JsonObject extra;
+  extra.integer("reps", reps).integer("l2_flush_bytes", (long long)flusher.bytes())
+      .integer("smem_optin_bytes", optin).str("timing", "CUDA events, L2 flushed by memset before each run, median");
+  write_json(args.json_path, "hadamard", dev, copy_bps, records, extra);
+  MMM_CHECK_CUDA(cudaStreamDestroy(stream));
+  if (failures) {
+    std::fprintf(stderr, "%d checks against the CPU twin failed\n", failures);
+    return 1;
+  }
+  return 0;
+}
