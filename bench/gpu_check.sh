@@ -99,7 +99,7 @@ ORDER=(build selftest pytest_cuda pytest_rest memcheck racecheck cpp_bench py_be
 # Caps only stop a hung step from eating the budget; time_for() already keeps every later
 # step's minimum free, and time a fast step leaves goes to the later ones.
 declare -A CAP=([build]=240 [selftest]=45 [pytest_cuda]=180 [pytest_rest]=120 [memcheck]=120
-                [racecheck]=120 [cpp_bench]=75 [py_bench]=240)
+                [racecheck]=120 [cpp_bench]=100 [py_bench]=240)
 declare -A MIN=([build]=60 [selftest]=10 [pytest_cuda]=30 [pytest_rest]=15 [memcheck]=20
                 [racecheck]=20 [cpp_bench]=15 [py_bench]=45)
 
