@@ -646,6 +646,23 @@ def test_raw_op_inference_with_grad_raises(device):
         torch.ops.mmm.fused_add_norm(x.requires_grad_(), w, b, r, inference=True)
 
 
+def test_unused_residual_out_is_not_read(device, monkeypatch):
+    # Autograd would pass zeros for the unused residual_out (a fill and a read of x's size);
+    # the backward op must get None instead.
+    x, w, b, r = (t.requires_grad_() if t is not None else t for t in make_inputs((4, 32), F32, device))
+    seen = []
+    real = torch.ops.mmm.fused_add_norm_backward
+
+    def spy(grad_out, grad_residual_out, *args, **kwargs):
+        seen.append(grad_residual_out)
+        return real(grad_out, grad_residual_out, *args, **kwargs)
+
+    monkeypatch.setattr(torch.ops.mmm, "fused_add_norm_backward", spy)
+    out, h = mmm.fused_add_norm(x, w, b, r, prenorm=True)
+    out.sum().backward()
+    assert seen == [None]
+
+
 def test_raw_op_explicit_seed(device):
     x, w, b, r = make_inputs((8, 64), F32, device)
     seed = torch.tensor(77, dtype=torch.int64)

@@ -107,6 +107,7 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output):
     # xhat is recomputed from h; when h was not stored it is x itself.
     ctx.stored_h = _stores_h(x, residual, kw["dropout_p"], kw["prenorm"], kw["residual_in_fp32"], False)
     ctx.save_for_backward(h_out if ctx.stored_h else x, weight, bias, mean, rstd, dropout_seed)
+    ctx.set_materialize_grads(False)  # an unused out or residual_out gets None, not a tensor of zeros
     ctx.residual_dtype = residual.dtype if residual is not None else None
     ctx.x_dtype = x.dtype
     ctx.opts = dict(rms=kw["rms"], activation=kw["activation"], dropout_p=kw["dropout_p"])
