@@ -74,6 +74,38 @@ __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_
          (f.window_left < 0 || col >= row + shift - f.window_left);
 }
 
+// The two score-shaped products of a backward step, over the whole head dim, for one warp's 16
+// rows: x = A1·B1ᵀ and y = A2·B2ᵀ (16 x kBlockCols each, fp32), A tiles [row][d] from row0, B
+// tiles [col][d]. dkdv: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ; dq: S = Q·Kᵀ, dP = dO·Vᵀ.
+template <class K>
+__device__ __forceinline__ void score_pair(float (&x)[K::kCTiles][4], float (&y)[K::kCTiles][4], uint32_t a1,
+                                           uint32_t a2, uint32_t b1, uint32_t b2,
+                                           const AttnLaneAddr<typename K::Layout>& la,
+                                           const AttnLaneAddr<typename K::Layout>& lb, int row0) {
+  using T = typename K::T;
+  using L = typename K::Layout;
+#pragma unroll
+  for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) x[j][c] = y[j][c] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < K::kD; kk += 16) {
+    uint32_t a_1[4], a_2[4];
+    ld_a<L>(a_1, a1, la, row0, kk);
+    ld_a<L>(a_2, a2, la, row0, kk);
+#pragma unroll
+    for (int j = 0; j < K::kCTiles; j += 2) {
+      uint32_t b_lo[2], b_hi[2];
+      ld_b<L>(b_lo, b_hi, b1, lb, j * 8, kk);
+      mma_m16n8k16<T>(x[j], a_1, b_lo);
+      mma_m16n8k16<T>(x[j + 1], a_1, b_hi);
+      ld_b<L>(b_lo, b_hi, b2, lb, j * 8, kk);
+      mma_m16n8k16<T>(y[j], a_2, b_lo);
+      mma_m16n8k16<T>(y[j + 1], a_2, b_hi);
+    }
+  }
+}
+
 template <class K>
 __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
   using T = typename K::T;
@@ -145,28 +177,9 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
       const T* s_q = s_qdo + (i % kS) * 2 * kTile;  // (kC queries, kD)
       const T* s_do = s_q + kTile;                  // (kC queries, kD)
 
-      // Sᵀ (16 keys x kC queries) = K·Qᵀ and dPᵀ = V·dOᵀ: A from [key][d], B from [query][d].
+      // Sᵀ (16 keys x kC queries) = K·Qᵀ and dPᵀ = V·dOᵀ.
       float st[K::kCTiles][4], dpt[K::kCTiles][4];
-#pragma unroll
-      for (int j = 0; j < K::kCTiles; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) st[j][c] = dpt[j][c] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < K::kD; kk += 16) {
-        uint32_t a_k[4], a_v[4];
-        ld_a<L>(a_k, smem_addr(s_k), la, warp * 16, kk);
-        ld_a<L>(a_v, smem_addr(s_v), la, warp * 16, kk);
-#pragma unroll
-        for (int j = 0; j < K::kCTiles; j += 2) {
-          uint32_t b_lo[2], b_hi[2];
-          ld_b<L>(b_lo, b_hi, smem_addr(s_q), lb, j * 8, kk);
-          mma_m16n8k16<T>(st[j], a_k, b_lo);
-          mma_m16n8k16<T>(st[j + 1], a_k, b_hi);
-          ld_b<L>(b_lo, b_hi, smem_addr(s_do), lb, j * 8, kk);
-          mma_m16n8k16<T>(dpt[j], a_v, b_lo);
-          mma_m16n8k16<T>(dpt[j + 1], a_v, b_hi);
-        }
-      }
+      score_pair<K>(st, dpt, smem_addr(s_k), smem_addr(s_v), smem_addr(s_q), smem_addr(s_do), la, lb, warp * 16);
       // Pᵀ = exp(Sᵀ·scale − lse[query]); dSᵀ = Pᵀ ∘ (dPᵀ − delta[query]). Row = key, col = query.
 #pragma unroll
       for (int j = 0; j < K::kCTiles; ++j)
@@ -292,27 +305,9 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
     const T* s_k = s_kv + (i % kS) * 2 * kTile;  // (kC keys, kD)
     const T* s_v = s_k + kTile;                  // (kC keys, kD)
 
-    float s[K::kCTiles][4], dp[K::kCTiles][4];  // (16 queries, kC keys)
-#pragma unroll
-    for (int j = 0; j < K::kCTiles; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) s[j][c] = dp[j][c] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < K::kD; kk += 16) {
-      uint32_t a_q[4], a_do[4];
-      ld_a<L>(a_q, smem_addr(s_q), la, warp * 16, kk);
-      ld_a<L>(a_do, smem_addr(s_do), la, warp * 16, kk);
-#pragma unroll
-      for (int j = 0; j < K::kCTiles; j += 2) {
-        uint32_t b_lo[2], b_hi[2];
-        ld_b<L>(b_lo, b_hi, smem_addr(s_k), lb, j * 8, kk);
-        mma_m16n8k16<T>(s[j], a_q, b_lo);
-        mma_m16n8k16<T>(s[j + 1], a_q, b_hi);
-        ld_b<L>(b_lo, b_hi, smem_addr(s_v), lb, j * 8, kk);
-        mma_m16n8k16<T>(dp[j], a_do, b_lo);
-        mma_m16n8k16<T>(dp[j + 1], a_do, b_hi);
-      }
-    }
+    // S (16 queries x kC keys) = Q·Kᵀ and dP = dO·Vᵀ.
+    float s[K::kCTiles][4], dp[K::kCTiles][4];
+    score_pair<K>(s, dp, smem_addr(s_q), smem_addr(s_do), smem_addr(s_k), smem_addr(s_v), la, lb, warp * 16);
     // dS = P ∘ (dP − delta[row]) with P = exp(S·scale − lse[row]).
 #pragma unroll
     for (int j = 0; j < K::kCTiles; ++j)
