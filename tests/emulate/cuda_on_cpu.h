@@ -1,27 +1,41 @@
 // CUDA on CPU threads: just enough of the CUDA language and runtime for the kernels' own source to
 // compile with g++ and run on the host, so their index math can be checked against the CPU twins
-// without a GPU. Used by the drivers next to this file (fft.cpp, fftconv.cpp, butterfly.cpp);
-// build and run them with tests/emulate/run.sh.
+// without a GPU. Used by the drivers next to this file (fft.cpp, fftconv.cpp, butterfly.cpp,
+// attention.cpp); build and run them with tests/emulate/run.sh. The PTX the tensor-core kernels
+// use (ldmatrix, mma.sync, cp.async) is modelled on top of this by ptx_on_cpu.h.
 //
 // What it emulates
-//   - __global__/__device__/__host__/__forceinline__/__launch_bounds__ compile away; __shared__
-//     becomes `static` (blocks run one after another, so a static is the block's shared memory).
-//   - launch_grid(grid, threads, smem_bytes, body): blocks one after another; each block runs
-//     `threads` std::threads with a thread_local threadIdx.x (threads == 1: on the calling thread,
-//     for drivers that run a block's work in one "thread"). Dynamic shared memory is a zeroed heap
-//     block of exactly smem_bytes per launch (AddressSanitizer sees overruns), reached through
-//     emu_dynamic_smem() / emu::smem.
+//   - __global__/__device__/__host__/__forceinline__/__launch_bounds__ compile away; __align__ is
+//     __attribute__((aligned)); __shared__ becomes `static` (blocks run one after another, so a static is the
+//     block's shared memory).
+//   - launch_grid(grid (dim3), threads, smem_bytes, body): `threads` std::threads, created once per
+//     launch, run the blocks one after another (blockIdx x fastest), with thread_local threadIdx /
+//     blockIdx (threads == 1: on the calling thread, for drivers that run a block's work in one
+//     "thread"). Dynamic shared memory is a heap block of exactly smem_bytes per launch (so
+//     AddressSanitizer sees overruns), 128-byte aligned, reached through emu_dynamic_smem() /
+//     emu::smem, filled at each block's start with emu::smem_fill (0; the PTX drivers use 0xff:
+//     NaN, so reading shared memory nobody wrote shows).
+//   - emu_launch (what run.sh rewrites kernel<<<...>>> into) refuses what the runtime would:
+//     bad block sizes, empty or oversized grids, more dynamic shared memory than the opt-in limit
+//     or, above 48 KB, than cudaFuncSetAttribute(MaxDynamicSharedMemorySize) allowed the kernel.
 //   - __syncthreads() = a barrier over the block; __syncwarp() = a barrier over the warp;
-//     __shfl_xor_sync = an exchange through a warp barrier (float only, full warps, mask ignored).
-//   - float2/float4, __half/__nv_bfloat16 and their conversions (the bit-exact CPU twins of
-//     core/numeric.h), sincospif (long double), __brev, min/max, warp_sum/to_f/from_f of
-//     core/cuda_utils.cuh, and the few runtime calls a launcher makes (device attributes from
+//     __shfl_xor_sync = a warp exchange (any 32/64-bit type, full warps and full masks only);
+//     warp exchanges check that all 32 lanes are in the same collective, and a watchdog aborts
+//     when no barrier completes for emu::deadlock_seconds (a thread or lane that skipped one).
+//   - float2/float4/uint4, dim3, __half/__nv_bfloat16 and their conversions (the bit-exact CPU
+//     twins of core/numeric.h), __half2/__nv_bfloat162 and __floats2{half,bfloat16}2_rn (.x in
+//     the low half), sincospif (long double), __brev, min/max, atomicAdd (std::atomic_ref),
+//     warp_sum/to_f/from_f of core/cuda_utils.cuh (or, with MMM_EMU_REAL_CUDA_UTILS, the real
+//     header), and the few runtime calls a launcher makes (device attributes from
 //     emu::optin_smem / emu::sms, so a driver can shrink shared memory to force other paths).
 // What it cannot catch
-//   - races and missing barriers that happen to be harmless under the host scheduler, shared
+//   - races and missing barriers that happen to be harmless under the host scheduler (the lazy
+//     cp.async mode of ptx_on_cpu.h makes the pipeline ones visible, not every other one), shared
 //     memory bank conflicts, real warp timing / divergence / independent thread scheduling,
-//     partial-warp masks, alignment faults, register pressure, and anything in PTX (mma, ldmatrix,
-//     cp.async): those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
+//     partial-warp masks, misaligned ordinary loads (UBSan sees some), register pressure and
+//     spills, the hardware's accumulation order and rounding inside mma, exp2f/log2f ulp
+//     differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16 f16/bf16 and cp.async .cg 16:
+//     those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -50,11 +64,11 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
-struct float2 { float x, y; };
-struct float4 { float x, y, z, w; };
-struct uint4 { unsigned x, y, z, w; };
+struct alignas(8) float2 { float x, y; };  // the CUDA types' alignment, so UBSan checks vector accesses
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 struct uint3 { unsigned x = 0, y = 0, z = 0; };
 struct dim3 {
