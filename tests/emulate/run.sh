@@ -2,14 +2,16 @@
 # Builds and runs one CUDA-on-CPU emulation (tests/emulate/cuda_on_cpu.h says what it can and cannot
 # catch): the op's CUDA kernels compiled by g++ and checked against its CPU twin. No GPU or nvcc.
 #   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++)
-#   tests/emulate/run.sh attention [quick]     (tensor-core kernels: PTX modelled by ptx_on_cpu.h)
+#   tests/emulate/run.sh attention [quick] | block_diag_matmul    (tensor-core kernels: the PTX
+#     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run)
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
 # object is reused when newer than its sources); CXX picks the compiler. The opt-in tests
-# (MMM_EMULATE=1: tests/test_{fft,fftconv,butterfly,attention}.py, -k cpu_threads) call this script.
+# (MMM_EMULATE=1: tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul}.py, -k cpu_threads)
+# call this script.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention [driver arguments...]}"
+op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention|block_diag_matmul [driver arguments...]}"
 shift
 out="${MMM_EMULATE_BUILD_DIR:-$(mktemp -d)}"
 mkdir -p "$out"
@@ -77,6 +79,18 @@ case "$op" in
     cached_object "$out/attention_cpu.o" "$repo/csrc/attention/attention_cpu.cpp" "$repo/csrc/attention/attention_cpu_impl.h"
     "${ptx_cxx[@]}" -DMMM_ATTENTION_HEAD_DIMS_MASK=0x6 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       "$out/attention_kernels.cpp" "$here/attention.cpp" "$out/attention_cpu.o" -o "$out/$op" ;;
-  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention)" >&2; exit 2 ;;
+  # The block GEMM (tensor-core, split-K reduce, fp32 FMA) and the fused Monarch forward.
+  block_diag_matmul)
+    rewrite core/mma.cuh core/cp_async.cuh block_diag_matmul/block_diag_matmul_kernel.cuh \
+      block_diag_matmul/monarch_fused_kernel.cuh block_diag_matmul/block_diag_matmul_launch.cu \
+      block_diag_matmul/monarch_fused_launch.cu
+    printf '#include "block_diag_matmul/block_diag_matmul_launch.cu"\n#include "block_diag_matmul/monarch_fused_launch.cu"\n' \
+      > "$out/block_diag_matmul_kernels.cpp"
+    src="$repo/csrc/block_diag_matmul"
+    cached_object "$out/block_gemm_cpu.o" "$src/block_diag_matmul_cpu.cpp" "$src/block_diag_matmul_cpu_impl.h" "$src/params.h"
+    cached_object "$out/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h"
+    "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out/block_diag_matmul_kernels.cpp" \
+      "$here/block_diag_matmul.cpp" "$out/block_gemm_cpu.o" "$out/monarch_fused_cpu.o" -o "$out/$op" ;;
+  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul)" >&2; exit 2 ;;
 esac
 exec "$out/$op" "$@"
