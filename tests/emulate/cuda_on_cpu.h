@@ -1,37 +1,58 @@
 // CUDA on CPU threads: just enough of the CUDA language and runtime for the kernels' own source to
 // compile with g++ and run on the host, so their index math can be checked against the CPU twins
-// without a GPU. Used by the drivers next to this file (fft.cpp, fftconv.cpp, butterfly.cpp);
-// build and run them with tests/emulate/run.sh.
+// without a GPU. Used by the drivers next to this file (fft.cpp, fftconv.cpp, butterfly.cpp,
+// attention.cpp); build and run them with tests/emulate/run.sh. The PTX the tensor-core kernels
+// use (ldmatrix, mma.sync, cp.async) is modelled on top of this by ptx_on_cpu.h.
 //
 // What it emulates
-//   - __global__/__device__/__host__/__forceinline__/__launch_bounds__ compile away; __shared__
-//     becomes `static` (blocks run one after another, so a static is the block's shared memory).
-//   - launch_grid(grid, threads, smem_bytes, body): blocks one after another; each block runs
-//     `threads` std::threads with a thread_local threadIdx.x (threads == 1: on the calling thread,
-//     for drivers that run a block's work in one "thread"). Dynamic shared memory is a zeroed heap
-//     block of exactly smem_bytes per launch (AddressSanitizer sees overruns), reached through
-//     emu_dynamic_smem() / emu::smem.
+//   - __global__/__device__/__host__/__forceinline__/__launch_bounds__ compile away; __align__ is
+//     __attribute__((aligned)); __shared__ becomes `static` (blocks run one after another, so a static is the
+//     block's shared memory).
+//   - launch_grid(grid (dim3), threads, smem_bytes, body): `threads` std::threads, created once per
+//     launch, run the blocks one after another (blockIdx x fastest), with thread_local threadIdx /
+//     blockIdx (threads == 1: on the calling thread, for drivers that run a block's work in one
+//     "thread"). Dynamic shared memory is a heap block of exactly smem_bytes per launch (so
+//     AddressSanitizer sees overruns), 128-byte aligned, reached through emu_dynamic_smem() /
+//     emu::smem, filled at each block's start with emu::smem_fill (0; the PTX drivers use 0xff:
+//     NaN, so reading shared memory nobody wrote shows).
+//   - emu_launch (what run.sh rewrites kernel<<<...>>> into) refuses what the runtime would:
+//     bad block sizes, empty or oversized grids, more dynamic shared memory than the opt-in limit
+//     or, above 48 KB, than cudaFuncSetAttribute(MaxDynamicSharedMemorySize) allowed the kernel.
 //   - __syncthreads() = a barrier over the block; __syncwarp() = a barrier over the warp;
-//     __shfl_xor_sync = an exchange through a warp barrier (float only, full warps, mask ignored).
-//   - float2/float4, __half/__nv_bfloat16 and their conversions (the bit-exact CPU twins of
-//     core/numeric.h), sincospif (long double), __brev, min/max, warp_sum/to_f/from_f of
-//     core/cuda_utils.cuh, and the few runtime calls a launcher makes (device attributes from
+//     __shfl_xor_sync = a warp exchange (any 32/64-bit type, full warps and full masks only);
+//     warp exchanges check that all 32 lanes are in the same collective, and a watchdog aborts
+//     when no barrier completes for emu::deadlock_seconds (a thread or lane that skipped one).
+//   - float2/float4/uint4, dim3, __half/__nv_bfloat16 and their conversions (the bit-exact CPU
+//     twins of core/numeric.h), __half2/__nv_bfloat162 and __floats2{half,bfloat16}2_rn (.x in
+//     the low half), sincospif (long double), __brev, min/max, atomicAdd (std::atomic_ref),
+//     warp_sum/to_f/from_f of core/cuda_utils.cuh (or, with MMM_EMU_REAL_CUDA_UTILS, the real
+//     header), and the few runtime calls a launcher makes (device attributes from
 //     emu::optin_smem / emu::sms, so a driver can shrink shared memory to force other paths).
 // What it cannot catch
-//   - races and missing barriers that happen to be harmless under the host scheduler, shared
+//   - races and missing barriers that happen to be harmless under the host scheduler (the lazy
+//     cp.async mode of ptx_on_cpu.h makes the pipeline ones visible, not every other one), shared
 //     memory bank conflicts, real warp timing / divergence / independent thread scheduling,
-//     partial-warp masks, alignment faults, register pressure, and anything in PTX (mma, ldmatrix,
-//     cp.async): those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
+//     partial-warp masks, misaligned ordinary loads (UBSan sees some), register pressure and
+//     spills, the hardware's accumulation order and rounding inside mma, exp2f/log2f ulp
+//     differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16 f16/bf16 and cp.async .cg 16:
+//     those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "core/numeric.h"
@@ -43,75 +64,194 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
-struct float2 { float x, y; };
-struct float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };  // the CUDA types' alignment, so UBSan checks vector accesses
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
-struct Dim3 { unsigned x = 0; };
-inline thread_local Dim3 threadIdx;
-inline Dim3 blockDim, blockIdx, gridDim;
+struct uint3 { unsigned x = 0, y = 0, z = 0; };
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+// Blocks run one after another, each on its own threads (or the calling thread), so the block
+// and thread indices are per thread and the launch shape is global.
+inline thread_local uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
 using std::max;
 using std::min;
 
 namespace emu {
+// An emulation error (a broken PTX rule, a warp divergence, a deadlock): say where and stop.
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "EMULATION ERROR (block %u,%u,%u thread %u): %s\n", blockIdx.x, blockIdx.y, blockIdx.z,
+               threadIdx.x, what);
+  std::fflush(stderr);
+  std::abort();
+}
+
 inline std::unique_ptr<std::barrier<>> block_barrier;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-inline std::vector<float> exchange;  // one slot per thread, for __shfl_xor_sync
-inline void* smem = nullptr;         // this launch's dynamic shared memory
+inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the deadlock watchdog
+inline void* smem = nullptr;               // this launch's dynamic shared memory
+inline size_t smem_bytes = 0;
 inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
 inline int optin_smem = 232448, sms = 132;  // what cudaDeviceGetAttribute reports (H100)
+// The byte every block's dynamic shared memory starts as. Real shared memory starts as whatever
+// the last block left; 0xff makes a read of never-written shared memory a NaN in fp16, bf16
+// and fp32 alike (the PTX drivers set it; 0 keeps the older drivers' zeroed memory).
+inline int smem_fill = 0;
+inline int deadlock_seconds = 120;  // no barrier completing for this long: a deadlock, abort
 
-// One block of `threads` threads running body(); blockIdx/gridDim are the caller's to set.
-template <class Body>
-void launch_block(int threads, Body& body) {
-  blockDim.x = unsigned(threads);
-  if (threads == 1) {
-    threadIdx.x = 0;
-    body();
-    return;
-  }
-  block_barrier = std::make_unique<std::barrier<>>(threads);
-  warp_barriers.clear();
-  for (int w = 0; w < threads / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
-  exchange.assign(size_t(threads), 0.f);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([t, &body] {
-      threadIdx.x = unsigned(t);
-      body();
-    });
-  for (auto& th : pool) th.join();
+// Per-thread hooks the PTX layer (ptx_on_cpu.h) installs: a thread's start and end of each
+// block, and the end of a block on thread 0 after every thread has finished it.
+inline void (*thread_block_begin)() = nullptr;
+inline void (*thread_block_end)() = nullptr;
+inline void (*block_end)() = nullptr;
+
+// One warp-collective exchange slot per thread, double-buffered (see warp_exchange).
+struct LaneSlot {
+  uint32_t op = 0;   // which collective (ldmatrix, mma, shuffle...): lanes must agree
+  uint32_t seq = 0;  // the lane's collective count in this block: lanes must agree
+  const void* ptr = nullptr;
+  uint32_t w[10] = {};
+};
+inline std::vector<LaneSlot> slots[2];
+inline thread_local uint32_t collective_seq = 0;
+
+inline void warp_wait() {
+  progress.fetch_add(1, std::memory_order_relaxed);
+  warp_barriers[threadIdx.x / 32]->arrive_and_wait();
 }
+
+// A warp collective: every lane deposits `mine`, one warp barrier, then the lanes' slots (index
+// by lane) are readable until this lane's next collective. Two buffers alternate, so the next
+// collective's writes cannot clobber slots a slower lane still reads (writing buffer b again
+// needs the barrier of the collective in between, which every lane reaches only after reading).
+// All 32 lanes must take part in the same collective in the same order: a lane that diverges
+// either deadlocks the barrier (the watchdog reports it) or is caught by the op/seq check.
+inline const LaneSlot* warp_exchange(LaneSlot mine) {
+  if (blockDim.x % 32) fail("a warp collective in a block that is not whole warps");
+  const unsigned t = threadIdx.x;
+  std::vector<LaneSlot>& buf = slots[collective_seq & 1];
+  mine.seq = collective_seq++;
+  buf[t] = mine;
+  warp_wait();
+  const LaneSlot* lanes = &buf[t & ~31u];
+  for (int l = 0; l < 32; ++l)
+    if (lanes[l].op != mine.op || lanes[l].seq != mine.seq) {
+      char msg[160];
+      std::snprintf(msg, sizeof msg, "warp %u: lane %d is in collective op %u #%u, lane %u in op %u #%u", t / 32, l,
+                    lanes[l].op, lanes[l].seq, t % 32, mine.op, mine.seq);
+      fail(msg);
+    }
+  return lanes;
+}
+
+// Aborts the process when no barrier completes for deadlock_seconds (a lane that skipped a
+// __syncthreads / collective the others wait in).
+class Watchdog {
+ public:
+  Watchdog() : th_([this] { run(); }) {}
+  ~Watchdog() {
+    { std::lock_guard<std::mutex> g(m_); stop_ = true; }
+    cv_.notify_all();
+    th_.join();
+  }
+ private:
+  void run() {
+    std::unique_lock<std::mutex> g(m_);
+    uint64_t last = progress.load();
+    auto since = std::chrono::steady_clock::now();
+    while (!cv_.wait_for(g, std::chrono::seconds(1), [this] { return stop_; })) {
+      const uint64_t now = progress.load();
+      if (now != last) { last = now; since = std::chrono::steady_clock::now(); continue; }
+      if (std::chrono::steady_clock::now() - since > std::chrono::seconds(deadlock_seconds)) {
+        std::fprintf(stderr, "EMULATION ERROR: no barrier completed for %d s: a deadlock (threads of a block or "
+                     "lanes of a warp wait at different barriers)\n", deadlock_seconds);
+        std::fflush(stderr);
+        std::abort();
+      }
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread th_;
+};
 }  // namespace emu
 
-// A kernel launch <<<grid, threads, smem_bytes>>>: body() is the kernel call.
+inline void __syncthreads() {
+  if (blockDim.x > 1) {
+    emu::progress.fetch_add(1, std::memory_order_relaxed);
+    emu::block_barrier->arrive_and_wait();
+  }
+}
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  if (blockDim.x > 1) emu::warp_wait();
+}
+
+// A kernel launch <<<grid, threads, smem_bytes>>>: body() is the kernel call, run by `threads`
+// std::threads (created once per launch; they run the blocks one after another), or with
+// threads == 1 on the calling thread, the whole block's work in that one "thread".
 template <class Body>
-void launch_grid(int grid, int threads, size_t smem_bytes, Body body) {
+void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
   emu::max_smem_used = std::max(emu::max_smem_used, smem_bytes);
-  std::unique_ptr<float4[]> mem(new float4[(smem_bytes + 15) / 16 + (smem_bytes == 0)]());  // 16-byte aligned
+  // Exactly smem_bytes (AddressSanitizer sees overruns), aligned like extern __shared__ __align__(128).
+  struct Free { void operator()(void* p) const { ::operator delete(p, std::align_val_t(128)); } };
+  std::unique_ptr<void, Free> mem(::operator new(std::max<size_t>(smem_bytes, 1), std::align_val_t(128)));
+  std::memset(mem.get(), 0, std::max<size_t>(smem_bytes, 1));
   emu::smem = mem.get();
-  gridDim.x = unsigned(grid);
-  for (int b = 0; b < grid; ++b) {
-    blockIdx.x = unsigned(b);
-    emu::launch_block(threads, body);
+  emu::smem_bytes = smem_bytes;
+  gridDim = grid;
+  blockDim = dim3(unsigned(threads));
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  auto run = [&](unsigned t) {
+    threadIdx = uint3{t, 0, 0};
+    for (uint64_t b = 0; b < blocks; ++b) {
+      blockIdx = uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
+      if (t == 0 && emu::smem_fill) std::memset(emu::smem, emu::smem_fill, smem_bytes);
+      emu::collective_seq = 0;
+      __syncthreads();  // the fill (and the previous block's end checks) before anyone starts
+      if (emu::thread_block_begin) emu::thread_block_begin();
+      body();
+      if (emu::thread_block_end) emu::thread_block_end();
+      __syncthreads();
+      if (t == 0 && emu::block_end) emu::block_end();
+    }
+  };
+  if (threads == 1) {
+    run(0);
+  } else {
+    emu::block_barrier = std::make_unique<std::barrier<>>(threads);
+    emu::warp_barriers.clear();
+    for (int w = 0; w < (threads + 31) / 32; ++w)
+      emu::warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
+    for (auto& s : emu::slots) s.assign(size_t(threads), emu::LaneSlot{});
+    emu::Watchdog watchdog;
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back(run, unsigned(t));
+    for (auto& th : pool) th.join();
   }
   emu::smem = nullptr;
+  emu::smem_bytes = 0;
 }
 
 inline float2* emu_dynamic_smem() { return static_cast<float2*>(emu::smem); }
-inline void __syncthreads() {
-  if (blockDim.x > 1) emu::block_barrier->arrive_and_wait();
-}
-inline void __syncwarp() {
-  if (blockDim.x > 1) emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait();
-}
-inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  const unsigned t = threadIdx.x, w = t / 32;
-  emu::exchange[t] = v;
-  emu::warp_barriers[w]->arrive_and_wait();
-  const float r = emu::exchange[(t & ~31u) | ((t & 31u) ^ unsigned(mask))];
-  emu::warp_barriers[w]->arrive_and_wait();
+
+// __shfl_xor_sync over the warp exchange (full warps; the mask must name all 32 lanes).
+template <class V>
+inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
+  static_assert(sizeof(V) <= 8 && std::is_trivially_copyable_v<V>, "__shfl_xor_sync: a 32/64-bit value");
+  if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only full-warp masks are emulated");
+  emu::LaneSlot s;
+  s.op = 100;
+  std::memcpy(s.w, &v, sizeof v);
+  const emu::LaneSlot* lanes = emu::warp_exchange(s);
+  V r;
+  std::memcpy(&r, lanes[(threadIdx.x & 31u) ^ unsigned(lane_mask & 31)].w, sizeof r);
   return r;
 }
 inline void sincospif(float x, float* s, float* c) {
@@ -124,6 +264,11 @@ inline unsigned __brev(unsigned v) {
   for (int b = 0; b < 32; ++b) r |= ((v >> b) & 1u) << (31 - b);
   return r;
 }
+// atomicAdd on global or shared fp32 / int, as a relaxed read-modify-write (returns the old value).
+template <class V>
+inline V atomicAdd(V* p, V v) {
+  return std::atomic_ref<V>(*p).fetch_add(v, std::memory_order_relaxed);
+}
 
 // fp16/bf16 storage and conversions, on the bit-exact CPU twins of core/numeric.h.
 struct __half { uint16_t bits; };
@@ -132,8 +277,15 @@ inline float __half2float(__half h) { return mmm::to_float(mmm::Half{h.bits}); }
 inline float __bfloat162float(__nv_bfloat16 h) { return mmm::to_float(mmm::BFloat16{h.bits}); }
 inline __half __float2half_rn(float f) { return {mmm::from_float<mmm::Half>(f).bits}; }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {mmm::from_float<mmm::BFloat16>(f).bits}; }
+// Two 16-bit values in one 32-bit register, .x in the low half (little-endian, as on the GPU).
+struct alignas(4) __half2 { __half x, y; };
+struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) { return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)}; }
 
-// The parts of core/cuda_utils.cuh the emulated kernels use (fp32 only).
+// The parts of core/cuda_utils.cuh the older emulated kernels use (fp32 only); drivers that
+// compile the real core/cuda_utils.cuh define MMM_EMU_REAL_CUDA_UTILS.
+#ifndef MMM_EMU_REAL_CUDA_UTILS
 namespace mmm {
 inline float to_f(float v) { return v; }
 template <typename U> inline U from_f(float v);
@@ -143,6 +295,7 @@ inline float warp_sum(float v) {
   return v;
 }
 }  // namespace mmm
+#endif
 
 // The runtime calls a launcher makes (csrc/<op>/<op>_launch.cu, rewritten by run.sh to call
 // emu_launch instead of <<<...>>>).
@@ -159,23 +312,57 @@ inline int cudaDeviceGetAttribute(int* v, int attr, int) {
   *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? emu::optin_smem : emu::sms;
   return cudaSuccess;
 }
-template <class K> int cudaFuncSetAttribute(K, int, int) { return cudaSuccess; }
+namespace emu {
+struct FuncAttr { const void* f; size_t max_dynamic_smem; };
+inline std::vector<FuncAttr> func_attrs;
+inline size_t func_max_dynamic_smem(const void* f) {
+  for (const FuncAttr& a : func_attrs)
+    if (a.f == f) return a.max_dynamic_smem;
+  return 48 * 1024;
+}
+}  // namespace emu
+template <class K> int cudaFuncSetAttribute(K kernel, int attr, int value) {
+  if constexpr (std::is_pointer_v<K>) {
+    if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+      if (value < 0 || value > emu::optin_smem) return cudaErrorInvalidValue;
+      const void* f = reinterpret_cast<const void*>(kernel);
+      for (emu::FuncAttr& a : emu::func_attrs)
+        if (a.f == f) { a.max_dynamic_smem = size_t(value); return cudaSuccess; }
+      emu::func_attrs.push_back({f, size_t(value)});
+    }
+  }
+  return cudaSuccess;
+}
 inline int cudaGetLastError() { return cudaSuccess; }
 inline int cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline const char* cudaGetErrorString(int) { return "emulation error"; }
 inline int cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset(p, v, n); return cudaSuccess; }
 
 // kernel<<<grid, threads, smem_bytes>>>(args...) with the block's work done by `block_threads`
-// emulated threads (1: the whole block in one thread, every barrier trivially held).
+// emulated threads: 1 = the whole block in one thread (every barrier trivially held), 0 = one
+// std::thread per CUDA thread (what warp collectives and the PTX layer need). Checks what the
+// runtime would refuse: block size, empty or oversized grids, dynamic shared memory above 48 KB
+// without cudaFuncSetAttribute(MaxDynamicSharedMemorySize) for this kernel, or above the opt-in limit.
 template <class K, class... A>
-void emu_launch(int block_threads, K kernel, unsigned grid, int threads, size_t smem_bytes, A... args) {
+void emu_launch(int block_threads, K kernel, dim3 grid, int threads, size_t smem_bytes, A... args) {
   if (threads % 32 || threads > emu::max_block_threads || threads < 32) {
     std::fprintf(stderr, "emu_launch: bad block size %d\n", threads);
     throw "bad block size";
+  }
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    std::fprintf(stderr, "emu_launch: invalid grid (%u, %u, %u)\n", grid.x, grid.y, grid.z);
+    throw "invalid grid";
   }
   if (smem_bytes > size_t(emu::optin_smem)) {
     std::fprintf(stderr, "emu_launch: %zu bytes of shared memory over the limit %d\n", smem_bytes, emu::optin_smem);
     throw "shared memory over the limit";
   }
-  launch_grid(int(grid), block_threads, smem_bytes, [&] { kernel(args...); });
+  if constexpr (std::is_pointer_v<K>) {
+    if (smem_bytes > 48 * 1024 && emu::func_max_dynamic_smem(reinterpret_cast<const void*>(kernel)) < smem_bytes) {
+      std::fprintf(stderr, "emu_launch: %zu bytes of dynamic shared memory without cudaFuncSetAttribute to allow them\n",
+                   smem_bytes);
+      throw "dynamic shared memory above 48 KB not allowed";
+    }
+  }
+  launch_grid(grid, block_threads == 0 ? threads : block_threads, smem_bytes, [&] { kernel(args...); });
 }

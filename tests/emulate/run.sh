@@ -2,17 +2,51 @@
 # Builds and runs one CUDA-on-CPU emulation (tests/emulate/cuda_on_cpu.h says what it can and cannot
 # catch): the op's CUDA kernels compiled by g++ and checked against its CPU twin. No GPU or nvcc.
 #   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++)
-# MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory); CXX picks the
-# compiler. The opt-in tests (MMM_EMULATE=1: tests/test_{fft,fftconv,butterfly}.py, -k cpu_threads)
+#   tests/emulate/run.sh attention [quick] | block_diag_matmul    (tensor-core kernels: the PTX
+#     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run)
+# MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
+# object is reused when newer than its sources); CXX picks the compiler. The opt-in tests
+# (MMM_EMULATE=1: tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul}.py, -k cpu_threads)
 # call this script.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]}"
+op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention|block_diag_matmul [driver arguments...]}"
 shift
 out="${MMM_EMULATE_BUILD_DIR:-$(mktemp -d)}"
 mkdir -p "$out"
 cxx=("${CXX:-g++}" -std=c++20 -I"$here" -I"$repo/csrc")
+
+# The PTX drivers: copies of csrc headers in $out, with (1) each PTX wrapper's definition renamed
+# (`void ldmatrix_x4(` -> `void ldmatrix_x4_ptx(`, never called) so that the kernels' calls reach
+# ptx_on_cpu.h's models, (2) `kernel<<<grid, threads, smem, stream>>>(args);` -> emu_launch(0, ...)
+# (one std::thread per CUDA thread), (3) `extern __shared__ T name[];` -> the launch's exact-size
+# dynamic shared memory. tests/emulate/shadow stands in for the CUDA headers.
+ptx_cxx=("${CXX:-g++}" -std=c++20 -I"$here/shadow" -I"$here" -I"$out/inc" -I"$repo/csrc" -DMMM_EMU_REAL_CUDA_UTILS -pthread)
+ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait'
+rewrite() {
+  local f
+  for f in "$@"; do
+    mkdir -p "$out/inc/$(dirname "$f")"
+    perl -0pe '
+      s/\bvoid ('"$ptx_wrappers"')\(/void $1_ptx(/g;
+      s/([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?),\s*([^,;]*),\s*([^,;]*),\s*stream>>>\(([^;]*)\);/emu_launch(0, $1, $2, $3, $4, $5);/g;
+      s/extern __shared__ (?:__align__\(\d+\) )?([\w ]*?\w) (\w+)\[\];/$1* $2 = static_cast<$1*>(emu::smem);/g;
+    ' "$repo/csrc/$f" > "$out/inc/$f"
+    # Every launch and dynamic shared array rewritten, and inline PTX only in renamed wrappers.
+    if grep -n '<<<\|extern __shared__' "$out/inc/$f" >&2; then echo "run.sh: $f: not rewritten (above)" >&2; exit 1; fi
+    if perl -ne 'if (/^\s*__device__.*?\b(\w+)\s*\(/) { $fn = $1 } if (/asm\s+volatile/ && $fn !~ /_ptx$/) { print "$ARGV: inline PTX in $fn\n"; $bad = 1 } END { exit $bad }' "$out/inc/$f" >&2; then :; else
+      echo "run.sh: $f: a PTX wrapper that ptx_on_cpu.h does not model" >&2; exit 1; fi
+  done
+}
+# Compiles the source $2 into the object $1 (no sanitizers: the CPU twin is the reference, not
+# under test) unless the object is newer than $2 and the other files named ($3..).
+cached_object() {
+  local obj="$1" src="$2" dep
+  for dep in "${@:2}"; do
+    if [ ! -e "$obj" ] || [ "$dep" -nt "$obj" ]; then "${cxx[@]}" -O1 -c "$src" -o "$obj"; return; fi
+  done
+}
 case "$op" in
   # The kernels have MMM_FFT_HOST_EMULATION hooks; the drivers mirror the launchers' paths.
   fft | fftconv)
@@ -35,6 +69,28 @@ case "$op" in
     grep -q 'emu::smem' "$out/kernel.h" || { echo "run.sh: shared memory was not rewritten" >&2; exit 1; }
     "${cxx[@]}" -I"$out" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       "$out/launch.cpp" "$here/butterfly.cpp" "$src/butterfly_cpu.cpp" -o "$out/$op" ;;
-  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly)" >&2; exit 2 ;;
+  # Head dims 64 (3-stage forward, 64-column swizzle) and 96 (2 stages, 32-column swizzle, the
+  # backward's 32-wide steps); every driver case pads its head dim up to one of them.
+  attention)
+    rewrite core/mma.cuh core/cp_async.cuh attention/attention_smem.cuh attention/attention_fwd_kernel.cuh \
+      attention/attention_bwd_kernel.cuh attention/attention_launch_template.cuh attention/attention_launch.cu
+    printf '#include "attention/attention_launch.cu"\n#include "attention/instantiations/attention_hdim64.cu"\n#include "attention/instantiations/attention_hdim96.cu"\n' \
+      > "$out/attention_kernels.cpp"
+    cached_object "$out/attention_cpu.o" "$repo/csrc/attention/attention_cpu.cpp" "$repo/csrc/attention/attention_cpu_impl.h"
+    "${ptx_cxx[@]}" -DMMM_ATTENTION_HEAD_DIMS_MASK=0x6 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+      "$out/attention_kernels.cpp" "$here/attention.cpp" "$out/attention_cpu.o" -o "$out/$op" ;;
+  # The block GEMM (tensor-core, split-K reduce, fp32 FMA) and the fused Monarch forward.
+  block_diag_matmul)
+    rewrite core/mma.cuh core/cp_async.cuh block_diag_matmul/block_diag_matmul_kernel.cuh \
+      block_diag_matmul/monarch_fused_kernel.cuh block_diag_matmul/block_diag_matmul_launch.cu \
+      block_diag_matmul/monarch_fused_launch.cu
+    printf '#include "block_diag_matmul/block_diag_matmul_launch.cu"\n#include "block_diag_matmul/monarch_fused_launch.cu"\n' \
+      > "$out/block_diag_matmul_kernels.cpp"
+    src="$repo/csrc/block_diag_matmul"
+    cached_object "$out/block_gemm_cpu.o" "$src/block_diag_matmul_cpu.cpp" "$src/block_diag_matmul_cpu_impl.h" "$src/params.h"
+    cached_object "$out/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h"
+    "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out/block_diag_matmul_kernels.cpp" \
+      "$here/block_diag_matmul.cpp" "$out/block_gemm_cpu.o" "$out/monarch_fused_cpu.o" -o "$out/$op" ;;
+  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul)" >&2; exit 2 ;;
 esac
 exec "$out/$op" "$@"

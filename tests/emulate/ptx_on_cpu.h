@@ -1,0 +1,267 @@
+// The PTX the tensor-core kernels use, as warp collectives on the CPU threads of cuda_on_cpu.h:
+// ldmatrix (.x4, .x4.trans, m8n8 b16), mma.sync m16n8k16 row.col f32.{f16,bf16}, and cp.async
+// (16-byte .cg copies with src-size zero fill, commit_group, wait_group). Each model is written
+// from the PTX ISA's own definitions (9.7.14.5.8 "Matrix Fragments for mma.m16n8k16 with floating
+// point type", 9.7.14.5.15 "ldmatrix", 9.7.9.25 "cp.async" / commit_group / wait_group), NOT
+// from core/mma.cuh, so that the kernels' fragment recipes are checked, not repeated. The
+// drivers' self-tests pin each model to hand-computed results.
+//
+// How the kernels reach it: tests/emulate/run.sh copies core/mma.cuh, core/cp_async.cuh and
+// the kernels' headers into the build directory, renaming each PTX wrapper's definition
+// (`void ldmatrix_x4(` -> `void ldmatrix_x4_ptx(`, ...) so that the calls resolve to the mmm::
+// functions below; everything else in those headers (load_a_frag, the swizzles, pack2, the
+// pipelines) is compiled as written. The shadow headers in tests/emulate/shadow stand in for
+// cuda_runtime.h / cuda_fp16.h / cuda_bf16.h.
+//
+// Shared-memory addresses: __cvta_generic_to_shared(p) hands out a 32-bit handle (index of the
+// base pointer in a per-thread table << 20 | offset), so `smem_addr(tile) + byte offset`
+// arithmetic works as on the GPU for offsets below 1 MB and decodes back to a host pointer.
+//
+// cp.async modes (emu::cp_async_lazy, chosen at run time):
+//   eager  a copy lands when it is issued: a stage overwritten while other warps still read it
+//          (a missing barrier before the refill) changes what they read;
+//   lazy   the destination is poisoned (0xff: NaN in fp16/bf16/fp32) when the copy is issued
+//          and the data lands only when a wait_group retires its group: reading a stage before
+//          the wait that covers it, or reading another thread's chunk without the barrier after
+//          that thread's wait, reads NaN (or the previous tile) instead of the data.
+// Both modes check: 16-byte alignment of both addresses, src-size in [0, 16]; wait_group<N>
+// leaves at most N of the thread's groups pending; copies issued but never committed are never
+// waited for (they land at neither wait nor exit in lazy mode); a thread that exits with copies
+// uncommitted or in flight is an error; every thread of a block must commit the same number of
+// groups (the kernels' stated invariant that keeps wait_group counts aligned across threads).
+#pragma once
+#include <deque>
+
+#include "cuda_on_cpu.h"
+
+namespace emu {
+
+// ---- shared-memory address handles ------------------------------------------------------------
+inline thread_local std::vector<const unsigned char*> shared_bases;
+inline size_t cvta_shared(const void* p) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < shared_bases.size(); ++i)
+    if (shared_bases[i] == c) return i << 20;
+  if (shared_bases.size() >= 4096) fail("__cvta_generic_to_shared: more than 4096 distinct shared pointers");
+  shared_bases.push_back(c);
+  return (shared_bases.size() - 1) << 20;
+}
+inline unsigned char* shared_ptr(uint32_t a) {
+  if ((a >> 20) >= shared_bases.size()) fail("a shared-memory address that no __cvta_generic_to_shared produced");
+  return const_cast<unsigned char*>(shared_bases[a >> 20]) + (a & 0xfffffu);
+}
+// p must be in this launch's dynamic shared memory, or (kernels with static __shared__ arrays)
+// at least not in it partially; a null/garbage address would crash or be caught by ASan anyway.
+inline void check_shared(const void* p, size_t bytes, const char* what) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  const auto* base = static_cast<const unsigned char*>(smem);
+  if (base && c >= base - 4096 && c < base + smem_bytes + 4096 && (c < base || c + bytes > base + smem_bytes)) {
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "%s: %zu bytes at offset %td of %zu bytes of dynamic shared memory", what, bytes,
+                  c - base, smem_bytes);
+    fail(msg);
+  }
+}
+
+enum : uint32_t { kOpLdsm = 1, kOpLdsmTrans = 2, kOpMmaF16 = 3, kOpMmaBF16 = 4 };
+
+// ---- ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 -----------------------------------------
+// PTX ISA: threads 8j..8j+7 supply the row addresses of matrix j (rows 0..7, 16 contiguous
+// bytes each, 16-byte aligned). Destination register j holds matrix j. Without .trans, thread l
+// holds row l/4, elements 2(l%4) (low half) and 2(l%4)+1 (high half); with .trans the matrix is
+// read column-major: thread l holds elements (2(l%4), l/4) and (2(l%4)+1, l/4) of the stored matrix.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  if (reinterpret_cast<uintptr_t>(row) % 16) fail("ldmatrix: row address not 16-byte aligned");
+  check_shared(row, 16, "ldmatrix row");
+  LaneSlot s;
+  s.op = trans ? kOpLdsmTrans : kOpLdsm;
+  s.ptr = row;
+  const LaneSlot* lanes = warp_exchange(s);
+  const int l = int(threadIdx.x % 32);
+  auto elem = [&](int matrix, int mrow, int mcol) {  // element (mrow, mcol) of matrix j, as stored
+    uint16_t v;
+    std::memcpy(&v, static_cast<const unsigned char*>(lanes[8 * matrix + mrow].ptr) + 2 * mcol, 2);
+    return uint32_t(v);
+  };
+  for (int j = 0; j < 4; ++j) {
+    if (!trans) r[j] = elem(j, l / 4, 2 * (l % 4)) | elem(j, l / 4, 2 * (l % 4) + 1) << 16;
+    else r[j] = elem(j, 2 * (l % 4), l / 4) | elem(j, 2 * (l % 4) + 1, l / 4) << 16;
+  }
+}
+
+// ---- mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32 ---------------------------
+// PTX ISA fragments, groupID g = l >> 2, threadID_in_group t = l % 4:
+//   A (16x16) a0..a7, two per .b32 register (a_{2r} low half):
+//     row = g for i in {0, 1, 4, 5}, else g + 8;  col = 2t + (i & 1) + 8 * (i >= 4)
+//   B (16x8, K x N) b0..b3, two per register:  row (k) = 2t + (i & 1) + 8 * (i >= 2);  col (n) = g
+//   C, D (16x8 f32) c0..c3:  row = g + 8 * (i >= 2);  col = 2t + (i & 1)
+// The tables below invert these maps (built from the formulas, checked to be bijections).
+struct MmaMaps {
+  uint8_t a_lane[16][16], a_elem[16][16], b_lane[16][8], b_elem[16][8];
+  MmaMaps() {
+    bool seen_a[16][16] = {}, seen_b[16][8] = {};
+    for (int l = 0; l < 32; ++l) {
+      const int g = l >> 2, t = l % 4;
+      for (int i = 0; i < 8; ++i) {
+        const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8, col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+        if (seen_a[row][col]) fail("mma model: A map is not a bijection");
+        seen_a[row][col] = true;
+        a_lane[row][col] = uint8_t(l);
+        a_elem[row][col] = uint8_t(i);
+      }
+      for (int i = 0; i < 4; ++i) {
+        const int k = 2 * t + (i & 1) + (i >= 2 ? 8 : 0), n = g;
+        if (seen_b[k][n]) fail("mma model: B map is not a bijection");
+        seen_b[k][n] = true;
+        b_lane[k][n] = uint8_t(l);
+        b_elem[k][n] = uint8_t(i);
+      }
+    }
+  }
+};
+inline const MmaMaps& mma_maps() {
+  static const MmaMaps m;
+  return m;
+}
+
+template <bool kBf16>
+inline float b16_to_float(uint32_t bits) {
+  if constexpr (kBf16) return mmm::to_float(mmm::BFloat16{uint16_t(bits)});
+  else return mmm::to_float(mmm::Half{uint16_t(bits)});
+}
+
+// d = A·B + c for the warp; each lane gets its four D elements. Products of two fp16/bf16 values
+// are exact in fp32; the sum is fp32 in k order (the hardware's order and rounding are
+// unspecified, so a kernel must not depend on them).
+template <bool kBf16>
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  LaneSlot s;
+  s.op = kBf16 ? kOpMmaBF16 : kOpMmaF16;
+  for (int i = 0; i < 4; ++i) s.w[i] = a[i];
+  s.w[4] = b[0];
+  s.w[5] = b[1];
+  for (int i = 0; i < 4; ++i) std::memcpy(&s.w[6 + i], &d[i], 4);
+  const LaneSlot* lanes = warp_exchange(s);
+  const MmaMaps& m = mma_maps();
+  auto A = [&](int row, int col) {
+    const int i = m.a_elem[row][col];
+    return b16_to_float<kBf16>(lanes[m.a_lane[row][col]].w[i / 2] >> (16 * (i % 2)));
+  };
+  auto B = [&](int k, int n) {
+    const int i = m.b_elem[k][n];
+    return b16_to_float<kBf16>(lanes[m.b_lane[k][n]].w[4 + i / 2] >> (16 * (i % 2)));
+  };
+  const int l = int(threadIdx.x % 32), g = l >> 2, t = l % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+    float acc;
+    std::memcpy(&acc, &lanes[l].w[6 + i], 4);  // c_i of this lane is its own d_i input
+    for (int k = 0; k < 16; ++k) acc = std::fma(A(row, k), B(k, col), acc);
+    d[i] = acc;
+  }
+}
+
+// ---- cp.async ----------------------------------------------------------------------------------
+inline bool cp_async_lazy = false;
+struct CpCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int src_bytes;
+};
+struct CpState {
+  std::vector<CpCopy> open;                 // issued, not yet committed
+  std::deque<std::vector<CpCopy>> pending;  // committed groups, oldest first
+  uint64_t commits = 0, copies = 0;
+};
+inline thread_local CpState cp;
+inline uint64_t block_commits[1024];  // per thread of the block, for the end-of-block check
+inline uint64_t total_copies = 0, total_waits = 0;
+inline std::mutex stats_mutex;
+
+inline void cp_land(const CpCopy& c) {
+  if (c.src_bytes) std::memcpy(c.dst, c.src, size_t(c.src_bytes));
+  std::memset(c.dst + c.src_bytes, 0, size_t(16 - c.src_bytes));
+}
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes;
+inline void cp_async_16(void* dst, const void* src, int src_bytes) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16) fail("cp.async: shared address not 16-byte aligned");
+  if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside [0, 16]");
+  if (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % 16) fail("cp.async: global address not 16-byte aligned");
+  check_shared(dst, 16, "cp.async destination");
+  const CpCopy c{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), src_bytes};
+  if (cp_async_lazy) std::memset(c.dst, 0xff, 16);
+  else cp_land(c);
+  cp.open.push_back(c);
+  ++cp.copies;
+}
+inline void cp_async_commit() {
+  cp.pending.push_back(std::move(cp.open));
+  cp.open.clear();
+  ++cp.commits;
+}
+template <int N>
+inline void cp_async_wait() {
+  static_assert(N >= 0, "wait_group N >= 0");
+  while (cp.pending.size() > size_t(N)) {
+    if (cp_async_lazy)
+      for (const CpCopy& c : cp.pending.front()) cp_land(c);
+    cp.pending.pop_front();
+  }
+  if (cp.pending.size() > size_t(N)) fail("cp.async.wait_group: more than N groups left pending");
+}
+
+inline void ptx_thread_begin() {
+  cp.open.clear();
+  cp.pending.clear();
+  cp.commits = cp.copies = 0;
+  shared_bases.clear();
+}
+inline void ptx_thread_end() {
+  if (!cp.open.empty()) fail("kernel exits with cp.async copies never committed (never waited for)");
+  for (const auto& g : cp.pending)
+    if (!g.empty()) fail("kernel exits with committed cp.async copies not waited for (wait_group 0 missing)");
+  block_commits[threadIdx.x] = cp.commits;
+  std::lock_guard<std::mutex> lock(stats_mutex);
+  total_copies += cp.copies;
+}
+inline void ptx_block_end() {
+  for (size_t t = 1; t < blockDim.x; ++t)
+    if (block_commits[t] != block_commits[0]) {
+      char msg[160];
+      std::snprintf(msg, sizeof msg, "threads 0 and %zu committed %llu and %llu cp.async groups: wait_group counts "
+                    "disagree across the block", t, (unsigned long long)block_commits[0],
+                    (unsigned long long)block_commits[t]);
+      fail(msg);
+    }
+}
+// Each thread writes its own block_commits slot after the kernel body; thread 0 reads them all
+// after the block's closing barrier (launch_grid), before the next block's opening one.
+inline const bool ptx_hooks_installed = [] {
+  thread_block_begin = ptx_thread_begin;
+  thread_block_end = ptx_thread_end;
+  block_end = ptx_block_end;
+  return true;
+}();
+
+}  // namespace emu
+
+inline size_t __cvta_generic_to_shared(const void* p) { return emu::cvta_shared(p); }
+
+// The names the kernels call (core/mma.cuh, core/cp_async.cuh, attention/attention_smem.cuh,
+// block_diag_matmul/block_diag_matmul_kernel.cuh), whose PTX definitions run.sh renames away.
+namespace mmm {
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr) { emu::ldmatrix_x4(r, row_addr, false); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row_addr) { emu::ldmatrix_x4(r, row_addr, true); }
+inline void ldsm_x4(uint32_t (&r)[4], uint32_t addr) { emu::ldmatrix_x4(r, emu::shared_ptr(addr), false); }
+inline void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) { emu::ldmatrix_x4(r, emu::shared_ptr(addr), true); }
+template <typename T>
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "mma_m16n8k16: fp16 or bf16");
+  emu::mma_m16n8k16<std::is_same_v<T, __nv_bfloat16>>(d, a, b);
+}
+inline void cp_async_16(void* smem, const void* gmem, bool pred) { emu::cp_async_16(smem, gmem, pred ? 16 : 0); }
+inline void cp_async_16_bytes(void* smem, const void* gmem, int bytes) { emu::cp_async_16(smem, gmem, bytes); }
+inline void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() { emu::cp_async_wait<N>(); }
+}  // namespace mmm
