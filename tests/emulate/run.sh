@@ -3,7 +3,8 @@
 # catch): the op's CUDA kernels compiled by g++ and checked against its CPU twin. No GPU or nvcc.
 #   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++)
 #   tests/emulate/run.sh attention [quick] | block_diag_matmul    (tensor-core kernels: the PTX
-#     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run)
+#     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run;
+#     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more)
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
 # object is reused when newer than its sources); CXX picks the compiler. The opt-in tests
 # (MMM_EMULATE=1: tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul}.py, -k cpu_threads)
@@ -69,15 +70,25 @@ case "$op" in
     grep -q 'emu::smem' "$out/kernel.h" || { echo "run.sh: shared memory was not rewritten" >&2; exit 1; }
     "${cxx[@]}" -I"$out" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       "$out/launch.cpp" "$here/butterfly.cpp" "$src/butterfly_cpu.cpp" -o "$out/$op" ;;
-  # Head dims 64 (3-stage forward, 64-column swizzle) and 96 (2 stages, 32-column swizzle, the
-  # backward's 32-wide steps); every driver case pads its head dim up to one of them.
+  # By default head dims 64 (3-stage forward, 64-column swizzle) and 96 (2 stages, 32-column
+  # swizzle, the backward's 32-wide steps); MMM_EMULATE_ATTENTION_DIMS="all" (or a list such as
+  # "64 128 256") compiles others too: 128 (the most used), 192 (16-wide backward steps, 2 warps)
+  # and 256 (dK/dV split over two CTAs) have paths of their own. The driver runs each case on the
+  # smallest compiled head dim >= its D and skips cases that have none.
   attention)
+    dims="${MMM_EMULATE_ATTENTION_DIMS:-64 96}"
+    [[ "$dims" == all ]] && dims="32 64 96 128 192 256"
+    mask=0 inc='#include "attention/attention_launch.cu"\n'
+    for d in $dims; do
+      case "$d" in 32) bit=0 ;; 64) bit=1 ;; 96) bit=2 ;; 128) bit=3 ;; 192) bit=4 ;; 256) bit=5 ;;
+        *) echo "run.sh: MMM_EMULATE_ATTENTION_DIMS: no head dim $d (32 64 96 128 192 256)" >&2; exit 2 ;; esac
+      mask=$((mask | (1 << bit))) inc+="#include \"attention/instantiations/attention_hdim$d.cu\"\n"
+    done
     rewrite core/mma.cuh core/cp_async.cuh attention/attention_smem.cuh attention/attention_fwd_kernel.cuh \
       attention/attention_bwd_kernel.cuh attention/attention_launch_template.cuh attention/attention_launch.cu
-    printf '#include "attention/attention_launch.cu"\n#include "attention/instantiations/attention_hdim64.cu"\n#include "attention/instantiations/attention_hdim96.cu"\n' \
-      > "$out/attention_kernels.cpp"
+    printf "$inc" > "$out/attention_kernels.cpp"
     cached_object "$out/attention_cpu.o" "$repo/csrc/attention/attention_cpu.cpp" "$repo/csrc/attention/attention_cpu_impl.h"
-    "${ptx_cxx[@]}" -DMMM_ATTENTION_HEAD_DIMS_MASK=0x6 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+    "${ptx_cxx[@]}" -DMMM_ATTENTION_HEAD_DIMS_MASK=$mask -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       "$out/attention_kernels.cpp" "$here/attention.cpp" "$out/attention_cpu.o" -o "$out/$op" ;;
   # The block GEMM (tensor-core, split-K reduce, fp32 FMA) and the fused Monarch forward.
   block_diag_matmul)
