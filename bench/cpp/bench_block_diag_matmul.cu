@@ -407,18 +407,9 @@ int main(int argc, char** argv) {
               "2*tokens*|w| per needed GEMM (monarch_bwd's recompute of u not counted). GB/s: read "
               "inputs (x or dy, x, weights) once + write outputs (y or dx, weight grads) once; "
               "intermediates u, du not counted.\n", copy_bps / 1e9);
-  JsonObject extra;
+  JsonObject extra = timing_env(args.reps > 0 ? args.reps : default_reps, flusher);
   extra.boolean("tensor_cores", tensor_cores).integer("tokens", tokens)
-      .integer("reps", args.reps > 0 ? args.reps : default_reps)
-      .integer("l2_flush_bytes", (long long)flusher.bytes())
-      .str("timing", "CUDA events, L2 flushed by memset before each run, median")
       .str("flop_model", "useful: 2*tokens*weight elements per needed GEMM; recompute not counted")
       .str("byte_model", "inputs read once + outputs written once; intermediates not counted");
-  write_json(args.json_path, "block_diag_matmul", dev, copy_bps, records, extra);
-  MMM_CHECK_CUDA(cudaStreamDestroy(stream));
-  if (failures) {
-    std::fprintf(stderr, "%d checks against the CPU twin failed\n", failures);
-    return 1;
-  }
-  return 0;
+  return finish(args.json_path, "block_diag_matmul", dev, copy_bps, records, extra, stream, failures);
 }

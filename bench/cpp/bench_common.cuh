@@ -433,6 +433,25 @@ inline void write_json(const std::string& path, const std::string& bench, const 
   std::printf("wrote %zu records to %s\n", records.size(), path.c_str());
 }
 
+// The JSON "env" fields every binary records about its timing method (add its own after).
+inline JsonObject timing_env(int reps, const L2Flusher& flusher) {
+  JsonObject e;
+  e.integer("reps", reps).integer("l2_flush_bytes", (long long)flusher.bytes())
+      .str("timing", "CUDA events, L2 flushed by memset before each run, median");
+  return e;
+}
+
+// The end of every binary: the JSON written, the stream released, and the exit status (1 when a
+// check against the CPU twin failed).
+inline int finish(const std::string& json_path, const std::string& bench, const DeviceInfo& d, double copy_bps,
+                  const std::vector<JsonObject>& records, const JsonObject& extra_env, cudaStream_t stream,
+                  int failures) {
+  write_json(json_path, bench, d, copy_bps, records, extra_env);
+  MMM_CHECK_CUDA(cudaStreamDestroy(stream));
+  if (failures) std::fprintf(stderr, "%s: %d checks against the CPU twin failed\n", bench.c_str(), failures);
+  return failures ? 1 : 0;
+}
+
 // Aligned table: set the headers once, add rows of already formatted cells, print at the end.
 class Table {
  public:

@@ -186,14 +186,7 @@ int main(int argc, char** argv) {
   table.print();
   std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in the source header\n",
               copy_bps / 1e9);
-  JsonObject extra;
-  extra.integer("reps", reps).integer("l2_flush_bytes", (long long)flusher.bytes())
-      .integer("smem_optin_bytes", optin).str("timing", "CUDA events, L2 flushed by memset before each run, median");
-  write_json(args.json_path, "hadamard", dev, copy_bps, records, extra);
-  MMM_CHECK_CUDA(cudaStreamDestroy(stream));
-  if (failures) {
-    std::fprintf(stderr, "%d checks against the CPU twin failed\n", failures);
-    return 1;
-  }
-  return 0;
+  JsonObject extra = timing_env(reps, flusher);
+  extra.integer("smem_optin_bytes", optin);
+  return finish(args.json_path, "hadamard", dev, copy_bps, records, extra, stream, failures);
 }
