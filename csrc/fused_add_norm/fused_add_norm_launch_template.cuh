@@ -38,8 +38,10 @@ void with_row_shape(RowShape shape, F&& f) {
 
 // Enough CTAs to fill every SM once at full occupancy; each then strides over rows. The
 // device query is cached per (kernel, device): it would otherwise cost microseconds per launch.
-template <typename Kernel>
-int64_t persistent_grid(Kernel kernel, int threads, int64_t row_groups, int device) {
+// The kernel is a template argument so that each gets its own cache (all forward kernels share
+// one function-pointer type, and so do all backward ones).
+template <auto kernel>
+int64_t persistent_grid(int threads, int64_t row_groups, int device) {
   constexpr int kMaxDevices = 64;
   static int resident[kMaxDevices] = {};  // CTAs resident at once; 0 = not asked yet
   int full = device >= 0 && device < kMaxDevices ? resident[device] : 0;
@@ -72,7 +74,7 @@ const char* launch_fwd_t(const FusedAddNormFwdParams& p, cudaStream_t stream, in
     using K = decltype(traits);
     auto kernel = fused_add_norm_fwd_kernel<K>;
     const int64_t grid =
-        persistent_grid(kernel, K::kThreads, ceil_div(p.rows, K::kRowsPerCta), device);
+        persistent_grid<fused_add_norm_fwd_kernel<K>>(K::kThreads, ceil_div(p.rows, K::kRowsPerCta), device);
     if (grid > 0) kernel<<<unsigned(grid), K::kThreads, 0, stream>>>(p, vec);
   });
   const cudaError_t err = cudaGetLastError();
@@ -93,8 +95,7 @@ BwdPlan plan_bwd_t(const FusedAddNormBwdParams& p, int device) {
   BwdPlan plan{pick_row_shape(ceil_div(p.cols, kVec), kBwdChunksPerThread), 0, 0, 0};
   with_row_shape<T, TH, TW, kBwdChunksPerThread>(plan.shape, [&](auto traits) {
     using K = decltype(traits);
-    plan.grid = persistent_grid(fused_add_norm_bwd_kernel<K>, K::kThreads,
-                                ceil_div(p.rows, K::kRowsPerCta), device);
+    plan.grid = persistent_grid<fused_add_norm_bwd_kernel<K>>(K::kThreads, ceil_div(p.rows, K::kRowsPerCta), device);
     if constexpr (K::kCached) {
       plan.partials = plan.grid;  // one partial row per CTA
     } else {
