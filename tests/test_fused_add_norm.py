@@ -1008,3 +1008,25 @@ def test_module_rms_default_eps_matches_torch(dtype):
 def test_sanitizer_subset(n, dtype):
     x, w, b, r = make_inputs((3, n), dtype, "cuda", wdtype=F32 if dtype == BF16 else None)
     check_op(x, w, b, r, activation="gelu", dropout_p=0.1, prenorm=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA launcher and kernels (forward and backward, every row shape, dropout, the dweight /
+# dbias reduction) run on the host: tests/emulate/fused_add_norm.cpp via tests/emulate/run.sh,
+# one std::thread per CUDA thread, under ASan/UBSan, against the CPU twin. Opt-in with
+# MMM_EMULATE=1 (~2 min build, ~15 s run).
+# ---------------------------------------------------------------------------------------------
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@pytest.mark.skipif(os.environ.get("MMM_EMULATE") != "1" or shutil.which("g++") is None,
+                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA fused_add_norm kernels on the CPU")
+def test_cuda_kernels_on_cpu_threads(tmp_path):
+    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
+    out = subprocess.run(["bash", str(run), "fused_add_norm"], capture_output=True, text=True,
+                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "all ok" in out.stdout, out.stdout[-4000:]

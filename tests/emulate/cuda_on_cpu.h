@@ -27,7 +27,8 @@
 //     the low half), sincospif (long double), __brev, min/max, atomicAdd (std::atomic_ref),
 //     warp_sum/to_f/from_f of core/cuda_utils.cuh (or, with MMM_EMU_REAL_CUDA_UTILS, the real
 //     header), and the few runtime calls a launcher makes (device attributes from
-//     emu::optin_smem / emu::sms, so a driver can shrink shared memory to force other paths).
+//     emu::optin_smem / emu::sms, occupancy from emu::blocks_per_sm, so a driver can shrink shared
+//     memory or the grid to force other paths), rsqrtf (1/sqrt, rounded once).
 // What it cannot catch
 //   - races and missing barriers that happen to be harmless under the host scheduler (the lazy
 //     cp.async mode of ptx_on_cpu.h makes the pipeline ones visible, not every other one), shared
@@ -99,6 +100,7 @@ inline size_t smem_bytes = 0;
 inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
 inline int optin_smem = 232448, sms = 132;  // what cudaDeviceGetAttribute reports (H100)
+inline int blocks_per_sm = 1;  // what cudaOccupancyMaxActiveBlocksPerMultiprocessor reports
 // The byte every block's dynamic shared memory starts as. Real shared memory starts as whatever
 // the last block left; 0xff makes a read of never-written shared memory a NaN in fp16, bf16
 // and fp32 alike (the PTX drivers set it; 0 keeps the older drivers' zeroed memory).
@@ -239,6 +241,9 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
   emu::smem_bytes = 0;
 }
 
+// rsqrtf: CUDA's is within 2 ulp of 1/sqrt; the emulation rounds 1/sqrt once (as the CPU twins).
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+
 inline float2* emu_dynamic_smem() { return static_cast<float2*>(emu::smem); }
 
 // __shfl_xor_sync over the warp exchange (full warps; the mask must name all 32 lanes).
@@ -331,6 +336,10 @@ template <class K> int cudaFuncSetAttribute(K kernel, int attr, int value) {
       emu::func_attrs.push_back({f, size_t(value)});
     }
   }
+  return cudaSuccess;
+}
+template <class K> int cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, K, int, size_t) {
+  *n = emu::blocks_per_sm;
   return cudaSuccess;
 }
 inline int cudaGetLastError() { return cudaSuccess; }

@@ -5,14 +5,16 @@
 #   tests/emulate/run.sh attention [quick] | block_diag_matmul    (tensor-core kernels: the PTX
 #     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run;
 #     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more)
+#   tests/emulate/run.sh fused_add_norm [quick] | hadamard    (warp shuffles and barriers, one
+#     std::thread per CUDA thread; fused_add_norm ~2 min build, ~15 s run; hadamard ~30 s in all)
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
-# object is reused when newer than its sources); CXX picks the compiler. The opt-in tests
-# (MMM_EMULATE=1: tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul}.py, -k cpu_threads)
+# object is reused when newer than its sources); CXX picks the compiler. The opt-in tests (MMM_EMULATE=1:
+# tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul,fused_add_norm,hadamard}.py, -k cpu_threads)
 # call this script.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention|block_diag_matmul [driver arguments...]}"
+op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention|block_diag_matmul|fused_add_norm|hadamard [driver arguments...]}"
 shift
 out="${MMM_EMULATE_BUILD_DIR:-$(mktemp -d)}"
 mkdir -p "$out"
@@ -102,6 +104,26 @@ case "$op" in
     cached_object "$out/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h"
     "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out/block_diag_matmul_kernels.cpp" \
       "$here/block_diag_matmul.cpp" "$out/block_gemm_cpu.o" "$out/monarch_fused_cpu.o" -o "$out/$op" ;;
-  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul)" >&2; exit 2 ;;
+  # Every row shape (warp, 4 and 16 warps, looped), forward, backward, the dweight/dbias column
+  # and reduce kernels; all three x dtypes (each its own translation unit, as in the build).
+  fused_add_norm)
+    d=fused_add_norm
+    rewrite $d/fused_add_norm_kernel.cuh $d/fused_add_norm_launch_template.cuh $d/fused_add_norm_launch.cu \
+      $d/instantiations/fused_add_norm_fp32.cu $d/instantiations/fused_add_norm_bf16.cu $d/instantiations/fused_add_norm_fp16.cu
+    cached_object "$out/fused_add_norm_cpu.o" "$repo/csrc/$d/fused_add_norm_cpu.cpp" "$repo/csrc/$d/fused_add_norm_cpu_impl.h" \
+      "$repo/csrc/$d/params.h" "$repo/csrc/$d/activation.h"
+    for f in fused_add_norm_launch instantiations/fused_add_norm_fp32 instantiations/fused_add_norm_bf16 \
+      instantiations/fused_add_norm_fp16; do printf '#include "%s.cu"\n' "$d/$f" > "$out/fan_${f##*/}.cpp"; done
+    "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out"/fan_*.cpp \
+      "$here/fused_add_norm.cpp" "$out/fused_add_norm_cpu.o" -o "$out/$op" ;;
+  # The single-CTA segment kernel (registers only, shared memory, above 48 KB) and, with the
+  # opt-in shared memory lowered by the driver, the segment + column two-pass path.
+  hadamard)
+    rewrite hadamard/hadamard_kernel.cuh hadamard/hadamard_launch.cu
+    printf '#include "hadamard/hadamard_launch.cu"\n' > "$out/hadamard_kernels.cpp"
+    cached_object "$out/hadamard_cpu.o" "$repo/csrc/hadamard/hadamard_cpu.cpp" "$repo/csrc/hadamard/params.h"
+    "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out/hadamard_kernels.cpp" \
+      "$here/hadamard.cpp" "$out/hadamard_cpu.o" -o "$out/$op" ;;
+  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul, fused_add_norm, hadamard)" >&2; exit 2 ;;
 esac
 exec "$out/$op" "$@"

@@ -1,0 +1,109 @@
+// Runs launch_hadamard (csrc/hadamard: the real launcher and kernels, compiled for the host by
+// tests/emulate/run.sh) on CPU threads - one std::thread per CUDA thread, warp shuffles and
+// __syncthreads as barriers, exact-size dynamic shared memory filled with NaN, under
+// ASan/UBSan - against the CPU twin hadamard_cpu, for fp32, fp16 and bf16.
+//   tests/emulate/run.sh hadamard
+// (tests/test_hadamard.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
+//
+// Cases: n = 1, 2, 3, 5, 17 (padding to the next power of two, segments shorter than a warp's
+// 256 elements), register-only segments (<= 256), shared-memory segments, one above 48 KB (the
+// cudaFuncSetAttribute opt-in) and the largest (32768: 1024 threads, 4 chunks each); then, with
+// the reported opt-in shared memory lowered to 4 KB (segments of 1024) and 1 KB (segments of
+// 256, no shared memory), the two-pass path: the segment kernel into the fp32 workspace and the
+// column kernel for a = 2 .. 32 segments per row; and a row too long for that (an error).
+// Row strides are padded (and odd), so a wrong stride or a write past n shows.
+//
+// Tolerance: none. Kernel and twin do the same butterflies (a + b, a - b) in fp32 in the same
+// stage order (H_m = H_a (x) H_b keeps it in the two-pass path), scale once and round once, so
+// every output must be bit-identical; padding elements must keep their fill.
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cuda_on_cpu.h"
+#include "hadamard/params.h"
+
+using namespace mmm;
+
+static std::mt19937 rng(3);
+static int failures = 0;
+
+static size_t esz(DType t) { return t == DType::kFloat32 ? 4 : 2; }
+static const char* tname(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
+
+static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_error = false) {
+  int64_t m = 1;
+  while (m < n) m *= 2;
+  emu::optin_smem = optin;
+  HadamardParams p;
+  p.rows = rows; p.n = n; p.n_pow2 = m; p.dtype = t;
+  p.x_row_stride = n + 3; p.y_row_stride = n + 5;
+  p.scale = 1.0 / std::sqrt(double(m));
+  const size_t es = esz(t);
+  std::vector<unsigned char> x(size_t(rows * p.x_row_stride) * es), y_t(size_t(rows * p.y_row_stride) * es, 0x7f),
+      y_k(y_t.size(), 0x7f);
+  std::normal_distribution<float> nd;
+  for (int64_t i = 0; i < rows * p.x_row_stride; ++i) {
+    const float v = nd(rng);
+    if (t == DType::kFloat32) std::memcpy(&x[size_t(i) * 4], &v, 4);
+    else {
+      const uint16_t b = t == DType::kFloat16 ? from_float<Half>(v).bits : from_float<BFloat16>(v).bits;
+      std::memcpy(&x[size_t(i) * 2], &b, 2);
+    }
+  }
+  p.x = x.data();
+  p.y = y_t.data();
+  hadamard_cpu(p, 0, rows);
+  const size_t wsb = hadamard_cuda_workspace_bytes(p, 0);
+  std::vector<float> ws(wsb / 4 + 1, NAN);
+  p.y = y_k.data();
+  const char* err = launch_hadamard(p, wsb ? ws.data() : nullptr, nullptr);
+  std::printf("%-4s rows %" PRId64 " n %6" PRId64 " (m %6" PRId64 ") opt-in smem %6d: %s", tname(t), rows, n, m, optin,
+              wsb ? "two-pass" : "one CTA ");
+  if (expect_error) {
+    std::printf(" %s error: %s\n", err ? "ok " : "BAD", err ? err : "none");
+    failures += !err;
+    return;
+  }
+  if (err) {
+    std::printf(" BAD launch: %s\n", err);
+    ++failures;
+    return;
+  }
+  int64_t diff = 0, pad = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < p.y_row_stride; ++j) {
+      const size_t o = size_t(r * p.y_row_stride + j) * es;
+      if (std::memcmp(&y_k[o], &y_t[o], es)) (j < n ? diff : pad) += 1;
+    }
+  const bool ok = diff == 0 && pad == 0;
+  std::printf(" %s bitwise: %" PRId64 " differ, %" PRId64 " padding written, max smem %zu\n", ok ? "ok " : "BAD", diff,
+              pad, emu::max_smem_used);
+  std::fflush(stdout);
+  emu::max_smem_used = 0;
+  failures += !ok;
+}
+
+int main() {
+  emu::smem_fill = 0xff;  // shared memory nobody wrote reads as NaN
+  const DType F = DType::kFloat32, B = DType::kBFloat16, H = DType::kFloat16;
+  const int full = 232448;  // H100's opt-in: one CTA up to 32768 elements
+  for (DType t : {F, B})
+    for (int64_t n : {1, 2, 3, 5, 17, 200, 256, 257, 3000}) run_case(t, 3, n, full);
+  run_case(H, 3, 1000, full);
+  run_case(F, 2, 16384, full);  // 64 KB: above 48 KB
+  run_case(B, 2, 20000, full);  // m = 32768: 1024 threads, 128 KB
+  // Two-pass: segments of 1024 (4 KB of shared memory) ...
+  run_case(F, 2, 1025, 4096);   // a = 2
+  run_case(B, 3, 5000, 4096);   // a = 8
+  run_case(H, 2, 32768, 4096);  // a = 32
+  // ... and of 256 (registers only).
+  run_case(F, 3, 300, 1024);    // a = 2
+  run_case(B, 2, 4097, 1024);   // a = 32
+  run_case(F, 1, 8193, 1024, true);  // a = 64: too long
+  std::printf(failures ? "FAILURES: %d\n" : "all ok %d\n", failures);
+  return failures != 0;
+}
