@@ -285,10 +285,9 @@ int main(int argc, char** argv) {
     add({"N16392 bf16 looped both, rms, gelu", 2, 16392, B, B, B, true, false, true, false, true, false, A::kGelu});
   }
   // Many partial rows: 20 SMs, so the reduce kernel's 8 row lanes each sum several partials,
-  // and the looped backward's column kernel runs 5 row slices. persistent_grid caches the
-  // resident CTA count at the first launch, keyed by the kernel's C++ type - one function-pointer
-  // type for every forward kernel and one for every backward kernel - so these run first, in a
-  // child process of their own (fresh statics), and the others after it with 3 SMs.
+  // and the looped backward's column kernel runs 5 row slices. persistent_grid caches each
+  // kernel's resident CTA count at its first launch (a real device's SM count never changes), so
+  // these run in a child process of their own (fresh statics), and the others after it with 3 SMs.
   std::vector<Case> many;
   {
     Case c{"N64 warp fp16, 100 rows, 20 SMs", 100, 64, H, F, F, true, true, true, true, false, true, A::kGelu, 0.25};
