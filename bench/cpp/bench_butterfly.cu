@@ -95,17 +95,6 @@ int passes_per_block(int64_t log_n, int64_t optin, int bufs, int64_t esz) {
   return log_n <= k ? 1 : int((log_n + k - 1) / k);
 }
 
-// Exits 1 with a clear message where no CUDA device can be used (before any other CUDA call).
-void require_device(const char* prog) {
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess || count == 0) {
-    std::fprintf(stderr, "%s: no usable CUDA device (%s); this benchmark needs a GPU\n", prog,
-                 e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
-    std::exit(1);
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -269,17 +258,16 @@ int main(int argc, char** argv) {
       j.str("op", r.op).str("dtype", name_of(c.dt)).str("tw_dtype", name_of(twt)).integer("n", c.n)
           .integer("nblocks", c.nblocks).integer("nstacks", 1).boolean("increasing_stride", true).integer("rows", rows)
           .integer("passes_per_block", r.passes).integer("workspace_bytes", (long long)r.ws_bytes).num("bytes", r.bytes)
-          .num("median_us", r.t.median_ms * 1e3).num("min_us", r.t.min_ms * 1e3).num("max_us", r.t.max_ms * 1e3)
-          .integer("reps", r.t.reps).num("GBps", gbps).num("pct_copy_bw", pct).str("check", r.check)
+          .num("GBps", gbps).num("pct_copy_bw", pct).str("check", r.check)
           .num("check_rel_err", r.err);
+      add_timing(j, r.t);
       records.push_back(j);
     }
   }
   MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
 
   table.print();
-  std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in the source header\n",
-              copy_bps / 1e9);
+  print_copy_bandwidth(copy_bps);
   JsonObject extra = timing_env(reps, flusher);
   extra.integer("smem_optin_bytes", optin);
   return finish(args.json_path, "butterfly", dev, copy_bps, records, extra, stream, failures);

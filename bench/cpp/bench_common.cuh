@@ -433,6 +433,29 @@ inline void write_json(const std::string& path, const std::string& bench, const 
   std::printf("wrote %zu records to %s\n", records.size(), path.c_str());
 }
 
+// Exits 1 with a clear message where no CUDA device can be used (before any other CUDA call).
+inline void require_device(const char* prog) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::fprintf(stderr, "%s: no usable CUDA device (%s); this benchmark needs a GPU\n", prog,
+                 e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
+    std::exit(1);
+  }
+}
+
+// A measurement's timing fields of its JSON record.
+inline JsonObject& add_timing(JsonObject& j, const Timing& t) {
+  return j.num("median_us", t.median_ms * 1e3).num("min_us", t.min_ms * 1e3).num("max_us", t.max_ms * 1e3)
+      .integer("reps", t.reps);
+}
+
+// The line under a bandwidth benchmark's table.
+inline void print_copy_bandwidth(double copy_bps) {
+  std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in the source header\n",
+              copy_bps / 1e9);
+}
+
 // The JSON "env" fields every binary records about its timing method (add its own after).
 inline JsonObject timing_env(int reps, const L2Flusher& flusher) {
   JsonObject e;

@@ -143,15 +143,14 @@ int main(int argc, char** argv) {
                fmtf("%.0f", gbps), fmtf("%.1f", pct), path, check});
     JsonObject j;
     j.str("op", kind_name(c.kind)).integer("n", c.n).integer("rows", c.rows).str("path", path).num("bytes", bytes)
-        .num("median_us", t.median_ms * 1e3).num("min_us", t.min_ms * 1e3).num("max_us", t.max_ms * 1e3)
-        .integer("reps", t.reps).num("GBps", gbps).num("pct_copy_bw", pct).str("check", check)
+        .num("GBps", gbps).num("pct_copy_bw", pct).str("check", check)
         .num("check_rel_err", err);
+    add_timing(j, t);
     records.push_back(j);
   }
   MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
   table.print();
-  std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in the source header\n",
-              copy_bps / 1e9);
+  print_copy_bandwidth(copy_bps);
   const JsonObject extra = timing_env(reps, flusher);
   return finish(args.json_path, "fft", dev, copy_bps, records, extra, stream, failures);
 }

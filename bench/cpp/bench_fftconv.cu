@@ -154,17 +154,16 @@ int main(int argc, char** argv) {
                    fmtf("%.1f", r.t.median_ms * 1e3), fmtf("%.0f", gbps), fmtf("%.1f", pct), r.check});
         JsonObject j;
         j.integer("N", N).integer("B", B).integer("H", H).str("dtype", dtype_name(dt)).boolean("gated", true)
-            .str("op", r.op).str("path", r.path).num("bytes", r.bytes).num("median_us", r.t.median_ms * 1e3)
-            .num("min_us", r.t.min_ms * 1e3).num("max_us", r.t.max_ms * 1e3).integer("reps", r.t.reps)
+            .str("op", r.op).str("path", r.path).num("bytes", r.bytes)
             .num("GBps", gbps).num("pct_copy_bw", pct).str("check", r.check).num("check_rel_err", r.err);
+        add_timing(j, r.t);
         records.push_back(j);
       }
     }
   MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
 
   table.print();
-  std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in the source header\n",
-              copy_bps / 1e9);
+  print_copy_bandwidth(copy_bps);
   JsonObject extra = timing_env(reps, flusher);
   extra.integer("smem_optin_bytes", optin);
   return finish(args.json_path, "fftconv", dev, copy_bps, records, extra, stream, failures);

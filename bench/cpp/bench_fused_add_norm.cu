@@ -239,18 +239,16 @@ int main(int argc, char** argv) {
       j.integer("N", c.n).integer("rows", c.rows).str("dtype", dtype_name(c.dt))
           .str("norm", c.rms ? "rms" : "layernorm").boolean("bias", !c.rms).boolean("residual", true)
           .boolean("prenorm", true).str("activation", args.get("--act", "none"))
-          .num("dropout_p", dropout_p).str("op", r.op).num("bytes", r.bytes)
-          .num("median_us", r.t.median_ms * 1e3).num("min_us", r.t.min_ms * 1e3)
-          .num("max_us", r.t.max_ms * 1e3).integer("reps", r.t.reps).num("GBps", gbps)
+          .num("dropout_p", dropout_p).str("op", r.op).num("bytes", r.bytes).num("GBps", gbps)
           .num("pct_copy_bw", pct).str("check", r.check).num("check_rel_err", r.err);
+      add_timing(j, r.t);
       records.push_back(j);
     }
   }
   MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
 
   table.print();
-  std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in "
-              "the source header\n", copy_bps / 1e9);
+  print_copy_bandwidth(copy_bps);
   JsonObject extra = timing_env(reps, flusher);
   extra.str("activation", args.get("--act", "none")).num("dropout_p", dropout_p);
   return finish(args.json_path, "fused_add_norm", dev, copy_bps, records, extra, stream, failures);

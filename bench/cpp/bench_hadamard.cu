@@ -66,17 +66,6 @@ int64_t next_pow2(int64_t v) {
   return m;
 }
 
-// Exits 1 with a clear message where no CUDA device can be used (before any other CUDA call).
-void require_device(const char* prog) {
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess || count == 0) {
-    std::fprintf(stderr, "%s: no usable CUDA device (%s); this benchmark needs a GPU\n", prog,
-                 e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
-    std::exit(1);
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -177,15 +166,14 @@ int main(int argc, char** argv) {
     JsonObject j;
     j.str("op", "hadamard").str("dtype", dtype_name(c.dt)).integer("n", c.n).integer("n_pow2", m)
         .integer("rows", rows).str("path", path).integer("workspace_bytes", (long long)wsb).num("bytes", bytes)
-        .num("median_us", t.median_ms * 1e3).num("min_us", t.min_ms * 1e3).num("max_us", t.max_ms * 1e3)
-        .integer("reps", t.reps).num("GBps", gbps).num("pct_copy_bw", pct).str("check", check)
+        .num("GBps", gbps).num("pct_copy_bw", pct).str("check", check)
         .num("check_rel_err", err);
+    add_timing(j, t);
     records.push_back(j);
   }
   MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
   table.print();
-  std::printf("copy bandwidth %.0f GB/s (cudaMemcpyAsync D2D 1 GiB, read+write); byte model in the source header\n",
-              copy_bps / 1e9);
+  print_copy_bandwidth(copy_bps);
   JsonObject extra = timing_env(reps, flusher);
   extra.integer("smem_optin_bytes", optin);
   return finish(args.json_path, "hadamard", dev, copy_bps, records, extra, stream, failures);
