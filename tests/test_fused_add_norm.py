@@ -726,6 +726,17 @@ def _fn(x, w, b, r, dropout_p=0.0):
     return out * 2.0, h
 
 
+def test_compile_inference_matches_eager(device, dynamo_reset):
+    # Under no_grad the public function passes inference=True: the fake kernel must agree that h
+    # is not an output then (fullgraph: no graph break either).
+    x, w, b, r = make_inputs((6, 96), BF16, device)
+    f = lambda x, w, b, r: mmm.fused_add_norm(x, w, b, r, activation="gelu") * 2.0  # noqa: E731
+    with torch.no_grad():
+        got = torch.compile(f, fullgraph=True, backend="aot_eager")(x, w, b, r)
+        want = f(x, w, b, r)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compile_matches_eager(device, backend, dynamo_reset):
     leaves = _compile_case(device)

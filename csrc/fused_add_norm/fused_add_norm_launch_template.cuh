@@ -72,9 +72,8 @@ const char* launch_fwd_t(const FusedAddNormFwdParams& p, cudaStream_t stream, in
   const RowShape shape = pick_row_shape(ceil_div(p.cols, kVec), kFwdChunksPerThread);
   with_row_shape<T, TH, TW, kFwdChunksPerThread>(shape, [&](auto traits) {
     using K = decltype(traits);
-    auto kernel = fused_add_norm_fwd_kernel<K>;
-    const int64_t grid =
-        persistent_grid<fused_add_norm_fwd_kernel<K>>(K::kThreads, ceil_div(p.rows, K::kRowsPerCta), device);
+    constexpr auto kernel = fused_add_norm_fwd_kernel<K>;
+    const int64_t grid = persistent_grid<kernel>(K::kThreads, ceil_div(p.rows, K::kRowsPerCta), device);
     if (grid > 0) kernel<<<unsigned(grid), K::kThreads, 0, stream>>>(p, vec);
   });
   const cudaError_t err = cudaGetLastError();

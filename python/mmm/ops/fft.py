@@ -11,7 +11,6 @@ trims or zero-pads the bins).
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
