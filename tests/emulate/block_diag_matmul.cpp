@@ -2,7 +2,7 @@
 // reduce kernel, and the fp32 / simt_only FMA kernel) and launch_monarch_fused (the fused
 // Monarch forward) - the real launchers and kernels of csrc/block_diag_matmul, compiled for the
 // host by tests/emulate/run.sh - on CPU threads (one std::thread per CUDA thread; ldmatrix,
-// mma.sync and cp.async modelled by ptx_on_cpu.h; ASan/UBSan) against the CPU twins
+// mma.sync and cp.async modelled by ptx_on_cpu.h; ASan/UBSan or TSan) against the CPU twins
 // block_gemm_cpu / monarch_fused_cpu, in both cp.async modes.
 //   tests/emulate/run.sh block_diag_matmul
 // (tests/test_block_diag_matmul.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
@@ -11,8 +11,9 @@
 // one, which between them take all four staging variants (A [m][k] / [k][m] x B [n][k] / [k][n]);
 // ragged m, n, k (partial 16-byte chunks zero-filled through src-size, element staging where
 // strides are not 16-byte multiples); several blocks; split-K dweight; Monarch's strided stage 2;
-// fp32 and simt_only; and the fused Monarch forward by rows (l | q) and by blocks (q | l), with
-// several K slices per step, forced chunks (J < l) and 16 / 32 tokens per CTA, ragged tokens.
+// fp32 and simt_only; grids capped below the shape (CTAs striding over tiles and blocks); and
+// the fused Monarch forward by rows (l | q) and by blocks (q | l), with several K slices per
+// step, forced chunks (J < l) and 16 / 32 tokens per CTA, ragged tokens.
 //
 // Tolerance. Kernel and twin multiply the same 16-bit inputs exactly and accumulate in fp32; only
 // the summation order differs (and split-K's partials), so the fp32 results differ by ~1e-6 · M
@@ -238,6 +239,13 @@ int main() {
     g.dtype = H;
     bad += run_gemm(g, "A km x B nk, m70 n40 k50 2 blocks");
   }
+  // Grids capped at one CTA in y and z (the hardware's 65535, lowered): each CTA strides over
+  // C tiles and blocks, and each tile's pipeline refills stages the previous tile read last.
+  emu::grid_yz_limit = 1;
+  bad += run_gemm(block_diag_fwd(nullptr, 3 * 40, nullptr, nullptr, 3 * 48, 300, 3, 48, 40, B), "fwd T300 3 blocks, grid y/z capped at 1");
+  bad += run_gemm(block_diag_dw(nullptr, 2 * 24, nullptr, 2 * 40, nullptr, 300, 2, 24, 40, H), "dw split-K 2, grid capped", 2);
+  bad += run_gemm(block_diag_fwd(nullptr, 3 * 40, nullptr, nullptr, 3 * 48, 150, 3, 48, 40, F), "fwd fp32 (FMA kernel), grid capped");
+  emu::grid_yz_limit = 65535;
   // Monarch stage 2 (element staging: strides l).
   bad += run_gemm(monarch_stage2_fwd(nullptr, 16 * 16, nullptr, nullptr, 16 * 32, 45, 16, 32, 16, H), "monarch stage2 fwd l16 s32 r16");
   bad += run_gemm(monarch_stage2_dw(nullptr, 16 * 32, nullptr, 16 * 16, nullptr, 45, 16, 32, 16, B), "monarch stage2 dw");

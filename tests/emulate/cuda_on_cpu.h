@@ -29,16 +29,23 @@
 //     header), and the few runtime calls a launcher makes (device attributes from
 //     emu::optin_smem / emu::sms, occupancy from emu::blocks_per_sm, so a driver can shrink shared
 //     memory or the grid to force other paths), rsqrtf (1/sqrt, rounded once).
+// Races: built with ThreadSanitizer (run.sh, MMM_EMULATE_SANITIZE=thread), two accesses to one
+// location by threads of a block, at least one a write, that no barrier orders are reported
+// however the host scheduled them (the barriers below order their own participants only, as on
+// the GPU; TSan remembers the last four accesses per 8 bytes). Unseen even then: races inside a
+// warp (each warp collective orders its lanes as a __syncwarp would) and between CTAs (blocks
+// run one after another).
 // What it cannot catch
-//   - races and missing barriers that happen to be harmless under the host scheduler (the lazy
-//     cp.async mode of ptx_on_cpu.h makes the pipeline ones visible, not every other one), shared
-//     memory bank conflicts, real warp timing / divergence / independent thread scheduling,
-//     partial-warp masks, misaligned ordinary loads (UBSan sees some), register pressure and
-//     spills, the hardware's accumulation order and rounding inside mma, exp2f/log2f ulp
+//   - without ThreadSanitizer, races and missing barriers that happen to be harmless under the
+//     host scheduler (the lazy cp.async mode of ptx_on_cpu.h makes the pipeline ones visible,
+//     not every other one); shared memory bank conflicts, real warp timing / divergence /
+//     independent thread scheduling, partial-warp masks, misaligned ordinary loads (UBSan sees
+//     some), register pressure and spills, the hardware's accumulation order and rounding inside mma, exp2f/log2f ulp
 //     differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16 f16/bf16 and cp.async .cg 16:
 //     those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
 #pragma once
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <barrier>
 #include <chrono>
@@ -92,8 +99,37 @@ namespace emu {
   std::abort();
 }
 
-inline std::unique_ptr<std::barrier<>> block_barrier;
-inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+#if defined(__SANITIZE_THREAD__)
+// A barrier that orders memory among its own participants only, as on the GPU. (std::barrier's
+// waits go through a process-wide table of mutexes and counters that all barriers share: TSan
+// then sees happens-before edges between warps that only met at their own warp barriers, and
+// misses their races.) Slower than std::barrier, so only under ThreadSanitizer.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(m_);
+    const uint64_t phase = phase_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++phase_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return phase_ != phase; });
+    }
+  }
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  const int count_;
+  int arrived_ = 0;
+  uint64_t phase_ = 0;
+};
+#else
+using Barrier = std::barrier<>;
+#endif
+inline std::unique_ptr<Barrier> block_barrier;
+inline std::vector<std::unique_ptr<Barrier>> warp_barriers;
 inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the deadlock watchdog
 inline void* smem = nullptr;               // this launch's dynamic shared memory
 inline size_t smem_bytes = 0;
@@ -101,6 +137,9 @@ inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
 inline int optin_smem = 232448, sms = 132;  // what cudaDeviceGetAttribute reports (H100)
 inline int blocks_per_sm = 1;  // what cudaOccupancyMaxActiveBlocksPerMultiprocessor reports
+// The grid y/z size a launcher may use, where run.sh substitutes it for the hardware's 65535
+// (block_diag_matmul): lowered, the kernels' grid-stride loops run with test-sized shapes.
+inline int64_t grid_yz_limit = 65535;
 // The byte every block's dynamic shared memory starts as. Real shared memory starts as whatever
 // the last block left; 0xff makes a read of never-written shared memory a NaN in fp16, bf16
 // and fp32 alike (the PTX drivers set it; 0 keeps the older drivers' zeroed memory).
@@ -128,13 +167,45 @@ inline void warp_wait() {
   warp_barriers[threadIdx.x / 32]->arrive_and_wait();
 }
 
+// Under ThreadSanitizer a warp collective must not order memory between lanes: on the GPU a
+// shuffle, ldmatrix or mma does not make one lane's shared-memory store visible to another, only
+// __syncwarp and __syncthreads do. So the exchange below runs blind to TSan (its barrier, slot
+// writes and reads neither synchronise nor count as accesses) and hands each lane a copy.
+#if defined(__SANITIZE_THREAD__)
+extern "C" {
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+}
+struct TsanIgnore {
+  TsanIgnore() {
+    AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+  }
+  ~TsanIgnore() {
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+    AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+  }
+};
+using WarpSlots = std::array<LaneSlot, 32>;
+#else
+struct TsanIgnore {};
+using WarpSlots = const LaneSlot*;
+#endif
+
 // A warp collective: every lane deposits `mine`, one warp barrier, then the lanes' slots (index
 // by lane) are readable until this lane's next collective. Two buffers alternate, so the next
 // collective's writes cannot clobber slots a slower lane still reads (writing buffer b again
 // needs the barrier of the collective in between, which every lane reaches only after reading).
 // All 32 lanes must take part in the same collective in the same order: a lane that diverges
 // either deadlocks the barrier (the watchdog reports it) or is caught by the op/seq check.
-inline const LaneSlot* warp_exchange(LaneSlot mine) {
+inline WarpSlots warp_exchange(LaneSlot mine) {
+  const TsanIgnore blind;
   if (blockDim.x % 32) fail("a warp collective in a block that is not whole warps");
   const unsigned t = threadIdx.x;
   std::vector<LaneSlot>& buf = slots[collective_seq & 1];
@@ -149,7 +220,13 @@ inline const LaneSlot* warp_exchange(LaneSlot mine) {
                     lanes[l].op, lanes[l].seq, t % 32, mine.op, mine.seq);
       fail(msg);
     }
+#if defined(__SANITIZE_THREAD__)
+  WarpSlots copy;
+  std::copy(lanes, lanes + 32, copy.begin());
+  return copy;
+#else
   return lanes;
+#endif
 }
 
 // Aborts the process when no barrier completes for deadlock_seconds (a lane that skipped a
@@ -227,10 +304,10 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
   if (threads == 1) {
     run(0);
   } else {
-    emu::block_barrier = std::make_unique<std::barrier<>>(threads);
+    emu::block_barrier = std::make_unique<emu::Barrier>(threads);
     emu::warp_barriers.clear();
     for (int w = 0; w < (threads + 31) / 32; ++w)
-      emu::warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
+      emu::warp_barriers.push_back(std::make_unique<emu::Barrier>(std::min(32, threads - 32 * w)));
     for (auto& s : emu::slots) s.assign(size_t(threads), emu::LaneSlot{});
     emu::Watchdog watchdog;
     std::vector<std::thread> pool;
@@ -254,7 +331,7 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
   emu::LaneSlot s;
   s.op = 100;
   std::memcpy(s.w, &v, sizeof v);
-  const emu::LaneSlot* lanes = emu::warp_exchange(s);
+  const emu::WarpSlots lanes = emu::warp_exchange(s);
   V r;
   std::memcpy(&r, lanes[(threadIdx.x & 31u) ^ unsigned(lane_mask & 31)].w, sizeof r);
   return r;

@@ -2,7 +2,7 @@
 // threads (tests/emulate/cuda_on_cpu.h: one std::thread per CUDA thread, barriers for
 // __syncthreads, warp exchanges for __shfl_xor_sync) and checks them against csrc/core/fft_cpu.h.
 // It exercises the index math, the pass schedule, the twiddles and the swizzle of the CUDA code
-// without a GPU (it cannot see races or bank conflicts).
+// without a GPU (races only under ThreadSanitizer, run.sh; never bank conflicts).
 //   tests/emulate/run.sh fft [max_log2 [min_log2 [op_max_log2 [op_cta_log2]]]]
 // (tests/test_fft.py::test_cuda_code_on_cpu_threads runs it when MMM_EMULATE=1).
 #include <complex>

@@ -3,8 +3,8 @@
 // exchanges for __shfl_xor_sync, blocks one after another). Checks y and every gradient against a
 // direct O(N^2) convolution in double, through every path the launcher can pick: shared memory,
 // one buffer in global scratch, both in scratch, with small grids so that every grid-stride loop
-// and scratch slot is reused. It sees index math, pairing, scaling and the order of barriers; not
-// races or bank conflicts.
+// and scratch slot is reused. It sees index math, pairing, scaling and the order of barriers; races
+// only under ThreadSanitizer (run.sh), never bank conflicts.
 //   tests/emulate/run.sh fftconv [max_N [min_N]]
 // (tests/test_fftconv.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 #include <cstdlib>

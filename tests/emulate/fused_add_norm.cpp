@@ -1,7 +1,8 @@
 // Runs launch_fused_add_norm_fwd / launch_fused_add_norm_bwd (csrc/fused_add_norm: the real
 // launcher, kernels and instantiations, compiled for the host by tests/emulate/run.sh) on CPU
 // threads - one std::thread per CUDA thread, warp shuffles and __syncthreads as barriers, under
-// ASan/UBSan - against the CPU twin (fused_add_norm_fwd_cpu, fused_add_norm_bwd_cpu_*).
+// ASan/UBSan or ThreadSanitizer - against the CPU twin (fused_add_norm_fwd_cpu,
+// fused_add_norm_bwd_cpu_*).
 //   tests/emulate/run.sh fused_add_norm
 // (tests/test_fused_add_norm.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 //
@@ -284,6 +285,10 @@ int main(int argc, char** argv) {
     add({"N9001 bf16 fwd 16 warps / bwd looped", 3, 9001, B, B, F, true, true, true, true, false, true});
     add({"N16392 bf16 looped both, rms, gelu", 2, 16392, B, B, B, true, false, true, false, true, false, A::kGelu});
   }
+  // fp16 with residual and weight in fp16, and with only the residual in fp32: the fp16
+  // instantiations the cases above and below leave out.
+  add({"N512 fp16 warp, all fp16, gelu, dropout", 6, 512, H, H, H, true, true, true, true, false, true, A::kGelu, 0.25});
+  add({"N2500 fp16 4 warps / bwd 16 warps, fp32 h, rms", 5, 2500, H, F, H, true, true, true, false, true});
   // Many partial rows: 20 SMs, so the reduce kernel's 8 row lanes each sum several partials,
   // and the looped backward's column kernel runs 5 row slices. persistent_grid caches each
   // kernel's resident CTA count at its first launch (a real device's SM count never changes), so

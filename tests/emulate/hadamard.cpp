@@ -1,7 +1,7 @@
 // Runs launch_hadamard (csrc/hadamard: the real launcher and kernels, compiled for the host by
 // tests/emulate/run.sh) on CPU threads - one std::thread per CUDA thread, warp shuffles and
 // __syncthreads as barriers, exact-size dynamic shared memory filled with NaN, under
-// ASan/UBSan - against the CPU twin hadamard_cpu, for fp32, fp16 and bf16.
+// ASan/UBSan or ThreadSanitizer - against the CPU twin hadamard_cpu, for fp32, fp16 and bf16.
 //   tests/emulate/run.sh hadamard
 // (tests/test_hadamard.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 //

@@ -7,6 +7,11 @@
 #     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more)
 #   tests/emulate/run.sh fused_add_norm [quick] | hadamard    (warp shuffles and barriers, one
 #     std::thread per CUDA thread; fused_add_norm ~2 min build, ~15 s run; hadamard ~30 s in all)
+# MMM_EMULATE_SANITIZE=thread builds with ThreadSanitizer instead of AddressSanitizer/UBSan: a
+# data race between the emulated threads of a block (shared or global memory touched by two
+# threads, one writing, with no __syncthreads or __syncwarp between them; as on the GPU, a
+# shuffle, ldmatrix or mma does not order memory) is reported even when the host scheduler made
+# it harmless. fft and fftconv, otherwise unsanitised, get it too.
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
 # object is reused when newer than its sources); CXX picks the compiler. The opt-in tests (MMM_EMULATE=1:
 # tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul,fused_add_norm,hadamard}.py, -k cpu_threads)
@@ -19,6 +24,12 @@ shift
 out="${MMM_EMULATE_BUILD_DIR:-$(mktemp -d)}"
 mkdir -p "$out"
 cxx=("${CXX:-g++}" -std=c++20 -I"$here" -I"$repo/csrc")
+case "${MMM_EMULATE_SANITIZE:-address}" in
+  address) san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined) tsan=() ;;
+  thread) san=(-fsanitize=thread) tsan=("${san[@]}")
+    export TSAN_OPTIONS="halt_on_error=1 allow_addr2line=1 ${TSAN_OPTIONS:-}" ;;
+  *) echo "run.sh: MMM_EMULATE_SANITIZE: address (default) or thread" >&2; exit 2 ;;
+esac
 
 # The PTX drivers: copies of csrc headers in $out, with (1) each PTX wrapper's definition renamed
 # (`void ldmatrix_x4(` -> `void ldmatrix_x4_ptx(`, never called) so that the kernels' calls reach
@@ -42,18 +53,41 @@ rewrite() {
       echo "run.sh: $f: a PTX wrapper that ptx_on_cpu.h does not model" >&2; exit 1; fi
   done
 }
+# Compilations run in the background, two cores or more being the rule; wait_all waits for them
+# (and, under set -e, stops at the first that failed).
+pids=()
+wait_all() {
+  local p
+  for p in "${pids[@]}"; do wait "$p"; done
+  pids=()
+}
 # Compiles the source $2 into the object $1 (no sanitizers: the CPU twin is the reference, not
 # under test) unless the object is newer than $2 and the other files named ($3..).
 cached_object() {
   local obj="$1" src="$2" dep
   for dep in "${@:2}"; do
-    if [ ! -e "$obj" ] || [ "$dep" -nt "$obj" ]; then "${cxx[@]}" -O1 -c "$src" -o "$obj"; return; fi
+    if [ ! -e "$obj" ] || [ "$dep" -nt "$obj" ]; then "${cxx[@]}" -O1 -c "$src" -o "$obj" & pids+=($!); return; fi
   done
+}
+# link_driver FLAGS... -- FILES...: compiles every .cpp of FILES with the compiler command FLAGS,
+# each in the background, then links them with the .o files of FILES into $out/$op.
+link_driver() {
+  local flags=() objs=() f o
+  while [ "$1" != -- ]; do flags+=("$1"); shift; done
+  shift
+  for f; do
+    case "$f" in
+      *.o) objs+=("$f") ;;
+      *) o="$out/obj_$(basename "${f%.*}").o" objs+=("$o"); "${flags[@]}" -c "$f" -o "$o" & pids+=($!) ;;
+    esac
+  done
+  wait_all
+  "${flags[@]}" "${objs[@]}" -o "$out/$op"
 }
 case "$op" in
   # The kernels have MMM_FFT_HOST_EMULATION hooks; the drivers mirror the launchers' paths.
   fft | fftconv)
-    "${cxx[@]}" -O1 -pthread "$here/$op.cpp" -o "$out/$op" ;;
+    "${cxx[@]}" -O1 -pthread "${tsan[@]}" "$here/$op.cpp" -o "$out/$op" ;;
   # The real launcher, with its CUDA-only lines rewritten to the emulation's; one thread per block
   # under ASan/UBSan (shared memory an exact-size heap block per launch, so overruns are caught).
   butterfly)
@@ -70,7 +104,7 @@ case "$op" in
     # Every launch and the dynamic shared memory must have gone through the emulation.
     if grep -q '<<<' "$out/launch.cpp"; then echo "run.sh: a kernel launch was not rewritten" >&2; exit 1; fi
     grep -q 'emu::smem' "$out/kernel.h" || { echo "run.sh: shared memory was not rewritten" >&2; exit 1; }
-    "${cxx[@]}" -I"$out" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+    "${cxx[@]}" -I"$out" -O1 -g "${san[@]}" \
       "$out/launch.cpp" "$here/butterfly.cpp" "$src/butterfly_cpu.cpp" -o "$out/$op" ;;
   # By default head dims 64 (3-stage forward, 64-column swizzle) and 96 (2 stages, 32-column
   # swizzle, the backward's 32-wide steps); MMM_EMULATE_ATTENTION_DIMS="all" (or a list such as
@@ -80,30 +114,34 @@ case "$op" in
   attention)
     dims="${MMM_EMULATE_ATTENTION_DIMS:-64 96}"
     [[ "$dims" == all ]] && dims="32 64 96 128 192 256"
-    mask=0 inc='#include "attention/attention_launch.cu"\n'
+    mask=0 tus=("$out/attention_launch.cpp")
+    printf '#include "attention/attention_launch.cu"\n' > "$out/attention_launch.cpp"
     for d in $dims; do
       case "$d" in 32) bit=0 ;; 64) bit=1 ;; 96) bit=2 ;; 128) bit=3 ;; 192) bit=4 ;; 256) bit=5 ;;
         *) echo "run.sh: MMM_EMULATE_ATTENTION_DIMS: no head dim $d (32 64 96 128 192 256)" >&2; exit 2 ;; esac
-      mask=$((mask | (1 << bit))) inc+="#include \"attention/instantiations/attention_hdim$d.cu\"\n"
+      mask=$((mask | (1 << bit))) tus+=("$out/attention_hdim$d.cpp")
+      printf '#include "attention/instantiations/attention_hdim%s.cu"\n' "$d" > "$out/attention_hdim$d.cpp"
     done
     rewrite core/mma.cuh core/cp_async.cuh attention/attention_smem.cuh attention/attention_fwd_kernel.cuh \
       attention/attention_bwd_kernel.cuh attention/attention_launch_template.cuh attention/attention_launch.cu
-    printf "$inc" > "$out/attention_kernels.cpp"
     cached_object "$out/attention_cpu.o" "$repo/csrc/attention/attention_cpu.cpp" "$repo/csrc/attention/attention_cpu_impl.h"
-    "${ptx_cxx[@]}" -DMMM_ATTENTION_HEAD_DIMS_MASK=$mask -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-      "$out/attention_kernels.cpp" "$here/attention.cpp" "$out/attention_cpu.o" -o "$out/$op" ;;
+    link_driver "${ptx_cxx[@]}" -DMMM_ATTENTION_HEAD_DIMS_MASK=$mask -O1 -g "${san[@]}" -- \
+      "${tus[@]}" "$here/attention.cpp" "$out/attention_cpu.o" ;;
   # The block GEMM (tensor-core, split-K reduce, fp32 FMA) and the fused Monarch forward.
   block_diag_matmul)
     rewrite core/mma.cuh core/cp_async.cuh block_diag_matmul/block_diag_matmul_kernel.cuh \
       block_diag_matmul/monarch_fused_kernel.cuh block_diag_matmul/block_diag_matmul_launch.cu \
       block_diag_matmul/monarch_fused_launch.cu
-    printf '#include "block_diag_matmul/block_diag_matmul_launch.cu"\n#include "block_diag_matmul/monarch_fused_launch.cu"\n' \
-      > "$out/block_diag_matmul_kernels.cpp"
+    # The grid's y/z cap, a variable the driver lowers so that CTAs stride over tiles and blocks.
+    perl -pi -e 's/\b65535\b/emu::grid_yz_limit/g' "$out/inc/block_diag_matmul/block_diag_matmul_launch.cu"
+    grep -q 'emu::grid_yz_limit' "$out/inc/block_diag_matmul/block_diag_matmul_launch.cu"
+    printf '#include "block_diag_matmul/block_diag_matmul_launch.cu"\n' > "$out/block_gemm_launch.cpp"
+    printf '#include "block_diag_matmul/monarch_fused_launch.cu"\n' > "$out/monarch_fused_launch.cpp"
     src="$repo/csrc/block_diag_matmul"
     cached_object "$out/block_gemm_cpu.o" "$src/block_diag_matmul_cpu.cpp" "$src/block_diag_matmul_cpu_impl.h" "$src/params.h"
     cached_object "$out/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h"
-    "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out/block_diag_matmul_kernels.cpp" \
-      "$here/block_diag_matmul.cpp" "$out/block_gemm_cpu.o" "$out/monarch_fused_cpu.o" -o "$out/$op" ;;
+    link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out/block_gemm_launch.cpp" "$out/monarch_fused_launch.cpp" \
+      "$here/block_diag_matmul.cpp" "$out/block_gemm_cpu.o" "$out/monarch_fused_cpu.o" ;;
   # Every row shape (warp, 4 and 16 warps, looped), forward, backward, the dweight/dbias column
   # and reduce kernels; all three x dtypes (each its own translation unit, as in the build).
   fused_add_norm)
@@ -114,16 +152,16 @@ case "$op" in
       "$repo/csrc/$d/params.h" "$repo/csrc/$d/activation.h"
     for f in fused_add_norm_launch instantiations/fused_add_norm_fp32 instantiations/fused_add_norm_bf16 \
       instantiations/fused_add_norm_fp16; do printf '#include "%s.cu"\n' "$d/$f" > "$out/fan_${f##*/}.cpp"; done
-    "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out"/fan_*.cpp \
-      "$here/fused_add_norm.cpp" "$out/fused_add_norm_cpu.o" -o "$out/$op" ;;
+    link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out"/fan_*.cpp "$here/fused_add_norm.cpp" \
+      "$out/fused_add_norm_cpu.o" ;;
   # The single-CTA segment kernel (registers only, shared memory, above 48 KB) and, with the
   # opt-in shared memory lowered by the driver, the segment + column two-pass path.
   hadamard)
     rewrite hadamard/hadamard_kernel.cuh hadamard/hadamard_launch.cu
     printf '#include "hadamard/hadamard_launch.cu"\n' > "$out/hadamard_kernels.cpp"
     cached_object "$out/hadamard_cpu.o" "$repo/csrc/hadamard/hadamard_cpu.cpp" "$repo/csrc/hadamard/params.h"
-    "${ptx_cxx[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined "$out/hadamard_kernels.cpp" \
-      "$here/hadamard.cpp" "$out/hadamard_cpu.o" -o "$out/$op" ;;
+    link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out/hadamard_kernels.cpp" "$here/hadamard.cpp" \
+      "$out/hadamard_cpu.o" ;;
   *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul, fused_add_norm, hadamard)" >&2; exit 2 ;;
 esac
 exec "$out/$op" "$@"
