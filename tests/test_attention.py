@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import mmm
-from conftest import build_cuda_test, run_cuda_test
+from conftest import build_cuda_test, emulation_sanitizers, run_cuda_test, run_emulation
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 DTYPE_NAMES = {F32: "fp32", F16: "fp16", BF16: "bf16", F64: "fp64"}
@@ -876,20 +876,11 @@ def test_attention_primitives_cuda(primitives_binary):
 # ---------------------------------------------------------------------------------------------
 # The CUDA launcher and kernels (head dims 64 and 96) run on the host: tests/emulate/attention.cpp
 # via tests/emulate/run.sh, one std::thread per CUDA thread, ldmatrix / mma.sync / cp.async
-# modelled from the PTX ISA (tests/emulate/ptx_on_cpu.h), under ASan/UBSan, against the CPU twin.
-# Slow to build and run (~1 min build, ~2-3 min run), so opt-in with MMM_EMULATE=1.
+# modelled from the PTX ISA (tests/emulate/ptx_on_cpu.h), against the CPU twin; under
+# ThreadSanitizer the "quick" subset (every kernel path, fewer shapes). Opt-in (see
+# run_emulation), ~1 min build, ~2-3 min run.
 # ---------------------------------------------------------------------------------------------
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-@pytest.mark.skipif(os.environ.get("MMM_EMULATE") != "1" or shutil.which("g++") is None,
-                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA attention kernels on the CPU")
-def test_cuda_kernels_on_cpu_threads(tmp_path):
-    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
-    out = subprocess.run(["bash", str(run), "attention"], capture_output=True, text=True,
-                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "all ok" in out.stdout and "self-test: ok" in out.stdout, out.stdout[-4000:]
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers())
+def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
+    out = run_emulation("attention", [] if sanitizer == "address" else ["quick"], tmp_path, sanitizer)
+    assert "all ok" in out and "self-test: ok" in out, out[-4000:]

@@ -32,6 +32,7 @@ import pytest
 import torch
 
 import mmm
+from conftest import emulation_sanitizers, run_emulation
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 DTYPE_NAMES = {F32: "fp32", F16: "fp16", BF16: "bf16", F64: "fp64"}
@@ -1122,20 +1123,10 @@ def test_empty_sanitizer_subset():
 # The CUDA launchers and kernels (tensor-core block GEMM with split-K, the fp32 FMA kernel, the
 # fused Monarch forward) run on the host: tests/emulate/block_diag_matmul.cpp via
 # tests/emulate/run.sh, one std::thread per CUDA thread, ldmatrix / mma.sync / cp.async modelled
-# from the PTX ISA (tests/emulate/ptx_on_cpu.h), under ASan/UBSan, against the CPU twins. Slow to
-# build and run, so opt-in with MMM_EMULATE=1.
+# from the PTX ISA (tests/emulate/ptx_on_cpu.h), against the CPU twins. Opt-in (see
+# run_emulation), ~1.5 min.
 # ---------------------------------------------------------------------------------------------
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-@pytest.mark.skipif(os.environ.get("MMM_EMULATE") != "1" or shutil.which("g++") is None,
-                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA block GEMM / Monarch kernels on the CPU")
-def test_cuda_kernels_on_cpu_threads(tmp_path):
-    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
-    out = subprocess.run(["bash", str(run), "block_diag_matmul"], capture_output=True, text=True,
-                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "all ok" in out.stdout, out.stdout[-4000:]
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers())
+def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
+    out = run_emulation("block_diag_matmul", [], tmp_path, sanitizer)
+    assert "all ok" in out, out[-4000:]

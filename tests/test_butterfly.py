@@ -12,16 +12,13 @@ warp), n <= 16384 (one pass on chip, forward and backward), beyond (multi-pass: 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mmm
+from conftest import emulation_sanitizers, run_emulation
 from mmm.ops.butterfly import bit_reversal_permutation, fft_twiddle
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
@@ -73,7 +70,7 @@ def check(x, tw, inc=True, atol_unit=None):
     x = x.detach().requires_grad_()
     tw = tw.detach().requires_grad_()
     y = mmm.butterfly_multiply(x, tw, inc)
-    nstacks, log_n = tw.shape[0], tw.shape[2]
+    log_n = tw.shape[2]
     assert y.shape == (*x.shape[:-1], 1 << log_n) and y.dtype == x.dtype
     dy = torch.randn_like(y)
     dx, dtw = torch.autograd.grad(y, (x, tw), dy)
@@ -336,16 +333,11 @@ def test_sanitizer_subset(log_n):
 
 
 # The CUDA launcher and kernels run on the host (tests/emulate/butterfly.cpp via tests/emulate/run.sh:
-# one thread per block, under ASan/UBSan, with small shared-memory limits that force the multi-pass
-# paths) against the CPU twin: slow to build and run (~1 min), so opt-in with MMM_EMULATE=1.
-@pytest.mark.skipif("1" not in (os.environ.get("MMM_EMULATE"), os.environ.get("MMM_FFT_EMULATE"))
-                    or shutil.which("g++") is None,
-                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA butterfly code on the CPU")
-def test_cuda_kernels_on_cpu_threads(tmp_path):
-    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
-    out = subprocess.run(["bash", str(run), "butterfly"], capture_output=True, text=True,
-                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+# one thread per block, so under ASan/UBSan only, with small shared-memory limits that force the
+# multi-pass paths) against the CPU twin: opt-in (see run_emulation), ~1 min.
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers(races=False))
+def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
+    run_emulation("butterfly", [], tmp_path, sanitizer)
 
 
 # ---- ButterflyLinear ---------------------------------------------------------------------------

@@ -11,16 +11,12 @@ CUDA only -- the CPU runs one algorithm for every length, so its cases stay shor
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
 import mmm
-from conftest import build_cuda_test, run_cuda_test
+from conftest import build_cuda_test, emulation_sanitizers, run_cuda_test, run_emulation
 
 C64, C128, F32, F64 = torch.complex64, torch.complex128, torch.float32, torch.float64
 NORMS = [None, "backward", "ortho", "forward"]
@@ -315,20 +311,17 @@ def test_sanitizer_subset(n):
 
 
 # ------------------------------------------------------------------------------------------- #
-# The CUDA code itself, run on CPU threads (tests/emulate/fft.cpp via tests/emulate/run.sh): slow
-# to build, so opt-in with MMM_EMULATE=1 (MMM_FFT_EMULATE=1 still works).
+# The CUDA code itself, run on CPU threads (tests/emulate/fft.cpp via tests/emulate/run.sh; opt-in,
+# see run_emulation): core/fft.cuh up to 2^11 (two CTA passes), the op kernels up to 2^12 with the
+# CTA limit at 2^10 (so the four-step path runs with a = 2 and 4). Under ThreadSanitizer, where each
+# of the 60 launches per core-block size pays for starting its threads, the core blocks from 2^6
+# to 2^10 and the op kernels one size smaller (the same paths, a = 2 and 4 still).
 
 
-@pytest.mark.skipif("1" not in (os.environ.get("MMM_EMULATE"), os.environ.get("MMM_FFT_EMULATE"))
-                    or shutil.which("g++") is None,
-                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA FFT code on CPU threads")
-def test_cuda_code_on_cpu_threads(tmp_path):
-    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
-    # core/fft.cuh up to 2^11 (two CTA passes), the op kernels up to 2^12 with the CTA limit at
-    # 2^10 (so the four-step path runs with a = 2 and 4).
-    out = subprocess.run(["bash", str(run), "fft", "11", "0", "12", "10"], capture_output=True, text=True,
-                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stdout + out.stderr
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers())
+def test_cuda_code_on_cpu_threads(tmp_path, sanitizer):
+    run_emulation("fft", ["11", "0", "12", "10"] if sanitizer == "address" else ["10", "6", "11", "9"], tmp_path,
+                  sanitizer)
 
 
 @pytest.mark.cuda

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
 import mmm
+from conftest import emulation_sanitizers, run_emulation
 from mmm.ops.fftconv import fftconv_reference
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
@@ -297,16 +294,10 @@ def test_sanitizer_subset(n):
 
 # The CUDA kernels themselves, run on CPU threads (tests/emulate/fftconv.cpp via
 # tests/emulate/run.sh) against a direct convolution in double, through all three shared-memory /
-# scratch paths: slow to build and run (~1 min), so opt-in with MMM_EMULATE=1 (MMM_FFT_EMULATE=1
-# still works).
-@pytest.mark.skipif("1" not in (os.environ.get("MMM_EMULATE"), os.environ.get("MMM_FFT_EMULATE"))
-                    or shutil.which("g++") is None,
-                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA fftconv code on CPU threads")
-def test_cuda_kernels_on_cpu_threads(tmp_path):
-    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
-    out = subprocess.run(["bash", str(run), "fftconv", "1000"], capture_output=True, text=True,
-                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stdout + out.stderr
+# scratch paths: opt-in (see run_emulation), ~1 min each.
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers())
+def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
+    run_emulation("fftconv", ["1000"], tmp_path, sanitizer)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mmm
+from conftest import emulation_sanitizers, run_emulation
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 ACTIVATIONS = ["none", "gelu", "gelu_tanh"]
@@ -1024,20 +1024,10 @@ def test_sanitizer_subset(n, dtype):
 # ---------------------------------------------------------------------------------------------
 # The CUDA launcher and kernels (forward and backward, every row shape, dropout, the dweight /
 # dbias reduction) run on the host: tests/emulate/fused_add_norm.cpp via tests/emulate/run.sh,
-# one std::thread per CUDA thread, under ASan/UBSan, against the CPU twin. Opt-in with
-# MMM_EMULATE=1 (~2 min build, ~15 s run).
+# one std::thread per CUDA thread, against the CPU twin; under ThreadSanitizer the "quick" subset
+# (every row shape still). Opt-in (see run_emulation), ~2 min build, ~15 s run.
 # ---------------------------------------------------------------------------------------------
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-@pytest.mark.skipif(os.environ.get("MMM_EMULATE") != "1" or shutil.which("g++") is None,
-                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA fused_add_norm kernels on the CPU")
-def test_cuda_kernels_on_cpu_threads(tmp_path):
-    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
-    out = subprocess.run(["bash", str(run), "fused_add_norm"], capture_output=True, text=True,
-                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "all ok" in out.stdout, out.stdout[-4000:]
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers())
+def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
+    out = run_emulation("fused_add_norm", [] if sanitizer == "address" else ["quick"], tmp_path, sanitizer)
+    assert "all ok" in out, out[-4000:]

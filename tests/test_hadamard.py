@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mmm
-from conftest import devices
+from conftest import emulation_sanitizers, run_emulation
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 NAMES = {F32: "fp32", F16: "fp16", BF16: "bf16", F64: "fp64"}
@@ -188,20 +188,9 @@ def test_sanitizer_subset(n):
 # ---------------------------------------------------------------------------------------------
 # The CUDA launcher and kernels (one-CTA segments and the two-pass workspace path, fp32 / fp16 /
 # bf16) run on the host: tests/emulate/hadamard.cpp via tests/emulate/run.sh, one std::thread
-# per CUDA thread, under ASan/UBSan, bitwise against the CPU twin. Opt-in with MMM_EMULATE=1
-# (~30 s build and run).
+# per CUDA thread, bitwise against the CPU twin. Opt-in (see run_emulation), ~30 s build and run.
 # ---------------------------------------------------------------------------------------------
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-@pytest.mark.skipif(os.environ.get("MMM_EMULATE") != "1" or shutil.which("g++") is None,
-                    reason="set MMM_EMULATE=1 (needs g++) to run the CUDA Hadamard kernels on the CPU")
-def test_cuda_kernels_on_cpu_threads(tmp_path):
-    run = Path(__file__).resolve().parent / "emulate" / "run.sh"
-    out = subprocess.run(["bash", str(run), "hadamard"], capture_output=True, text=True,
-                         env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "all ok" in out.stdout, out.stdout[-4000:]
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers())
+def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
+    out = run_emulation("hadamard", [], tmp_path, sanitizer)
+    assert "all ok" in out, out[-4000:]
