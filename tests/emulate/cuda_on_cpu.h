@@ -32,17 +32,17 @@
 // Races: built with ThreadSanitizer (run.sh, MMM_EMULATE_SANITIZE=thread), two accesses to one
 // location by threads of a block, at least one a write, that no barrier orders are reported
 // however the host scheduled them (the barriers below order their own participants only, as on
-// the GPU; TSan remembers the last four accesses per 8 bytes). Unseen even then: races inside a
-// warp (each warp collective orders its lanes as a __syncwarp would) and between CTAs (blocks
-// run one after another).
+// the GPU; TSan remembers the last four accesses per 8 bytes). Inside a warp only __syncwarp and
+// __syncthreads order, as on the GPU (a shuffle, ldmatrix or mma does not: see warp_exchange).
+// Unseen even then: races between CTAs (blocks run one after another).
 // What it cannot catch
 //   - without ThreadSanitizer, races and missing barriers that happen to be harmless under the
 //     host scheduler (the lazy cp.async mode of ptx_on_cpu.h makes the pipeline ones visible,
 //     not every other one); shared memory bank conflicts, real warp timing / divergence /
 //     independent thread scheduling, partial-warp masks, misaligned ordinary loads (UBSan sees
-//     some), register pressure and spills, the hardware's accumulation order and rounding inside mma, exp2f/log2f ulp
-//     differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16 f16/bf16 and cp.async .cg 16:
-//     those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
+//     some), register pressure and spills, the hardware's accumulation order and rounding inside
+//     mma, exp2f/log2f ulp differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16
+//     f16/bf16 and cp.async .cg 16: those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
 #pragma once
 #include <algorithm>
 #include <array>
