@@ -141,12 +141,12 @@ def run_cuda_test(binary: Path) -> None:
 # MMM_EMULATE=address or MMM_EMULATE=thread runs only one (MMM_FFT_EMULATE=1, the older switch of
 # the fft, fftconv and butterfly drivers, means "address").
 # ---------------------------------------------------------------------------------------------
-def emulation_sanitizers(*, races: bool = True) -> list:
-    """The sanitizer parameters of a test_*_on_cpu_threads test, each skipped unless asked for;
-    races=False for a driver that runs each block on one thread (no races to look for)."""
+def emulation_sanitizers() -> list:
+    """The sanitizer parameters of a test_*_on_cpu_threads test, each skipped unless asked for:
+    AddressSanitizer/UBSan, and ThreadSanitizer (races inside a block and between blocks)."""
     asked = os.environ.get("MMM_EMULATE", "")
     params = []
-    for sanitizer in ("address", "thread") if races else ("address",):
+    for sanitizer in ("address", "thread"):
         on = asked in ("1", sanitizer) or (sanitizer == "address" and os.environ.get("MMM_FFT_EMULATE") == "1")
         reason = ("g++ not found: cannot build tests/emulate" if on and shutil.which("g++") is None else
                   None if on else f"set MMM_EMULATE=1 (or ={sanitizer}) to run the CUDA kernels on CPU threads")

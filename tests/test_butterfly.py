@@ -333,9 +333,10 @@ def test_sanitizer_subset(log_n):
 
 
 # The CUDA launcher and kernels run on the host (tests/emulate/butterfly.cpp via tests/emulate/run.sh:
-# one thread per block, so under ASan/UBSan only, with small shared-memory limits that force the
-# multi-pass paths) against the CPU twin: opt-in (see run_emulation), ~1 min.
-@pytest.mark.parametrize("sanitizer", emulation_sanitizers(races=False))
+# one thread per block, with small shared-memory limits that force the multi-pass paths) against
+# the CPU twin, under ASan/UBSan and under TSan (two blocks at once: races between CTAs): opt-in
+# (see run_emulation), ~1 min.
+@pytest.mark.parametrize("sanitizer", emulation_sanitizers())
 def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
     run_emulation("butterfly", [], tmp_path, sanitizer)
 

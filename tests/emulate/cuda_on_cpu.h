@@ -6,15 +6,16 @@
 //
 // What it emulates
 //   - __global__/__device__/__host__/__forceinline__/__launch_bounds__ compile away; __align__ is
-//     __attribute__((aligned)); __shared__ becomes `static` (blocks run one after another, so a static is the
-//     block's shared memory).
+//     __attribute__((aligned)); __shared__ becomes `static`, and run.sh rewrites a kernel's
+//     `__shared__ T name[...];` into emu::block_static (an array per running block).
 //   - launch_grid(grid (dim3), threads, smem_bytes, body): `threads` std::threads, created once per
 //     launch, run the blocks one after another (blockIdx x fastest), with thread_local threadIdx /
 //     blockIdx (threads == 1: on the calling thread, for drivers that run a block's work in one
-//     "thread"). Dynamic shared memory is a heap block of exactly smem_bytes per launch (so
+//     "thread"); under ThreadSanitizer two such sets run at once (see concurrent_blocks).
+//     Dynamic shared memory is a heap block of exactly smem_bytes per running block (so
 //     AddressSanitizer sees overruns), 128-byte aligned, reached through emu_dynamic_smem() /
 //     emu::smem, filled at each block's start with emu::smem_fill (0; the PTX drivers use 0xff:
-//     NaN, so reading shared memory nobody wrote shows).
+//     NaN, so reading shared memory nobody wrote shows); static shared arrays start the same way.
 //   - emu_launch (what run.sh rewrites kernel<<<...>>> into) refuses what the runtime would:
 //     bad block sizes, empty or oversized grids, more dynamic shared memory than the opt-in limit
 //     or, above 48 KB, than cudaFuncSetAttribute(MaxDynamicSharedMemorySize) allowed the kernel.
@@ -34,7 +35,10 @@
 // however the host scheduled them (the barriers below order their own participants only, as on
 // the GPU; TSan remembers the last four accesses per 8 bytes). Inside a warp only __syncwarp and
 // __syncthreads order, as on the GPU (a shuffle, ldmatrix or mma does not: see warp_exchange).
-// Unseen even then: races between CTAs (blocks run one after another).
+// Between CTAs: two blocks run at once on their own threads, so TSan also reports two CTAs that
+// touch one location (one writing) without atomics, e.g. aliased per-CTA scratch or overlapping
+// output tiles, for the pairs of blocks that landed in different sets (see block_set: every
+// even-odd neighbour pair, about half the pairs at any other distance).
 // What it cannot catch
 //   - without ThreadSanitizer, races and missing barriers that happen to be harmless under the
 //     host scheduler (the lazy cp.async mode of ptx_on_cpu.h makes the pipeline ones visible,
@@ -128,11 +132,9 @@ class Barrier {
 #else
 using Barrier = std::barrier<>;
 #endif
-inline std::unique_ptr<Barrier> block_barrier;
-inline std::vector<std::unique_ptr<Barrier>> warp_barriers;
 inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the deadlock watchdog
-inline void* smem = nullptr;               // this launch's dynamic shared memory
-inline size_t smem_bytes = 0;
+inline thread_local void* smem = nullptr;  // the running block's dynamic shared memory
+inline thread_local size_t smem_bytes = 0;
 inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
 inline int optin_smem = 232448, sms = 132;  // what cudaDeviceGetAttribute reports (H100)
@@ -159,12 +161,40 @@ struct LaneSlot {
   const void* ptr = nullptr;
   uint32_t w[10] = {};
 };
-inline std::vector<LaneSlot> slots[2];
 inline thread_local uint32_t collective_seq = 0;
+
+// What a running block owns: its barriers, warp-exchange slots, dynamic shared memory (exactly
+// smem_bytes, so AddressSanitizer sees overruns; aligned like extern __shared__ __align__(128)),
+// its static __shared__ arrays (block_static) and a word per thread for the PTX layer's
+// end-of-block check. One per concurrently running block (see launch_grid), reused by the
+// blocks that run after it on the same threads.
+struct AlignedFree {
+  void operator()(void* p) const { ::operator delete(p, std::align_val_t(128)); }
+};
+using SharedBytes = std::unique_ptr<unsigned char, AlignedFree>;
+inline SharedBytes alloc_shared(size_t bytes) {
+  return SharedBytes(static_cast<unsigned char*>(::operator new(std::max<size_t>(bytes, 1), std::align_val_t(128))));
+}
+struct BlockState {
+  BlockState(int threads, size_t smem_bytes)
+      : barrier(threads), slots{std::vector<LaneSlot>(size_t(threads)), std::vector<LaneSlot>(size_t(threads))},
+        smem(alloc_shared(smem_bytes)), thread_words(size_t(threads)) {
+    for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Barrier>(std::min(32, threads - 32 * w)));
+    std::memset(smem.get(), 0, std::max<size_t>(smem_bytes, 1));
+  }
+  Barrier barrier;                              // __syncthreads
+  std::vector<std::unique_ptr<Barrier>> warps;  // __syncwarp and the warp collectives
+  std::vector<LaneSlot> slots[2];
+  SharedBytes smem;
+  std::mutex statics_mutex;
+  std::vector<std::pair<const void*, SharedBytes>> statics;  // (declaration, this block's array)
+  std::vector<uint64_t> thread_words;
+};
+inline thread_local BlockState* block_state = nullptr;
 
 inline void warp_wait() {
   progress.fetch_add(1, std::memory_order_relaxed);
-  warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+  block_state->warps[threadIdx.x / 32]->arrive_and_wait();
 }
 
 // Under ThreadSanitizer a warp collective must not order memory between lanes: on the GPU a
@@ -208,7 +238,7 @@ inline WarpSlots warp_exchange(LaneSlot mine) {
   const TsanIgnore blind;
   if (blockDim.x % 32) fail("a warp collective in a block that is not whole warps");
   const unsigned t = threadIdx.x;
-  std::vector<LaneSlot>& buf = slots[collective_seq & 1];
+  std::vector<LaneSlot>& buf = block_state->slots[collective_seq & 1];
   mine.seq = collective_seq++;
   buf[t] = mine;
   warp_wait();
@@ -265,31 +295,73 @@ class Watchdog {
 inline void __syncthreads() {
   if (blockDim.x > 1) {
     emu::progress.fetch_add(1, std::memory_order_relaxed);
-    emu::block_barrier->arrive_and_wait();
+    emu::block_state->barrier.arrive_and_wait();
   }
 }
 inline void __syncwarp(unsigned = 0xffffffffu) {
   if (blockDim.x > 1) emu::warp_wait();
 }
 
-// A kernel launch <<<grid, threads, smem_bytes>>>: body() is the kernel call, run by `threads`
-// std::threads (created once per launch; they run the blocks one after another), or with
-// threads == 1 on the calling thread, the whole block's work in that one "thread".
+namespace emu {
+// A static `__shared__ T name[...];` of a kernel, which run.sh rewrites into
+// `auto& name = emu::block_static<T[...]>([] {});` (the lambda's type names the declaration):
+// one array per running block, allocated by its first use in the block and filled with
+// smem_fill, as dynamic shared memory is. (A C++ static would be one array for all blocks: it
+// would carry a block's data into the next and, under TSan, make concurrent blocks race.)
+template <class T, class Declaration>
+T& block_static(Declaration) {
+  static_assert(std::is_trivially_copyable_v<T>, "a __shared__ array of plain values");
+  static const char key = 0;
+  BlockState& st = *block_state;
+  const TsanIgnore blind;  // the lookup orders nothing: only the kernel's barriers may
+  std::lock_guard<std::mutex> lock(st.statics_mutex);
+  for (auto& [k, mem] : st.statics)
+    if (k == &key) return *reinterpret_cast<T*>(mem.get());
+  SharedBytes mem = alloc_shared(sizeof(T));
+  std::memset(mem.get(), smem_fill, sizeof(T));
+  st.statics.emplace_back(&key, std::move(mem));
+  return *reinterpret_cast<T*>(st.statics.back().second.get());
+}
+
+// Blocks that run at once under ThreadSanitizer. Each has its own threads and BlockState, and
+// nothing orders one's memory accesses against another's, so TSan reports two CTAs touching
+// one location (one writing) without atomics: aliased scratch, overlapping output tiles. A
+// block's set is the digit sum of its index in base `sets`, mod sets (for two: the Thue-Morse
+// sequence), so blocks 2i and 2i+1 always differ and about half the pairs at any other distance
+// (b and b + gridDim.x, ...) do. Without TSan one set: the blocks one after another, fastest.
+#if defined(__SANITIZE_THREAD__)
+inline int concurrent_blocks = 2;
+#else
+inline int concurrent_blocks = 1;
+#endif
+inline int block_set(uint64_t b, int sets) {
+  uint64_t digits = 0;
+  for (; b; b /= uint64_t(sets)) digits += b % uint64_t(sets);
+  return int(digits % uint64_t(sets));
+}
+}  // namespace emu
+
+// A kernel launch <<<grid, threads, smem_bytes>>>: body() is the kernel call. The blocks go to
+// emu::concurrent_blocks sets; each set has `threads` std::threads (created once per launch)
+// that run its blocks one after another (blockIdx x fastest), with thread_local threadIdx /
+// blockIdx. threads == 1 and one set: the calling thread runs every block's whole work.
 template <class Body>
 void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
   emu::max_smem_used = std::max(emu::max_smem_used, smem_bytes);
-  // Exactly smem_bytes (AddressSanitizer sees overruns), aligned like extern __shared__ __align__(128).
-  struct Free { void operator()(void* p) const { ::operator delete(p, std::align_val_t(128)); } };
-  std::unique_ptr<void, Free> mem(::operator new(std::max<size_t>(smem_bytes, 1), std::align_val_t(128)));
-  std::memset(mem.get(), 0, std::max<size_t>(smem_bytes, 1));
-  emu::smem = mem.get();
-  emu::smem_bytes = smem_bytes;
   gridDim = grid;
   blockDim = dim3(unsigned(threads));
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
-  auto run = [&](unsigned t) {
+  const int sets = int(std::min<uint64_t>(uint64_t(std::max(emu::concurrent_blocks, 1)), blocks));
+  std::vector<std::unique_ptr<emu::BlockState>> states;
+  for (int s = 0; s < sets; ++s) states.push_back(std::make_unique<emu::BlockState>(threads, smem_bytes));
+  auto run = [&](int set, unsigned t) {
+    emu::BlockState& st = *states[size_t(set)];
+    emu::block_state = &st;
+    emu::smem = st.smem.get();
+    emu::smem_bytes = smem_bytes;
     threadIdx = uint3{t, 0, 0};
     for (uint64_t b = 0; b < blocks; ++b) {
+      if (sets > 1 && emu::block_set(b, sets) != set) continue;
       blockIdx = uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
       if (t == 0 && emu::smem_fill) std::memset(emu::smem, emu::smem_fill, smem_bytes);
       emu::collective_seq = 0;
@@ -298,24 +370,21 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       body();
       if (emu::thread_block_end) emu::thread_block_end();
       __syncthreads();
-      if (t == 0 && emu::block_end) emu::block_end();
+      if (t == 0) {
+        if (emu::block_end) emu::block_end();
+        st.statics.clear();  // after the closing barrier: TSan checks these frees against every thread's use
+      }
     }
   };
-  if (threads == 1) {
-    run(0);
+  if (threads == 1 && sets == 1) {
+    run(0, 0);
   } else {
-    emu::block_barrier = std::make_unique<emu::Barrier>(threads);
-    emu::warp_barriers.clear();
-    for (int w = 0; w < (threads + 31) / 32; ++w)
-      emu::warp_barriers.push_back(std::make_unique<emu::Barrier>(std::min(32, threads - 32 * w)));
-    for (auto& s : emu::slots) s.assign(size_t(threads), emu::LaneSlot{});
     emu::Watchdog watchdog;
     std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) pool.emplace_back(run, unsigned(t));
+    for (int s = 0; s < sets; ++s)
+      for (int t = 0; t < threads; ++t) pool.emplace_back(run, s, unsigned(t));
     for (auto& th : pool) th.join();
   }
-  emu::smem = nullptr;
-  emu::smem_bytes = 0;
 }
 
 // rsqrtf: CUDA's is within 2 ulp of 1/sqrt; the emulation rounds 1/sqrt once (as the CPU twins).

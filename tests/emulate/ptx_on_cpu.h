@@ -191,8 +191,7 @@ struct CpState {
   uint64_t commits = 0, copies = 0;
 };
 inline thread_local CpState cp;
-inline uint64_t block_commits[1024];  // per thread of the block, for the end-of-block check
-inline uint64_t total_copies = 0, total_waits = 0;
+inline uint64_t total_copies = 0;
 inline std::mutex stats_mutex;
 
 inline void cp_land(const CpCopy& c) {
@@ -238,11 +237,13 @@ inline void ptx_thread_end() {
   if (!cp.open.empty()) fail("kernel exits with cp.async copies never committed (never waited for)");
   for (const auto& g : cp.pending)
     if (!g.empty()) fail("kernel exits with committed cp.async copies not waited for (wait_group 0 missing)");
-  block_commits[threadIdx.x] = cp.commits;
+  block_state->thread_words[threadIdx.x] = cp.commits;
+  const TsanIgnore blind;  // a statistic: its lock must not order concurrent blocks
   std::lock_guard<std::mutex> lock(stats_mutex);
   total_copies += cp.copies;
 }
 inline void ptx_block_end() {
+  const std::vector<uint64_t>& block_commits = block_state->thread_words;
   for (size_t t = 1; t < blockDim.x; ++t)
     if (block_commits[t] != block_commits[0]) {
       char msg[160];
@@ -252,7 +253,7 @@ inline void ptx_block_end() {
       fail(msg);
     }
 }
-// Each thread writes its own block_commits slot after the kernel body; thread 0 reads them all
+// Each thread writes its own thread_words slot after the kernel body; thread 0 reads them all
 // after the block's closing barrier (launch_grid), before the next block's opening one.
 inline const bool ptx_hooks_installed = [] {
   thread_block_begin = ptx_thread_begin;

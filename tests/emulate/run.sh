@@ -11,7 +11,8 @@
 # data race between the emulated threads of a block (shared or global memory touched by two
 # threads, one writing, with no __syncthreads or __syncwarp between them; as on the GPU, a
 # shuffle, ldmatrix or mma does not order memory) is reported even when the host scheduler made
-# it harmless. fft and fftconv, otherwise unsanitised, get it too.
+# it harmless, and so is global memory touched by two CTAs (one writing, not atomically): two
+# blocks run at once. fft and fftconv, otherwise unsanitised, get it too.
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
 # object is reused when newer than its sources); CXX picks the compiler. The opt-in tests (MMM_EMULATE=1:
 # tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul,fused_add_norm,hadamard}.py, -k cpu_threads)
@@ -31,11 +32,13 @@ case "${MMM_EMULATE_SANITIZE:-address}" in
   *) echo "run.sh: MMM_EMULATE_SANITIZE: address (default) or thread" >&2; exit 2 ;;
 esac
 
-# The PTX drivers: copies of csrc headers in $out, with (1) each PTX wrapper's definition renamed
-# (`void ldmatrix_x4(` -> `void ldmatrix_x4_ptx(`, never called) so that the kernels' calls reach
-# ptx_on_cpu.h's models, (2) `kernel<<<grid, threads, smem, stream>>>(args);` -> emu_launch(0, ...)
-# (one std::thread per CUDA thread), (3) `extern __shared__ T name[];` -> the launch's exact-size
-# dynamic shared memory. tests/emulate/shadow stands in for the CUDA headers.
+# The PTX drivers (and fft, fftconv): copies of csrc headers in $out/inc, with (1) each PTX
+# wrapper's definition renamed (`void ldmatrix_x4(` -> `void ldmatrix_x4_ptx(`, never called) so
+# that the kernels' calls reach ptx_on_cpu.h's models, (2) `kernel<<<grid, threads, smem,
+# stream>>>(args);` -> emu_launch(0, ...) (one std::thread per CUDA thread), (3) `extern __shared__
+# T name[]` -> the block's exact-size dynamic shared memory, (4) `__shared__ T name[...];` ->
+# emu::block_static, an array per running block (cuda_on_cpu.h). tests/emulate/shadow stands in
+# for the CUDA headers.
 ptx_cxx=("${CXX:-g++}" -std=c++20 -I"$here/shadow" -I"$here" -I"$out/inc" -I"$repo/csrc" -DMMM_EMU_REAL_CUDA_UTILS -pthread)
 ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait'
 rewrite() {
@@ -45,10 +48,11 @@ rewrite() {
     perl -0pe '
       s/\bvoid ('"$ptx_wrappers"')\(/void $1_ptx(/g;
       s/([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?),\s*([^,;]*),\s*([^,;]*),\s*stream>>>\(([^;]*)\);/emu_launch(0, $1, $2, $3, $4, $5);/g;
-      s/extern __shared__ (?:__align__\(\d+\) )?([\w ]*?\w) (\w+)\[\];/$1* $2 = static_cast<$1*>(emu::smem);/g;
+      s/extern __shared__ (?:__align__\(\d+\) )?([\w ]*?\w) (\w+)\[\]/$1* $2 = static_cast<$1*>(emu::smem)/g;
+      s/\b__shared__ (?:__align__\(\d+\) )?([\w:<>, ]*?\w) (\w+)((?:\[[^\]\n]+\])+);/auto& $2 = emu::block_static<$1$3>([] {});/g;
     ' "$repo/csrc/$f" > "$out/inc/$f"
-    # Every launch and dynamic shared array rewritten, and inline PTX only in renamed wrappers.
-    if grep -n '<<<\|extern __shared__' "$out/inc/$f" >&2; then echo "run.sh: $f: not rewritten (above)" >&2; exit 1; fi
+    # Every launch and shared array rewritten, and inline PTX only in renamed wrappers.
+    if grep -n '<<<\|__shared__' "$out/inc/$f" >&2; then echo "run.sh: $f: not rewritten (above)" >&2; exit 1; fi
     if perl -ne 'if (/^\s*__device__.*?\b(\w+)\s*\(/) { $fn = $1 } if (/asm\s+volatile/ && $fn !~ /_ptx$/) { print "$ARGV: inline PTX in $fn\n"; $bad = 1 } END { exit $bad }' "$out/inc/$f" >&2; then :; else
       echo "run.sh: $f: a PTX wrapper that ptx_on_cpu.h does not model" >&2; exit 1; fi
   done
@@ -87,7 +91,8 @@ link_driver() {
 case "$op" in
   # The kernels have MMM_FFT_HOST_EMULATION hooks; the drivers mirror the launchers' paths.
   fft | fftconv)
-    "${cxx[@]}" -O1 -pthread "${tsan[@]}" "$here/$op.cpp" -o "$out/$op" ;;
+    rewrite core/fft.cuh fft/fft_kernel.cuh fftconv/fftconv_kernel.cuh
+    "${CXX:-g++}" -std=c++20 -I"$here" -I"$out/inc" -I"$repo/csrc" -O1 -g -pthread "${tsan[@]}" "$here/$op.cpp" -o "$out/$op" ;;
   # The real launcher, with its CUDA-only lines rewritten to the emulation's; one thread per block
   # under ASan/UBSan (shared memory an exact-size heap block per launch, so overruns are caught).
   butterfly)
