@@ -13,6 +13,8 @@
 // out = 0, lse = +inf, no NaN), sliding windows that skip key tiles, GQA, head dims padded up
 // to the kernel's (40 -> 64, 80 -> 96), strided (B, S, H, D) and padded-row layouts, the lse
 // gradient, fp16 and bf16, both cp.async modes, and the backward run twice (bitwise equal).
+// Every ldmatrix must be free of shared-memory bank conflicts (the swizzles' claim; counted by
+// ptx_on_cpu.h from the lanes' row addresses).
 //
 // Tolerance. Kernel and twin see the same 16-bit inputs and accumulate in fp32; they differ in
 // that the kernel rounds P (forward, and dV's Pᵀ) and dS (dK, dQ) to the input type before the
@@ -80,6 +82,19 @@ static void self_test_ldmatrix() {
       }
     });
     check(bad == 0, trans ? "ldmatrix.x4.trans of an iota tile" : "ldmatrix.x4 of an iota tile");
+  }
+  // The bank-conflict count: lane l's row at l * stride bytes. 16 (contiguous) and 144 (16 mod
+  // 128) are conflict-free, 0 is a broadcast; 32 puts each matrix's rows two to a 16-byte bank
+  // group (one extra wavefront per matrix), 128 all eight in one (seven extra).
+  for (const auto [stride, conflicts] : {std::pair{16, 0}, {144, 0}, {0, 0}, {32, 4}, {128, 28}}) {
+    const emu::LdmatrixBanks banks;
+    launch_grid(1, 32, 32 * 144 + 16, [&, stride = stride] {
+      uint32_t r[4];
+      ldmatrix_x4(r, static_cast<char*>(emu::smem) + threadIdx.x * stride);
+    });
+    char what[80];
+    std::snprintf(what, sizeof what, "ldmatrix rows %d bytes apart: %d bank conflicts", stride, conflicts);
+    check(banks.matrices() == 4 && banks.conflicts() == uint64_t(conflicts), what);
   }
 }
 
@@ -411,7 +426,9 @@ static int run_case(const Case& c, bool quick) {
     std::vector<float> lse(size_t(rows), NAN);
     AttentionFwdParams pg = p;
     pg.out = out.data.data(); pg.lse = lse.data();
+    const emu::LdmatrixBanks fwd_banks;
     const char* e = launch_attention_fwd(pg, nullptr);
+    const uint64_t fwd_matrices = fwd_banks.matrices(), fwd_conflicts = fwd_banks.conflicts();
     if (e) { std::printf("BAD %s: launch_attention_fwd: %s\n", c.name, e); return 1; }
     Cmp co;
     int64_t lse_bad = 0;
@@ -435,6 +452,7 @@ static int run_case(const Case& c, bool quick) {
     // Kernel backward (twice: bitwise equal), on the twin's out and lse.
     AttentionBwdParams bg = bp;
     std::vector<uint16_t> runs[2][3];
+    const emu::LdmatrixBanks bwd_banks;
     for (int rep = 0; rep < (quick ? 1 : 2); ++rep) {
       Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv), dv(c.B, c.Hkv, c.Sk, D, c.layout_kv);
       std::vector<char> ws(attention_bwd_cuda_workspace_bytes(bg) + 16);
@@ -445,6 +463,7 @@ static int run_case(const Case& c, bool quick) {
       if (e) { std::printf("BAD %s: launch_attention_bwd: %s\n", c.name, e); return 1; }
       runs[rep][0] = dq.data; runs[rep][1] = dk.data; runs[rep][2] = dv.data;
     }
+    const uint64_t bwd_matrices = bwd_banks.matrices(), bwd_conflicts = bwd_banks.conflicts();
     const bool deterministic = quick || (runs[0][0] == runs[1][0] && runs[0][1] == runs[1][1] && runs[0][2] == runs[1][2]);
     Cmp cq, ck, cv;
     Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv);
@@ -471,11 +490,14 @@ static int run_case(const Case& c, bool quick) {
       same_modes = first_out == out.data && first_dq == runs[0][0] && first_dk == runs[0][1] && first_dv == runs[0][2] &&
                    std::memcmp(first_lse.data(), lse.data(), lse.size() * sizeof(float)) == 0;
     }
-    const bool ok = !co.bad && !lse_bad && !cq.bad && !ck.bad && !cv.bad && deterministic && same_modes;
+    const bool conflict_free = fwd_conflicts == 0 && bwd_conflicts == 0;  // the swizzles' claim
+    const bool ok = !co.bad && !lse_bad && !cq.bad && !ck.bad && !cv.bad && deterministic && same_modes && conflict_free;
     std::printf("%s %-34s %s %-5s out %.2f lse %.1e(%" PRId64 ") dq %.2f dk %.2f dv %.2f units%s%s%s\n", ok ? "OK " : "BAD",
                 c.name, t == DType::kFloat16 ? "f16 " : "bf16", lazy ? "lazy" : "eager", co.units, lse_err, lse_bad,
                 cq.units, ck.units, cv.units, deterministic ? "" : "  NOT DETERMINISTIC",
                 same_modes ? "" : "  MODES DIFFER", (co.nan + cq.nan + ck.nan + cv.nan) ? "  NaN" : "");
+    std::printf("    ldmatrix fwd %" PRIu64 " conflicts %" PRIu64 ", bwd %" PRIu64 " conflicts %" PRIu64 "\n", fwd_matrices,
+                fwd_conflicts, bwd_matrices, bwd_conflicts);
     for (const Cmp* w : {&co, &cq, &ck, &cv})
       if (w->units > 1)
         std::printf("    worst %s: kernel %.6g twin %.6g M %.3g\n", w == &co ? "out" : w == &cq ? "dq" : w == &ck ? "dk" : "dv",

@@ -80,6 +80,34 @@ inline void check_shared(const void* p, size_t bytes, const char* what) {
 
 enum : uint32_t { kOpLdsm = 1, kOpLdsmTrans = 2, kOpMmaF16 = 3, kOpMmaBF16 = 4 };
 
+// ---- shared-memory bank conflicts of ldmatrix ---------------------------------------------------
+// Shared memory is 32 banks of 4 bytes, served in 128-byte wavefronts. ldmatrix reads each of its
+// matrices' 8 rows of 16 bytes in one wavefront when the rows lie in 8 distinct 16-byte bank
+// groups ((address / 16) mod 8, the address relative to a 128-byte aligned base, as the
+// emulation's shared memory is and the kernels' swizzles assume); rows at one address are one
+// broadcast. Every extra wavefront is a bank conflict; the kernels' swizzles and pitches claim
+// none, and the drivers check that (ldmatrix_wavefronts against ldmatrix_matrices).
+inline std::atomic<uint64_t> ldmatrix_matrices{0}, ldmatrix_wavefronts{0};
+// The ldmatrix matrices read and the extra wavefronts (conflicts) since construction: a driver
+// brackets a launch with it.
+struct LdmatrixBanks {
+  uint64_t m0 = ldmatrix_matrices.load(), w0 = ldmatrix_wavefronts.load();
+  uint64_t matrices() const { return ldmatrix_matrices.load() - m0; }
+  uint64_t conflicts() const { return ldmatrix_wavefronts.load() - w0 - matrices(); }
+};
+inline int wavefronts(const LaneSlot* rows) {  // 8 rows of 16 bytes
+  uintptr_t seen[8][8];
+  int count[8] = {}, worst = 1;
+  for (int i = 0; i < 8; ++i) {
+    const auto a = reinterpret_cast<uintptr_t>(rows[i].ptr);
+    const int g = int(a / 16 % 8);
+    if (std::find(seen[g], seen[g] + count[g], a) != seen[g] + count[g]) continue;
+    seen[g][count[g]++] = a;
+    worst = std::max(worst, count[g]);
+  }
+  return worst;
+}
+
 // ---- ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 -----------------------------------------
 // PTX ISA: threads 8j..8j+7 supply the row addresses of matrix j (rows 0..7, 16 contiguous
 // bytes each, 16-byte aligned). Destination register j holds matrix j. Without .trans, thread l
@@ -94,6 +122,11 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
   s.ptr = row;
   const WarpSlots lanes = warp_exchange(s);
   const int l = int(threadIdx.x % 32);
+  if (l == 0)  // relaxed: statistics order nothing, also not under TSan
+    for (int j = 0; j < 4; ++j) {
+      ldmatrix_matrices.fetch_add(1, std::memory_order_relaxed);
+      ldmatrix_wavefronts.fetch_add(uint64_t(wavefronts(&lanes[8 * j])), std::memory_order_relaxed);
+    }
   auto elem = [&](int matrix, int mrow, int mcol) {  // element (mrow, mcol) of matrix j, as stored
     uint16_t v;
     std::memcpy(&v, static_cast<const unsigned char*>(lanes[8 * matrix + mrow].ptr) + 2 * mcol, 2);
