@@ -6,9 +6,10 @@
 //   tests/emulate/run.sh attention [quick]
 // (tests/test_attention.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 //
-// First a self-test of the PTX models (ldmatrix of an iota tile, mma on small integers, the
-// fragment recipes of core/mma.cuh, pack2, cp.async groups in both modes, and - in forked
-// children - the errors the models must raise), then the attention cases: ragged Sq/Sk (tiles
+// First a self-test of the PTX models (ldmatrix of an iota tile and its bank-conflict count, mma
+// on small integers, the fragment recipes of core/mma.cuh, pack2, cp.async groups in both modes,
+// and - in forked children - the errors the models must raise and, under TSan, the races it must
+// report, inside a block and between CTAs), then the attention cases: ragged Sq/Sk (tiles
 // cut by the sequence end), causal with Sq < Sk and Sq > Sk (rows and whole CTAs with no key:
 // out = 0, lse = +inf, no NaN), sliding windows that skip key tiles, GQA, head dims padded up
 // to the kernel's (40 -> 64, 80 -> 96), strided (B, S, H, D) and padded-row layouts, the lse
@@ -211,7 +212,8 @@ static void self_test_cp_async() {
   emu::cp_async_lazy = false;
 }
 
-// The errors the models must raise, each in a forked child that must abort.
+// The errors the models must raise (and the races TSan must report), each in a forked child that
+// must fail.
 static void self_test_errors() {
   struct Case { const char* what; std::function<void()> body; };
   const std::vector<Case> cases = {
@@ -250,6 +252,23 @@ static void self_test_errors() {
            mmm::cp_async_wait<0>();
          });
        }},
+#if defined(__SANITIZE_THREAD__)
+      // What ThreadSanitizer must report in the emulation (cuda_on_cpu.h): two warps of a block
+      // that no barrier orders, and two CTAs (blocks 0 and 1 run on different thread sets).
+      {"a shared-memory race between two warps (no __syncthreads)", [] {
+         launch_grid(1, 64, 64, [] {
+           volatile int* s = static_cast<int*>(emu::smem);
+           if (threadIdx.x == 0) s[0] = 1;
+           if (threadIdx.x == 32) (void)s[0];
+         });
+       }},
+      {"two CTAs writing one global word", [] {
+         static int word;
+         launch_grid(2, 32, 0, [] {
+           if (threadIdx.x == 0) word = int(blockIdx.x);
+         });
+       }},
+#endif
   };
   for (const Case& c : cases) {
     std::fflush(stdout);

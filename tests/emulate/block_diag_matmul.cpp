@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "ptx_on_cpu.h"
+#include "typed_buffer.h"
 #include "block_diag_matmul/monarch_fused.h"
 #include "block_diag_matmul/params.h"
 
@@ -39,37 +40,6 @@ using namespace mmm;
 
 static std::mt19937 rng(11);
 
-static size_t esz(DType t) { return t == DType::kFloat32 ? 4 : 2; }
-// Bytes in 16-byte aligned storage (the kernels' vector paths need aligned rows).
-struct Buffer {
-  std::vector<uint4> store;
-  size_t bytes = 0;
-  explicit Buffer(size_t n = 0, unsigned char fill = 0) : store((n + 15) / 16 + 1), bytes(n) {
-    std::memset(store.data(), fill, store.size() * 16);
-  }
-  char* data() { return reinterpret_cast<char*>(store.data()); }
-  const char* data() const { return reinterpret_cast<const char*>(store.data()); }
-  bool operator==(const Buffer& o) const { return bytes == o.bytes && std::memcmp(data(), o.data(), bytes) == 0; }
-};
-static float get(DType t, const Buffer& v, int64_t i) {
-  if (t == DType::kFloat32) return reinterpret_cast<const float*>(v.data())[i];
-  const uint16_t b = reinterpret_cast<const uint16_t*>(v.data())[i];
-  return t == DType::kFloat16 ? to_float(Half{b}) : to_float(BFloat16{b});
-}
-static void set(DType t, Buffer& v, int64_t i, float f) {
-  if (t == DType::kFloat32) reinterpret_cast<float*>(v.data())[i] = f;
-  else if (t == DType::kFloat16) reinterpret_cast<Half*>(v.data())[i] = from_float<Half>(f);
-  else reinterpret_cast<BFloat16*>(v.data())[i] = from_float<BFloat16>(f);
-}
-// A buffer of `n` elements of random normal values.
-static Buffer random_buffer(DType t, int64_t n) {
-  Buffer v(size_t(n) * esz(t));
-  std::normal_distribution<float> nd;
-  for (int64_t i = 0; i < n; ++i) set(t, v, i, nd(rng));
-  return v;
-}
-static const char* tname(DType t) { return t == DType::kFloat32 ? "f32 " : t == DType::kFloat16 ? "f16 " : "bf16"; }
-static double eps_of(DType t) { return t == DType::kFloat32 ? 0 : t == DType::kFloat16 ? 1.0 / 1024 : 1.0 / 128; }
 
 struct Cmp {
   double units = 0;
@@ -92,8 +62,8 @@ static int64_t extent(int64_t bs, int64_t s1, int64_t s2, int64_t B, int64_t n1,
 // g's a, b, c strides and sizes set; allocates and fills A, B, runs twin and kernel, compares.
 static int run_gemm(BlockGemm g, const char* name, int splits = 1) {
   const DType t = g.dtype;
-  Buffer A = random_buffer(t, extent(g.a_bs, g.a_ms, g.a_ks, g.batch, g.m, g.k));
-  Buffer B = random_buffer(t, extent(g.b_bs, g.b_ks, g.b_ns, g.batch, g.k, g.n));
+  Buffer A = random_buffer(rng, t, extent(g.a_bs, g.a_ms, g.a_ks, g.batch, g.m, g.k));
+  Buffer B = random_buffer(rng, t, extent(g.b_bs, g.b_ks, g.b_ns, g.batch, g.k, g.n));
   const int64_t cn = extent(g.c_bs, g.c_ms, g.c_ns, g.batch, g.m, g.n);
   Buffer C_cpu(size_t(cn) * esz(t)), C_gpu[2];
   g.a = A.data();
@@ -134,7 +104,7 @@ static int run_gemm(BlockGemm g, const char* name, int splits = 1) {
         }
     const bool same = mode == 0 || C_gpu[0] == C_gpu[1];
     const bool ok = !cmp.bad && same && banks.conflicts() == 0;  // the layouts' claim: conflict-free ldmatrix
-    std::printf("%s gemm %-44s %s %-5s units %.2f cp.async %" PRIu64 " ldmatrix %" PRIu64 " conflicts %" PRIu64 "%s%s\n",
+    std::printf("%s gemm %-44s %-4s %-5s units %.2f cp.async %" PRIu64 " ldmatrix %" PRIu64 " conflicts %" PRIu64 "%s%s\n",
                 ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", cmp.units, copies, banks.matrices(),
                 banks.conflicts(), same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);
@@ -152,7 +122,7 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
   f.tokens = tokens; f.k = k; f.q = q; f.p = p; f.l = l; f.s = s; f.r = r; f.dtype = t;
   f.x_rs = k * p + 8;  // padded rows (still 16-byte multiples)
   f.y_rs = l * s + 8;
-  Buffer x = random_buffer(t, tokens * f.x_rs), w1 = random_buffer(t, k * q * p), w2 = random_buffer(t, l * s * r);
+  Buffer x = random_buffer(rng, t, tokens * f.x_rs), w1 = random_buffer(rng, t, k * q * p), w2 = random_buffer(rng, t, l * s * r);
   Buffer y_cpu(size_t(tokens * f.y_rs) * 2);
   f.x = x.data(); f.w1 = w1.data(); f.w2 = w2.data(); f.y = y_cpu.data();
   const MonarchFusedPlan plan = plan_monarch_fused(f, monarch_fused_smem_limit(0), true, chunk, bt);
@@ -190,7 +160,7 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
     if (mode == 0) first = y;
     const bool same = mode == 0 || first == y;
     const bool ok = !cmp.bad && same && banks.conflicts() == 0;
-    std::printf("%s monarch %-41s %s %-5s bt %d J %d smem %" PRId64 " units %.2f ldmatrix %" PRIu64 " conflicts %" PRIu64
+    std::printf("%s monarch %-41s %-4s %-5s bt %d J %d smem %" PRId64 " units %.2f ldmatrix %" PRIu64 " conflicts %" PRIu64
                 "%s%s\n", ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", plan.bt, plan.chunk, plan.smem,
                 cmp.units, banks.matrices(), banks.conflicts(), same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);

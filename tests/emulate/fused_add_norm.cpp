@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "cuda_on_cpu.h"
+#include "typed_buffer.h"
 #include "core/philox.h"
 #include "fused_add_norm/params.h"
 
@@ -51,38 +52,9 @@ using namespace mmm;
 
 static std::mt19937 rng(5);
 
-static size_t esz(DType t) { return t == DType::kFloat32 ? 4 : 2; }
-struct Buffer {  // 16-byte aligned bytes
-  std::vector<uint4> store;
-  size_t bytes = 0;
-  explicit Buffer(size_t n = 0, unsigned char fill = 0) : store((n + 15) / 16 + 1), bytes(n) {
-    std::memset(store.data(), fill, store.size() * 16);
-  }
-  char* data() { return reinterpret_cast<char*>(store.data()); }
-  const char* data() const { return reinterpret_cast<const char*>(store.data()); }
-};
-static float get(DType t, const Buffer& v, int64_t i) {
-  if (t == DType::kFloat32) return reinterpret_cast<const float*>(v.data())[i];
-  const uint16_t b = reinterpret_cast<const uint16_t*>(v.data())[i];
-  return t == DType::kFloat16 ? to_float(Half{b}) : to_float(BFloat16{b});
-}
-static void set(DType t, Buffer& v, int64_t i, float f) {
-  if (t == DType::kFloat32) reinterpret_cast<float*>(v.data())[i] = f;
-  else if (t == DType::kFloat16) reinterpret_cast<Half*>(v.data())[i] = from_float<Half>(f);
-  else reinterpret_cast<BFloat16*>(v.data())[i] = from_float<BFloat16>(f);
-}
 static bool same_bits(DType t, const Buffer& a, int64_t i, const Buffer& b, int64_t j) {
   return std::memcmp(a.data() + i * esz(t), b.data() + j * esz(t), esz(t)) == 0;
 }
-static Buffer random_buffer(DType t, int64_t n, float mu = 0, float sigma = 1) {
-  Buffer v(size_t(n) * esz(t));
-  std::normal_distribution<float> nd(mu, sigma);
-  for (int64_t i = 0; i < n; ++i) set(t, v, i, nd(rng));
-  return v;
-}
-static const char* tname(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
-static double eps_of(DType t) { return t == DType::kFloat32 ? 0 : t == DType::kFloat16 ? 0x1p-10 : 0x1p-7; }
-
 // Compares a (rows, n) tensor with row stride rs, and checks the padding columns n..rs kept the
 // 0x7f fill.
 struct Cmp {
@@ -140,8 +112,8 @@ static void run_case(const Case& c) {
               c.act == Activation::kGelu ? " gelu" : c.act == Activation::kGeluTanh ? " gelu_tanh" : "",
               c.aligned ? "" : " unaligned", "", c.p, "");
   std::fflush(stdout);
-  Buffer x = random_buffer(c.x, R * rs), res = random_buffer(c.h, R * rs);
-  Buffer wt = random_buffer(c.w, N, 1.f, 0.5f), bs = random_buffer(c.w, N, 0.f, 0.5f);
+  Buffer x = random_buffer(rng, c.x, R * rs), res = random_buffer(rng, c.h, R * rs);
+  Buffer wt = random_buffer(rng, c.w, N, 1.f, 0.5f), bs = random_buffer(rng, c.w, N, 0.f, 0.5f);
   FusedAddNormFwdParams f;
   f.rows = R; f.cols = N;
   f.x = x.data(); f.x_row_stride = rs; f.x_dtype = c.x;
@@ -201,7 +173,7 @@ static void run_case(const Case& c) {
   }
 
   // Backward from the twin's h, mean, rstd.
-  Buffer dout = random_buffer(c.x, R * rs), dh = random_buffer(c.h, R * rs);
+  Buffer dout = random_buffer(rng, c.x, R * rs), dh = random_buffer(rng, c.h, R * rs);
   FusedAddNormBwdParams b;
   b.rows = R; b.cols = N;
   b.dout = dout.data(); b.dout_row_stride = rs;

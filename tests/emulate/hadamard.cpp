@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cuda_on_cpu.h"
+#include "typed_buffer.h"
 #include "hadamard/params.h"
 
 using namespace mmm;
@@ -31,8 +32,6 @@ using namespace mmm;
 static std::mt19937 rng(3);
 static int failures = 0;
 
-static size_t esz(DType t) { return t == DType::kFloat32 ? 4 : 2; }
-static const char* tname(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
 
 static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_error = false) {
   int64_t m = 1;
@@ -43,17 +42,8 @@ static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_er
   p.x_row_stride = n + 3; p.y_row_stride = n + 5;
   p.scale = 1.0 / std::sqrt(double(m));
   const size_t es = esz(t);
-  std::vector<unsigned char> x(size_t(rows * p.x_row_stride) * es), y_t(size_t(rows * p.y_row_stride) * es, 0x7f),
-      y_k(y_t.size(), 0x7f);
-  std::normal_distribution<float> nd;
-  for (int64_t i = 0; i < rows * p.x_row_stride; ++i) {
-    const float v = nd(rng);
-    if (t == DType::kFloat32) std::memcpy(&x[size_t(i) * 4], &v, 4);
-    else {
-      const uint16_t b = t == DType::kFloat16 ? from_float<Half>(v).bits : from_float<BFloat16>(v).bits;
-      std::memcpy(&x[size_t(i) * 2], &b, 2);
-    }
-  }
+  const Buffer x = random_buffer(rng, t, rows * p.x_row_stride);
+  Buffer y_t(size_t(rows * p.y_row_stride) * es, 0x7f), y_k(y_t.bytes, 0x7f);
   p.x = x.data();
   p.y = y_t.data();
   hadamard_cpu(p, 0, rows);
@@ -77,7 +67,7 @@ static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_er
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < p.y_row_stride; ++j) {
       const size_t o = size_t(r * p.y_row_stride + j) * es;
-      if (std::memcmp(&y_k[o], &y_t[o], es)) (j < n ? diff : pad) += 1;
+      if (std::memcmp(y_k.data() + o, y_t.data() + o, es)) (j < n ? diff : pad) += 1;
     }
   const bool ok = diff == 0 && pad == 0;
   std::printf(" %s bitwise: %" PRId64 " differ, %" PRId64 " padding written, max smem %zu\n", ok ? "ok " : "BAD", diff,
