@@ -105,32 +105,70 @@ namespace emu {
 }
 
 #if defined(__SANITIZE_THREAD__)
-// A barrier that orders memory among its own participants only, as on the GPU. (std::barrier's
-// waits go through a process-wide table of mutexes and counters that all barriers share: TSan
-// then sees happens-before edges between warps that only met at their own warp barriers, and
-// misses their races.) Slower than std::barrier, so only under ThreadSanitizer.
+// What ThreadSanitizer sees of the emulator's own synchronisation: TsanIgnore makes a scope blind
+// (its locks and waits order nothing, its accesses are not recorded); __tsan_release/acquire
+// state the orderings the emulated hardware provides.
+extern "C" {
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+}
+struct TsanIgnore {
+  TsanIgnore() {
+    AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+  }
+  ~TsanIgnore() {
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+    AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+  }
+};
+
+// A barrier that orders memory as a GPU barrier does: what a participant did before arriving at
+// phase p happens before what any participant does after leaving phase p, and nothing more.
+// Its mutex and condition variable are hidden from TSan, which would otherwise see more: a
+// participant still waking from phase p re-locks the mutex after a faster one has done the work
+// of phase p + 1 and arrived again, and would look ordered after that work (the races of the
+// slow thread with it went unreported, depending on the host's scheduling). std::barrier has
+// the same flaw and worse (its waits share a process-wide table), so it serves only without TSan.
+// Each phase's ordering goes through its own sync object: releases of phase p + 2 (same slot)
+// cannot start before every participant has left phase p.
 class Barrier {
  public:
   explicit Barrier(int count) : count_(count) {}
   void arrive_and_wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const uint64_t phase = phase_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++phase_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return phase_ != phase; });
+    const uint64_t phase = phase_.load();  // stable until this participant arrives
+    __tsan_release(&order_[phase & 1]);
+    {
+      const TsanIgnore blind;
+      std::unique_lock<std::mutex> lock(m_);
+      if (++arrived_ == count_) {
+        arrived_ = 0;
+        phase_.store(phase + 1);
+        cv_.notify_all();
+      } else {
+        cv_.wait(lock, [&] { return phase_.load() != phase; });
+      }
     }
+    __tsan_acquire(&order_[phase & 1]);
   }
  private:
   std::mutex m_;
   std::condition_variable cv_;
   const int count_;
   int arrived_ = 0;
-  uint64_t phase_ = 0;
+  std::atomic<uint64_t> phase_{0};
+  char order_[2] = {};
 };
 #else
+struct TsanIgnore {};
 using Barrier = std::barrier<>;
 #endif
 inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the deadlock watchdog
@@ -203,29 +241,8 @@ inline void warp_wait() {
 // __syncwarp and __syncthreads do. So the exchange below runs blind to TSan (its barrier, slot
 // writes and reads neither synchronise nor count as accesses) and hands each lane a copy.
 #if defined(__SANITIZE_THREAD__)
-extern "C" {
-void AnnotateIgnoreSyncBegin(const char* file, int line);
-void AnnotateIgnoreSyncEnd(const char* file, int line);
-void AnnotateIgnoreReadsBegin(const char* file, int line);
-void AnnotateIgnoreReadsEnd(const char* file, int line);
-void AnnotateIgnoreWritesBegin(const char* file, int line);
-void AnnotateIgnoreWritesEnd(const char* file, int line);
-}
-struct TsanIgnore {
-  TsanIgnore() {
-    AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
-    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
-    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
-  }
-  ~TsanIgnore() {
-    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
-    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
-    AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
-  }
-};
 using WarpSlots = std::array<LaneSlot, 32>;
 #else
-struct TsanIgnore {};
 using WarpSlots = const LaneSlot*;
 #endif
 
