@@ -32,8 +32,8 @@
 //     memory or the grid to force other paths), rsqrtf (1/sqrt, rounded once).
 // Races: built with ThreadSanitizer (run.sh, MMM_EMULATE_SANITIZE=thread), two accesses to one
 // location by threads of a block, at least one a write, that no barrier orders are reported
-// however the host scheduled them (the barriers below order their own participants only, as on
-// the GPU; TSan remembers the last four accesses per 8 bytes). Inside a warp only __syncwarp and
+// however the host scheduled them (a barrier below orders its own participants across one phase
+// only, as on the GPU; TSan remembers the last four accesses per 8 bytes). Inside a warp only __syncwarp and
 // __syncthreads order, as on the GPU (a shuffle, ldmatrix or mma does not: see warp_exchange).
 // Between CTAs: two blocks run at once on their own threads, so TSan also reports two CTAs that
 // touch one location (one writing) without atomics, e.g. aliased per-CTA scratch or overlapping
