@@ -22,7 +22,10 @@ struct HadamardTile {
 };
 
 // in: a row's elements >= in_n read as zero (the implicit padding); out: only elements < out_n
-// are written. seg_len is a power of two; blockDim.x = clamp(seg_len / 8, 32, 1024).
+// are written. seg_len is a power of two <= kMaxSegment; blockDim.x = clamp(seg_len / 8, 32, 1024).
+// Inside a segment every index is a 32-bit int and the shared-memory stage addresses by masks:
+// 1024 threads leave 64 registers per thread, 32 of them the data, and 64-bit index arithmetic
+// spilled (256 bytes per thread for fp32 on sm_80).
 template <typename TI, typename TO>
 __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     hadamard_segment_kernel(const TI* in, int64_t in_rs, int64_t in_n, TO* out, int64_t out_rs, int64_t out_n,
@@ -30,16 +33,19 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
   constexpr int kC = HadamardTile::kChunk, kK = HadamardTile::kMaxChunks;
   extern __shared__ float smem[];  // (seg_len,) when seg_len > kRegisterOnly
   const int nthreads = blockDim.x, tid = threadIdx.x, lane = tid % 32;
-  const int64_t L = seg_len;
+  const int L = int(seg_len);
   for (int64_t seg = blockIdx.x; seg < rows * segs_per_row; seg += gridDim.x) {
-    const int64_t row = seg / segs_per_row, base = (seg % segs_per_row) * L;
+    const int64_t row = seg / segs_per_row, base = (seg % segs_per_row) * seg_len;
+    // Elements of this segment that exist in the input / are written to the output.
+    const int in_len = int(in_n - base < seg_len ? (in_n > base ? in_n - base : 0) : seg_len);
+    const int out_len = int(out_n - base < seg_len ? (out_n > base ? out_n - base : 0) : seg_len);
     const TI* src = in + row * in_rs + base;
     float v[kK][kC];  // chunk c = k * nthreads + tid holds elements c*8 .. c*8+7 of the segment
 #pragma unroll
     for (int k = 0; k < kK; ++k) {
-      const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+      const int e0 = (k * nthreads + tid) * kC;
 #pragma unroll
-      for (int i = 0; i < kC; ++i) v[k][i] = e0 + i < L && base + e0 + i < in_n ? to_f(src[e0 + i]) : 0.f;
+      for (int i = 0; i < kC; ++i) v[k][i] = e0 + i < in_len ? to_f(src[e0 + i]) : 0.f;
     }
     // Strides 1, 2, 4: inside a chunk.
 #pragma unroll
@@ -59,7 +65,7 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     // of 32). Every lane shuffles; lanes past the segment hold zeros nobody valid reads.
 #pragma unroll
     for (int bit = 1; bit < 32; bit *= 2) {
-      if (int64_t(kC) * bit >= L) break;
+      if (kC * bit >= L) break;
 #pragma unroll
       for (int k = 0; k < kK; ++k)
 #pragma unroll
@@ -72,15 +78,15 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     if (L > HadamardTile::kRegisterOnly) {
 #pragma unroll
       for (int k = 0; k < kK; ++k) {
-        const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+        const int e0 = (k * nthreads + tid) * kC;
         if (e0 < L)
 #pragma unroll
           for (int i = 0; i < kC; ++i) smem[e0 + i] = v[k][i];
       }
       __syncthreads();
-      for (int64_t h = HadamardTile::kRegisterOnly; h < L; h *= 2) {
-        for (int64_t q = tid; q < L / 2; q += nthreads) {
-          const int64_t j = (q / h) * 2 * h + q % h;
+      for (int h = HadamardTile::kRegisterOnly; h < L; h *= 2) {
+        for (int q = tid; q < L / 2; q += nthreads) {
+          const int j = ((q & ~(h - 1)) << 1) | (q & (h - 1));  // pair q: (j, j + h), h a power of two
           const float a = smem[j], b = smem[j + h];
           smem[j] = a + b;
           smem[j + h] = a - b;
@@ -89,7 +95,7 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
       }
 #pragma unroll
       for (int k = 0; k < kK; ++k) {
-        const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+        const int e0 = (k * nthreads + tid) * kC;
         if (e0 < L)
 #pragma unroll
           for (int i = 0; i < kC; ++i) v[k][i] = smem[e0 + i];
@@ -99,10 +105,10 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     TO* dst = out + row * out_rs + base;
 #pragma unroll
     for (int k = 0; k < kK; ++k) {
-      const int64_t e0 = (int64_t(k) * nthreads + tid) * kC;
+      const int e0 = (k * nthreads + tid) * kC;
 #pragma unroll
       for (int i = 0; i < kC; ++i)
-        if (e0 + i < L && base + e0 + i < out_n) dst[e0 + i] = from_f<TO>(v[k][i] * scale);
+        if (e0 + i < out_len) dst[e0 + i] = from_f<TO>(v[k][i] * scale);
     }
   }
 }
