@@ -329,7 +329,7 @@ namespace emu {
 template <class T, class Declaration>
 T& block_static(Declaration) {
   static_assert(std::is_trivially_copyable_v<T>, "a __shared__ array of plain values");
-  static const char key = 0;
+  static char key;  // its address names the declaration (a const could be merged with another)
   BlockState& st = *block_state;
   const TsanIgnore blind;  // the lookup orders nothing: only the kernel's barriers may
   std::lock_guard<std::mutex> lock(st.statics_mutex);
