@@ -134,7 +134,9 @@ __device__ __forceinline__ void stage_operand(T* dst, const T* src, int64_t rs, 
     const int64_t in_s = kRowsInner ? rs : ks, out_s = kRowsInner ? ks : rs;  // in_s == 1
 #pragma unroll 1
     for (int c = tid; c < kOuter * kCh; c += Tile::kThreads) {
-      const int o = c / kCh, ic = (c % kCh) * 8;
+      int o, ch;
+      padded_tile_chunk(c, kCh, kOuter, o, ch);  // conflict-free shared stores
+      const int ic = ch * 8;
       const int64_t oi = o0 + o, ii = i0 + ic;
       const int64_t valid = oi < out_n && ii < in_n ? (in_n - ii < 8 ? in_n - ii : 8) : 0;
       const T* g = valid > 0 ? src + oi * out_s + ii * in_s : src;  // never read when 0; kept valid

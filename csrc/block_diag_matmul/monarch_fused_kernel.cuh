@@ -90,21 +90,24 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
       T* xdst = xs + buf * kBT * kKP;
       const int64_t b = ix.block(st.j0, st.blk);
       for (int i = tid; i < kBT * cpr; i += Tile::kThreads) {
-        const int m = i / cpr, ch = i % cpr;
+        int m, ch;
+        padded_tile_chunk(i, cpr, kBT, m, ch);  // conflict-free shared stores
         const bool ok = tok0 + m < f.tokens;
         // Rows past the end: zero-filled, and the source clamped to a valid row (tok0's).
         const T* src = X + (ok ? tok0 + m : tok0) * f.x_rs + b * p + st.ks + ch * 8;
         cp_async_16(xdst + m * kKP + ch * 8, src, ok);
       }
       for (int i = tid; i < n1 * cpr; i += Tile::kThreads) {
-        const int e = i / cpr, ch = i % cpr;
+        int e, ch;
+        padded_tile_chunk(i, cpr, n1, e, ch);
         const int64_t row = b * q + ix.w1_row(st.j0, e);
         cp_async_16(wdst + e * kKP + ch * 8, W1 + row * p + st.ks + ch * 8, true);
       }
     } else {
       const int64_t blk = st.j0 + st.blk;
       for (int i = tid; i < s * cpr; i += Tile::kThreads) {
-        const int t2 = i / cpr, ch = i % cpr;
+        int t2, ch;
+        padded_tile_chunk(i, cpr, s, t2, ch);
         cp_async_16(wdst + t2 * kKP + ch * 8, W2 + (blk * s + t2) * r + st.ks + ch * 8, true);
       }
     }

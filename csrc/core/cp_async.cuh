@@ -33,4 +33,24 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// Which (row, chunk) the c-th 16-byte copy of a tile of `rows` x `cpr` chunks writes, for a copy
+// loop whose consecutive c run on consecutive lanes, into shared rows whose pitch is an odd
+// multiple of 16 bytes (the padded layouts that keep ldmatrix conflict-free). A quarter warp's
+// eight 16-byte stores take one 128-byte wavefront only when they hit the eight 16-byte bank
+// groups once each. Row-major order hands a quarter 8 / cpr consecutive rows, which collide for
+// cpr = 2 or 4 (row r + 1 starts an odd number of groups after row r, so its chunks wrap onto
+// row r's); rows cpr apart start cpr * (odd) groups apart and tile the eight groups exactly.
+// cpr >= 8 (a quarter writes 128 contiguous bytes), cpr not a power of two, or rows not a
+// multiple of 8: row-major. Global reads coalesce as before: a row's chunks go to adjacent lanes.
+__device__ __forceinline__ void padded_tile_chunk(int c, int cpr, int rows, int& row, int& chunk) {
+  chunk = c % cpr;
+  if (cpr >= 8 || (cpr & (cpr - 1)) || rows % 8) {
+    row = c / cpr;
+    return;
+  }
+  const int quarter_row = (c / cpr) % (8 / cpr);  // which of the quarter's rows
+  const int quarter = (c / 8) % cpr;              // which quarter of the 8-row band
+  row = (c / (8 * cpr)) * 8 + quarter_row * cpr + quarter;
+}
+
 }  // namespace mmm
