@@ -14,8 +14,8 @@
 // out = 0, lse = +inf, no NaN), sliding windows that skip key tiles, GQA, head dims padded up
 // to the kernel's (40 -> 64, 80 -> 96), strided (B, S, H, D) and padded-row layouts, the lse
 // gradient, fp16 and bf16, both cp.async modes, and the backward run twice (bitwise equal).
-// Every ldmatrix must be free of shared-memory bank conflicts (the swizzles' claim; counted by
-// ptx_on_cpu.h from the lanes' row addresses).
+// Every ldmatrix and every cp.async store must be free of shared-memory bank conflicts (the
+// swizzles' claim; counted by ptx_on_cpu.h from the lanes' addresses).
 //
 // Tolerance. Kernel and twin see the same 16-bit inputs and accumulate in fp32; they differ in
 // that the kernel rounds P (forward, and dV's Pᵀ) and dS (dK, dQ) to the input type before the
@@ -47,6 +47,7 @@
 
 #include "ptx_on_cpu.h"
 #include "attention/params.h"
+#include "core/cp_async.cuh"
 #include "core/cuda_utils.cuh"
 #include "core/mma.cuh"
 
@@ -96,6 +97,30 @@ static void self_test_ldmatrix() {
     char what[80];
     std::snprintf(what, sizeof what, "ldmatrix rows %d bytes apart: %d bank conflicts", stride, conflicts);
     check(banks.matrices() == 4 && banks.conflicts() == uint64_t(conflicts), what);
+  }
+  // cp.async's stores, a quarter warp per wavefront: contiguous 16-byte chunks are conflict-free;
+  // two 64-byte rows per quarter at an 80-byte pitch collide once per quarter; the same rows
+  // through padded_tile_chunk (rows 4 apart per quarter) do not.
+  struct CpCase { const char* what; int conflicts; int (*offset)(int lane); };
+  const CpCase cp_cases[] = {
+      {"cp.async to contiguous chunks: no bank conflicts", 0, [](int l) { return 16 * l; }},
+      {"cp.async of 4-chunk rows, 80-byte pitch, row-major: 4 bank conflicts", 4,
+       [](int l) { return 80 * (l / 4) + 16 * (l % 4); }},
+      {"cp.async of 4-chunk rows, 80-byte pitch, padded_tile_chunk: no bank conflicts", 0, [](int l) {
+         int row, chunk;
+         mmm::padded_tile_chunk(l, 4, 8, row, chunk);
+         return 80 * row + 16 * chunk;
+       }},
+  };
+  for (const CpCase& c : cp_cases) {
+    static uint8_t src[16] __attribute__((aligned(16)));
+    const emu::CpAsyncBanks banks;
+    launch_grid(1, 32, 8 * 80, [&] {
+      mmm::cp_async_16(static_cast<uint8_t*>(emu::smem) + c.offset(int(threadIdx.x)), src, true);
+      mmm::cp_async_commit();
+      mmm::cp_async_wait<0>();
+    });
+    check(banks.phases() == 4 && banks.conflicts() == uint64_t(c.conflicts), c.what);
   }
 }
 
@@ -446,8 +471,10 @@ static int run_case(const Case& c, bool quick) {
     AttentionFwdParams pg = p;
     pg.out = out.data.data(); pg.lse = lse.data();
     const emu::LdmatrixBanks fwd_banks;
+    const emu::CpAsyncBanks fwd_cp;
     const char* e = launch_attention_fwd(pg, nullptr);
     const uint64_t fwd_matrices = fwd_banks.matrices(), fwd_conflicts = fwd_banks.conflicts();
+    const uint64_t fwd_cp_phases = fwd_cp.phases(), fwd_cp_conflicts = fwd_cp.conflicts(), fwd_cp_uneven = fwd_cp.uneven_groups();
     if (e) { std::printf("BAD %s: launch_attention_fwd: %s\n", c.name, e); return 1; }
     Cmp co;
     int64_t lse_bad = 0;
@@ -472,6 +499,7 @@ static int run_case(const Case& c, bool quick) {
     AttentionBwdParams bg = bp;
     std::vector<uint16_t> runs[2][3];
     const emu::LdmatrixBanks bwd_banks;
+    const emu::CpAsyncBanks bwd_cp;
     for (int rep = 0; rep < (quick ? 1 : 2); ++rep) {
       Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv), dv(c.B, c.Hkv, c.Sk, D, c.layout_kv);
       std::vector<char> ws(attention_bwd_cuda_workspace_bytes(bg) + 16);
@@ -483,6 +511,7 @@ static int run_case(const Case& c, bool quick) {
       runs[rep][0] = dq.data; runs[rep][1] = dk.data; runs[rep][2] = dv.data;
     }
     const uint64_t bwd_matrices = bwd_banks.matrices(), bwd_conflicts = bwd_banks.conflicts();
+    const uint64_t bwd_cp_phases = bwd_cp.phases(), bwd_cp_conflicts = bwd_cp.conflicts(), bwd_cp_uneven = bwd_cp.uneven_groups();
     const bool deterministic = quick || (runs[0][0] == runs[1][0] && runs[0][1] == runs[1][1] && runs[0][2] == runs[1][2]);
     Cmp cq, ck, cv;
     Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv);
@@ -509,7 +538,8 @@ static int run_case(const Case& c, bool quick) {
       same_modes = first_out == out.data && first_dq == runs[0][0] && first_dk == runs[0][1] && first_dv == runs[0][2] &&
                    std::memcmp(first_lse.data(), lse.data(), lse.size() * sizeof(float)) == 0;
     }
-    const bool conflict_free = fwd_conflicts == 0 && bwd_conflicts == 0;  // the swizzles' claim
+    const bool conflict_free = fwd_conflicts == 0 && bwd_conflicts == 0 && fwd_cp_conflicts == 0 &&
+                               bwd_cp_conflicts == 0;  // the swizzles' claim
     const bool ok = !co.bad && !lse_bad && !cq.bad && !ck.bad && !cv.bad && deterministic && same_modes && conflict_free;
     std::printf("%s %-34s %s %-5s out %.2f lse %.1e(%" PRId64 ") dq %.2f dk %.2f dv %.2f units%s%s%s\n", ok ? "OK " : "BAD",
                 c.name, t == DType::kFloat16 ? "f16 " : "bf16", lazy ? "lazy" : "eager", co.units, lse_err, lse_bad,
@@ -517,6 +547,9 @@ static int run_case(const Case& c, bool quick) {
                 same_modes ? "" : "  MODES DIFFER", (co.nan + cq.nan + ck.nan + cv.nan) ? "  NaN" : "");
     std::printf("    ldmatrix fwd %" PRIu64 " conflicts %" PRIu64 ", bwd %" PRIu64 " conflicts %" PRIu64 "\n", fwd_matrices,
                 fwd_conflicts, bwd_matrices, bwd_conflicts);
+    std::printf("    cp.async fwd %" PRIu64 " conflicts %" PRIu64 " uneven %" PRIu64 ", bwd %" PRIu64 " conflicts %" PRIu64
+                " uneven %" PRIu64 "\n", fwd_cp_phases, fwd_cp_conflicts, fwd_cp_uneven, bwd_cp_phases, bwd_cp_conflicts,
+                bwd_cp_uneven);
     for (const Cmp* w : {&co, &cq, &ck, &cv})
       if (w->units > 1)
         std::printf("    worst %s: kernel %.6g twin %.6g M %.3g\n", w == &co ? "out" : w == &cq ? "dq" : w == &ck ? "dk" : "dv",

@@ -13,8 +13,9 @@
 // strides are not 16-byte multiples); several blocks; split-K dweight; Monarch's strided stage 2;
 // fp32 and simt_only; grids capped below the shape (CTAs striding over tiles and blocks); and
 // the fused Monarch forward by rows (l | q) and by blocks (q | l), with several K slices per
-// step, forced chunks (J < l) and 16 / 32 tokens per CTA, ragged tokens. Every ldmatrix must be
-// free of shared-memory bank conflicts (the padded pitches' claim; counted by ptx_on_cpu.h).
+// step, forced chunks (J < l) and 16 / 32 tokens per CTA, ragged tokens. Every ldmatrix and every
+// cp.async store must be free of shared-memory bank conflicts (the padded pitches and
+// padded_tile_chunk's claim; counted by ptx_on_cpu.h).
 //
 // Tolerance. Kernel and twin multiply the same 16-bit inputs exactly and accumulate in fp32; only
 // the summation order differs (and split-K's partials), so the fp32 results differ by ~1e-6 · M
@@ -89,6 +90,7 @@ static int run_gemm(BlockGemm g, const char* name, int splits = 1) {
     std::vector<float> ws(size_t(splits > 1 ? splits * g.batch * g.m * g.n : 0) + 4);
     g.workspace = splits > 1 ? ws.data() : nullptr;
     const emu::LdmatrixBanks banks;
+    const emu::CpAsyncBanks cp_banks;
     if (const char* e = launch_block_gemm(g, nullptr)) {
       std::printf("BAD %s: launch_block_gemm: %s\n", name, e);
       return 1;
@@ -103,11 +105,13 @@ static int run_gemm(BlockGemm g, const char* name, int splits = 1) {
           cmp.add(get(t, C_gpu[mode], c_off(g, b, i, j)), get(t, C_cpu, c_off(g, b, i, j)), m, 0, eps_of(t));
         }
     const bool same = mode == 0 || C_gpu[0] == C_gpu[1];
-    const bool ok = !cmp.bad && same && banks.conflicts() == 0;  // the layouts' claim: conflict-free ldmatrix
+    const bool ok = !cmp.bad && same && banks.conflicts() == 0 && cp_banks.conflicts() == 0;  // conflict-free layouts
     std::printf("%s gemm %-44s %-4s %-5s units %.2f cp.async %" PRIu64 " ldmatrix %" PRIu64 " conflicts %" PRIu64 "%s%s\n",
                 ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", cmp.units, copies, banks.matrices(),
                 banks.conflicts(), same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);
+    std::printf("    cp.async %" PRIu64 " conflicts %" PRIu64 " uneven %" PRIu64 "\n", cp_banks.phases(), cp_banks.conflicts(),
+                cp_banks.uneven_groups());
     std::fflush(stdout);
     bad += !ok;
   }
@@ -144,6 +148,7 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
     Buffer y(y_cpu.bytes, 0x7f);
     f.y = y.data();
     const emu::LdmatrixBanks banks;
+    const emu::CpAsyncBanks cp_banks;
     if (const char* e = launch_monarch_fused(f, plan, nullptr)) {
       std::printf("BAD monarch %s: %s\n", name, e);
       return 1;
@@ -159,11 +164,13 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
         }
     if (mode == 0) first = y;
     const bool same = mode == 0 || first == y;
-    const bool ok = !cmp.bad && same && banks.conflicts() == 0;
+    const bool ok = !cmp.bad && same && banks.conflicts() == 0 && cp_banks.conflicts() == 0;
     std::printf("%s monarch %-41s %-4s %-5s bt %d J %d smem %" PRId64 " units %.2f ldmatrix %" PRIu64 " conflicts %" PRIu64
                 "%s%s\n", ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", plan.bt, plan.chunk, plan.smem,
                 cmp.units, banks.matrices(), banks.conflicts(), same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);
+    std::printf("    cp.async %" PRIu64 " conflicts %" PRIu64 " uneven %" PRIu64 "\n", cp_banks.phases(), cp_banks.conflicts(),
+                cp_banks.uneven_groups());
     std::fflush(stdout);
     bad += !ok;
   }

@@ -204,8 +204,8 @@ inline thread_local uint32_t collective_seq = 0;
 
 // What a running block owns: its barriers, warp-exchange slots, dynamic shared memory (exactly
 // smem_bytes, so AddressSanitizer sees overruns; aligned like extern __shared__ __align__(128)),
-// its static __shared__ arrays (block_static) and a word per thread for the PTX layer's
-// end-of-block check. One per concurrently running block (see launch_grid), reused by the
+// its static __shared__ arrays (block_static) and a record per thread that the PTX layer's
+// end-of-block checks read. One per concurrently running block (see launch_grid), reused by the
 // blocks that run after it on the same threads.
 struct AlignedFree {
   void operator()(void* p) const { ::operator delete(p, std::align_val_t(128)); }
@@ -217,7 +217,7 @@ inline SharedBytes alloc_shared(size_t bytes) {
 struct BlockState {
   BlockState(int threads, size_t smem_bytes)
       : barrier(threads), slots{std::vector<LaneSlot>(size_t(threads)), std::vector<LaneSlot>(size_t(threads))},
-        smem(alloc_shared(smem_bytes)), thread_words(size_t(threads)) {
+        smem(alloc_shared(smem_bytes)), thread_records(size_t(threads)) {
     for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Barrier>(std::min(32, threads - 32 * w)));
     std::memset(smem.get(), 0, std::max<size_t>(smem_bytes, 1));
   }
@@ -227,7 +227,7 @@ struct BlockState {
   SharedBytes smem;
   std::mutex statics_mutex;
   std::vector<std::pair<const void*, SharedBytes>> statics;  // (declaration, this block's array)
-  std::vector<uint64_t> thread_words;
+  std::vector<std::vector<uint64_t>> thread_records;  // written by each thread, read by thread 0
 };
 inline thread_local BlockState* block_state = nullptr;
 

@@ -222,9 +222,22 @@ struct CpState {
   std::vector<CpCopy> open;                 // issued, not yet committed
   std::deque<std::vector<CpCopy>> pending;  // committed groups, oldest first
   uint64_t commits = 0, copies = 0;
+  std::vector<uint64_t> group_sizes, dsts;  // this block's groups and destinations, for the bank count
 };
 inline thread_local CpState cp;
 inline uint64_t total_copies = 0;
+// cp.async's shared-memory writes, as ldmatrix's reads: 16 bytes per lane, a quarter warp (8
+// lanes) per 128-byte wavefront when their destinations lie in distinct 16-byte bank groups. The
+// k-th copy of each lane in a commit group is taken as one instruction of the warp (the kernels'
+// copy loops run in step across a warp); groups whose lanes issued different numbers of copies
+// are not counted (cp_async_uneven_groups).
+inline std::atomic<uint64_t> cp_async_phases{0}, cp_async_wavefronts{0}, cp_async_uneven_groups{0};
+struct CpAsyncBanks {
+  uint64_t p0 = cp_async_phases.load(), w0 = cp_async_wavefronts.load(), u0 = cp_async_uneven_groups.load();
+  uint64_t phases() const { return cp_async_phases.load() - p0; }
+  uint64_t conflicts() const { return cp_async_wavefronts.load() - w0 - phases(); }
+  uint64_t uneven_groups() const { return cp_async_uneven_groups.load() - u0; }
+};
 inline std::mutex stats_mutex;
 
 inline void cp_land(const CpCopy& c) {
@@ -245,6 +258,8 @@ inline void cp_async_16(void* dst, const void* src, int src_bytes) {
   ++cp.copies;
 }
 inline void cp_async_commit() {
+  cp.group_sizes.push_back(cp.open.size());
+  for (const CpCopy& c : cp.open) cp.dsts.push_back(reinterpret_cast<uintptr_t>(c.dst));
   cp.pending.push_back(std::move(cp.open));
   cp.open.clear();
   ++cp.commits;
@@ -264,30 +279,55 @@ inline void ptx_thread_begin() {
   cp.open.clear();
   cp.pending.clear();
   cp.commits = cp.copies = 0;
+  cp.group_sizes.clear();
+  cp.dsts.clear();
   shared_bases.clear();
 }
 inline void ptx_thread_end() {
   if (!cp.open.empty()) fail("kernel exits with cp.async copies never committed (never waited for)");
   for (const auto& g : cp.pending)
     if (!g.empty()) fail("kernel exits with committed cp.async copies not waited for (wait_group 0 missing)");
-  block_state->thread_words[threadIdx.x] = cp.commits;
+  // The record thread 0 checks: commits, then each group's size, then the destinations.
+  std::vector<uint64_t>& record = block_state->thread_records[threadIdx.x];
+  record.assign(1, cp.commits);
+  record.insert(record.end(), cp.group_sizes.begin(), cp.group_sizes.end());
+  record.insert(record.end(), cp.dsts.begin(), cp.dsts.end());
   const TsanIgnore blind;  // a statistic: its lock must not order concurrent blocks
   std::lock_guard<std::mutex> lock(stats_mutex);
   total_copies += cp.copies;
 }
 inline void ptx_block_end() {
-  const std::vector<uint64_t>& block_commits = block_state->thread_words;
+  const std::vector<std::vector<uint64_t>>& records = block_state->thread_records;
+  const uint64_t groups = records[0][0];
   for (size_t t = 1; t < blockDim.x; ++t)
-    if (block_commits[t] != block_commits[0]) {
+    if (records[t][0] != groups) {
       char msg[160];
       std::snprintf(msg, sizeof msg, "threads 0 and %zu committed %llu and %llu cp.async groups: wait_group counts "
-                    "disagree across the block", t, (unsigned long long)block_commits[0],
-                    (unsigned long long)block_commits[t]);
+                    "disagree across the block", t, (unsigned long long)groups, (unsigned long long)records[t][0]);
       fail(msg);
     }
+  // Bank conflicts of the copies, warp by warp, group by group.
+  for (size_t w = 0; w + 32 <= blockDim.x; w += 32) {
+    size_t at[32];  // each lane's next destination in its record
+    for (int l = 0; l < 32; ++l) at[l] = 1 + groups;
+    for (uint64_t g = 0; g < groups; ++g) {
+      const uint64_t n = records[w][1 + g];
+      bool even = true;
+      for (int l = 1; l < 32; ++l) even = even && records[w + l][1 + g] == n;
+      if (!even) cp_async_uneven_groups.fetch_add(1, std::memory_order_relaxed);
+      for (uint64_t k = 0; even && k < n; ++k)
+        for (int q = 0; q < 4; ++q) {
+          LaneSlot rows[8];
+          for (int i = 0; i < 8; ++i) rows[i].ptr = reinterpret_cast<const void*>(records[w + 8 * q + i][at[8 * q + i] + k]);
+          cp_async_phases.fetch_add(1, std::memory_order_relaxed);
+          cp_async_wavefronts.fetch_add(uint64_t(wavefronts(rows)), std::memory_order_relaxed);
+        }
+      for (int l = 0; l < 32; ++l) at[l] += records[w + l][1 + g];
+    }
+  }
 }
-// Each thread writes its own thread_words slot after the kernel body; thread 0 reads them all
-// after the block's closing barrier (launch_grid), before the next block's opening one.
+// Each thread writes its own record after the kernel body; thread 0 reads them all after the
+// block's closing barrier (launch_grid), before the next block's opening one.
 inline const bool ptx_hooks_installed = [] {
   thread_block_begin = ptx_thread_begin;
   thread_block_end = ptx_thread_end;
