@@ -42,8 +42,8 @@
 // What it cannot catch
 //   - without ThreadSanitizer, races and missing barriers that happen to be harmless under the
 //     host scheduler (the lazy cp.async mode of ptx_on_cpu.h makes the pipeline ones visible,
-//     not every other one); shared memory bank conflicts other than ldmatrix's (ptx_on_cpu.h
-//     counts those; plain loads/stores and cp.async's writes are not), real warp timing / divergence /
+//     not every other one); shared memory bank conflicts other than ldmatrix's and cp.async's
+//     (ptx_on_cpu.h counts those; plain loads and stores are not), real warp timing / divergence /
 //     independent thread scheduling, partial-warp masks, misaligned ordinary loads (UBSan sees
 //     some), register pressure and spills, the hardware's accumulation order and rounding inside
 //     mma, exp2f/log2f ulp differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16
