@@ -37,8 +37,8 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
   for (int64_t seg = blockIdx.x; seg < rows * segs_per_row; seg += gridDim.x) {
     const int64_t row = seg / segs_per_row, base = (seg % segs_per_row) * seg_len;
     // Elements of this segment that exist in the input / are written to the output.
-    const int in_len = int(in_n - base < seg_len ? (in_n > base ? in_n - base : 0) : seg_len);
-    const int out_len = int(out_n - base < seg_len ? (out_n > base ? out_n - base : 0) : seg_len);
+    const auto part = [&](int64_t n) { return int(n <= base ? 0 : n - base < seg_len ? n - base : seg_len); };
+    const int in_len = part(in_n), out_len = part(out_n);
     const TI* src = in + row * in_rs + base;
     float v[kK][kC];  // chunk c = k * nthreads + tid holds elements c*8 .. c*8+7 of the segment
 #pragma unroll

@@ -89,14 +89,15 @@ static void self_test_ldmatrix() {
   // 128) are conflict-free, 0 is a broadcast; 32 puts each matrix's rows two to a 16-byte bank
   // group (one extra wavefront per matrix), 128 all eight in one (seven extra).
   for (const auto [stride, conflicts] : {std::pair{16, 0}, {144, 0}, {0, 0}, {32, 4}, {128, 28}}) {
-    const emu::LdmatrixBanks banks;
+    const emu::BankTally before = emu::BankTally::now();
     launch_grid(1, 32, 32 * 144 + 16, [&, stride = stride] {
       uint32_t r[4];
       ldmatrix_x4(r, static_cast<char*>(emu::smem) + threadIdx.x * stride);
     });
+    const emu::BankTally banks = emu::BankTally::now() - before;
     char what[80];
     std::snprintf(what, sizeof what, "ldmatrix rows %d bytes apart: %d bank conflicts", stride, conflicts);
-    check(banks.matrices() == 4 && banks.conflicts() == uint64_t(conflicts), what);
+    check(banks.ldmatrix == 4 && banks.ldmatrix_conflicts() == uint64_t(conflicts), what);
   }
   // cp.async's stores, a quarter warp per wavefront: contiguous 16-byte chunks are conflict-free;
   // two 64-byte rows per quarter at an 80-byte pitch collide once per quarter; the same rows
@@ -114,13 +115,14 @@ static void self_test_ldmatrix() {
   };
   for (const CpCase& c : cp_cases) {
     static uint8_t src[16] __attribute__((aligned(16)));
-    const emu::CpAsyncBanks banks;
+    const emu::BankTally before = emu::BankTally::now();
     launch_grid(1, 32, 8 * 80, [&] {
       mmm::cp_async_16(static_cast<uint8_t*>(emu::smem) + c.offset(int(threadIdx.x)), src, true);
       mmm::cp_async_commit();
       mmm::cp_async_wait<0>();
     });
-    check(banks.phases() == 4 && banks.conflicts() == uint64_t(c.conflicts), c.what);
+    const emu::BankTally banks = emu::BankTally::now() - before;
+    check(banks.cp_async == 4 && banks.cp_async_conflicts() == uint64_t(c.conflicts), c.what);
   }
 }
 
@@ -470,11 +472,9 @@ static int run_case(const Case& c, bool quick) {
     std::vector<float> lse(size_t(rows), NAN);
     AttentionFwdParams pg = p;
     pg.out = out.data.data(); pg.lse = lse.data();
-    const emu::LdmatrixBanks fwd_banks;
-    const emu::CpAsyncBanks fwd_cp;
+    const emu::BankTally fwd_start = emu::BankTally::now();
     const char* e = launch_attention_fwd(pg, nullptr);
-    const uint64_t fwd_matrices = fwd_banks.matrices(), fwd_conflicts = fwd_banks.conflicts();
-    const uint64_t fwd_cp_phases = fwd_cp.phases(), fwd_cp_conflicts = fwd_cp.conflicts(), fwd_cp_uneven = fwd_cp.uneven_groups();
+    const emu::BankTally fwd_banks = emu::BankTally::now() - fwd_start;
     if (e) { std::printf("BAD %s: launch_attention_fwd: %s\n", c.name, e); return 1; }
     Cmp co;
     int64_t lse_bad = 0;
@@ -498,8 +498,7 @@ static int run_case(const Case& c, bool quick) {
     // Kernel backward (twice: bitwise equal), on the twin's out and lse.
     AttentionBwdParams bg = bp;
     std::vector<uint16_t> runs[2][3];
-    const emu::LdmatrixBanks bwd_banks;
-    const emu::CpAsyncBanks bwd_cp;
+    const emu::BankTally bwd_start = emu::BankTally::now();
     for (int rep = 0; rep < (quick ? 1 : 2); ++rep) {
       Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv), dv(c.B, c.Hkv, c.Sk, D, c.layout_kv);
       std::vector<char> ws(attention_bwd_cuda_workspace_bytes(bg) + 16);
@@ -510,8 +509,7 @@ static int run_case(const Case& c, bool quick) {
       if (e) { std::printf("BAD %s: launch_attention_bwd: %s\n", c.name, e); return 1; }
       runs[rep][0] = dq.data; runs[rep][1] = dk.data; runs[rep][2] = dv.data;
     }
-    const uint64_t bwd_matrices = bwd_banks.matrices(), bwd_conflicts = bwd_banks.conflicts();
-    const uint64_t bwd_cp_phases = bwd_cp.phases(), bwd_cp_conflicts = bwd_cp.conflicts(), bwd_cp_uneven = bwd_cp.uneven_groups();
+    const emu::BankTally bwd_banks = emu::BankTally::now() - bwd_start;
     const bool deterministic = quick || (runs[0][0] == runs[1][0] && runs[0][1] == runs[1][1] && runs[0][2] == runs[1][2]);
     Cmp cq, ck, cv;
     Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv);
@@ -538,18 +536,13 @@ static int run_case(const Case& c, bool quick) {
       same_modes = first_out == out.data && first_dq == runs[0][0] && first_dk == runs[0][1] && first_dv == runs[0][2] &&
                    std::memcmp(first_lse.data(), lse.data(), lse.size() * sizeof(float)) == 0;
     }
-    const bool conflict_free = fwd_conflicts == 0 && bwd_conflicts == 0 && fwd_cp_conflicts == 0 &&
-                               bwd_cp_conflicts == 0;  // the swizzles' claim
+    const bool conflict_free = fwd_banks.conflict_free() && bwd_banks.conflict_free();  // the swizzles' claim
     const bool ok = !co.bad && !lse_bad && !cq.bad && !ck.bad && !cv.bad && deterministic && same_modes && conflict_free;
     std::printf("%s %-34s %s %-5s out %.2f lse %.1e(%" PRId64 ") dq %.2f dk %.2f dv %.2f units%s%s%s\n", ok ? "OK " : "BAD",
                 c.name, t == DType::kFloat16 ? "f16 " : "bf16", lazy ? "lazy" : "eager", co.units, lse_err, lse_bad,
                 cq.units, ck.units, cv.units, deterministic ? "" : "  NOT DETERMINISTIC",
                 same_modes ? "" : "  MODES DIFFER", (co.nan + cq.nan + ck.nan + cv.nan) ? "  NaN" : "");
-    std::printf("    ldmatrix fwd %" PRIu64 " conflicts %" PRIu64 ", bwd %" PRIu64 " conflicts %" PRIu64 "\n", fwd_matrices,
-                fwd_conflicts, bwd_matrices, bwd_conflicts);
-    std::printf("    cp.async fwd %" PRIu64 " conflicts %" PRIu64 " uneven %" PRIu64 ", bwd %" PRIu64 " conflicts %" PRIu64
-                " uneven %" PRIu64 "\n", fwd_cp_phases, fwd_cp_conflicts, fwd_cp_uneven, bwd_cp_phases, bwd_cp_conflicts,
-                bwd_cp_uneven);
+    std::printf("    fwd %s\n    bwd %s\n", fwd_banks.summary().c_str(), bwd_banks.summary().c_str());
     for (const Cmp* w : {&co, &cq, &ck, &cv})
       if (w->units > 1)
         std::printf("    worst %s: kernel %.6g twin %.6g M %.3g\n", w == &co ? "out" : w == &cq ? "dq" : w == &ck ? "dk" : "dv",

@@ -89,12 +89,12 @@ static int run_gemm(BlockGemm g, const char* name, int splits = 1) {
     g.splits = splits;
     std::vector<float> ws(size_t(splits > 1 ? splits * g.batch * g.m * g.n : 0) + 4);
     g.workspace = splits > 1 ? ws.data() : nullptr;
-    const emu::LdmatrixBanks banks;
-    const emu::CpAsyncBanks cp_banks;
+    const emu::BankTally banks_start = emu::BankTally::now();
     if (const char* e = launch_block_gemm(g, nullptr)) {
       std::printf("BAD %s: launch_block_gemm: %s\n", name, e);
       return 1;
     }
+    const emu::BankTally banks = emu::BankTally::now() - banks_start;
     const uint64_t copies = emu::total_copies - copies0;
     copies0 = emu::total_copies;
     Cmp cmp;
@@ -105,13 +105,11 @@ static int run_gemm(BlockGemm g, const char* name, int splits = 1) {
           cmp.add(get(t, C_gpu[mode], c_off(g, b, i, j)), get(t, C_cpu, c_off(g, b, i, j)), m, 0, eps_of(t));
         }
     const bool same = mode == 0 || C_gpu[0] == C_gpu[1];
-    const bool ok = !cmp.bad && same && banks.conflicts() == 0 && cp_banks.conflicts() == 0;  // conflict-free layouts
-    std::printf("%s gemm %-44s %-4s %-5s units %.2f cp.async %" PRIu64 " ldmatrix %" PRIu64 " conflicts %" PRIu64 "%s%s\n",
-                ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", cmp.units, copies, banks.matrices(),
-                banks.conflicts(), same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
+    const bool ok = !cmp.bad && same && banks.conflict_free();  // the padded layouts' claim
+    std::printf("%s gemm %-44s %-4s %-5s units %.2f cp.async %" PRIu64 "%s%s\n", ok ? "OK " : "BAD", name, tname(t),
+                mode == 0 ? "lazy" : "eager", cmp.units, copies, same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);
-    std::printf("    cp.async %" PRIu64 " conflicts %" PRIu64 " uneven %" PRIu64 "\n", cp_banks.phases(), cp_banks.conflicts(),
-                cp_banks.uneven_groups());
+    std::printf("    %s\n", banks.summary().c_str());
     std::fflush(stdout);
     bad += !ok;
   }
@@ -147,12 +145,12 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
     emu::cp_async_lazy = mode == 0;
     Buffer y(y_cpu.bytes, 0x7f);
     f.y = y.data();
-    const emu::LdmatrixBanks banks;
-    const emu::CpAsyncBanks cp_banks;
+    const emu::BankTally banks_start = emu::BankTally::now();
     if (const char* e = launch_monarch_fused(f, plan, nullptr)) {
       std::printf("BAD monarch %s: %s\n", name, e);
       return 1;
     }
+    const emu::BankTally banks = emu::BankTally::now() - banks_start;
     Cmp cmp;
     for (int64_t tk = 0; tk < tokens; ++tk)
       for (int64_t j = 0; j < l; ++j)
@@ -164,13 +162,12 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
         }
     if (mode == 0) first = y;
     const bool same = mode == 0 || first == y;
-    const bool ok = !cmp.bad && same && banks.conflicts() == 0 && cp_banks.conflicts() == 0;
-    std::printf("%s monarch %-41s %-4s %-5s bt %d J %d smem %" PRId64 " units %.2f ldmatrix %" PRIu64 " conflicts %" PRIu64
-                "%s%s\n", ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", plan.bt, plan.chunk, plan.smem,
-                cmp.units, banks.matrices(), banks.conflicts(), same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
+    const bool ok = !cmp.bad && same && banks.conflict_free();
+    std::printf("%s monarch %-41s %-4s %-5s bt %d J %d smem %" PRId64 " units %.2f%s%s\n", ok ? "OK " : "BAD", name,
+                tname(t), mode == 0 ? "lazy" : "eager", plan.bt, plan.chunk, plan.smem, cmp.units,
+                same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);
-    std::printf("    cp.async %" PRIu64 " conflicts %" PRIu64 " uneven %" PRIu64 "\n", cp_banks.phases(), cp_banks.conflicts(),
-                cp_banks.uneven_groups());
+    std::printf("    %s\n", banks.summary().c_str());
     std::fflush(stdout);
     bad += !ok;
   }

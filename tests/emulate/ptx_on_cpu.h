@@ -31,6 +31,7 @@
 // groups (the kernels' stated invariant that keeps wait_group counts aligned across threads).
 #pragma once
 #include <deque>
+#include <string>
 
 #include "cuda_on_cpu.h"
 
@@ -80,33 +81,54 @@ inline void check_shared(const void* p, size_t bytes, const char* what) {
 
 enum : uint32_t { kOpLdsm = 1, kOpLdsmTrans = 2, kOpMmaF16 = 3, kOpMmaBF16 = 4 };
 
-// ---- shared-memory bank conflicts of ldmatrix ---------------------------------------------------
-// Shared memory is 32 banks of 4 bytes, served in 128-byte wavefronts. ldmatrix reads each of its
-// matrices' 8 rows of 16 bytes in one wavefront when the rows lie in 8 distinct 16-byte bank
-// groups ((address / 16) mod 8, the address relative to a 128-byte aligned base, as the
-// emulation's shared memory is and the kernels' swizzles assume); rows at one address are one
-// broadcast. Every extra wavefront is a bank conflict; the kernels' swizzles and pitches claim
-// none, and the drivers check that (ldmatrix_wavefronts against ldmatrix_matrices).
-inline std::atomic<uint64_t> ldmatrix_matrices{0}, ldmatrix_wavefronts{0};
-// The ldmatrix matrices read and the extra wavefronts (conflicts) since construction: a driver
-// brackets a launch with it.
-struct LdmatrixBanks {
-  uint64_t m0 = ldmatrix_matrices.load(), w0 = ldmatrix_wavefronts.load();
-  uint64_t matrices() const { return ldmatrix_matrices.load() - m0; }
-  uint64_t conflicts() const { return ldmatrix_wavefronts.load() - w0 - matrices(); }
-};
-inline int wavefronts(const LaneSlot* rows) {  // 8 rows of 16 bytes
-  uintptr_t seen[8][8];
-  int count[8] = {}, worst = 1;
-  for (int i = 0; i < 8; ++i) {
-    const auto a = reinterpret_cast<uintptr_t>(rows[i].ptr);
-    const int g = int(a / 16 % 8);
-    if (std::find(seen[g], seen[g] + count[g], a) != seen[g] + count[g]) continue;
-    seen[g][count[g]++] = a;
-    worst = std::max(worst, count[g]);
+// ---- shared-memory bank conflicts ---------------------------------------------------------------
+// Shared memory is 32 banks of 4 bytes, served in 128-byte wavefronts. Eight 16-byte accesses (an
+// ldmatrix matrix's 8 rows; a quarter warp of cp.async stores) take one wavefront when they lie
+// in 8 distinct 16-byte bank groups ((address / 16) mod 8, the address relative to a 128-byte
+// aligned base, as the emulation's shared memory is and the kernels' swizzles assume); equal
+// addresses are one broadcast. Every extra wavefront is a bank conflict; the kernels' swizzles
+// and pitches claim none, and the drivers check that.
+struct BankCount {
+  std::atomic<uint64_t> accesses{0}, wavefronts{0};  // relaxed: statistics order nothing, also not under TSan
+  void add(const uintptr_t (&addr)[8]) {
+    uintptr_t seen[8][8];
+    int count[8] = {}, worst = 1;
+    for (const uintptr_t a : addr) {
+      const int g = int(a / 16 % 8);
+      if (std::find(seen[g], seen[g] + count[g], a) != seen[g] + count[g]) continue;
+      seen[g][count[g]++] = a;
+      worst = std::max(worst, count[g]);
+    }
+    accesses.fetch_add(1, std::memory_order_relaxed);
+    wavefronts.fetch_add(uint64_t(worst), std::memory_order_relaxed);
   }
-  return worst;
-}
+};
+inline BankCount ldmatrix_banks, cp_async_banks;
+// cp.async groups not counted: their lanes issued different numbers of copies (see ptx_block_end).
+inline std::atomic<uint64_t> cp_async_uneven_groups{0};
+
+// The counts at one moment; a driver takes one before a launch and subtracts it from one after.
+struct BankTally {
+  uint64_t ldmatrix = 0, ldmatrix_wavefronts = 0, cp_async = 0, cp_async_wavefronts = 0, uneven = 0;
+  static BankTally now() {
+    return {ldmatrix_banks.accesses.load(), ldmatrix_banks.wavefronts.load(), cp_async_banks.accesses.load(),
+            cp_async_banks.wavefronts.load(), cp_async_uneven_groups.load()};
+  }
+  BankTally operator-(const BankTally& o) const {
+    return {ldmatrix - o.ldmatrix, ldmatrix_wavefronts - o.ldmatrix_wavefronts, cp_async - o.cp_async,
+            cp_async_wavefronts - o.cp_async_wavefronts, uneven - o.uneven};
+  }
+  uint64_t ldmatrix_conflicts() const { return ldmatrix_wavefronts - ldmatrix; }
+  uint64_t cp_async_conflicts() const { return cp_async_wavefronts - cp_async; }
+  bool conflict_free() const { return ldmatrix_conflicts() == 0 && cp_async_conflicts() == 0; }
+  std::string summary() const {
+    char s[160];
+    std::snprintf(s, sizeof s, "ldmatrix %llu (%llu conflicts), cp.async %llu (%llu conflicts, %llu uneven groups)",
+                  (unsigned long long)ldmatrix, (unsigned long long)ldmatrix_conflicts(), (unsigned long long)cp_async,
+                  (unsigned long long)cp_async_conflicts(), (unsigned long long)uneven);
+    return s;
+  }
+};
 
 // ---- ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 -----------------------------------------
 // PTX ISA: threads 8j..8j+7 supply the row addresses of matrix j (rows 0..7, 16 contiguous
@@ -122,10 +144,11 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
   s.ptr = row;
   const WarpSlots lanes = warp_exchange(s);
   const int l = int(threadIdx.x % 32);
-  if (l == 0)  // relaxed: statistics order nothing, also not under TSan
+  if (l == 0)
     for (int j = 0; j < 4; ++j) {
-      ldmatrix_matrices.fetch_add(1, std::memory_order_relaxed);
-      ldmatrix_wavefronts.fetch_add(uint64_t(wavefronts(&lanes[8 * j])), std::memory_order_relaxed);
+      uintptr_t rows[8];
+      for (int i = 0; i < 8; ++i) rows[i] = reinterpret_cast<uintptr_t>(lanes[8 * j + i].ptr);
+      ldmatrix_banks.add(rows);
     }
   auto elem = [&](int matrix, int mrow, int mcol) {  // element (mrow, mcol) of matrix j, as stored
     uint16_t v;
@@ -226,18 +249,6 @@ struct CpState {
 };
 inline thread_local CpState cp;
 inline uint64_t total_copies = 0;
-// cp.async's shared-memory writes, as ldmatrix's reads: 16 bytes per lane, a quarter warp (8
-// lanes) per 128-byte wavefront when their destinations lie in distinct 16-byte bank groups. The
-// k-th copy of each lane in a commit group is taken as one instruction of the warp (the kernels'
-// copy loops run in step across a warp); groups whose lanes issued different numbers of copies
-// are not counted (cp_async_uneven_groups).
-inline std::atomic<uint64_t> cp_async_phases{0}, cp_async_wavefronts{0}, cp_async_uneven_groups{0};
-struct CpAsyncBanks {
-  uint64_t p0 = cp_async_phases.load(), w0 = cp_async_wavefronts.load(), u0 = cp_async_uneven_groups.load();
-  uint64_t phases() const { return cp_async_phases.load() - p0; }
-  uint64_t conflicts() const { return cp_async_wavefronts.load() - w0 - phases(); }
-  uint64_t uneven_groups() const { return cp_async_uneven_groups.load() - u0; }
-};
 inline std::mutex stats_mutex;
 
 inline void cp_land(const CpCopy& c) {
@@ -306,7 +317,9 @@ inline void ptx_block_end() {
                     "disagree across the block", t, (unsigned long long)groups, (unsigned long long)records[t][0]);
       fail(msg);
     }
-  // Bank conflicts of the copies, warp by warp, group by group.
+  // Bank conflicts of the copies' stores, a quarter warp per wavefront. The k-th copy of each lane
+  // in a commit group is taken as one instruction of the warp (the kernels' copy loops run in
+  // step across a warp); a group whose lanes issued different numbers of copies is not counted.
   for (size_t w = 0; w + 32 <= blockDim.x; w += 32) {
     size_t at[32];  // each lane's next destination in its record
     for (int l = 0; l < 32; ++l) at[l] = 1 + groups;
@@ -317,10 +330,9 @@ inline void ptx_block_end() {
       if (!even) cp_async_uneven_groups.fetch_add(1, std::memory_order_relaxed);
       for (uint64_t k = 0; even && k < n; ++k)
         for (int q = 0; q < 4; ++q) {
-          LaneSlot rows[8];
-          for (int i = 0; i < 8; ++i) rows[i].ptr = reinterpret_cast<const void*>(records[w + 8 * q + i][at[8 * q + i] + k]);
-          cp_async_phases.fetch_add(1, std::memory_order_relaxed);
-          cp_async_wavefronts.fetch_add(uint64_t(wavefronts(rows)), std::memory_order_relaxed);
+          uintptr_t dsts[8];
+          for (int i = 0; i < 8; ++i) dsts[i] = records[w + 8 * q + i][at[8 * q + i] + k];
+          cp_async_banks.add(dsts);
         }
       for (int l = 0; l < 32; ++l) at[l] += records[w + l][1 + g];
     }
