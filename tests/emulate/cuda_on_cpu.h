@@ -42,8 +42,11 @@
 // What it cannot catch
 //   - without ThreadSanitizer, races and missing barriers that happen to be harmless under the
 //     host scheduler (the lazy cp.async mode of ptx_on_cpu.h makes the pipeline ones visible,
-//     not every other one); shared memory bank conflicts other than ldmatrix's and cp.async's
-//     (ptx_on_cpu.h counts those; plain loads and stores are not), real warp timing / divergence /
+//     not every other one); shared memory bank conflicts outside the banks mode of run.sh
+//     (shared_banks.h counts plain loads and stores there; ptx_on_cpu.h counts ldmatrix's and
+//     cp.async's always), and there the vector width nvcc would pick where GCC's differs (float2 /
+//     float4 values are copied whole, -fno-tree-sra; scalars next to each other are not merged),
+//     real warp timing / divergence /
 //     independent thread scheduling, partial-warp masks, misaligned ordinary loads (UBSan sees
 //     some), register pressure and spills, the hardware's accumulation order and rounding inside
 //     mma, exp2f/log2f ulp differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16
@@ -69,6 +72,7 @@
 #include <vector>
 
 #include "core/numeric.h"
+#include "shared_banks.h"
 
 #define MMM_FFT_HOST_EMULATION  // core/fft.cuh, fft/, fftconv/: skip cuda_runtime.h, use emu_dynamic_smem()
 #define __global__
@@ -83,6 +87,8 @@ struct alignas(8) float2 { float x, y; };  // the CUDA types' alignment, so UBSa
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 struct uint3 { unsigned x = 0, y = 0, z = 0; };
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -217,7 +223,7 @@ inline SharedBytes alloc_shared(size_t bytes) {
 struct BlockState {
   BlockState(int threads, size_t smem_bytes)
       : barrier(threads), slots{std::vector<LaneSlot>(size_t(threads)), std::vector<LaneSlot>(size_t(threads))},
-        smem(alloc_shared(smem_bytes)), thread_records(size_t(threads)) {
+        smem(alloc_shared(smem_bytes)), thread_records(size_t(threads)), shared_traces(size_t(threads)) {
     for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Barrier>(std::min(32, threads - 32 * w)));
     std::memset(smem.get(), 0, std::max<size_t>(smem_bytes, 1));
   }
@@ -228,10 +234,12 @@ struct BlockState {
   std::mutex statics_mutex;
   std::vector<std::pair<const void*, SharedBytes>> statics;  // (declaration, this block's array)
   std::vector<std::vector<uint64_t>> thread_records;  // written by each thread, read by thread 0
+  std::vector<SharedTrace> shared_traces;             // the same (MMM_EMULATE_SANITIZE=banks, shared_banks.h)
 };
 inline thread_local BlockState* block_state = nullptr;
 
 inline void warp_wait() {
+  shared_sync_point();
   progress.fetch_add(1, std::memory_order_relaxed);
   block_state->warps[threadIdx.x / 32]->arrive_and_wait();
 }
@@ -312,6 +320,7 @@ class Watchdog {
 
 inline void __syncthreads() {
   if (blockDim.x > 1) {
+    emu::shared_sync_point();
     emu::progress.fetch_add(1, std::memory_order_relaxed);
     emu::block_state->barrier.arrive_and_wait();
   }
@@ -332,11 +341,16 @@ T& block_static(Declaration) {
   static char key;  // its address names the declaration (a const could be merged with another)
   BlockState& st = *block_state;
   const TsanIgnore blind;  // the lookup orders nothing: only the kernel's barriers may
+  const Untraced untraced;
   std::lock_guard<std::mutex> lock(st.statics_mutex);
   for (auto& [k, mem] : st.statics)
-    if (k == &key) return *reinterpret_cast<T*>(mem.get());
+    if (k == &key) {
+      add_shared_range(mem.get(), sizeof(T));
+      return *reinterpret_cast<T*>(mem.get());
+    }
   SharedBytes mem = alloc_shared(sizeof(T));
   std::memset(mem.get(), smem_fill, sizeof(T));
+  add_shared_range(mem.get(), sizeof(T));
   st.statics.emplace_back(&key, std::move(mem));
   return *reinterpret_cast<T*>(st.statics.back().second.get());
 }
@@ -385,10 +399,22 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       emu::collective_seq = 0;
       __syncthreads();  // the fill (and the previous block's end checks) before anyone starts
       if (emu::thread_block_begin) emu::thread_block_begin();
+      emu::shared_range_count = 0;  // the block's shared memory: dynamic first, then block_static's
+      emu::add_shared_range(emu::smem, smem_bytes);
+      if (emu::driver_shared.first) emu::add_shared_range(emu::driver_shared.first, emu::driver_shared.second);
+      if constexpr (emu::tracing_shared_banks) {
+        emu::shared_trace = {};
+        emu::shared_tracing = true;
+      }
       body();
+      if constexpr (emu::tracing_shared_banks) {
+        emu::shared_tracing = false;
+        st.shared_traces[t] = std::move(emu::shared_trace);
+      }
       if (emu::thread_block_end) emu::thread_block_end();
       __syncthreads();
       if (t == 0) {
+        if (emu::tracing_shared_banks && threads > 1) emu::analyse_shared_banks(st.shared_traces);
         if (emu::block_end) emu::block_end();
         st.statics.clear();  // after the closing barrier: TSan checks these frees against every thread's use
       }

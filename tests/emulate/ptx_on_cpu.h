@@ -66,10 +66,12 @@ inline unsigned char* shared_ptr(uint32_t a) {
   if ((a >> 20) >= shared_bases.size()) fail("a shared-memory address that no __cvta_generic_to_shared produced");
   return const_cast<unsigned char*>(shared_bases[a >> 20]) + (a & 0xfffffu);
 }
-// p must be in this launch's dynamic shared memory, or (kernels with static __shared__ arrays)
-// at least not in it partially; a null/garbage address would crash or be caught by ASan anyway.
+// p must be in this launch's dynamic shared memory, or in a static __shared__ array, or at least
+// not partly in the dynamic one; a null/garbage address would crash or be caught by ASan anyway.
 inline void check_shared(const void* p, size_t bytes, const char* what) {
   const auto* c = static_cast<const unsigned char*>(p);
+  for (int i = 1; i < shared_range_count; ++i)  // range 0 is the dynamic shared memory
+    if (reinterpret_cast<uintptr_t>(c) >= shared_begin[i] && reinterpret_cast<uintptr_t>(c) + bytes <= shared_end[i]) return;
   const auto* base = static_cast<const unsigned char*>(smem);
   if (base && c >= base - 4096 && c < base + smem_bytes + 4096 && (c < base || c + bytes > base + smem_bytes)) {
     char msg[160];
@@ -136,6 +138,7 @@ struct BankTally {
 // holds row l/4, elements 2(l%4) (low half) and 2(l%4)+1 (high half); with .trans the matrix is
 // read column-major: thread l holds elements (2(l%4), l/4) and (2(l%4)+1, l/4) of the stored matrix.
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  const Untraced untraced;  // counted as ldmatrix / cp.async, not as plain accesses
   if (reinterpret_cast<uintptr_t>(row) % 16) fail("ldmatrix: row address not 16-byte aligned");
   check_shared(row, 16, "ldmatrix row");
   MMM_EMU_TSAN_READ(row, 16);
@@ -257,6 +260,7 @@ inline void cp_land(const CpCopy& c) {
 }
 // cp.async.cg.shared.global [dst], [src], 16, src_bytes;
 inline void cp_async_16(void* dst, const void* src, int src_bytes) {
+  const Untraced untraced;
   if (reinterpret_cast<uintptr_t>(dst) % 16) fail("cp.async: shared address not 16-byte aligned");
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside [0, 16]");
   if (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % 16) fail("cp.async: global address not 16-byte aligned");
@@ -277,6 +281,7 @@ inline void cp_async_commit() {
 }
 template <int N>
 inline void cp_async_wait() {
+  const Untraced untraced;
   static_assert(N >= 0, "wait_group N >= 0");
   while (cp.pending.size() > size_t(N)) {
     if (cp_async_lazy)

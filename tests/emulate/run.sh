@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs one CUDA-on-CPU emulation (tests/emulate/cuda_on_cpu.h says what it can and cannot
 # catch): the op's CUDA kernels compiled by g++ and checked against its CPU twin. No GPU or nvcc.
-#   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++)
+#   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++;
+#     butterfly one std::thread per CUDA thread, fft and fftconv as the drivers choose)
 #   tests/emulate/run.sh attention [quick] | block_diag_matmul    (tensor-core kernels: the PTX
 #     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run;
 #     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more)
@@ -13,6 +14,10 @@
 # shuffle, ldmatrix or mma does not order memory) is reported even when the host scheduler made
 # it harmless, and so is global memory touched by two CTAs (one writing, not atomically): two
 # blocks run at once. fft and fftconv, otherwise unsanitised, get it too.
+# MMM_EMULATE_SANITIZE=banks builds with no sanitizer but every memory access of the kernels
+# reported to shared_banks.h, which counts the shared-memory bank conflicts of their plain loads
+# and stores (ldmatrix's and cp.async's are counted in every mode) and fails the run on a kernel
+# line with a systematic conflict not marked "known bank conflict".
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
 # object is reused when newer than its sources); CXX picks the compiler. The opt-in tests (MMM_EMULATE=1:
 # tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul,fused_add_norm,hadamard}.py, -k cpu_threads)
@@ -25,11 +30,15 @@ shift
 out="${MMM_EMULATE_BUILD_DIR:-$(mktemp -d)}"
 mkdir -p "$out"
 cxx=("${CXX:-g++}" -std=c++20 -I"$here" -I"$repo/csrc")
+# fft_san: what fft and fftconv (no sanitizer by default) are built with.
 case "${MMM_EMULATE_SANITIZE:-address}" in
-  address) san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined) tsan=() ;;
-  thread) san=(-fsanitize=thread) tsan=("${san[@]}")
+  address) san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined) fft_san=() ;;
+  thread) san=(-fsanitize=thread) fft_san=("${san[@]}")
     export TSAN_OPTIONS="halt_on_error=1 allow_addr2line=1 ${TSAN_OPTIONS:-}" ;;
-  *) echo "run.sh: MMM_EMULATE_SANITIZE: address (default) or thread" >&2; exit 2 ;;
+  # Every memory access calls shared_banks.h's counters (no sanitizer runtime).
+  banks) san=(-DMMM_EMU_BANKS -fno-tree-sra -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0
+    --param asan-stack=0 --param asan-globals=0) fft_san=("${san[@]}") ;;
+  *) echo "run.sh: MMM_EMULATE_SANITIZE: address (default), thread or banks" >&2; exit 2 ;;
 esac
 
 # The PTX drivers (and fft, fftconv): copies of csrc headers in $out/inc, with (1) each PTX
@@ -92,24 +101,24 @@ case "$op" in
   # The kernels have MMM_FFT_HOST_EMULATION hooks; the drivers mirror the launchers' paths.
   fft | fftconv)
     rewrite core/fft.cuh fft/fft_kernel.cuh fftconv/fftconv_kernel.cuh
-    "${CXX:-g++}" -std=c++20 -I"$here" -I"$out/inc" -I"$repo/csrc" -O1 -g -pthread "${tsan[@]}" "$here/$op.cpp" -o "$out/$op" ;;
-  # The real launcher, with its CUDA-only lines rewritten to the emulation's; one thread per block
-  # under ASan/UBSan (shared memory an exact-size heap block per launch, so overruns are caught).
+    "${CXX:-g++}" -std=c++20 -I"$here" -I"$out/inc" -I"$repo/csrc" -O1 -g -pthread "${fft_san[@]}" "$here/$op.cpp" -o "$out/$op" ;;
+  # The real launcher, with its CUDA-only lines rewritten to the emulation's; one std::thread per
+  # CUDA thread (shared memory an exact-size heap block per block, so overruns are caught).
   butterfly)
     src="$repo/csrc/butterfly"
+    mkdir -p "$out/inc/butterfly"
     sed -e 's|#include "core/cuda_utils.cuh"|#include "cuda_on_cpu.h"|' \
         -e 's|extern __shared__ float4 bf_smem_fwd\[\];|float4* bf_smem_fwd = static_cast<float4*>(emu::smem);|' \
         -e 's|extern __shared__ float4 bf_smem_bwd\[\];|float4* bf_smem_bwd = static_cast<float4*>(emu::smem);|' \
-        "$src/butterfly_kernel.cuh" > "$out/kernel.h"
+        "$src/butterfly_kernel.cuh" > "$out/inc/butterfly/butterfly_kernel.cuh"
     sed -e 's|#include <cuda_runtime.h>|#include "cuda_on_cpu.h"|' \
-        -e 's|#include "butterfly/butterfly_kernel.cuh"|#include "kernel.h"|' \
-        -e 's|kernel<<<\(.*\), \(threads_for(P)\), smem, stream>>>(P);|emu_launch(1, kernel, \1, \2, smem, P);|' \
-        -e 's|butterfly_reduce_kernel<kCx><<<grid, 256, 0, stream>>>(|emu_launch(1, butterfly_reduce_kernel<kCx>, grid, 256, 0, |' \
+        -e 's|kernel<<<\(.*\), \(threads_for(P)\), smem, stream>>>(P);|emu_launch(0, kernel, \1, \2, smem, P);|' \
+        -e 's|butterfly_reduce_kernel<kCx><<<grid, 256, 0, stream>>>(|emu_launch(0, butterfly_reduce_kernel<kCx>, grid, 256, 0, |' \
         "$src/butterfly_launch.cu" > "$out/launch.cpp"
     # Every launch and the dynamic shared memory must have gone through the emulation.
     if grep -q '<<<' "$out/launch.cpp"; then echo "run.sh: a kernel launch was not rewritten" >&2; exit 1; fi
-    grep -q 'emu::smem' "$out/kernel.h" || { echo "run.sh: shared memory was not rewritten" >&2; exit 1; }
-    "${cxx[@]}" -I"$out" -O1 -g "${san[@]}" \
+    grep -q 'emu::smem' "$out/inc/butterfly/butterfly_kernel.cuh" || { echo "run.sh: shared memory was not rewritten" >&2; exit 1; }
+    "${CXX:-g++}" -std=c++20 -I"$here" -I"$out/inc" -I"$repo/csrc" -O1 -g -pthread "${san[@]}" \
       "$out/launch.cpp" "$here/butterfly.cpp" "$src/butterfly_cpu.cpp" -o "$out/$op" ;;
   # By default head dims 64 (3-stage forward, 64-column swizzle) and 96 (2 stages, 32-column
   # swizzle, the backward's 32-wide steps); MMM_EMULATE_ATTENTION_DIMS="all" (or a list such as
