@@ -26,12 +26,19 @@ struct HadamardTile {
 // Inside a segment every index is a 32-bit int and the shared-memory stage addresses by masks:
 // 1024 threads leave 64 registers per thread, 32 of them the data, and 64-bit index arithmetic
 // spilled (256 bytes per thread for fp32 on sm_80).
+// A chunk goes to and from shared memory as two 16-byte accesses. Element e lives at slot
+// e ^ (bit 5 of e) << 2 (hadamard_slot): a chunk's halves swap places in every second group of
+// four chunks, so the 8 lanes of each quarter warp hit 8 distinct 16-byte bank groups (in natural
+// order lanes 4 apart collide: 2-way; as 8 scalar accesses, 8-way), while a stage's runs of
+// consecutive elements, permuted only inside aligned groups of 8, still hit 32 distinct banks.
+__device__ __forceinline__ int hadamard_slot(int e) { return e ^ ((e >> 3) & 4); }
+
 template <typename TI, typename TO>
 __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     hadamard_segment_kernel(const TI* in, int64_t in_rs, int64_t in_n, TO* out, int64_t out_rs, int64_t out_n,
                             int64_t rows, int64_t seg_len, int64_t segs_per_row, float scale) {
   constexpr int kC = HadamardTile::kChunk, kK = HadamardTile::kMaxChunks;
-  extern __shared__ float smem[];  // (seg_len,) when seg_len > kRegisterOnly
+  extern __shared__ __align__(16) float smem[];  // (seg_len,) when seg_len > kRegisterOnly
   const int nthreads = blockDim.x, tid = threadIdx.x, lane = tid % 32;
   const int L = int(seg_len);
   for (int64_t seg = blockIdx.x; seg < rows * segs_per_row; seg += gridDim.x) {
@@ -79,14 +86,16 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
 #pragma unroll
       for (int k = 0; k < kK; ++k) {
         const int e0 = (k * nthreads + tid) * kC;
-        if (e0 < L)
-#pragma unroll
-          for (int i = 0; i < kC; ++i) smem[e0 + i] = v[k][i];
+        if (e0 < L) {
+          *reinterpret_cast<float4*>(smem + hadamard_slot(e0)) = make_float4(v[k][0], v[k][1], v[k][2], v[k][3]);
+          *reinterpret_cast<float4*>(smem + hadamard_slot(e0 + 4)) = make_float4(v[k][4], v[k][5], v[k][6], v[k][7]);
+        }
       }
       __syncthreads();
       for (int h = HadamardTile::kRegisterOnly; h < L; h *= 2) {
         for (int q = tid; q < L / 2; q += nthreads) {
-          const int j = ((q & ~(h - 1)) << 1) | (q & (h - 1));  // pair q: (j, j + h), h a power of two
+          // Pair q: elements (j, j + h), h a power of two >= 256, so j + h's slot is j's + h.
+          const int j = hadamard_slot(((q & ~(h - 1)) << 1) | (q & (h - 1)));
           const float a = smem[j], b = smem[j + h];
           smem[j] = a + b;
           smem[j + h] = a - b;
@@ -96,9 +105,12 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
 #pragma unroll
       for (int k = 0; k < kK; ++k) {
         const int e0 = (k * nthreads + tid) * kC;
-        if (e0 < L)
-#pragma unroll
-          for (int i = 0; i < kC; ++i) v[k][i] = smem[e0 + i];
+        if (e0 < L) {
+          const float4 lo = *reinterpret_cast<const float4*>(smem + hadamard_slot(e0));
+          const float4 hi = *reinterpret_cast<const float4*>(smem + hadamard_slot(e0 + 4));
+          v[k][0] = lo.x, v[k][1] = lo.y, v[k][2] = lo.z, v[k][3] = lo.w;
+          v[k][4] = hi.x, v[k][5] = hi.y, v[k][6] = hi.z, v[k][7] = hi.w;
+        }
       }
       __syncthreads();  // the next segment reuses smem
     }
