@@ -29,8 +29,10 @@ template <typename T>
 __global__ void __launch_bounds__(BlockGemmTile::kThreads) block_gemm_kernel(const BlockGemm g) {
   using Tile = BlockGemmTile;
   constexpr int kM = Tile::kM, kN = Tile::kN, kK = Tile::kK, kR = Tile::kPerThread;
-  __shared__ float a_tile[kK][kM + 4];  // (kK, kM), k-major: a thread's 4 rows are adjacent
-  __shared__ float b_tile[kK][kN + 4];  // (kK, kN)
+  // k-major, so a thread's 4 rows (columns) are one conflict-free 16-byte load.
+  __shared__ __align__(16) float a_tile[kK][kM + 4];  // (kK, kM)
+  __shared__ __align__(16) float b_tile[kK][kN + 4];  // (kK, kN)
+  static_assert(kR == 4, "a thread's row of its sub-tile is one float4");
   const int tid = threadIdx.x, tx = tid % (kN / kR), ty = tid / (kN / kR);
   const bool a_k_unit = g.a_ks == 1, b_k_unit = g.b_ks == 1;
   const int64_t j0 = int64_t(blockIdx.x) * kN;
@@ -42,25 +44,25 @@ __global__ void __launch_bounds__(BlockGemmTile::kThreads) block_gemm_kernel(con
     for (int64_t i0 = int64_t(blockIdx.y) * kM; i0 < g.m; i0 += int64_t(gridDim.y) * kM) {
       float acc[kR][kR] = {};
       for (int64_t p0 = 0; p0 < g.k; p0 += kK) {
+        // k contiguous (x and w in the forward): the stores transpose, 2 rows of 16 k per warp, a
+        // 2-way bank conflict on 4 + 4 stores per thread against its 256 FMAs. (A warp of 8 k by
+        // 4 rows has none, but its index math spills in the fp16/bf16 variants.)
         for (int e = tid; e < kM * kK; e += Tile::kThreads) {
           const int mm = a_k_unit ? e / kK : e % kM, kk = a_k_unit ? e % kK : e / kM;
           const int64_t i = i0 + mm, p = p0 + kk;
-          a_tile[kk][mm] = i < g.m && p < g.k ? to_f(A[i * g.a_ms + p * g.a_ks]) : 0.f;
+          a_tile[kk][mm] = i < g.m && p < g.k ? to_f(A[i * g.a_ms + p * g.a_ks]) : 0.f;  // known bank conflict (above)
         }
         for (int e = tid; e < kK * kN; e += Tile::kThreads) {
           const int nn = b_k_unit ? e / kK : e % kN, kk = b_k_unit ? e % kK : e / kN;
           const int64_t p = p0 + kk, j = j0 + nn;
-          b_tile[kk][nn] = p < g.k && j < g.n ? to_f(B[p * g.b_ks + j * g.b_ns]) : 0.f;
+          b_tile[kk][nn] = p < g.k && j < g.n ? to_f(B[p * g.b_ks + j * g.b_ns]) : 0.f;  // known bank conflict (above)
         }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < kK; ++kk) {
-          float a[kR], b[kR];
-#pragma unroll
-          for (int r = 0; r < kR; ++r) {
-            a[r] = a_tile[kk][ty * kR + r];
-            b[r] = b_tile[kk][tx * kR + r];
-          }
+          const float4 a4 = *reinterpret_cast<const float4*>(&a_tile[kk][ty * kR]);
+          const float4 b4 = *reinterpret_cast<const float4*>(&b_tile[kk][tx * kR]);
+          const float a[kR] = {a4.x, a4.y, a4.z, a4.w}, b[kR] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
           for (int r = 0; r < kR; ++r)
 #pragma unroll
@@ -149,7 +151,10 @@ __device__ __forceinline__ void stage_operand(T* dst, const T* src, int64_t rs, 
     for (int e = tid; e < kRows * kK; e += Tile::kThreads) {
       const int rr = k_unit ? e / kK : e % kRows, kk = k_unit ? e % kK : e / kRows;
       const int64_t row = r0 + rr, p = p0 + kk;
-      dst[kRowsInner ? kk * kPitch + rr : rr * kPitch + kk] = row < R && p < K ? src[row * rs + p * ks] : zero;
+      const T v = row < R && p < K ? src[row * rs + p * ks] : zero;
+      // Staging transposed (k_unit with kRowsInner, or the reverse), lanes hit one bank 2-4 ways:
+      // the path for strides no 16-byte copy fits, which the aligned shapes never take.
+      dst[kRowsInner ? kk * kPitch + rr : rr * kPitch + kk] = v;  // known bank conflict (above)
     }
   }
 }

@@ -10,7 +10,10 @@
 //       last slice: accumulators -> z[m][z_col(u, e)] (the permutation: a store address)
 //     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
 //       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
-//       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col).
+//       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col). Inside each 16-byte
+//       group the four 32-bit words are XOR-permuted by (t2 / 2) % 4 (ys_slot): the 4 lanes of an
+//       accumulator store that share a bank group (one t2 pair each) then hit 4 different banks,
+//       where the same word of each group was a 4-way bank conflict; the flush undoes it.
 // Pipeline (S = kMonarchStages = 3 buffers, cp.async), the step sequence running on across b, jj
 // and chunks so the next weights are always in flight:
 //   prologue: steps 0 .. S-2 into buffers 0 .. S-2, one commit group each
@@ -39,8 +42,18 @@ struct MonarchFusedTile {
   static constexpr int kTilesPerWarp = kMonarchMaxBlock / 16 / kWarps;  // 16-wide column tiles
   static_assert(kWarps == 4 && kTilesPerWarp == 4, "4 warps cover 256 output columns in 16-wide tiles");
   static_assert(kKS % 16 == 0 && (kKP * 2) % 128 == 16, "pitch 16 mod 128 bytes: conflict-free ldmatrix");
-  static_assert(kG * 2 == 16, "an output group is one 16-byte store");
+  static_assert(kG * 2 == 16, "an output group is one 16-byte store (and ys_slot permutes its 4 words)");
 };
+
+// Where stage-2 output t2 of block jj (jj % 8 = jg) lies in its ys row (see the header comment).
+__device__ __forceinline__ int ys_slot(int t2, int jg) { return t2 * 8 + (jg ^ (((t2 >> 1) & 3) << 1)); }
+// A 16-byte ys group read back in jj order: word w came from word w ^ ((t2 / 2) % 4).
+__device__ __forceinline__ uint4 ys_unpermute(uint4 v, int t2) {
+  const int x = (t2 >> 1) & 3;
+  if (x & 1) v = make_uint4(v.y, v.x, v.w, v.z);
+  if (x & 2) v = make_uint4(v.z, v.w, v.x, v.y);
+  return v;
+}
 
 template <typename T, int kMT>
 __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const MonarchFused f, const int J) {
@@ -178,8 +191,11 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
               for (int c = 0; c < 4; ++c) {
                 const int m = mi * 16 + gq + 8 * (c / 2), col = nt * 16 + h * 8 + 2 * tq + c % 2;
                 const T v = from_f<T>(acc[mi][i][h][c]);
-                if (st.stage == 1) zs[m * zp + ix.z_col(st.blk, col)] = v;
-                else ys[m * yp + col * kG + st.blk % kG] = v;
+                // z: 4-way bank conflicts (known bank conflict): the 4 lanes of a row store columns
+                // 2r apart, the same word of the same bank group (r % 16 == 0), and ldmatrix needs
+                // 16-byte rows in K order; storing z transposed would avoid it (not done yet).
+                if (st.stage == 1) zs[m * zp + ix.z_col(st.blk, col)] = v;  // known bank conflict (above)
+                else ys[m * yp + ys_slot(col, st.blk % kG)] = v;
               }
           }
         }
@@ -191,7 +207,7 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
           const int m = i / s, t2 = i % s;
           if (tok0 + m < f.tokens)
             *reinterpret_cast<uint4*>(Y + (tok0 + m) * f.y_rs + monarch_y_col(t2, jg, st.j0, l)) =
-                *reinterpret_cast<const uint4*>(ys + m * yp + t2 * kG);
+                ys_unpermute(*reinterpret_cast<const uint4*>(ys + m * yp + t2 * kG), t2);
         }
       }
     }
