@@ -14,6 +14,9 @@
 #   pytest_rest  pytest tests -m "not cuda"                 -> pytest-rest.log, pytest-rest.xml
 #   memcheck     compute-sanitizer --tool memcheck  over pytest -m cuda -k sanitizer_subset
 #   racecheck    compute-sanitizer --tool racecheck over the same       -> memcheck.log, racecheck.log
+#   ncu_banks    ncu over bench/ncu_banks.py (each kernel path once): shared-memory instructions,
+#                wavefronts and bank conflicts per kernel, to set against the emulation's counts
+#                (tests/emulate/shared_banks.h, ptx_on_cpu.h)            -> ncu-banks.csv, ncu-banks.log
 #   cpp:<name>   every bench/cpp/bench_*.cu binary --json OUTDIR/cpp-<op>.json   -> cpp-<op>.log
 #   py:<name>    every bench/python/bench_*.py --device cuda --out OUTDIR/py-<op>.json
 #                (--budget: each benchmark skips the cases it cannot start in time) -> py-<op>.log
@@ -72,6 +75,18 @@ if [[ "${1:-}" == "__step" ]]; then
       fi
       exit $rc
       ;;
+    ncu_banks)
+      ncu="$(command -v ncu || true)"
+      [[ -z "$ncu" && -x /usr/local/cuda/bin/ncu ]] && ncu=/usr/local/cuda/bin/ncu
+      [[ -n "$ncu" ]] || { echo "gpu_check: ncu not found"; exit 1; }
+      metrics=smsp__sass_inst_executed_op_shared_ld.sum,smsp__sass_inst_executed_op_shared_st.sum
+      metrics+=,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum
+      metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum
+      metrics+=,smsp__sass_inst_executed_op_ldsm.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ldsm.sum
+      set -x
+      exec "$ncu" --csv --log-file "$OUTDIR/ncu-banks.csv" --kernel-name-base demangled --kernel-name regex:mmm:: \
+        --launch-count 200 --metrics "$metrics" "$PYTHON" bench/ncu_banks.py
+      ;;
     *) echo "unknown step $2"; exit 2 ;;
   esac
 fi
@@ -95,13 +110,13 @@ SKIP=" ${GPU_CHECK_SKIP:-} "
 cd "$REPO" || exit 2
 
 # Step plan: cap (most seconds) and min (least seconds worth starting it with).
-ORDER=(build selftest pytest_cuda pytest_rest memcheck racecheck cpp_bench py_bench)
+ORDER=(build selftest pytest_cuda pytest_rest memcheck racecheck ncu_banks cpp_bench py_bench)
 # Caps only stop a hung step from eating the budget; time_for() already keeps every later
 # step's minimum free, and time a fast step leaves goes to the later ones.
 declare -A CAP=([build]=240 [selftest]=45 [pytest_cuda]=180 [pytest_rest]=120 [memcheck]=120
-                [racecheck]=120 [cpp_bench]=100 [py_bench]=240)
+                [racecheck]=120 [ncu_banks]=90 [cpp_bench]=100 [py_bench]=240)
 declare -A MIN=([build]=60 [selftest]=10 [pytest_cuda]=30 [pytest_rest]=15 [memcheck]=20
-                [racecheck]=20 [cpp_bench]=15 [py_bench]=45)
+                [racecheck]=20 [ncu_banks]=20 [cpp_bench]=15 [py_bench]=45)
 
 # Seconds step $1 may use now: min(cap, time left - the minimum every later step needs).
 time_for() {
@@ -224,6 +239,9 @@ for tool in memcheck racecheck; do
   if [[ -z "$SANITIZER" ]]; then record "$tool" "FAIL(no compute-sanitizer)" 0 "-"; continue; fi
   NEED_PASS=1 step "$tool" "$OUTDIR/$tool.log" "$SELF" __step sanitizer "$tool"
 done
+
+# --- 4b. Nsight Compute: shared-memory bank conflicts per kernel --------------------------------
+step ncu_banks "$OUTDIR/ncu-banks.log" "$SELF" __step ncu_banks
 
 # --- 5b. C++ benchmarks ------------------------------------------------------------------------
 if [[ "$SKIP" == *" cpp_bench "* ]]; then
