@@ -57,8 +57,9 @@ struct MonarchIndex {
     return by_rows ? u : (u / (J / q)) * (l / q) + j0 / q + u % (J / q);
   }
   MMM_HD I w1_row(I j0, I e) const { return by_rows ? (e / J) * l + j0 + e % J : e; }  // unit's output e
+  MMM_HD I z_block(I u, I e) const { return by_rows ? e % J : (u % (J / q)) * q + e; }  // its stage-2 block jj
   MMM_HD I z_col(I u, I e) const {                                       // where e is stored in z
-    return by_rows ? (e % J) * r + u * (q / l) + e / J : ((u % (J / q)) * q + e) * r + u / (J / q);
+    return z_block(u, e) * r + (by_rows ? u * (q / l) + e / J : u / (J / q));
   }
 };
 // Output t2 of stage-2 block j0 + jj: its column in y.
@@ -85,12 +86,12 @@ struct MonarchFusedPlan {
 };
 
 // Shared-memory bytes of one CTA: kMonarchStages buffers of an x slice (bt, 64) and a weight
-// slice (max(n1, s), 64), the chunk's intermediate z (bt, J*r + 8) and the output staging
-// (bt, 8*s + 8); the +8 pads make every row pitch 16 mod 128 bytes (conflict-free ldmatrix).
+// slice (max(n1, s), 64), the chunk's intermediate z (J*r, bt: stored transposed, swizzled, no
+// padding) and the output staging (bt, 8*s + 8); the +8 pads make every row pitch 16 mod 128
+// bytes (conflict-free ldmatrix).
 inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, int64_t elem = 2) {
   const int64_t n1 = MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1(), nw = n1 > f.s ? n1 : f.s;
-  return elem * (kMonarchStages * (bt + nw) * kMonarchKPitch + bt * (J * f.r + 8) +
-                 bt * (kMonarchYGroup * f.s + 8));
+  return elem * (kMonarchStages * (bt + nw) * kMonarchKPitch + J * f.r * bt + bt * (kMonarchYGroup * f.s + 8));
 }
 
 inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }

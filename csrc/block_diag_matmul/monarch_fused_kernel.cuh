@@ -9,6 +9,12 @@
 //           (kBT, n1) += x[:, b*p + ks..] (kBT, 64) * w1[b, w1_row(j0, e), ks..]^T (n1, 64)
 //       last slice: accumulators -> z[m][z_col(u, e)] (the permutation: a store address)
 //     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
+//   z is stored transposed, zT[zc][m] (zt_slot): the 4 lanes of a row of an accumulator store
+//   hold columns e two stage-2 blocks apart, 2r z columns, which in [m][zc] order all hit one
+//   word of one bank group (4-way conflicts). Transposed, each lane quad's 8 lanes store 16
+//   contiguous bytes, the quads in z rows whose 16-byte chunks an XOR by (jj / 2) sends to
+//   distinct bank groups (kBT = 32; 2 groups, a 2-way conflict, for kBT = 16), and stage 2 reads
+//   A with ldmatrix .trans, 8 consecutive z rows in 8 distinct groups by the XOR's (zc / 2) term.
 //       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
 //       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col). Inside each 16-byte
 //       group the four 32-bit words are XOR-permuted by (t2 / 2) % 4 (ys_slot): the 4 lanes of an
@@ -45,6 +51,15 @@ struct MonarchFusedTile {
   static_assert(kG * 2 == 16, "an output group is one 16-byte store (and ys_slot permutes its 4 words)");
 };
 
+// Where z element (zc, m) lies in zT (kC = kBT / 8 chunks of 8 tokens per row, no padding); jj =
+// zc / r, the stage-2 block of z column zc (the header comment says why this swizzle).
+template <int kC>
+__device__ __forceinline__ int zt_slot(int zc, int jj, int m) {
+  static_assert(kC == 2 || kC == 4, "16 or 32 tokens per CTA");
+  const int sw = kC == 4 ? ((zc >> 1) ^ (jj >> 1)) & 3 : ((zc >> 2) ^ (jj >> 1)) & 1;
+  return zc * (8 * kC) + 8 * ((m >> 3) ^ sw) + (m & 7);
+}
+
 // Where stage-2 output t2 of block jj (jj % 8 = jg) lies in its ys row (see the header comment).
 __device__ __forceinline__ int ys_slot(int t2, int jg) { return t2 * 8 + (jg ^ (((t2 >> 1) & 3) << 1)); }
 // A 16-byte ys group read back in jj order: word w came from word w ^ ((t2 / 2) % 4).
@@ -62,13 +77,13 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
   const int k = int(f.k), q = int(f.q), p = int(f.p), l = int(f.l), s = int(f.s), r = int(f.r);
   const MonarchIndex<int> ix(k, q, l, r, J);
   const int n1 = ix.n1(), nw = n1 > s ? n1 : s;
-  const int zp = J * r + 8, yp = kG * s + 8;  // row pitches of z and ys (16 mod 128 bytes)
+  const int yp = kG * s + 8;  // row pitch of ys (16 mod 128 bytes)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kS = kMonarchStages;
   T* xs = reinterpret_cast<T*>(smem_raw);  // (kS, kBT, kKP): x K-slices
   T* ws = xs + kS * kBT * kKP;             // (kS, nw, kKP): weight K-slices, [n][k]
-  T* zs = ws + kS * nw * kKP;              // (kBT, zp): the chunk's permuted intermediate
-  T* ys = zs + kBT * zp;                   // (kBT, yp): 8 stage-2 blocks' outputs, [m][t2][jj%8]
+  T* zs = ws + kS * nw * kKP;              // (J*r, kBT): the chunk's permuted intermediate, transposed
+  T* ys = zs + J * r * kBT;                // (kBT, yp): 8 stage-2 blocks' outputs, [m][t2][jj%8]
 
   const T* X = static_cast<const T*>(f.x);
   const T* W1 = static_cast<const T*>(f.w1);
@@ -155,14 +170,20 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
     const Step st = decode(g);
     const int buf = g % kS;
     const int ntiles = (st.stage == 1 ? n1 : s) / 16;
-    const T* a_tile = st.stage == 1 ? xs + buf * kBT * kKP : zs;
-    const int a_pitch = st.stage == 1 ? kKP : zp;
-    const int a_col0 = st.stage == 1 ? 0 : st.blk * r + st.ks;
+    const T* x_tile = xs + buf * kBT * kKP;
     const T* b_tile = ws + buf * nw * kKP;
     for (int kk = 0; kk < st.len; kk += 16) {
       uint32_t a[kMT][4];
+      if (st.stage == 1) {
 #pragma unroll
-      for (int mi = 0; mi < kMT; ++mi) load_a_frag(a[mi], a_tile, a_pitch, mi * 16, a_col0 + kk);
+        for (int mi = 0; mi < kMT; ++mi) load_a_frag(a[mi], x_tile, kKP, mi * 16, kk);
+      } else {  // A(m, k) = zT[zc][m]: ldmatrix .trans of matrix j at z rows zc0 + 8*(j/2) + lane%8,
+                // tokens mi*16 + 8*(j%2) (core/mma.cuh's A register order: j%2 rows 8-15, j/2 k 8-15)
+        const int j = lane / 8, zc = st.blk * r + st.ks + kk + 8 * (j / 2) + lane % 8;
+#pragma unroll
+        for (int mi = 0; mi < kMT; ++mi)
+          ldmatrix_x4_trans(a[mi], zs + zt_slot<2 * kMT>(zc, st.blk, mi * 16 + 8 * (j % 2)));
+      }
 #pragma unroll
       for (int i = 0; i < kTW; ++i) {
         const int nt = warp + Tile::kWarps * i;
@@ -191,11 +212,12 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
               for (int c = 0; c < 4; ++c) {
                 const int m = mi * 16 + gq + 8 * (c / 2), col = nt * 16 + h * 8 + 2 * tq + c % 2;
                 const T v = from_f<T>(acc[mi][i][h][c]);
-                // z: 4-way bank conflicts (known bank conflict): the 4 lanes of a row store columns
-                // 2r apart, the same word of the same bank group (r % 16 == 0), and ldmatrix needs
-                // 16-byte rows in K order; storing z transposed would avoid it (not done yet).
-                if (st.stage == 1) zs[m * zp + ix.z_col(st.blk, col)] = v;  // known bank conflict (above)
-                else ys[m * yp + ys_slot(col, st.blk % kG)] = v;
+                if (st.stage == 1) {  // kBT = 16: rows of 32 bytes leave the 4 quads 2 bank groups
+                  const int zc = ix.z_col(st.blk, col), jj = ix.z_block(st.blk, col);
+                  zs[zt_slot<2 * kMT>(zc, jj, m)] = v;  // known bank conflict at kBT = 16: 2-way (above)
+                } else {
+                  ys[m * yp + ys_slot(col, st.blk % kG)] = v;
+                }
               }
           }
         }
