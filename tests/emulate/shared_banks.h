@@ -61,8 +61,9 @@ inline constexpr bool tracing_shared_banks = false;
 
 inline thread_local SharedTrace shared_trace;
 inline thread_local bool shared_tracing = false;  // inside a kernel body, outside the emulator's own code
-// The block's shared memory, [begin, end) each: plain arrays, as the callbacks below must not
-// call into instrumented code (GCC inlines nothing into a function that is not instrumented).
+// The block's shared memory, [begin, end) each, kept in every mode (ptx_on_cpu.h's check_shared
+// reads them too): plain arrays, as the callbacks below must not call into instrumented code (GCC
+// inlines nothing into a function that is not instrumented).
 constexpr int kMaxSharedRanges = 16;
 inline thread_local uintptr_t shared_begin[kMaxSharedRanges], shared_end[kMaxSharedRanges];
 inline thread_local int shared_range_count = 0;
