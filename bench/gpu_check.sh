@@ -16,7 +16,7 @@
 #   racecheck    compute-sanitizer --tool racecheck over the same       -> memcheck.log, racecheck.log
 #   ncu_banks    ncu over bench/ncu_banks.py (each kernel path once): shared-memory instructions,
 #                wavefronts and bank conflicts per kernel, to set against the emulation's counts
-#                (tests/emulate/shared_banks.h, ptx_on_cpu.h)            -> ncu-banks.csv, ncu-banks.log
+#                (tests/emulate/memory_counts.h, ptx_on_cpu.h)            -> ncu-banks.csv, ncu-banks.log
 #   cpp:<name>   every bench/cpp/bench_*.cu binary --json OUTDIR/cpp-<op>.json   -> cpp-<op>.log
 #   py:<name>    every bench/python/bench_*.py --device cuda --out OUTDIR/py-<op>.json
 #                (--budget: each benchmark skips the cases it cannot start in time) -> py-<op>.log

@@ -2,7 +2,7 @@
 
 bench/gpu_check.sh's ncu_banks step runs this under `ncu --metrics ...` (one profiled launch per
 kernel) and keeps the CSV: the measured shared-memory wavefronts and bank conflicts per kernel,
-to set against what the emulation counts without a GPU (tests/emulate/shared_banks.h for plain
+to set against what the emulation counts without a GPU (tests/emulate/memory_counts.h for plain
 loads and stores, ptx_on_cpu.h for ldmatrix and cp.async). By hand:
 
     ncu --csv --metrics <list> python bench/ncu_banks.py > ncu-banks.csv

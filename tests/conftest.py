@@ -138,17 +138,18 @@ def run_cuda_test(binary: Path) -> None:
 # its CPU twin (tests/emulate/cuda_on_cpu.h says what that can and cannot catch). Slow to build,
 # so opt-in: MMM_EMULATE=1 runs every driver under ASan/UBSan ("address"), under
 # ThreadSanitizer ("thread": accesses of two threads of a block that no barrier orders) and with
-# every shared-memory access counted ("banks": bank conflicts of plain loads and stores,
-# tests/emulate/shared_banks.h); MMM_EMULATE=address, =thread or =banks runs only one
+# every memory access counted ("counts": shared-memory bank conflicts and global-memory
+# coalescing of plain loads and stores, tests/emulate/memory_counts.h); MMM_EMULATE=address,
+# =thread or =counts runs only one
 # (MMM_FFT_EMULATE=1, the older switch of the fft, fftconv and butterfly drivers, means "address").
 # ---------------------------------------------------------------------------------------------
 def emulation_sanitizers() -> list:
     """The sanitizer parameters of a test_*_on_cpu_threads test, each skipped unless asked for:
     AddressSanitizer/UBSan, ThreadSanitizer (races inside a block and between blocks), and the
-    shared-memory bank count."""
+    memory counts (bank conflicts, coalescing)."""
     asked = os.environ.get("MMM_EMULATE", "")
     params = []
-    for sanitizer in ("address", "thread", "banks"):
+    for sanitizer in ("address", "thread", "counts"):
         on = asked in ("1", sanitizer) or (sanitizer == "address" and os.environ.get("MMM_FFT_EMULATE") == "1")
         reason = ("g++ not found: cannot build tests/emulate" if on and shutil.which("g++") is None else
                   None if on else f"set MMM_EMULATE=1 (or ={sanitizer}) to run the CUDA kernels on CPU threads")
@@ -158,12 +159,12 @@ def emulation_sanitizers() -> list:
 
 def run_emulation(op: str, args: list, build_dir: Path, sanitizer: str) -> str:
     """tests/emulate/run.sh OP ARGS under `sanitizer`; fails with the tail of its output unless
-    it exits with 0 (a wrong result, an emulation error, a sanitizer report or, under "banks", a
-    kernel line with systematic bank conflicts all exit non-zero)."""
+    it exits with 0 (a wrong result, an emulation error, a sanitizer report or, under "counts", a
+    kernel line with systematic bank conflicts or uncoalesced accesses all exit non-zero)."""
     res = subprocess.run(["bash", str(ROOT / "tests" / "emulate" / "run.sh"), op, *args], capture_output=True,
                          text=True, env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(build_dir),
                                          "MMM_EMULATE_SANITIZE": sanitizer})
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    if sanitizer == "banks":  # the count ran (and said so)
-        assert "shared-memory bank conflicts (plain loads and stores):" in res.stdout, res.stdout[-4000:]
+    if sanitizer == "counts":  # the count ran (and said so)
+        assert "memory counts (plain loads and stores):" in res.stdout, res.stdout[-4000:]
     return res.stdout

@@ -315,9 +315,9 @@ def test_sanitizer_subset(n):
 # see run_emulation): core/fft.cuh up to 2^11 (two CTA passes), the op kernels up to 2^12 with the
 # CTA limit at 2^10 (so the four-step path runs with a = 2 and 4). Under ThreadSanitizer, where each
 # of the 60 launches per core-block size pays for starting its threads, the core blocks from 2^6
-# to 2^10 and the op kernels one size smaller (the same paths, a = 2 and 4 still). With the bank
-# count, the swizzled layout must be free of systematic conflicts and the natural one must show
-# its bit-reversal conflicts (the count's own check).
+# to 2^10 and the op kernels one size smaller (the same paths, a = 2 and 4 still). With the memory
+# counts, the swizzled layout must be free of systematic bank conflicts and the natural one must
+# show its bit-reversal conflicts (the count's own check).
 
 
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())

@@ -39,9 +39,9 @@ __device__ __forceinline__ void load_chunk(float (&v)[kVec], const U* row, int64
 #pragma unroll
       for (int i = 0; i < kPer16; ++i) v[q * kPer16 + i] = to_f(e[i]);
     }
-  } else {
+  } else {  // a thread's elements kVec apart across the warp: known uncoalesced (the fallback)
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) v[i] = c0 + i < n ? to_f(row[c0 + i]) : 0.f;
+    for (int i = 0; i < kVec; ++i) v[i] = c0 + i < n ? to_f(row[c0 + i]) : 0.f;  // known uncoalesced
   }
 }
 
@@ -63,7 +63,7 @@ __device__ __forceinline__ void store_chunk(U* row, const float (&v)[kVec], int6
   } else {
 #pragma unroll
     for (int i = 0; i < kVec; ++i)
-      if (c0 + i < n) row[c0 + i] = from_f<U>(v[i]);
+      if (c0 + i < n) row[c0 + i] = from_f<U>(v[i]);  // known uncoalesced (as in load_chunk)
   }
 }
 

@@ -46,8 +46,8 @@ __device__ __forceinline__ float2 load_point(const float2* __restrict__ x, int64
     return r[j];
   } else {
     const int n = 1 << log2n;
-    if (j == 0) {
-      const float a = r[0].x, c = r[n].x;
+    if (j == 0) {  // a lane per row reads its DC and Nyquist bins: many rows per warp when n is tiny
+      const float a = r[0].x, c = r[n].x;  // known uncoalesced (above)
       return make_float2(a + c, a - c);
     }
     const float2 xk = r[j], xn = fft::cconj(r[n - j]);
@@ -147,8 +147,12 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
         out[k] = scaled(rfft_bin(zk, znk, k, log2n), scale);
       }
     } else {
-      for (int k = threadIdx.x; k < n; k += blockDim.x)
-        out[int64_t(k) * a] = scaled(smem[fft::swz<true>(fft::bit_reverse(k, log2n), log2n)], scale);
+      // a > 1 (the four-step's second pass): bins a apart, each lane 8 bytes of its own sector.
+      // Coalesced stores need the first pass to write transposed (not done yet).
+      for (int k = threadIdx.x; k < n; k += blockDim.x) {
+        const float2 v = scaled(smem[fft::swz<true>(fft::bit_reverse(k, log2n), log2n)], scale);
+        out[int64_t(k) * a] = v;  // known uncoalesced for a > 1 (above)
+      }
     }
     __syncthreads();  // the next sub-row's load overwrites smem
   }

@@ -42,11 +42,11 @@
 // What it cannot catch
 //   - without ThreadSanitizer, races and missing barriers that happen to be harmless under the
 //     host scheduler (the lazy cp.async mode of ptx_on_cpu.h makes the pipeline ones visible,
-//     not every other one); shared memory bank conflicts outside the banks mode of run.sh
-//     (shared_banks.h counts plain loads and stores there; ptx_on_cpu.h counts ldmatrix's and
-//     cp.async's always), and there the vector width nvcc would pick where GCC's differs (float2 /
-//     float4 values are copied whole, -fno-tree-sra; scalars next to each other are not merged),
-//     real warp timing / divergence /
+//     not every other one); bank conflicts and uncoalesced global accesses outside the counts
+//     mode of run.sh (memory_counts.h counts plain loads and stores there; ptx_on_cpu.h counts
+//     ldmatrix's and cp.async's bank conflicts always), and there the vector width nvcc would
+//     pick where GCC's differs (float2 / float4 values are copied whole, -fno-tree-sra; scalars
+//     next to each other are not merged), real warp timing / divergence /
 //     independent thread scheduling, partial-warp masks, misaligned ordinary loads (UBSan sees
 //     some), register pressure and spills, the hardware's accumulation order and rounding inside
 //     mma, exp2f/log2f ulp differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16
@@ -72,7 +72,7 @@
 #include <vector>
 
 #include "core/numeric.h"
-#include "shared_banks.h"
+#include "memory_counts.h"
 
 #define MMM_FFT_HOST_EMULATION  // core/fft.cuh, fft/, fftconv/: skip cuda_runtime.h, use emu_dynamic_smem()
 #define __global__
@@ -86,6 +86,7 @@
 struct alignas(8) float2 { float x, y; };  // the CUDA types' alignment, so UBSan checks vector accesses
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
@@ -223,7 +224,7 @@ inline SharedBytes alloc_shared(size_t bytes) {
 struct BlockState {
   BlockState(int threads, size_t smem_bytes)
       : barrier(threads), slots{std::vector<LaneSlot>(size_t(threads)), std::vector<LaneSlot>(size_t(threads))},
-        smem(alloc_shared(smem_bytes)), thread_records(size_t(threads)), shared_traces(size_t(threads)) {
+        smem(alloc_shared(smem_bytes)), thread_records(size_t(threads)), access_traces(size_t(threads)) {
     for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Barrier>(std::min(32, threads - 32 * w)));
     std::memset(smem.get(), 0, std::max<size_t>(smem_bytes, 1));
   }
@@ -234,12 +235,13 @@ struct BlockState {
   std::mutex statics_mutex;
   std::vector<std::pair<const void*, SharedBytes>> statics;  // (declaration, this block's array)
   std::vector<std::vector<uint64_t>> thread_records;  // written by each thread, read by thread 0
-  std::vector<SharedTrace> shared_traces;             // the same (MMM_EMULATE_SANITIZE=banks, shared_banks.h)
+  std::vector<AccessTrace> access_traces;             // the same (MMM_EMULATE_SANITIZE=counts, memory_counts.h)
 };
 inline thread_local BlockState* block_state = nullptr;
 
 inline void warp_wait() {
-  shared_sync_point();
+  const Untraced untraced;
+  trace_sync_point();
   progress.fetch_add(1, std::memory_order_relaxed);
   block_state->warps[threadIdx.x / 32]->arrive_and_wait();
 }
@@ -262,6 +264,7 @@ using WarpSlots = const LaneSlot*;
 // either deadlocks the barrier (the watchdog reports it) or is caught by the op/seq check.
 inline WarpSlots warp_exchange(LaneSlot mine) {
   const TsanIgnore blind;
+  const Untraced untraced;
   if (blockDim.x % 32) fail("a warp collective in a block that is not whole warps");
   const unsigned t = threadIdx.x;
   std::vector<LaneSlot>& buf = block_state->slots[collective_seq & 1];
@@ -320,7 +323,8 @@ class Watchdog {
 
 inline void __syncthreads() {
   if (blockDim.x > 1) {
-    emu::shared_sync_point();
+    const emu::Untraced untraced;
+    emu::trace_sync_point();
     emu::progress.fetch_add(1, std::memory_order_relaxed);
     emu::block_state->barrier.arrive_and_wait();
   }
@@ -387,6 +391,7 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
   std::vector<std::unique_ptr<emu::BlockState>> states;
   for (int s = 0; s < sets; ++s) states.push_back(std::make_unique<emu::BlockState>(threads, smem_bytes));
   auto run = [&](int set, unsigned t) {
+    if constexpr (emu::counting_accesses) emu::note_thread_memory();
     emu::BlockState& st = *states[size_t(set)];
     emu::block_state = &st;
     emu::smem = st.smem.get();
@@ -402,19 +407,19 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       emu::shared_range_count = 0;  // the block's shared memory: dynamic first, then block_static's
       emu::add_shared_range(emu::smem, smem_bytes);
       if (emu::driver_shared.first) emu::add_shared_range(emu::driver_shared.first, emu::driver_shared.second);
-      if constexpr (emu::tracing_shared_banks) {
-        emu::shared_trace = {};
-        emu::shared_tracing = true;
+      if constexpr (emu::counting_accesses) {
+        emu::access_trace = {};
+        emu::tracing = true;
       }
       body();
-      if constexpr (emu::tracing_shared_banks) {
-        emu::shared_tracing = false;
-        st.shared_traces[t] = std::move(emu::shared_trace);
+      if constexpr (emu::counting_accesses) {
+        emu::tracing = false;
+        st.access_traces[t] = std::move(emu::access_trace);
       }
       if (emu::thread_block_end) emu::thread_block_end();
       __syncthreads();
       if (t == 0) {
-        if (emu::tracing_shared_banks && threads > 1) emu::analyse_shared_banks(st.shared_traces);
+        if (emu::counting_accesses && threads > 1) emu::analyse_accesses(st.access_traces);
         if (emu::block_end) emu::block_end();
         st.statics.clear();  // after the closing barrier: TSan checks these frees against every thread's use
       }
@@ -441,6 +446,7 @@ template <class V>
 inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
   static_assert(sizeof(V) <= 8 && std::is_trivially_copyable_v<V>, "__shfl_xor_sync: a 32/64-bit value");
   if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only full-warp masks are emulated");
+  const emu::Untraced untraced;  // the exchange slots are the emulator's, not global memory
   emu::LaneSlot s;
   s.op = 100;
   std::memcpy(s.w, &v, sizeof v);

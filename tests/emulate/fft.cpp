@@ -26,7 +26,7 @@ static double rel_err(const std::vector<float2>& got, const std::vector<C>& want
 }
 
 enum class Mode { kFft, kDif, kDit, kRfft, kIrfft };
-static emu::SharedBankStats unswizzled_banks;
+static emu::AccessStats unswizzled_counts;
 
 // One case: n = 2^log2n, blockDim threads; returns the relative error against fft_cpu (fp64).
 template <bool kInverse, bool kSwizzle>
@@ -60,7 +60,7 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
   // Bank conflicts: the swizzled layout must have none; the natural one (kSwizzle = false, what
   // callers without the swizzle get) has them in the bit reversal, counted apart.
   emu::driver_shared = {data, smem.size() * sizeof(float2)};
-  if (!kSwizzle) emu::shared_bank_stats = &unswizzled_banks;
+  if (!kSwizzle) emu::access_stats = &unswizzled_counts;
   launch_grid(1, threads, 0, [&] {
     switch (mode) {
       case Mode::kFft: mmm::fft::cta_fft<kInverse, kSwizzle>(data, log2n); break;
@@ -71,7 +71,7 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
     }
   });
   emu::driver_shared = {nullptr, 0};
-  emu::shared_bank_stats = &emu::shared_banks;
+  emu::access_stats = &emu::all_accesses;
   std::vector<float2> got(size_t(n) + 1);
   for (int i = 0; i < n; ++i) got[i] = smem[size_t(mmm::fft::swz<kSwizzle>(i, log2n))];
   got[n] = smem[n];
@@ -202,9 +202,9 @@ int main(int argc, char** argv) {
   if (op_max >= 0) failures += op_tests(op_max, op_lmax, gen, worst);
   // The bank count's own check: the natural layout's bit reversal conflicts from n = 64 on (the
   // swizzled layout's count is judged with every other kernel's at exit).
-  if (emu::tracing_shared_banks && max_log2 >= 6) {
-    emu::report_shared_banks(stdout, "core/fft.cuh without the swizzle (conflicts expected)", unswizzled_banks);
-    if (unswizzled_banks.tally.conflicts() == 0) {
+  if (emu::counting_accesses && max_log2 >= 6) {
+    emu::report_accesses(stdout, "core/fft.cuh without the swizzle (conflicts expected)", unswizzled_counts);
+    if (unswizzled_counts.shared.excess() == 0) {
       ++failures;
       std::printf("FAIL: the unswizzled layout shows no bank conflicts: the count does not see them\n");
     }

@@ -55,6 +55,7 @@ namespace emu {
 // ---- shared-memory address handles ------------------------------------------------------------
 inline thread_local std::vector<const unsigned char*> shared_bases;
 inline size_t cvta_shared(const void* p) {
+  const Untraced untraced;  // the handle table is the emulator's
   const auto* c = static_cast<const unsigned char*>(p);
   for (size_t i = 0; i < shared_bases.size(); ++i)
     if (shared_bases[i] == c) return i << 20;
@@ -63,6 +64,7 @@ inline size_t cvta_shared(const void* p) {
   return (shared_bases.size() - 1) << 20;
 }
 inline unsigned char* shared_ptr(uint32_t a) {
+  const Untraced untraced;
   if ((a >> 20) >= shared_bases.size()) fail("a shared-memory address that no __cvta_generic_to_shared produced");
   return const_cast<unsigned char*>(shared_bases[a >> 20]) + (a & 0xfffffu);
 }
@@ -211,6 +213,7 @@ inline float b16_to_float(uint32_t bits) {
 // unspecified, so a kernel must not depend on them).
 template <bool kBf16>
 inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const Untraced untraced;  // registers only; the exchange slots are the emulator's
   LaneSlot s;
   s.op = kBf16 ? kOpMmaBF16 : kOpMmaF16;
   for (int i = 0; i < 4; ++i) s.w[i] = a[i];
@@ -273,6 +276,7 @@ inline void cp_async_16(void* dst, const void* src, int src_bytes) {
   ++cp.copies;
 }
 inline void cp_async_commit() {
+  const Untraced untraced;
   cp.group_sizes.push_back(cp.open.size());
   for (const CpCopy& c : cp.open) cp.dsts.push_back(reinterpret_cast<uintptr_t>(c.dst));
   cp.pending.push_back(std::move(cp.open));

@@ -14,10 +14,11 @@
 # shuffle, ldmatrix or mma does not order memory) is reported even when the host scheduler made
 # it harmless, and so is global memory touched by two CTAs (one writing, not atomically): two
 # blocks run at once. fft and fftconv, otherwise unsanitised, get it too.
-# MMM_EMULATE_SANITIZE=banks builds with no sanitizer but every memory access of the kernels
-# reported to shared_banks.h, which counts the shared-memory bank conflicts of their plain loads
-# and stores (ldmatrix's and cp.async's are counted in every mode) and fails the run on a kernel
-# line with a systematic conflict not marked "known bank conflict".
+# MMM_EMULATE_SANITIZE=counts builds with no sanitizer but every memory access of the kernels
+# reported to memory_counts.h, which counts the shared-memory wavefronts (bank conflicts) and
+# global-memory sectors (coalescing) of their plain loads and stores (ldmatrix's and cp.async's
+# bank conflicts are counted in every mode) and fails the run on a kernel line that is
+# systematically costly and not marked "known bank conflict" / "known uncoalesced".
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
 # object is reused when newer than its sources); CXX picks the compiler. The opt-in tests (MMM_EMULATE=1:
 # tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul,fused_add_norm,hadamard}.py, -k cpu_threads)
@@ -35,10 +36,10 @@ case "${MMM_EMULATE_SANITIZE:-address}" in
   address) san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined) fft_san=() ;;
   thread) san=(-fsanitize=thread) fft_san=("${san[@]}")
     export TSAN_OPTIONS="halt_on_error=1 allow_addr2line=1 ${TSAN_OPTIONS:-}" ;;
-  # Every memory access calls shared_banks.h's counters (no sanitizer runtime).
-  banks) san=(-DMMM_EMU_BANKS -fno-tree-sra -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0
+  # Every memory access calls memory_counts.h's counters (no sanitizer runtime).
+  counts) san=(-DMMM_EMU_COUNTS -fno-tree-sra -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0
     --param asan-stack=0 --param asan-globals=0) fft_san=("${san[@]}") ;;
-  *) echo "run.sh: MMM_EMULATE_SANITIZE: address (default), thread or banks" >&2; exit 2 ;;
+  *) echo "run.sh: MMM_EMULATE_SANITIZE: address (default), thread or counts" >&2; exit 2 ;;
 esac
 
 # The PTX drivers (and fft, fftconv): copies of csrc headers in $out/inc, with (1) each PTX
