@@ -41,6 +41,10 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
   extern __shared__ __align__(16) float smem[];  // (seg_len,) when seg_len > kRegisterOnly
   const int nthreads = blockDim.x, tid = threadIdx.x, lane = tid % 32;
   const int L = int(seg_len);
+  // A chunk moves as 16-byte loads and stores where every row start is 16-byte aligned (a
+  // segment's is then too); element by element otherwise and at a row's ragged end.
+  const bool vec_in = reinterpret_cast<uintptr_t>(in) % 16 == 0 && (in_rs * int64_t(sizeof(TI))) % 16 == 0;
+  const bool vec_out = reinterpret_cast<uintptr_t>(out) % 16 == 0 && (out_rs * int64_t(sizeof(TO))) % 16 == 0;
   for (int64_t seg = blockIdx.x; seg < rows * segs_per_row; seg += gridDim.x) {
     const int64_t row = seg / segs_per_row, base = (seg % segs_per_row) * seg_len;
     // Elements of this segment that exist in the input / are written to the output.
@@ -49,11 +53,7 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     const TI* src = in + row * in_rs + base;
     float v[kK][kC];  // chunk c = k * nthreads + tid holds elements c*8 .. c*8+7 of the segment
 #pragma unroll
-    for (int k = 0; k < kK; ++k) {
-      const int e0 = (k * nthreads + tid) * kC;
-#pragma unroll
-      for (int i = 0; i < kC; ++i) v[k][i] = e0 + i < in_len ? to_f(src[e0 + i]) : 0.f;
-    }
+    for (int k = 0; k < kK; ++k) load_chunk<kC>(v[k], src, (k * nthreads + tid) * kC, in_len, vec_in);
     // Strides 1, 2, 4: inside a chunk.
 #pragma unroll
     for (int h = 1; h < kC; h *= 2) {
@@ -117,10 +117,9 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     TO* dst = out + row * out_rs + base;
 #pragma unroll
     for (int k = 0; k < kK; ++k) {
-      const int e0 = (k * nthreads + tid) * kC;
 #pragma unroll
-      for (int i = 0; i < kC; ++i)
-        if (e0 + i < out_len) dst[e0 + i] = from_f<TO>(v[k][i] * scale);
+      for (int i = 0; i < kC; ++i) v[k][i] *= scale;
+      store_chunk<kC>(dst, v[k], (k * nthreads + tid) * kC, out_len, vec_out);
     }
   }
 }
