@@ -70,13 +70,27 @@ __global__ void __launch_bounds__(BlockGemmTile::kThreads) block_gemm_kernel(con
         }
         __syncthreads();  // the tiles are overwritten next
       }
+      // A thread's 4 columns of a row as one store where C's rows are contiguous and aligned.
+      const bool quads = g.c_ns == 1 && g.c_ms % 4 == 0 && reinterpret_cast<uintptr_t>(C) % (4 * sizeof(T)) == 0;
 #pragma unroll
-      for (int r = 0; r < kR; ++r)
+      for (int r = 0; r < kR; ++r) {
+        const int64_t i = i0 + ty * kR + r, j = j0 + tx * kR;
+        if (i >= g.m) continue;
+        if (quads && j + kR <= g.n) {
+          if constexpr (std::is_same_v<T, float>) {
+            *reinterpret_cast<float4*>(C + i * g.c_ms + j) = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+          } else {
+            uint2 packed;
+            packed.x = pack2<T>(acc[r][0], acc[r][1]);
+            packed.y = pack2<T>(acc[r][2], acc[r][3]);
+            *reinterpret_cast<uint2*>(C + i * g.c_ms + j) = packed;
+          }
+        } else {
 #pragma unroll
-        for (int c = 0; c < kR; ++c) {
-          const int64_t i = i0 + ty * kR + r, j = j0 + tx * kR + c;
-          if (i < g.m && j < g.n) C[i * g.c_ms + j * g.c_ns] = from_f<T>(acc[r][c]);
+          for (int c = 0; c < kR; ++c)
+            if (j + c < g.n) C[i * g.c_ms + (j + c) * g.c_ns] = from_f<T>(acc[r][c]);
         }
+      }
     }
   }
 }
@@ -151,7 +165,7 @@ __device__ __forceinline__ void stage_operand(T* dst, const T* src, int64_t rs, 
     for (int e = tid; e < kRows * kK; e += Tile::kThreads) {
       const int rr = k_unit ? e / kK : e % kRows, kk = k_unit ? e % kK : e / kRows;
       const int64_t row = r0 + rr, p = p0 + kk;
-      const T v = row < R && p < K ? src[row * rs + p * ks] : zero;
+      const T v = row < R && p < K ? src[row * rs + p * ks] : zero;  // known uncoalesced: the fallback
       // Staging transposed (k_unit with kRowsInner, or the reverse), lanes hit one bank 2-4 ways:
       // the path for strides no 16-byte copy fits, which the aligned shapes never take.
       dst[kRowsInner ? kk * kPitch + rr : rr * kPitch + kk] = v;  // known bank conflict (above)
@@ -241,20 +255,32 @@ __global__ void __launch_bounds__(BlockGemmMmaTile::kThreads) block_gemm_mma_ker
       }
       cp_async_wait<0>();
       __syncthreads();  // the stages are reloaded by the next C tile's prologue
-      // c[i] of an m16n8 tile sits at (row g + 8*(i/2), col 2t + i%2).
+      // c[i] of an m16n8 tile sits at (row g + 8*(i/2), col 2t + i%2): the pair c, c + 1 is two
+      // adjacent columns, one 32-bit store (64-bit for the fp32 partials) where C's rows are
+      // contiguous and pairs aligned; a warp then writes 16 bytes of each of 8 rows per store.
       const int gq = lane / 4, tq = lane % 4;
       T* C = static_cast<T*>(g.c) + blk * g.c_bs;
       float* Wp = splits > 1 ? g.workspace + ((int64_t(split) * g.batch + blk) * g.m) * g.n : nullptr;
+      const bool pairs = splits > 1 ? g.n % 2 == 0
+                                    : g.c_ns == 1 && g.c_ms % 2 == 0 && reinterpret_cast<uintptr_t>(C) % 4 == 0;
 #pragma unroll
       for (int mi = 0; mi < Tile::kMi; ++mi)
 #pragma unroll
         for (int nj = 0; nj < Tile::kNj; ++nj)
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int64_t i = i0 + wm + mi * 16 + gq + 8 * (c / 2), j = j0 + wn + nj * 8 + 2 * tq + c % 2;
-            if (i < g.m && j < g.n) {
-              if (splits == 1) C[i * g.c_ms + j * g.c_ns] = from_f<T>(acc[mi][nj][c]);
-              else Wp[i * g.n + j] = acc[mi][nj][c];
+          for (int c = 0; c < 4; c += 2) {
+            const int64_t i = i0 + wm + mi * 16 + gq + 8 * (c / 2), j = j0 + wn + nj * 8 + 2 * tq;
+            if (i >= g.m || j >= g.n) continue;
+            const float lo = acc[mi][nj][c], hi = acc[mi][nj][c + 1];
+            if (pairs && j + 1 < g.n) {
+              if (splits == 1) *reinterpret_cast<uint32_t*>(C + i * g.c_ms + j) = pack2<T>(lo, hi);
+              else *reinterpret_cast<float2*>(Wp + i * g.n + j) = make_float2(lo, hi);
+            } else if (splits == 1) {  // a permuted C (the two-GEMM Monarch's y: columns l apart)
+              C[i * g.c_ms + j * g.c_ns] = from_f<T>(lo);  // known uncoalesced (above)
+              if (j + 1 < g.n) C[i * g.c_ms + (j + 1) * g.c_ns] = from_f<T>(hi);  // known uncoalesced
+            } else {
+              Wp[i * g.n + j] = lo;
+              if (j + 1 < g.n) Wp[i * g.n + j + 1] = hi;
             }
           }
     }
