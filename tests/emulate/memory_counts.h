@@ -35,7 +35,7 @@
 // elements or 32 bytes read as two loads costs each instruction twice its sectors, the second
 // from L1, and rows that start mid-sector add one. Lower averages (a few instructions
 // straddling a boundary, ragged row ends) and the drivers' own set-up code are listed, not
-// judged; a driver may leave its kernels' coalescing unjudged (judge_global: butterfly).
+// judged; a driver may leave its kernels' global accesses uncounted (count_global: butterfly).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -87,6 +87,9 @@ inline uintptr_t image_begin[kMaxImageRanges], image_end[kMaxImageRanges];
 inline int image_range_count = 0;
 // Memory a driver hands kernel code as its shared memory (fft.cpp's tests of core/fft.cuh).
 inline std::pair<const void*, size_t> driver_shared{nullptr, 0};
+// A driver whose kernels' global accesses are not (yet) judged leaves them uncounted (butterfly:
+// the count would multiply its run time for a report only).
+inline bool count_global = true;
 
 // The emulator's own accesses (warp exchanges, barriers, the PTX models, block_static's
 // bookkeeping) are not the kernel's.
@@ -152,6 +155,7 @@ __attribute__((no_sanitize_address)) inline void trace_access(uintptr_t a, uint3
       break;
     }
   if (global) {
+    if (!count_global) return;
     if ((a >= stack_begin && a < stack_end) || (a >= tls_begin && a < tls_end) ||
         (a >= launcher_stack_begin && a < launcher_stack_end))
       return;
@@ -200,8 +204,6 @@ inline AccessStats all_accesses;  // what the report at exit judges
 // Where the analysis adds: a driver points it at a count of its own around launches whose
 // conflicts are deliberate (fft.cpp's unswizzled layout) and judges that itself.
 inline AccessStats* access_stats = &all_accesses;
-// A driver whose kernels' global accesses are reported but not (yet) judged says so (butterfly).
-inline bool judge_global = true;
 
 // Wavefronts of one shared-memory warp instruction: addr[l] for the lanes with active[l], all
 // `bytes` wide; *parts gets the groups of lanes served (one wavefront each without conflicts).
@@ -392,10 +394,8 @@ inline bool report_accesses(FILE* f, const char* what, const AccessStats& stats)
   bool ok = true;
   for (const auto& [where, c] : worst) {
     const bool systematic = c.global ? c.cost >= 3 * c.ideal : c.cost - c.ideal >= c.instructions;
-    const bool judged = where.kernel && (!c.global || judge_global);
-    const char* verdict = !where.kernel ? "driver code: " : !systematic ? "" : where.known ? "known: "
-                          : judged ? "SYSTEMATIC: " : "not judged: ";
-    ok = ok && (!judged || !systematic || where.known);
+    const char* verdict = !where.kernel ? "driver code: " : !systematic ? "" : where.known ? "known: " : "SYSTEMATIC: ";
+    ok = ok && (!where.kernel || !systematic || where.known);
     if (c.global)
       std::fprintf(f, "  %sglobal: %.2f sectors per instruction for %.2f ideal (%llu instructions) at %s\n", verdict,
                    double(c.cost) / double(c.instructions), double(c.ideal) / double(c.instructions),
