@@ -15,8 +15,9 @@
 #   memcheck     compute-sanitizer --tool memcheck  over pytest -m cuda -k sanitizer_subset
 #   racecheck    compute-sanitizer --tool racecheck over the same       -> memcheck.log, racecheck.log
 #   ncu_banks    ncu over bench/ncu_banks.py (each kernel path once): shared-memory instructions,
-#                wavefronts and bank conflicts per kernel, to set against the emulation's counts
-#                (tests/emulate/memory_counts.h, ptx_on_cpu.h)            -> ncu-banks.csv, ncu-banks.log
+#                wavefronts and bank conflicts, global requests and sectors, per kernel, to set
+#                against the emulation's counts (tests/emulate/memory_counts.h, ptx_on_cpu.h)
+#                                                                     -> ncu-banks.csv, ncu-banks.log
 #   cpp:<name>   every bench/cpp/bench_*.cu binary --json OUTDIR/cpp-<op>.json   -> cpp-<op>.log
 #   py:<name>    every bench/python/bench_*.py --device cuda --out OUTDIR/py-<op>.json
 #                (--budget: each benchmark skips the cases it cannot start in time) -> py-<op>.log
@@ -83,6 +84,8 @@ if [[ "${1:-}" == "__step" ]]; then
       metrics+=,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum
       metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum
       metrics+=,smsp__sass_inst_executed_op_ldsm.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ldsm.sum
+      metrics+=,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum
+      metrics+=,l1tex__t_requests_pipe_lsu_mem_global_op_st.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum
       set -x
       exec "$ncu" --csv --log-file "$OUTDIR/ncu-banks.csv" --kernel-name-base demangled --kernel-name regex:mmm:: \
         --launch-count 200 --metrics "$metrics" "$PYTHON" bench/ncu_banks.py

@@ -1,8 +1,8 @@
 """Each mmm CUDA kernel path once, on small shapes, for Nsight Compute's shared-memory counters.
 
 bench/gpu_check.sh's ncu_banks step runs this under `ncu --metrics ...` (one profiled launch per
-kernel) and keeps the CSV: the measured shared-memory wavefronts and bank conflicts per kernel,
-to set against what the emulation counts without a GPU (tests/emulate/memory_counts.h for plain
+kernel) and keeps the CSV: the measured shared-memory wavefronts and bank conflicts, and global
+requests and sectors, per kernel, to set against what the emulation counts without a GPU (tests/emulate/memory_counts.h for plain
 loads and stores, ptx_on_cpu.h for ldmatrix and cp.async). By hand:
 
     ncu --csv --metrics <list> python bench/ncu_banks.py > ncu-banks.csv
