@@ -407,11 +407,12 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       emu::shared_range_count = 0;  // the block's shared memory: dynamic first, then block_static's
       emu::add_shared_range(emu::smem, smem_bytes);
       if (emu::driver_shared.first) emu::add_shared_range(emu::driver_shared.first, emu::driver_shared.second);
+      Body& kernel_call = body;  // read from this thread's heap-held closure before tracing starts
       if constexpr (emu::counting_accesses) {
         emu::access_trace = {};
         emu::tracing = true;
       }
-      body();
+      kernel_call();
       if constexpr (emu::counting_accesses) {
         emu::tracing = false;
         st.access_traces[t] = std::move(emu::access_trace);
