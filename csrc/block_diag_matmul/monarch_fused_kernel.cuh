@@ -9,17 +9,17 @@
 //           (kBT, n1) += x[:, b*p + ks..] (kBT, 64) * w1[b, w1_row(j0, e), ks..]^T (n1, 64)
 //       last slice: accumulators -> z[m][z_col(u, e)] (the permutation: a store address)
 //     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
+//       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
+//       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col). Inside each 16-byte
+//       group the four 32-bit words are XOR-permuted by (t2 / 2) % 4 (ys_slot): the 4 lanes of an
+//       accumulator store that share a bank group (one t2 pair each) then hit 4 different banks,
+//       where the same word of each group was a 4-way bank conflict; the flush undoes it.
 //   z is stored transposed, zT[zc][m] (zt_slot): the 4 lanes of a row of an accumulator store
 //   hold columns e two stage-2 blocks apart, 2r z columns, which in [m][zc] order all hit one
 //   word of one bank group (4-way conflicts). Transposed, each lane quad's 8 lanes store 16
 //   contiguous bytes, the quads in z rows whose 16-byte chunks an XOR by (jj / 2) sends to
 //   distinct bank groups (kBT = 32; 2 groups, a 2-way conflict, for kBT = 16), and stage 2 reads
 //   A with ldmatrix .trans, 8 consecutive z rows in 8 distinct groups by the XOR's (zc / 2) term.
-//       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
-//       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col). Inside each 16-byte
-//       group the four 32-bit words are XOR-permuted by (t2 / 2) % 4 (ys_slot): the 4 lanes of an
-//       accumulator store that share a bank group (one t2 pair each) then hit 4 different banks,
-//       where the same word of each group was a 4-way bank conflict; the flush undoes it.
 // Pipeline (S = kMonarchStages = 3 buffers, cp.async), the step sequence running on across b, jj
 // and chunks so the next weights are always in flight:
 //   prologue: steps 0 .. S-2 into buffers 0 .. S-2, one commit group each
