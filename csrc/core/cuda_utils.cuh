@@ -22,6 +22,13 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
   return __float2bfloat16_rn(v);
 }
 
+// Whether every row of a tensor (base ptr, row_stride elements of elem bytes) starts 16-byte
+// aligned: what load_chunk / store_chunk's `vec` promises. A null (absent) operand does not object.
+MMM_HD bool rows_aligned(const void* ptr, int64_t row_stride, size_t elem) {
+  return ptr == nullptr ||
+         (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (row_stride * int64_t(elem)) % 16 == 0);
+}
+
 // kVec consecutive elements of `row` starting at column c0, as fp32; columns >= n read as 0.
 // `vec` promises that every row start is 16-byte aligned: then a full chunk is read with
 // 128-bit loads, otherwise (misaligned views, the ragged end of a row) element by element.

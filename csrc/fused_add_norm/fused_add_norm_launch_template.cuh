@@ -55,12 +55,8 @@ int64_t persistent_grid(int threads, int64_t row_groups, int device) {
   return row_groups < full ? row_groups : int64_t(full);
 }
 
-// 16-byte vector access is allowed iff every row of every operand starts 16-byte aligned.
-inline bool rows_aligned(const void* ptr, int64_t row_stride, size_t elem) {
-  return ptr == nullptr ||
-         (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (row_stride * int64_t(elem)) % 16 == 0);
-}
-
+// 16-byte vector access is allowed iff every row of every operand starts 16-byte aligned
+// (rows_aligned, core/cuda_utils.cuh).
 template <typename T, typename TH, typename TW>
 const char* launch_fwd_t(const FusedAddNormFwdParams& p, cudaStream_t stream, int device) {
   constexpr int kVec = 16 / sizeof(T);

@@ -23,6 +23,8 @@ struct HadamardTile {
 
 // in: a row's elements >= in_n read as zero (the implicit padding); out: only elements < out_n
 // are written. seg_len is a power of two <= kMaxSegment; blockDim.x = clamp(seg_len / 8, 32, 1024).
+// vec_in / vec_out: every row of in / out starts 16-byte aligned (rows_aligned, from the launcher),
+// so chunks move as 16-byte loads / stores; element by element otherwise and at a row's ragged end.
 // Inside a segment every index is a 32-bit int and the shared-memory stage addresses by masks:
 // 1024 threads leave 64 registers per thread, 32 of them the data, and 64-bit index arithmetic
 // spilled (256 bytes per thread for fp32 on sm_80).
@@ -36,15 +38,12 @@ __device__ __forceinline__ int hadamard_slot(int e) { return e ^ ((e >> 3) & 4);
 template <typename TI, typename TO>
 __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
     hadamard_segment_kernel(const TI* in, int64_t in_rs, int64_t in_n, TO* out, int64_t out_rs, int64_t out_n,
-                            int64_t rows, int64_t seg_len, int64_t segs_per_row, float scale) {
+                            int64_t rows, int64_t seg_len, int64_t segs_per_row, float scale, bool vec_in,
+                            bool vec_out) {
   constexpr int kC = HadamardTile::kChunk, kK = HadamardTile::kMaxChunks;
   extern __shared__ __align__(16) float smem[];  // (seg_len,) when seg_len > kRegisterOnly
   const int nthreads = blockDim.x, tid = threadIdx.x, lane = tid % 32;
   const int L = int(seg_len);
-  // A chunk moves as 16-byte loads and stores where every row start is 16-byte aligned (a
-  // segment's is then too); element by element otherwise and at a row's ragged end.
-  const bool vec_in = reinterpret_cast<uintptr_t>(in) % 16 == 0 && (in_rs * int64_t(sizeof(TI))) % 16 == 0;
-  const bool vec_out = reinterpret_cast<uintptr_t>(out) % 16 == 0 && (out_rs * int64_t(sizeof(TO))) % 16 == 0;
   for (int64_t seg = blockIdx.x; seg < rows * segs_per_row; seg += gridDim.x) {
     const int64_t row = seg / segs_per_row, base = (seg % segs_per_row) * seg_len;
     // Elements of this segment that exist in the input / are written to the output.

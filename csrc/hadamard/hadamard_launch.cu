@@ -34,7 +34,11 @@ cudaError_t launch_segments(const TI* in, int64_t in_rs, int64_t in_n, TO* out, 
   }
   const int64_t segs = rows * segs_per_row;
   const unsigned grid = unsigned(std::min<int64_t>(segs, 0x7fffffff));
-  kernel<<<grid, threads, smem, stream>>>(in, in_rs, in_n, out, out_rs, out_n, rows, seg_len, segs_per_row, scale);
+  // A chunk moves as 16-byte loads and stores where every row start is 16-byte aligned (a
+  // segment's is then too); element by element otherwise and at a row's ragged end.
+  const bool vec_in = rows_aligned(in, in_rs, sizeof(TI)), vec_out = rows_aligned(out, out_rs, sizeof(TO));
+  kernel<<<grid, threads, smem, stream>>>(in, in_rs, in_n, out, out_rs, out_n, rows, seg_len, segs_per_row, scale,
+                                          vec_in, vec_out);
   return cudaGetLastError();
 }
 
