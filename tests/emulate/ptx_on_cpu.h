@@ -94,17 +94,12 @@ enum : uint32_t { kOpLdsm = 1, kOpLdsmTrans = 2, kOpMmaF16 = 3, kOpMmaBF16 = 4 }
 // and pitches claim none, and the drivers check that.
 struct BankCount {
   std::atomic<uint64_t> accesses{0}, wavefronts{0};  // relaxed: statistics order nothing, also not under TSan
-  void add(const uintptr_t (&addr)[8]) {
-    uintptr_t seen[8][8];
-    int count[8] = {}, worst = 1;
-    for (const uintptr_t a : addr) {
-      const int g = int(a / 16 % 8);
-      if (std::find(seen[g], seen[g] + count[g], a) != seen[g] + count[g]) continue;
-      seen[g][count[g]++] = a;
-      worst = std::max(worst, count[g]);
-    }
+  void add(const uintptr_t (&addr)[8]) {  // one quarter warp's 16-byte accesses (memory_counts.h's model)
+    static constexpr bool kAll[8] = {true, true, true, true, true, true, true, true};
+    uint64_t parts = 0;
+    const uint64_t worst = shared_wavefronts(addr, kAll, 8, 16, &parts);
     accesses.fetch_add(1, std::memory_order_relaxed);
-    wavefronts.fetch_add(uint64_t(worst), std::memory_order_relaxed);
+    wavefronts.fetch_add(worst, std::memory_order_relaxed);
   }
 };
 inline BankCount ldmatrix_banks, cp_async_banks;
