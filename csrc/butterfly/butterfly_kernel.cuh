@@ -17,10 +17,14 @@
 //                             registers and stored into this CTA's own fp32 partial slot.
 //   butterfly_reduce_kernel   dtwiddle = sum of the partial slots in slot order (deterministic).
 //
-// A pass covers the bits [b0, b0 + k) of the element index, i.e. the factors whose strides lie in
-// [2^b0, 2^(b0+k)); segment `seg` = (h, q) holds the elements e = (h << (b0+k)) | (l << b0) | q for
-// l < M. One pass holds all factors when a whole row fits on chip; longer rows split every block
-// into passes through an fp32 workspace (butterfly_launch.cu).
+// A pass applies the factors whose strides lie in [2^b0, 2^(b0+kf)), which couple the element
+// index bits [b0, b0 + kf). Its tile unit holds M = 2^k elements, k = c + kf: local index
+// l = (m << c) | lo stands for e = (h << (b0+kf)) | (m << b0) | (qh << c) | lo, segment
+// seg = (h, qh). The c low "spectator" bits (c <= b0) are element bits no factor of the pass
+// touches: they make every global access of a tile a run of 2^c consecutive elements (a 32-byte
+// sector) instead of single elements 2^b0 apart. One pass holds all factors when a whole row fits
+// on chip; longer rows split every block into passes through an fp32 workspace
+// (butterfly_launch.cu).
 #pragma once
 #include <type_traits>
 
@@ -82,17 +86,54 @@ template <bool kCx> __device__ __forceinline__ void bf_load_mat(bf_val<kCx> (&t)
     const float4 a = static_cast<const float4*>(tw)[pair];
     t[0] = a.x; t[1] = a.y; t[2] = a.z; t[3] = a.w;
   } else {
+    const uint2 raw = static_cast<const uint2*>(tw)[pair];
+    const uint32_t w[2] = {raw.x, raw.y};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) t[i] = bf_load<false>(tw, dt, pair * 4 + i);
+    for (int h = 0; h < 2; ++h) {
+      if (dt == DType::kFloat16) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
+        t[2 * h] = f.x; t[2 * h + 1] = f.y;
+      } else {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[h]));
+        t[2 * h] = f.x; t[2 * h + 1] = f.y;
+      }
+    }
   }
 }
 
-// Shared-memory index: an XOR swizzle of the low 5 bits by the higher ones, which makes every
-// group access pattern (3 or 2 strides from any lowest stride) conflict-free or 2-way for fp32.
-// Buffers are whole multiples of 32 elements so the swizzle stays inside them.
-__device__ __forceinline__ int bf_swz(int i) {
-  const int v = i >> 5;
-  return i ^ ((v ^ (v << 2) ^ (v << 3)) & 31);
+// dst[0..3] (one pair's slot in an fp32 / complex64 partial buffer, 16 B / 32 B aligned) =
+// acc, or += acc; vector accesses, as bf_load_mat.
+template <bool kCx> __device__ __forceinline__ void bf_accum_mat(bf_val<kCx>* dst, const bf_val<kCx> (&acc)[4], bool first) {
+  float4* d = reinterpret_cast<float4*>(dst);
+  if constexpr (kCx) {
+    float4 a = make_float4(acc[0].x, acc[0].y, acc[1].x, acc[1].y), b = make_float4(acc[2].x, acc[2].y, acc[3].x, acc[3].y);
+    if (!first) {
+      const float4 pa = d[0], pb = d[1];
+      a = make_float4(a.x + pa.x, a.y + pa.y, a.z + pa.z, a.w + pa.w);
+      b = make_float4(b.x + pb.x, b.y + pb.y, b.z + pb.z, b.w + pb.w);
+    }
+    d[0] = a;
+    d[1] = b;
+  } else {
+    float4 a = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    if (!first) {
+      const float4 pa = d[0];
+      a = make_float4(a.x + pa.x, a.y + pa.y, a.z + pa.z, a.w + pa.w);
+    }
+    d[0] = a;
+  }
+}
+
+// Shared-memory index: an XOR swizzle of the bank bits by the higher ones (the low 5 bits for
+// fp32, the low 4 for 8-byte complex values, 16 of which fill the 32 banks), which makes every
+// group access pattern of 3 or 2 strides from any lowest stride conflict-free; only some 1-factor
+// groups stay 2-way (a model of all patterns up to M = 2^12: 10% extra wavefronts in all for
+// fp32, 5% for complex, where a 5-bit swizzle of complex values has 33%). Buffers are whole multiples of 32 elements so the
+// swizzle stays inside them.
+template <bool kCx> __device__ __forceinline__ int bf_swz(int i) {
+  constexpr int kBits = kCx ? 4 : 5;
+  const int v = i >> kBits;
+  return i ^ ((v ^ (v << 2) ^ (v << 3)) & ((1 << kBits) - 1));
 }
 
 // One pass over one tile, as the kernels see it.
@@ -101,7 +142,7 @@ struct BfPass {
   int log_n, nfactors;     // L = nblocks * log_n
   bool increasing;
   int f0, f1;              // the pass's factors
-  int b0, k;               // bits [b0, b0 + k) of the element index; M = 2^k
+  int b0, k, c;            // M = 2^k local elements: c spectator bits, then bits [b0, b0 + k - c)
   int64_t nseg;            // n / M
   int R;                   // units (batch rows) per tile
   int64_t ntb;             // tiles along the batch: ceil(batch / R)
@@ -121,12 +162,16 @@ struct BfPass {
   template <int kG> __device__ __forceinline__ void group(int f, int& fe, int& lb) const {
     const int block_end = (f / log_n + 1) * log_n;
     fe = min(min(f1, block_end), f + kG);
-    lb = min(stride_log2(f), stride_log2(fe - 1)) - b0;
+    lb = local_bit(min(stride_log2(f), stride_log2(fe - 1)));
   }
+  // Local bit of element bit s (b0 <= s < b0 + k - c), and back.
+  __device__ __forceinline__ int local_bit(int s) const { return s - b0 + c; }
+  __device__ __forceinline__ int elem_bit(int lbit) const { return lbit + b0 - c; }
   // Global element index of local element l of segment seg.
   __device__ __forceinline__ int64_t elem(int64_t seg, int64_t l) const {
-    const int64_t q = seg & ((int64_t(1) << b0) - 1), h = seg >> b0;
-    return (h << (b0 + k)) | (l << b0) | q;
+    const int qbits = b0 - c, kf = k - c;
+    const int64_t qh = seg & ((int64_t(1) << qbits) - 1), h = seg >> qbits;
+    return (h << (b0 + kf)) | ((l >> c) << b0) | (qh << c) | (l & ((1 << c) - 1));
   }
 };
 
@@ -138,16 +183,17 @@ __device__ __forceinline__ int bf_local(int w, int lb, int G, int j) {
 __device__ __forceinline__ int bf_pair_lo(int m, int ab) { return ((m >> ab) << (ab + 1)) | (m & ((1 << ab) - 1)); }
 
 // Forward through one group of G factors on the R units of a tile held in buf ((R, M) swizzled).
-template <bool kCx, int G>
+// kInc: the group's first factor has its smallest stride. A template parameter so that every
+// register array index below is a compile-time constant (a runtime one puts v in local memory).
+template <bool kCx, int G, bool kInc>
 __device__ __forceinline__ void bf_group_fwd(const BfPass& P, bf_val<kCx>* buf, int M, int R, int64_t stack, int64_t seg, int f, int lb) {
   using V = bf_val<kCx>;
   constexpr int kE = 1 << G, kH = kE / 2;
-  const bool inc = P.stride_log2(f) - P.b0 == lb;  // the first factor has the smallest stride
   for (int w = threadIdx.x; w < (M >> G); w += blockDim.x) {
     V t[G][kH][4];
 #pragma unroll
     for (int a = 0; a < G; ++a) {
-      const int ab = inc ? a : G - 1 - a, s = lb + ab + P.b0;
+      const int ab = kInc ? a : G - 1 - a, s = P.elem_bit(lb + ab);
       const int64_t mat = (stack * P.nfactors + f + a) * (P.n / 2);
 #pragma unroll
       for (int m = 0; m < kH; ++m) {
@@ -158,10 +204,10 @@ __device__ __forceinline__ void bf_group_fwd(const BfPass& P, bf_val<kCx>* buf, 
     for (int r = 0; r < R; ++r) {
       V v[kE];
 #pragma unroll
-      for (int j = 0; j < kE; ++j) v[j] = buf[bf_swz(r * M + bf_local(w, lb, G, j))];
+      for (int j = 0; j < kE; ++j) v[j] = buf[bf_swz<kCx>(r * M + bf_local(w, lb, G, j))];
 #pragma unroll
       for (int a = 0; a < G; ++a) {
-        const int ab = inc ? a : G - 1 - a;
+        const int ab = kInc ? a : G - 1 - a;
 #pragma unroll
         for (int m = 0; m < kH; ++m) {
           const int jl = bf_pair_lo(m, ab), jh = jl | (1 << ab);
@@ -171,7 +217,7 @@ __device__ __forceinline__ void bf_group_fwd(const BfPass& P, bf_val<kCx>* buf, 
         }
       }
 #pragma unroll
-      for (int j = 0; j < kE; ++j) buf[bf_swz(r * M + bf_local(w, lb, G, j))] = v[j];
+      for (int j = 0; j < kE; ++j) buf[bf_swz<kCx>(r * M + bf_local(w, lb, G, j))] = v[j];
     }
   }
 }
@@ -179,11 +225,18 @@ __device__ __forceinline__ void bf_group_fwd(const BfPass& P, bf_val<kCx>* buf, 
 template <bool kCx, int kG>
 __device__ __forceinline__ void bf_group_fwd_any(const BfPass& P, bf_val<kCx>* buf, int M, int R, int64_t stack,
                                                  int64_t seg, int f, int fe, int lb) {
+  const bool inc = P.local_bit(P.stride_log2(f)) == lb;
   switch (fe - f) {
-    case 1: bf_group_fwd<kCx, 1>(P, buf, M, R, stack, seg, f, lb); break;
-    case 2: bf_group_fwd<kCx, 2>(P, buf, M, R, stack, seg, f, lb); break;
+    case 1: bf_group_fwd<kCx, 1, true>(P, buf, M, R, stack, seg, f, lb); break;
+    case 2:
+      if (inc) bf_group_fwd<kCx, 2, true>(P, buf, M, R, stack, seg, f, lb);
+      else bf_group_fwd<kCx, 2, false>(P, buf, M, R, stack, seg, f, lb);
+      break;
     default:
-      if constexpr (kG >= 3) bf_group_fwd<kCx, 3>(P, buf, M, R, stack, seg, f, lb);
+      if constexpr (kG >= 3) {
+        if (inc) bf_group_fwd<kCx, 3, true>(P, buf, M, R, stack, seg, f, lb);
+        else bf_group_fwd<kCx, 3, false>(P, buf, M, R, stack, seg, f, lb);
+      }
       break;
   }
 }
@@ -206,7 +259,7 @@ __device__ __forceinline__ void bf_load_tile(const BfPass& P, bf_val<kCx>* buf, 
     const int64_t b = tb * P.R + r, e = P.elem(seg, l);
     bf_val<kCx> v = bf_zero(bf_val<kCx>());
     if (b < P.batch && e < len) v = bf_load<kCx>(src, t, (b * P.nstacks + stack) * rs + e);
-    buf[bf_swz(i)] = v;
+    buf[bf_swz<kCx>(i)] = v;
   }
 }
 
@@ -216,7 +269,7 @@ __device__ __forceinline__ void bf_store_tile(const BfPass& P, const bf_val<kCx>
   for (int i = threadIdx.x; i < P.R * M; i += blockDim.x) {
     const int r = i >> k, l = i & (M - 1);
     const int64_t b = tb * P.R + r, e = P.elem(seg, l);
-    if (b < P.batch && e < P.out_len) bf_store<kCx>(P.out, P.out_t, (b * P.nstacks + stack) * P.out_rs + e, buf[bf_swz(i)]);
+    if (b < P.batch && e < P.out_len) bf_store<kCx>(P.out, P.out_t, (b * P.nstacks + stack) * P.out_rs + e, buf[bf_swz<kCx>(i)]);
   }
 }
 
@@ -247,17 +300,16 @@ __global__ void __launch_bounds__(256) butterfly_fwd_kernel(const BfPass P) {
 // Backward through group [f, f + G): xs holds the group's input, d the gradient at its output
 // (replaced by the gradient at its input). The twiddle gradient of the tile's units goes to
 // partial slot `slot` (stored when `first`, else added: this CTA owns the slot).
-template <bool kCx, int G>
+template <bool kCx, int G, bool kInc>
 __device__ __forceinline__ void bf_group_bwd(const BfPass& P, const bf_val<kCx>* xs, bf_val<kCx>* d, int M, int R, int64_t stack,
                              int64_t seg, int64_t slot, bool first, int f, int lb) {
   using V = bf_val<kCx>;
   constexpr int kE = 1 << G, kH = kE / 2;
-  const bool inc = P.stride_log2(f) - P.b0 == lb;
   for (int w = threadIdx.x; w < (M >> G); w += blockDim.x) {
     V t[G][kH][4], acc[G][kH][4];
 #pragma unroll
     for (int a = 0; a < G; ++a) {
-      const int ab = inc ? a : G - 1 - a, s = lb + ab + P.b0;
+      const int ab = kInc ? a : G - 1 - a, s = P.elem_bit(lb + ab);
 #pragma unroll
       for (int m = 0; m < kH; ++m) {
         const int64_t e = P.elem(seg, bf_local(w, lb, G, bf_pair_lo(m, ab)));
@@ -270,13 +322,13 @@ __device__ __forceinline__ void bf_group_bwd(const BfPass& P, const bf_val<kCx>*
       V v[G][kE], g[kE];  // v[a]: the input of factor a
 #pragma unroll
       for (int j = 0; j < kE; ++j) {
-        const int i = bf_swz(r * M + bf_local(w, lb, G, j));
+        const int i = bf_swz<kCx>(r * M + bf_local(w, lb, G, j));
         v[0][j] = xs[i];
         g[j] = d[i];
       }
 #pragma unroll
       for (int a = 0; a + 1 < G; ++a) {
-        const int ab = inc ? a : G - 1 - a;
+        const int ab = kInc ? a : G - 1 - a;
 #pragma unroll
         for (int j = 0; j < kE; ++j) v[a + 1][j] = v[a][j];
 #pragma unroll
@@ -288,7 +340,7 @@ __device__ __forceinline__ void bf_group_bwd(const BfPass& P, const bf_val<kCx>*
       }
 #pragma unroll
       for (int a = G - 1; a >= 0; --a) {
-        const int ab = inc ? a : G - 1 - a;
+        const int ab = kInc ? a : G - 1 - a;
 #pragma unroll
         for (int m = 0; m < kH; ++m) {
           const int jl = bf_pair_lo(m, ab), jh = jl | (1 << ab);
@@ -302,18 +354,16 @@ __device__ __forceinline__ void bf_group_bwd(const BfPass& P, const bf_val<kCx>*
         }
       }
 #pragma unroll
-      for (int j = 0; j < kE; ++j) d[bf_swz(r * M + bf_local(w, lb, G, j))] = g[j];
+      for (int j = 0; j < kE; ++j) d[bf_swz<kCx>(r * M + bf_local(w, lb, G, j))] = g[j];
     }
     V* part = static_cast<V*>(P.partial);
 #pragma unroll
     for (int a = 0; a < G; ++a)
 #pragma unroll
       for (int m = 0; m < kH; ++m) {
-        const int ab = inc ? a : G - 1 - a;
-        const int64_t pair = butterfly_pair(P.elem(seg, bf_local(w, lb, G, bf_pair_lo(m, ab))), lb + ab + P.b0);
-        V* dst = part + (((stack * P.slots + slot) * P.nfactors + f + a) * (P.n / 2) + pair) * 4;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) dst[i] = first ? acc[a][m][i] : bf_add(dst[i], acc[a][m][i]);
+        const int ab = kInc ? a : G - 1 - a;
+        const int64_t pair = butterfly_pair(P.elem(seg, bf_local(w, lb, G, bf_pair_lo(m, ab))), P.elem_bit(lb + ab));
+        bf_accum_mat<kCx>(part + (((stack * P.slots + slot) * P.nfactors + f + a) * (P.n / 2) + pair) * 4, acc[a][m], first);
       }
   }
 }
@@ -322,11 +372,18 @@ template <bool kCx, int kG>
 __device__ __forceinline__ void bf_group_bwd_any(const BfPass& P, const bf_val<kCx>* xs, bf_val<kCx>* d, int M, int R,
                                                  int64_t stack, int64_t seg, int64_t slot, bool first, int f, int fe,
                                                  int lb) {
+  const bool inc = P.local_bit(P.stride_log2(f)) == lb;
   switch (fe - f) {
-    case 1: bf_group_bwd<kCx, 1>(P, xs, d, M, R, stack, seg, slot, first, f, lb); break;
-    case 2: bf_group_bwd<kCx, 2>(P, xs, d, M, R, stack, seg, slot, first, f, lb); break;
+    case 1: bf_group_bwd<kCx, 1, true>(P, xs, d, M, R, stack, seg, slot, first, f, lb); break;
+    case 2:
+      if (inc) bf_group_bwd<kCx, 2, true>(P, xs, d, M, R, stack, seg, slot, first, f, lb);
+      else bf_group_bwd<kCx, 2, false>(P, xs, d, M, R, stack, seg, slot, first, f, lb);
+      break;
     default:
-      if constexpr (kG >= 3) bf_group_bwd<kCx, 3>(P, xs, d, M, R, stack, seg, slot, first, f, lb);
+      if constexpr (kG >= 3) {
+        if (inc) bf_group_bwd<kCx, 3, true>(P, xs, d, M, R, stack, seg, slot, first, f, lb);
+        else bf_group_bwd<kCx, 3, false>(P, xs, d, M, R, stack, seg, slot, first, f, lb);
+      }
       break;
   }
 }

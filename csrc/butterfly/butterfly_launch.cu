@@ -21,7 +21,8 @@ constexpr int64_t kTileTarget = 48 * 1024;   // smem per CTA we aim for when row
 constexpr int64_t kMaxPartialBytes = int64_t(1) << 28;
 
 struct PassRange {
-  int f0, f1, b0, k;
+  int f0, f1, b0, k;  // factors [f0, f1) on element bits [b0, b0 + k)
+  int c;              // spectator bits (butterfly_kernel.cuh)
 };
 
 int64_t smem_optin(int device) {
@@ -39,9 +40,12 @@ int max_bits(int64_t optin, int bufs, int64_t esz) {
   return k;
 }
 
-std::vector<PassRange> plan(const ButterflyParams& p, int kmax) {
+// kmax: the most local bits a tile unit may have; esz: the workspace's value size (the
+// spectator bits aim at 32-byte runs).
+std::vector<PassRange> plan(const ButterflyParams& p, int kmax, int64_t esz) {
   const int log_n = int(p.log_n), L = int(p.factors());
-  if (log_n <= kmax) return {{0, L, 0, log_n}};
+  if (log_n <= kmax) return {{0, L, 0, log_n, 0}};
+  const int cmax = esz == 8 ? 2 : 3;
   std::vector<PassRange> out;
   const int nq = (log_n + kmax - 1) / kmax;
   for (int block = 0; block < int(p.nblocks); ++block) {
@@ -51,7 +55,7 @@ std::vector<PassRange> plan(const ButterflyParams& p, int kmax) {
       const int k = log_n / nq + (q < log_n % nq ? 1 : 0);
       // Increasing: bits [idx, idx + k) in that order; decreasing: the top bits first.
       const int b0 = inc ? idx : log_n - idx - k;
-      out.push_back({block * log_n + idx, block * log_n + idx + k, b0, k});
+      out.push_back({block * log_n + idx, block * log_n + idx + k, b0, k, std::min({b0, cmax, kmax - k})});
       idx += k;
     }
   }
@@ -82,8 +86,9 @@ BfPass base_pass(const ButterflyParams& p, const PassRange& r, int bufs, const G
   P.f0 = r.f0;
   P.f1 = r.f1;
   P.b0 = r.b0;
-  P.k = r.k;
-  const int64_t M = int64_t(1) << r.k;
+  P.c = r.c;
+  P.k = r.k + r.c;
+  const int64_t M = int64_t(1) << P.k;
   P.nseg = p.n / M;
   const int64_t per_row = M * esz * bufs;
   P.R = rows_override > 0 ? rows_override
@@ -150,14 +155,14 @@ struct BwdLayout {
 BwdLayout bwd_layout(const ButterflyParams& p, int device) {
   const Geometry g = geometry(p, device);
   BwdLayout b;
-  b.passes = plan(p, g.kmax_bwd);
+  b.passes = plan(p, g.kmax_bwd, g.esz);
   // One tile height for all passes (the smallest any pass allows), so every pass has the same
   // batch tiles and the same slots.
   b.rows = kMaxRows;
   int64_t min_nseg = p.n;
   for (const PassRange& r : b.passes) {
     b.rows = std::min(b.rows, base_pass(p, r, 3, g).R);
-    min_nseg = std::min<int64_t>(min_nseg, p.n >> r.k);
+    min_nseg = std::min<int64_t>(min_nseg, p.n >> (r.k + r.c));
   }
   const int64_t ntb = (p.batch + b.rows - 1) / b.rows;
   b.slots = slots_for(p, p.nstacks * min_nseg, ntb, g.esz, device);
@@ -174,7 +179,7 @@ size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 template <bool kCx>
 cudaError_t run_forward(const ButterflyParams& p, void* workspace, cudaStream_t stream, int device) {
   const Geometry g = geometry(p, device);
-  const std::vector<PassRange> passes = plan(p, g.kmax_fwd);
+  const std::vector<PassRange> passes = plan(p, g.kmax_fwd, g.esz);
   const DType ws_t = kCx ? DType::kComplex64 : DType::kFloat32;
   for (size_t i = 0; i < passes.size(); ++i) {
     BfPass P = base_pass(p, passes[i], 1, g);
@@ -252,7 +257,7 @@ size_t butterfly_cuda_workspace_bytes(const ButterflyParams& p, bool backward, i
   if (p.rows() == 0) return 0;
   if (!backward) {
     const Geometry g = geometry(p, device);
-    return plan(p, g.kmax_fwd).size() > 1 ? size_t(p.rows() * p.n * g.esz) : 0;
+    return plan(p, g.kmax_fwd, g.esz).size() > 1 ? size_t(p.rows() * p.n * g.esz) : 0;
   }
   const BwdLayout lay = bwd_layout(p, device);
   return align256(lay.partial_bytes) + align256(lay.ckpt_bytes) + lay.grad_bytes;

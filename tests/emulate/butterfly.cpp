@@ -80,10 +80,6 @@ int run_case(int64_t batch, int64_t nstacks, int64_t nblocks, int64_t log_n, int
 // "quick" (ThreadSanitizer): every path and dtype, fewer sizes.
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "quick";
-  // Memory counts: bank conflicts only. Global coalescing is not counted: the multi-pass tiles
-  // read rows at a stride by design, and the per-element loads, twiddle and partial-sum accesses
-  // of small n and 16-bit types waste sectors (open perf work; the issue sets no target).
-  emu::count_global = false;
   emu::max_block_threads = 256;  // the kernels' __launch_bounds__
   int bad = 0;
   const DType F = DType::kFloat32, H = DType::kFloat16, B = DType::kBFloat16, C = DType::kComplex64;

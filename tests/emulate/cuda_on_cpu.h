@@ -24,12 +24,13 @@
 //     warp exchanges check that all 32 lanes are in the same collective, and a watchdog aborts
 //     when no barrier completes for emu::deadlock_seconds (a thread or lane that skipped one).
 //   - float2/float4/uint4, dim3, __half/__nv_bfloat16 and their conversions (the bit-exact CPU
-//     twins of core/numeric.h), __half2/__nv_bfloat162 and __floats2{half,bfloat16}2_rn (.x in
-//     the low half), sincospif (long double), __brev, min/max, atomicAdd (std::atomic_ref),
-//     warp_sum/to_f/from_f of core/cuda_utils.cuh (or, with MMM_EMU_REAL_CUDA_UTILS, the real
-//     header), and the few runtime calls a launcher makes (device attributes from
-//     emu::optin_smem / emu::sms, occupancy from emu::blocks_per_sm, so a driver can shrink shared
-//     memory or the grid to force other paths), rsqrtf (1/sqrt, rounded once).
+//     twins of core/numeric.h), __half2/__nv_bfloat162 (.x in the low half) with
+//     __floats2{half,bfloat16}2_rn and __{half2,bfloat162}2float2, sincospif (long double),
+//     __brev, min/max, atomicAdd (std::atomic_ref), warp_sum/to_f/from_f of core/cuda_utils.cuh
+//     (or, with MMM_EMU_REAL_CUDA_UTILS, the real header), and the few runtime calls a launcher
+//     makes (device attributes from emu::optin_smem / emu::sms, occupancy from
+//     emu::blocks_per_sm, so a driver can shrink shared memory or the grid to force other
+//     paths), rsqrtf (1/sqrt, rounded once).
 // Races: built with ThreadSanitizer (run.sh, MMM_EMULATE_SANITIZE=thread), two accesses to one
 // location by threads of a block, at least one a write, that no barrier orders are reported
 // however the host scheduled them (a barrier below orders its own participants across one phase
@@ -484,6 +485,8 @@ struct alignas(4) __half2 { __half x, y; };
 struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
 inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) { return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)}; }
+inline float2 __half22float2(__half2 h) { return make_float2(__half2float(h.x), __half2float(h.y)); }
+inline float2 __bfloat1622float2(__nv_bfloat162 h) { return make_float2(__bfloat162float(h.x), __bfloat162float(h.y)); }
 
 // The parts of core/cuda_utils.cuh the older emulated kernels use (fp32 only); drivers that
 // compile the real core/cuda_utils.cuh define MMM_EMU_REAL_CUDA_UTILS.

@@ -35,7 +35,7 @@
 // elements or 32 bytes read as two loads costs each instruction twice its sectors, the second
 // from L1, and rows that start mid-sector add one. Lower averages (a few instructions
 // straddling a boundary, ragged row ends) and the drivers' own set-up code are listed, not
-// judged; a driver may leave its kernels' global accesses uncounted (count_global: butterfly).
+// judged.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -87,9 +87,6 @@ inline uintptr_t image_begin[kMaxImageRanges], image_end[kMaxImageRanges];
 inline int image_range_count = 0;
 // Memory a driver hands kernel code as its shared memory (fft.cpp's tests of core/fft.cuh).
 inline std::pair<const void*, size_t> driver_shared{nullptr, 0};
-// A driver whose kernels' global accesses are not (yet) judged leaves them uncounted (butterfly:
-// the count would multiply its run time for a report only).
-inline bool count_global = true;
 
 // The emulator's own accesses (warp exchanges, barriers, the PTX models, block_static's
 // bookkeeping) are not the kernel's.
@@ -155,7 +152,6 @@ __attribute__((no_sanitize_address)) inline void trace_access(uintptr_t a, uint3
       break;
     }
   if (global) {
-    if (!count_global) return;
     if ((a >= stack_begin && a < stack_end) || (a >= tls_begin && a < tls_end) ||
         (a >= launcher_stack_begin && a < launcher_stack_end))
       return;
