@@ -76,7 +76,7 @@ def check(x: torch.Tensor, scale: float = 1.0, atol: float | None = None):
 
 
 @pytest.mark.parametrize("dtype", [F32, F16, BF16, F64], ids=NAMES.get)
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 32, 100, 256, 257, 1000, 1024, 4096])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 32, 100, 256, 257, 1000, 1024, 2048, 4096])
 def test_matches_reference(device, dtype, n):
     if device == "cuda" and dtype == F64:
         pytest.skip("float64 is CPU-only")

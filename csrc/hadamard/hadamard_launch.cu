@@ -25,7 +25,7 @@ constexpr int64_t kMaxColumnsFactor = 32;  // hadamard_columns_kernel instantiat
 template <typename TI, typename TO>
 cudaError_t launch_segments(const TI* in, int64_t in_rs, int64_t in_n, TO* out, int64_t out_rs, int64_t out_n,
                             int64_t rows, int64_t seg_len, int64_t segs_per_row, float scale, cudaStream_t stream) {
-  const int threads = int(std::clamp<int64_t>(seg_len / HadamardTile::kChunk, 32, HadamardTile::kMaxThreads));
+  const int threads = HadamardTile::threads(seg_len);
   const size_t smem = seg_len > HadamardTile::kRegisterOnly ? size_t(seg_len) * sizeof(float) : 0;
   auto kernel = hadamard_segment_kernel<TI, TO>;
   if (smem > 48 * 1024) {

@@ -5,12 +5,13 @@
 //   tests/emulate/run.sh hadamard
 // (tests/test_hadamard.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 //
-// Cases: n = 1, 2, 3, 5, 17 (padding to the next power of two, segments shorter than a warp's
-// 256 elements), register-only segments (<= 256), shared-memory segments, one above 48 KB (the
-// cudaFuncSetAttribute opt-in) and the largest (32768: 1024 threads, 4 chunks each); then, with
-// the reported opt-in shared memory lowered to 4 KB (segments of 1024) and 1 KB (segments of
-// 256, no shared memory), the two-pass path: the segment kernel into the fp32 workspace and the
-// column kernel for a = 2 .. 32 segments per row; and a row too long for that (an error).
+// Cases: n = 1, 2, 3, 5, 17 (padding to the next power of two, segments shorter than one chunk
+// per lane), register-only segments (<= 1024: one warp, 1, 2 or 4 chunks per lane),
+// shared-memory segments of every warp count (2048 .. 32768: W = 1 .. 5), one above 48 KB (the
+// cudaFuncSetAttribute opt-in) and the largest (32768: 1024 threads); then, with the reported
+// opt-in shared memory lowered to 8 KB (segments of 2048) and 4 KB (segments of 1024, no shared
+// memory), the two-pass path: the segment kernel into the fp32 workspace and the column kernel
+// for a = 2 .. 32 segments per row; and a row too long for that (an error).
 // Row strides are padded (and odd), so a wrong stride or a write past n shows.
 //
 // Tolerance: none. Kernel and twin do the same butterflies (a + b, a - b) in fp32 in the same
@@ -82,18 +83,19 @@ int main() {
   const DType F = DType::kFloat32, B = DType::kBFloat16, H = DType::kFloat16;
   const int full = 232448;  // H100's opt-in: one CTA up to 32768 elements
   for (DType t : {F, B})
-    for (int64_t n : {1, 2, 3, 5, 17, 200, 256, 257, 3000}) run_case(t, 3, n, full);
+    for (int64_t n : {1, 2, 3, 5, 17, 200, 256, 257, 600, 1024, 2000, 3000}) run_case(t, 3, n, full);
   run_case(H, 3, 1000, full);
+  run_case(H, 2, 8000, full);   // m = 8192: W = 3
   run_case(F, 2, 16384, full);  // 64 KB: above 48 KB
   run_case(B, 2, 20000, full);  // m = 32768: 1024 threads, 128 KB
-  // Two-pass: segments of 1024 (4 KB of shared memory) ...
-  run_case(F, 2, 1025, 4096);   // a = 2
-  run_case(B, 3, 5000, 4096);   // a = 8
-  run_case(H, 2, 32768, 4096);  // a = 32
-  // ... and of 256 (registers only).
-  run_case(F, 3, 300, 1024);    // a = 2
-  run_case(B, 2, 4097, 1024);   // a = 32
-  run_case(F, 1, 8193, 1024, true);  // a = 64: too long
+  // Two-pass: segments of 2048 (8 KB of shared memory) ...
+  run_case(F, 2, 2049, 8192);   // a = 2
+  run_case(B, 3, 9000, 8192);   // a = 8
+  run_case(H, 2, 65536, 8192);  // a = 32
+  // ... and of 1024 (registers only).
+  run_case(F, 3, 1500, 4096);   // a = 2
+  run_case(B, 2, 20000, 4096);  // a = 32
+  run_case(F, 1, 32769, 4096, true);  // a = 64: too long
   std::printf(failures ? "FAILURES: %d\n" : "all ok %d\n", failures);
   return failures != 0;
 }
