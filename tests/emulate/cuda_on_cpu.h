@@ -436,6 +436,7 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       for (int t = 0; t < threads; ++t) pool.emplace_back(run, s, unsigned(t));
     for (auto& th : pool) th.join();
   }
+  if constexpr (emu::counting_accesses) emu::end_launch_cost();
 }
 
 // rsqrtf: CUDA's is within 2 ulp of 1/sqrt; the emulation rounds 1/sqrt once (as the CPU twins).
@@ -448,6 +449,8 @@ template <class V>
 inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
   static_assert(sizeof(V) <= 8 && std::is_trivially_copyable_v<V>, "__shfl_xor_sync: a 32/64-bit value");
   if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only full-warp masks are emulated");
+  if constexpr (emu::counting_accesses)
+    if (emu::tracing && threadIdx.x % 32 == 0) ++emu::launch_shuffles;
   const emu::Untraced untraced;  // the exchange slots are the emulator's, not global memory
   emu::LaneSlot s;
   s.op = 100;

@@ -38,6 +38,7 @@
 // judged.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -201,6 +202,25 @@ inline AccessStats all_accesses;  // what the report at exit judges
 // conflicts are deliberate (fft.cpp's unswizzled layout) and judges that itself.
 inline AccessStats* access_stats = &all_accesses;
 
+// The throughput model's raw data, per launch (launch_grid): the on-chip work and the global
+// traffic of its blocks, and a few of its access sites (which name the kernel in the report).
+struct LaunchCost {
+  const void* sites[8] = {};
+  uint64_t shared_wavefronts = 0, shuffles = 0, global_bytes = 0;  // bytes: ideal sectors * 32
+  bool tensor_cores = false;
+};
+inline LaunchCost current_launch;           // under access_stats_mutex
+inline std::vector<LaunchCost> launch_costs;  // every launch so far
+inline std::atomic<uint64_t> launch_shuffles{0};  // warp shuffle instructions (lane 0 counts)
+inline std::atomic<bool> launch_mma{false};
+inline void end_launch_cost() {
+  std::lock_guard<std::mutex> lock(access_stats_mutex);
+  current_launch.shuffles = launch_shuffles.exchange(0);
+  current_launch.tensor_cores = launch_mma.exchange(false);
+  launch_costs.push_back(current_launch);
+  current_launch = {};
+}
+
 // Wavefronts of one shared-memory warp instruction: addr[l] for the lanes with active[l], all
 // `bytes` wide; *parts gets the groups of lanes served (one wavefront each without conflicts).
 inline uint64_t shared_wavefronts(const uintptr_t* addr, const bool* active, int lanes, uint32_t bytes,
@@ -302,6 +322,11 @@ inline void analyse_accesses(const std::vector<AccessTrace>& traces) {
     }
   }
   std::lock_guard<std::mutex> lock(access_stats_mutex);
+  current_launch.shared_wavefronts += t.shared.cost;
+  current_launch.global_bytes += 32 * t.global.ideal;
+  int known_sites = 0;
+  while (known_sites < 8 && current_launch.sites[known_sites]) ++known_sites;
+  for (auto it = t.sites.begin(); it != t.sites.end() && known_sites < 8; ++it) current_launch.sites[known_sites++] = it->first;
   AccessStats& out = *access_stats;
   out.shared.add(t.shared);
   out.global.add(t.global);
@@ -403,6 +428,74 @@ inline bool report_accesses(FILE* f, const char* what, const AccessStats& stats)
   return ok;
 }
 
+// The function an instruction is in: the outermost frame of addr2line's inline chain that lies in
+// csrc/ (or run.sh's copy of it), as a demangled name; "" for driver code.
+inline std::string kernel_of(const void* site) {
+  Dl_info info;
+  if (!dladdr(site, &info) || !info.dli_fname) return "";
+  char cmd[512];
+  std::snprintf(cmd, sizeof cmd, "addr2line -f -C -i -e '%s' 0x%zx 2>/dev/null", info.dli_fname,
+                size_t(static_cast<const char*>(site) - static_cast<const char*>(info.dli_fbase)) - 1);
+  std::string name, function;
+  if (FILE* p = popen(cmd, "r")) {
+    char buf[4096];
+    for (bool is_function = true; std::fgets(buf, sizeof buf, p); is_function = !is_function) {
+      std::string line(buf);
+      if (!line.empty() && line.back() == '\n') line.pop_back();
+      if (is_function) function = line;
+      else if (line.find("/csrc/") != std::string::npos || line.find("/inc/") != std::string::npos) name = function;
+    }
+    pclose(p);
+  }
+  if (const size_t paren = name.rfind('('); paren != std::string::npos) name.resize(paren);  // drop the parameters
+  return name;
+}
+
+// The throughput model: per kernel, its launches' on-chip work against their global traffic,
+// in an H100 SM's clocks. Shared memory serves one 128-byte wavefront per clock and the shuffle
+// unit 32 values (one warp instruction) per clock; HBM serves 3.35 TB/s / 132 SMs / 1.755 GHz
+// = 14.5 bytes per clock. Global traffic is each instruction's distinct bytes in whole sectors
+// (what reaches DRAM once L1 and L2 merge neighbouring instructions; L2 hits count too, so it is
+// an upper bound). A kernel whose on-chip clocks exceed its HBM clocks cannot reach more than
+// HBM / on-chip of the copy bandwidth however well its loads overlap; one below 1 can, if they
+// do. Tensor-core kernels (mma) are left out: their bound is the MMAs, and cp.async's traffic is
+// not traced. The drivers' shapes are small test cases, not the benchmarks'.
+inline void report_throughput_model(FILE* f) {
+  std::lock_guard<std::mutex> lock(access_stats_mutex);
+  struct Sum {
+    uint64_t launches = 0, shared = 0, shuffles = 0, bytes = 0;
+  };
+  std::map<std::string, Sum> kernels;
+  std::map<const void*, std::string> names;
+  for (const LaunchCost& c : launch_costs) {
+    if (c.tensor_cores || !c.global_bytes) continue;
+    std::string name;  // the first of the sites' functions that is a kernel (csrc names them *_kernel)
+    for (const void* site : c.sites) {
+      if (!site) break;
+      auto [it, fresh] = names.try_emplace(site);
+      if (fresh) it->second = kernel_of(site);
+      if (it->second.find("_kernel") != std::string::npos) {
+        name = it->second;
+        break;
+      }
+    }
+    if (name.empty()) continue;
+    Sum& k = kernels[name];
+    ++k.launches, k.shared += c.shared_wavefronts, k.shuffles += c.shuffles, k.bytes += c.global_bytes;
+  }
+  if (kernels.empty()) return;
+  std::fprintf(f, "throughput model (H100 SM clocks; on-chip = shared wavefronts + warp shuffles; HBM = global "
+                  "bytes at 14.5 B/clock):\n");
+  for (const auto& [name, k] : kernels) {
+    const double on_chip = double(k.shared + k.shuffles), hbm = double(k.bytes) / 14.5;
+    const double ratio = on_chip / hbm;
+    std::fprintf(f, "  %6.2f on-chip/HBM %s (%llu launches: %llu wavefronts, %llu shuffles, %llu KB)%s\n", ratio,
+                 name.size() > 110 ? (name.substr(0, 107) + "...").c_str() : name.c_str(), (unsigned long long)k.launches,
+                 (unsigned long long)k.shared, (unsigned long long)k.shuffles, (unsigned long long)(k.bytes >> 10),
+                 ratio > 1 ? "  <- bound on chip" : "");
+  }
+}
+
 // The models against hand-counted cases: run once at start-up in counts mode.
 inline void memory_counts_self_test() {
   using P = std::pair<uint64_t, uint64_t>;  // (cost, ideal)
@@ -453,6 +546,7 @@ inline const bool memory_count_report_at_exit = [] {
   note_images();
   note_thread_memory();
   std::atexit([] {
+    report_throughput_model(stdout);
     if (!report_accesses(stdout, "memory counts (plain loads and stores)", all_accesses)) {
       std::fprintf(stdout, "FAILED: systematic bank conflicts or uncoalesced accesses (above)\n");
       std::fflush(stdout);

@@ -208,6 +208,7 @@ inline float b16_to_float(uint32_t bits) {
 // unspecified, so a kernel must not depend on them).
 template <bool kBf16>
 inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (counting_accesses) launch_mma = true;
   const Untraced untraced;  // registers only; the exchange slots are the emulator's
   LaneSlot s;
   s.op = kBf16 ? kOpMmaBF16 : kOpMmaF16;
