@@ -6,11 +6,16 @@
 //       a = x[j], b = x[j + h];  x[j] = a + b;  x[j + h] = (a - b) * W_{2h}^(j mod h)
 //   with W_m = exp(-2*pi*i/m) (exp(+2*pi*i/m) for the inverse); after all stages position p holds
 //   bin bitrev(p) (decimation in time, DIT, is the exact mirror: bit-reversed in, natural out).
-// * stages with h >= 512 ("CTA passes"): up to 4 stages per pass, a thread loads 16 points at
+// * stages with h >= 256 ("CTA passes"): up to 4 stages per pass, a thread loads 16 points at
 //   stride h_last from shared memory, does the 4 stages in registers, stores them back;
-// * the last 9 stages (h = 256 .. 1, "warp pass"): a warp loads 512 consecutive points (16 per
-//   lane: lane + 32*m), stages h >= 32 pair registers of one lane, stages h <= 16 pair lanes
-//   through __shfl_xor_sync -- no shared memory traffic in between;
+// * the last 8 stages (h = 128 .. 1, "warp pass"): a half warp holds 256 consecutive points,
+//   16 per lane, first with the lanes 1 point apart (stages h = 128 .. 16 pair registers), then,
+//   after one transpose through shared memory inside the warp, 16 points apart (stages h = 8 .. 1
+//   pair registers): no shuffles, whose cost per value is that of a shared-memory access (one
+//   transpose, a store and a load, replaces five shuffle stages of the warp-only version);
+// * fft_warp_kernel's transforms of n <= 512 points that never touch shared memory (warp_dif):
+//   16 points per lane in registers, stages h >= 32 in registers, h <= 16 through
+//   __shfl_xor_sync;
 // * natural order out (cta_fft) costs one more in-place swap pass (bit reversal); kernels that
 //   can fold the permutation into their global store, or that multiply spectra point-wise and
 //   transform back (convolution: DIF forward, multiply in bit-reversed order, DIT inverse), use
@@ -22,7 +27,7 @@
 // is i itself for kSwizzle = false (the default: plain natural order, what callers expect) and
 // a bijection of [0, n) that only permutes within aligned groups of 16 for kSwizzle = true. The
 // swizzle makes every access of the passes and of the bit reversal bank-conflict free; without
-// it only the bit-reversal pass has conflicts. Either way the transform needs exactly n float2
+// it the bit reversal and the warp pass's second layout have conflicts. Either way the transform needs exactly n float2
 // (smem_floats(log2n) floats), plus one float2 at data[n] (unswizzled) for the real helpers.
 // Registers: a caller kernel needs ~100 per thread, so launch it with at most 512 threads
 // (__launch_bounds__(512)); 1024 threads force 64 registers and spills.
@@ -37,20 +42,23 @@ constexpr int kWarpLog2 = 9;              // a warp pass covers 512 points ...
 constexpr int kWarpPoints = 1 << kWarpLog2;
 constexpr int kPerLane = kWarpPoints / 32;  // ... 16 per lane
 constexpr int kPassLog2 = 4;              // a CTA pass does up to 4 stages (16 points per thread)
+constexpr int kBlockLog2 = 8;             // the CTA warp pass: 8 stages on 256-point blocks
 
 // Floats of shared memory cta_fft needs for n = 2^log2n points (no padding: the swizzle is a
 // permutation). The real helpers need 2 more (the slot data[n]).
 __host__ __device__ constexpr int smem_floats(int log2n) { return 2 << log2n; }
 
-// Where element i of an n = 2^log2n transform is stored. XORs the low 4 bits with 4 higher
-// bits: those just above the 16 points a half-warp touches (bits 4..7 for n <= 256, the top 4
-// bits otherwise), so 16 lanes reading consecutive elements, or the elements bit reversal sends
-// them to, hit 16 different 8-byte bank pairs. i in [0, n) maps into [0, n). The real helpers'
-// extra slot data[n] is always addressed directly, never through swz.
+// Where element i of an n = 2^log2n transform is stored. XORs the low 4 bits with bits 4..7 and,
+// for n > 256, also with the top 4 bits, so that 16 lanes touching 16 consecutive elements, 16
+// elements 16 apart (the warp pass's second layout: bits 4..7 vary) or the elements bit reversal
+// sends 16 consecutive ones to (the top bits vary) all hit 16 different 8-byte bank pairs, for
+// every n (checked exhaustively for n <= 2^15, and by tests/emulate/fft.cpp's counts). i in
+// [0, n) maps into [0, n). The real helpers' extra slot data[n] is always addressed directly,
+// never through swz.
 template <bool kSwizzle>
 __host__ __device__ __forceinline__ int swz(int i, int log2n) {
   if constexpr (!kSwizzle) return i;
-  else return i ^ ((i >> (log2n > 8 ? log2n - 4 : 4)) & 15);
+  else return i ^ (((i >> 4) ^ (log2n > 8 ? i >> (log2n - 4) : 0)) & 15);
 }
 
 __device__ __forceinline__ float2 cadd(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
@@ -135,7 +143,8 @@ __device__ __forceinline__ void radix_dit(float2 (&v)[1 << kR], const float2 (&w
 }
 
 // ---------------------------------------------------------------------------------------------
-// Warp pass: the 9 smallest stages (h = min(C, 512)/2 .. 1) on 512 consecutive points held as
+// Warp transform (fft_warp_kernel, straight from registers): the 9 smallest stages
+// (h = min(C, 512)/2 .. 1) on 512 consecutive points held as
 // v[m] = x[lane + 32*m], i.e. 512/C independent DIF transforms of C = 2^log2c points each
 // (log2c in [0, 9]); for C < 512 the stages with h >= C are skipped, so chunks never mix.
 // Every lane of the warp must call it (full-mask shuffles).
@@ -239,24 +248,121 @@ __device__ __forceinline__ void cta_pass_dispatch(float2* data, int log2n, int l
   }
 }
 
-// The warp pass over all 512-point blocks of the data (or the whole of it when n < 512).
+// ---------------------------------------------------------------------------------------------
+// The CTA warp pass: the 8 smallest stages (h = min(C, 256)/2 .. 1) of every 256-point block,
+// C = 2^log2c (stages with h >= C are skipped: 256/C independent transforms per block). Half warp
+// lane / 16 of a warp owns the block blk; with r = lane % 16 its lanes hold the block as
+//   layout A: v[m] = x[blk + r + 16 m]   stages h = 128 .. 16 pair registers m, m + h/16
+//   layout B: v[m] = x[blk + 16 r + m]   stages h = 8 .. 1 pair registers m, m + h
+// one transpose through shared memory apart. Layout A's half-warp accesses are 16 consecutive
+// points; layout B's are 16 points 16 apart, which swz spreads over the 16 bank pairs.
+
+// Layout A, DIF: stage h = 16 M has twiddle W_{2h}^((r + 16 m) mod h) = W_{2h}^r * W_{2M}^(m mod M).
+template <bool kInverse>
+__device__ __forceinline__ void block_dif_a(float2 (&v)[16], int log2c, int r) {
+#pragma unroll
+  for (int lm = 3; lm >= 0; --lm) {
+    const int M = 1 << lm, log2h = 4 + lm;
+    if (log2h >= log2c) continue;
+    const float2 wr = twiddle_dir<kInverse>(r, log2h + 1);
+#pragma unroll
+    for (int m = 0; m < 16; ++m) {
+      if (m & M) continue;
+      const float2 a = v[m], b = v[m + M];
+      v[m] = cadd(a, b);
+      const int c = m & (M - 1);
+      v[m + M] = cmul(csub(a, b), c == 0 ? wr : cmul(wr, root16<kInverse>(c * 8 / M)));
+    }
+  }
+}
+// Layout B, DIF: stage h = M has twiddle W_{2M}^(m mod M) (16 r is a multiple of h).
+template <bool kInverse>
+__device__ __forceinline__ void block_dif_b(float2 (&v)[16], int log2c) {
+#pragma unroll
+  for (int lm = 3; lm >= 0; --lm) {
+    const int M = 1 << lm;
+    if (lm >= log2c) continue;
+#pragma unroll
+    for (int m = 0; m < 16; ++m) {
+      if (m & M) continue;
+      const float2 a = v[m], b = v[m + M];
+      v[m] = cadd(a, b);
+      const int c = m & (M - 1);
+      v[m + M] = c == 0 ? csub(a, b) : cmul(csub(a, b), root16<kInverse>(c * 8 / M));
+    }
+  }
+}
+// The DIT mirrors: stages in increasing h, the twiddle on the second input.
+template <bool kInverse>
+__device__ __forceinline__ void block_dit_b(float2 (&v)[16], int log2c) {
+#pragma unroll
+  for (int lm = 0; lm <= 3; ++lm) {
+    const int M = 1 << lm;
+    if (lm >= log2c) continue;
+#pragma unroll
+    for (int m = 0; m < 16; ++m) {
+      if (m & M) continue;
+      const int c = m & (M - 1);
+      const float2 a = v[m], b = c == 0 ? v[m + M] : cmul(v[m + M], root16<kInverse>(c * 8 / M));
+      v[m] = cadd(a, b);
+      v[m + M] = csub(a, b);
+    }
+  }
+}
+template <bool kInverse>
+__device__ __forceinline__ void block_dit_a(float2 (&v)[16], int log2c, int r) {
+#pragma unroll
+  for (int lm = 0; lm <= 3; ++lm) {
+    const int M = 1 << lm, log2h = 4 + lm;
+    if (log2h >= log2c) continue;
+    const float2 wr = twiddle_dir<kInverse>(r, log2h + 1);
+#pragma unroll
+    for (int m = 0; m < 16; ++m) {
+      if (m & M) continue;
+      const int c = m & (M - 1);
+      const float2 a = v[m], b = cmul(v[m + M], c == 0 ? wr : cmul(wr, root16<kInverse>(c * 8 / M)));
+      v[m] = cadd(a, b);
+      v[m + M] = csub(a, b);
+    }
+  }
+}
+
+// The warp pass over all 256-point blocks of the data (or the whole of it when n < 256); points
+// past n (n < 512) read as zero and are not written.
 template <bool kInverse, bool kDit, bool kSwizzle>
 __device__ __forceinline__ void cta_warp_passes(float2* data, int log2n) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const int n = 1 << log2n, log2c = log2n < kWarpLog2 ? log2n : kWarpLog2;
-  for (int base = warp * kWarpPoints; base < n; base += nwarps * kWarpPoints) {
-    float2 v[kPerLane];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, r = lane & 15;
+  const int n = 1 << log2n, log2c = log2n < kBlockLog2 ? log2n : kBlockLog2;
+  for (int base = warp * 512; base < n; base += nwarps * 512) {
+    const int blk = base + ((lane >> 4) << kBlockLog2);
+    float2 v[16];
+    // Layout A (b = false) or B (b = true): load, or store back.
+    const auto at = [&](bool b, int m) { return b ? blk + 16 * r + m : blk + r + 16 * m; };
+    const auto load = [&](bool b) {
 #pragma unroll
-    for (int m = 0; m < kPerLane; ++m) {
-      const int p = base + lane + 32 * m;
-      v[m] = p < n ? data[swz<kSwizzle>(p, log2n)] : make_float2(0.f, 0.f);
-    }
-    if constexpr (kDit) warp_dit<kInverse>(v, log2c, lane);
-    else warp_dif<kInverse>(v, log2c, lane);
+      for (int m = 0; m < 16; ++m) v[m] = at(b, m) < n ? data[swz<kSwizzle>(at(b, m), log2n)] : make_float2(0.f, 0.f);
+    };
+    const auto store = [&](bool b) {
 #pragma unroll
-    for (int m = 0; m < kPerLane; ++m) {
-      const int p = base + lane + 32 * m;
-      if (p < n) data[swz<kSwizzle>(p, log2n)] = v[m];
+      for (int m = 0; m < 16; ++m)
+        if (at(b, m) < n) data[swz<kSwizzle>(at(b, m), log2n)] = v[m];
+    };
+    if constexpr (kDit) {
+      load(true);
+      block_dit_b<kInverse>(v, log2c);
+      store(true);
+      __syncwarp();
+      load(false);
+      block_dit_a<kInverse>(v, log2c, r);
+      store(false);
+    } else {
+      load(false);
+      block_dif_a<kInverse>(v, log2c, r);
+      store(false);
+      __syncwarp();
+      load(true);
+      block_dif_b<kInverse>(v, log2c);
+      store(true);
     }
   }
 }
@@ -283,7 +389,7 @@ __device__ __forceinline__ int bit_reverse(int i, int log2n) {
 template <bool kInverse, bool kSwizzle = false>
 __device__ void cta_fft_dif(float2* data, int log2n) {
   __syncthreads();
-  const int cta_stages = log2n > kWarpLog2 ? log2n - kWarpLog2 : 0;
+  const int cta_stages = log2n > kBlockLog2 ? log2n - kBlockLog2 : 0;
   int done = 0;
   while (done < cta_stages) {
     const int r = done == 0 ? first_pass_stages(cta_stages) : kPassLog2;
@@ -302,7 +408,7 @@ __device__ void cta_fft_dit(float2* data, int log2n) {
   cta_warp_passes<kInverse, true, kSwizzle>(data, log2n);
   __syncthreads();
   // The DIF's passes in reverse: [0, first), [first, first + 4), ... counted from the top stage.
-  const int cta_stages = log2n > kWarpLog2 ? log2n - kWarpLog2 : 0;
+  const int cta_stages = log2n > kBlockLog2 ? log2n - kBlockLog2 : 0;
   const int first = first_pass_stages(cta_stages);
   for (int end = cta_stages; end > 0;) {
     const int r = end == first ? first : kPassLog2, start = end - r;

@@ -141,9 +141,11 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
     fft::cta_fft_dif<kInverse, true>(smem, log2n);  // starts and ends with __syncthreads()
     float2* out = y + row * ys + k1;
     if constexpr (kRealPost) {
+      // Z[n-k] of 16 consecutive k: 15 from one aligned group of 16 and one from the next,
+      // which swz (its bits-4..7 term, for the warp pass) mostly puts on a bank pair the 15 use.
       for (int k = threadIdx.x; k <= n; k += blockDim.x) {
         const float2 zk = smem[fft::swz<true>(fft::bit_reverse(k & (n - 1), log2n), log2n)];
-        const float2 znk = smem[fft::swz<true>(fft::bit_reverse((n - k) & (n - 1), log2n), log2n)];
+        const float2 znk = smem[fft::swz<true>(fft::bit_reverse((n - k) & (n - 1), log2n), log2n)];  // known bank conflict: 2-way (above)
         out[k] = scaled(rfft_bin(zk, znk, k, log2n), scale);
       }
     } else {

@@ -65,7 +65,9 @@ __device__ __forceinline__ void store_any(void* p, DType t, int64_t i, float v) 
   }
 }
 
-// Slot of packed point j / of spectrum bin k after the DIF.
+// Slot of packed point j / of spectrum bin k after the DIF. A half warp's 16 consecutive bins k
+// hit 16 bank pairs; their partners n - k (15 in one aligned group of 16 and one in the next)
+// mostly 2-way, which fft::swz's bits-4..7 term (what the warp pass's second layout needs) costs.
 template <bool kSw> __device__ __forceinline__ int slot(int j, int log2n) { return fft::swz<kSw>(j, log2n); }
 template <bool kSw> __device__ __forceinline__ int bin_slot(int k, int log2n) {
   return fft::swz<kSw>(fft::bit_reverse(k, log2n), log2n);
@@ -138,7 +140,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         out[n] = make_float2(x.y, 0.f);
       } else {
         float2 xk, xm;
-        unpack_pair(buf[bin_slot<kSmem>(k, log2n)], buf[bin_slot<kSmem>(n - k, log2n)], fft::twiddle(k, p.log2_fft),
+        unpack_pair(buf[bin_slot<kSmem>(k, log2n)], buf[bin_slot<kSmem>(n - k, log2n)], fft::twiddle(k, p.log2_fft),  // known bank conflict: Z[n-k] 2-way (bin_slot)
                     xk, xm);
         out[k] = xk;
         out[n - k] = xm;
@@ -180,10 +182,10 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         const int sk = bin_slot<kSmem>(k, log2n), sm = bin_slot<kSmem>(n - k, log2n);
         const float2 w = fft::twiddle(k, p.log2_fft);
         float2 xk, xm, zk, zm;
-        unpack_pair(buf[sk], buf[sm], w, xk, xm);
+        unpack_pair(buf[sk], buf[sm], w, xk, xm);  // known bank conflict: 2-way (bin_slot)
         pack_pair(cmul(xk, ks[k]), cmul(xm, ks[n - k]), w, zk, zm);
         buf[sk] = zk;
-        if (sm != sk) buf[sm] = zm;
+        if (sm != sk) buf[sm] = zm;  // known bank conflict: 2-way (bin_slot)
       }
     }
     fft::cta_fft_dit<true, kSmem>(buf, log2n);
@@ -280,8 +282,8 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         const int ak = bin_slot<kSmemA>(k, log2n), am = bin_slot<kSmemA>(m, log2n);
         const int bk = bin_slot<kSmemB>(k, log2n), bm = bin_slot<kSmemB>(m, log2n);
         float2 gk, gm, vk = make_float2(0.f, 0.f), vm = vk, zk, zm;
-        unpack_pair(A[ak], A[am], w, gk, gm);
-        if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);
+        unpack_pair(A[ak], A[am], w, gk, gm);  // known bank conflict: 2-way (bin_slot)
+        if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
         if (acc) {
           const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
           acc[k] = first ? pk : cadd(acc[k], pk);
@@ -290,12 +292,12 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         if (need_dv) {
           pack_pair(cmul(gk, cconj(ks[k])), cmul(gm, cconj(ks[m])), w, zk, zm);
           A[ak] = zk;
-          if (am != ak) A[am] = zm;
+          if (am != ak) A[am] = zm;  // known bank conflict: 2-way (bin_slot)
         }
         if (p.dpostgate) {
           pack_pair(cmul(vk, ks[k]), cmul(vm, ks[m]), w, zk, zm);
           B[bk] = zk;
-          if (bm != bk) B[bm] = zm;
+          if (bm != bk) B[bm] = zm;  // known bank conflict: 2-way (bin_slot)
         }
       }
       if (need_dv) fft::cta_fft_dit<true, kSmemA>(A, log2n);
@@ -368,8 +370,8 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         const int sk = bin_slot<kSmem>(k, log2n), sm = bin_slot<kSmem>(n - k, log2n);
         float2 zk, zm;
         pack_pair(bin(k), bin(n - k), fft::twiddle(k, p.log2_fft), zk, zm);
-        buf[sk] = zk;
-        if (sm != sk) buf[sm] = zm;
+        buf[sk] = zk;  // known bank conflict: 2-way (bin_slot)
+        if (sm != sk) buf[sm] = zm;  // known bank conflict: 2-way (bin_slot)
       }
     }
     fft::cta_fft_dit<true, kSmem>(buf, log2n);

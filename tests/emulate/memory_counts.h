@@ -205,7 +205,7 @@ inline AccessStats* access_stats = &all_accesses;
 // The throughput model's raw data, per launch (launch_grid): the on-chip work and the global
 // traffic of its blocks, and a few of its access sites (which name the kernel in the report).
 struct LaunchCost {
-  const void* sites[8] = {};
+  const void* sites[32] = {};
   uint64_t shared_wavefronts = 0, shuffles = 0, global_bytes = 0;  // bytes: ideal sectors * 32
   bool tensor_cores = false;
 };
@@ -324,9 +324,11 @@ inline void analyse_accesses(const std::vector<AccessTrace>& traces) {
   std::lock_guard<std::mutex> lock(access_stats_mutex);
   current_launch.shared_wavefronts += t.shared.cost;
   current_launch.global_bytes += 32 * t.global.ideal;
-  int known_sites = 0;
-  while (known_sites < 8 && current_launch.sites[known_sites]) ++known_sites;
-  for (auto it = t.sites.begin(); it != t.sites.end() && known_sites < 8; ++it) current_launch.sites[known_sites++] = it->first;
+  if (!current_launch.sites[0]) {  // the first block's lowest and highest sites: some are in the kernel itself
+    int i = 0, rank = 0;
+    for (auto it = t.sites.begin(); it != t.sites.end(); ++it, ++rank)
+      if (rank < 16 || rank >= int(t.sites.size()) - 16) current_launch.sites[i++] = it->first;
+  }
   AccessStats& out = *access_stats;
   out.shared.add(t.shared);
   out.global.add(t.global);
