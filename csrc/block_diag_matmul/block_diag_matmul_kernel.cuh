@@ -47,15 +47,24 @@ __global__ void __launch_bounds__(BlockGemmTile::kThreads) block_gemm_kernel(con
         // k contiguous (x and w in the forward): the stores transpose, 2 rows of 16 k per warp, a
         // 2-way bank conflict on 4 + 4 stores per thread against its 256 FMAs. (A warp of 8 k by
         // 4 rows has none, but its index math spills in the fp16/bf16 variants.)
-        for (int e = tid; e < kM * kK; e += Tile::kThreads) {
-          const int mm = a_k_unit ? e / kK : e % kM, kk = a_k_unit ? e % kK : e / kM;
-          const int64_t i = i0 + mm, p = p0 + kk;
-          a_tile[kk][mm] = i < g.m && p < g.k ? to_f(A[i * g.a_ms + p * g.a_ks]) : 0.f;  // known bank conflict (above)
+        // All of a thread's loads before its stores: a shared-memory store right behind its
+        // load would stall the warp until the load returns (in-order issue).
+        constexpr int kPer = kM * kK / Tile::kThreads;
+        static_assert(kPer * Tile::kThreads == kM * kK && kM == kN, "whole tiles per thread");
+        float av[kPer], bv[kPer];
+#pragma unroll
+        for (int q = 0; q < kPer; ++q) {
+          const int e = tid + q * Tile::kThreads;
+          const int mm = a_k_unit ? e / kK : e % kM, ka = a_k_unit ? e % kK : e / kM;
+          const int nn = b_k_unit ? e / kK : e % kN, kb = b_k_unit ? e % kK : e / kN;
+          av[q] = i0 + mm < g.m && p0 + ka < g.k ? to_f(A[(i0 + mm) * g.a_ms + (p0 + ka) * g.a_ks]) : 0.f;
+          bv[q] = p0 + kb < g.k && j0 + nn < g.n ? to_f(B[(p0 + kb) * g.b_ks + (j0 + nn) * g.b_ns]) : 0.f;
         }
-        for (int e = tid; e < kK * kN; e += Tile::kThreads) {
-          const int nn = b_k_unit ? e / kK : e % kN, kk = b_k_unit ? e % kK : e / kN;
-          const int64_t p = p0 + kk, j = j0 + nn;
-          b_tile[kk][nn] = p < g.k && j < g.n ? to_f(B[p * g.b_ks + j * g.b_ns]) : 0.f;  // known bank conflict (above)
+#pragma unroll
+        for (int q = 0; q < kPer; ++q) {
+          const int e = tid + q * Tile::kThreads;
+          a_tile[a_k_unit ? e % kK : e / kM][a_k_unit ? e / kK : e % kM] = av[q];  // known bank conflict (above)
+          b_tile[b_k_unit ? e % kK : e / kN][b_k_unit ? e / kK : e % kN] = bv[q];  // known bank conflict (above)
         }
         __syncthreads();
 #pragma unroll

@@ -250,16 +250,25 @@ __device__ __forceinline__ void bf_tile(const BfPass& P, int64_t t, int64_t& sta
 }
 
 // (R, M) tile of `src` rows into buf (swizzled); units past the batch and elements >= len read 0.
+// A batch of loads into registers, then their stores: a shared-memory store right behind its
+// load stalls the warp until the load returns (in-order issue): one load in flight per warp.
+constexpr int kBfLoadBatch = 8;
 template <bool kCx>
 __device__ __forceinline__ void bf_load_tile(const BfPass& P, bf_val<kCx>* buf, const void* src, int64_t rs, int64_t len, DType t,
                              int M, int64_t stack, int64_t seg, int64_t tb) {
-  const int k = P.k;
-  for (int i = threadIdx.x; i < P.R * M; i += blockDim.x) {
-    const int r = i >> k, l = i & (M - 1);
-    const int64_t b = tb * P.R + r, e = P.elem(seg, l);
-    bf_val<kCx> v = bf_zero(bf_val<kCx>());
-    if (b < P.batch && e < len) v = bf_load<kCx>(src, t, (b * P.nstacks + stack) * rs + e);
-    buf[bf_swz<kCx>(i)] = v;
+  const int k = P.k, total = P.R * M;
+  for (int i0 = threadIdx.x; i0 < total; i0 += kBfLoadBatch * blockDim.x) {
+    bf_val<kCx> v[kBfLoadBatch];
+#pragma unroll
+    for (int j = 0; j < kBfLoadBatch; ++j) {
+      const int i = i0 + j * blockDim.x, r = i >> k, l = i & (M - 1);
+      const int64_t b = tb * P.R + r, e = P.elem(seg, l);
+      v[j] = bf_zero(bf_val<kCx>());
+      if (i < total && b < P.batch && e < len) v[j] = bf_load<kCx>(src, t, (b * P.nstacks + stack) * rs + e);
+    }
+#pragma unroll
+    for (int j = 0; j < kBfLoadBatch; ++j)
+      if (i0 + j * blockDim.x < total) buf[bf_swz<kCx>(i0 + j * blockDim.x)] = v[j];
   }
 }
 

@@ -32,6 +32,7 @@ struct FftTile {
   static constexpr int kColumnThreads = 256;
   static constexpr int kMaxLog2Columns = 4;      // a <= 16: core/fft.cuh's constant roots are 16th roots
   static constexpr int kMaxLog2Cta = 14;         // 16384 points = 128 KB of shared memory
+  static constexpr int kLoadBatch = 16;          // loads in flight per thread: 32 KB per 256 threads
 };
 static_assert(fft::kWarpPoints == 512, "fft_warp_kernel assumes 512-point warp tiles");
 
@@ -135,9 +136,20 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
   for (int64_t s = blockIdx.x; s < subrows; s += gridDim.x) {
     const int64_t row = s / a;
     const int k1 = int(s - row * a);
-    // Unrolled so that each thread has several loads in flight (one CTA per SM at the largest n).
-#pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) smem[fft::swz<true>(i, log2n)] = load_point<kLoad>(x, xs, s, i, log2n);
+    // A batch of loads into registers, then their stores: a shared-memory store right behind
+    // its load stalls the warp until the load returns (in-order issue), which left one load in
+    // flight per warp (2 KB per SM at the largest n, where one CTA fills an SM).
+    for (int i0 = threadIdx.x; i0 < n; i0 += FftTile::kLoadBatch * blockDim.x) {
+      float2 v[FftTile::kLoadBatch];
+#pragma unroll
+      for (int b = 0; b < FftTile::kLoadBatch; ++b) {
+        const int i = i0 + b * blockDim.x;
+        v[b] = i < n ? load_point<kLoad>(x, xs, s, i, log2n) : make_float2(0.f, 0.f);
+      }
+#pragma unroll
+      for (int b = 0; b < FftTile::kLoadBatch; ++b)
+        if (i0 + b * blockDim.x < n) smem[fft::swz<true>(i0 + b * blockDim.x, log2n)] = v[b];
+    }
     fft::cta_fft_dif<kInverse, true>(smem, log2n);  // starts and ends with __syncthreads()
     float2* out = y + row * ys + k1;
     if constexpr (kRealPost) {

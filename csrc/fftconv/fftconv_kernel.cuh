@@ -99,16 +99,25 @@ __device__ __forceinline__ void pack_pair(float2 yk, float2 ym, float2 w, float2
 __device__ __forceinline__ float2 unpack_dc(float2 z0) { return make_float2(z0.x + z0.y, z0.x - z0.y); }
 __device__ __forceinline__ float2 pack_dc(float y0, float yn) { return make_float2(y0 + yn, y0 - yn); }
 
+// Points a thread loads (or, in the epilogues, whose inputs it loads) before it stores any: a
+// store right behind its load stalls the warp until the load returns (in-order issue), which
+// left one load in flight per warp; with one 128 KB CTA per SM nothing else hides that latency.
+constexpr int kLoadBatch = 8;
+
 // buffer[slot(j)] = (f(2j), f(2j+1)), f(t) = 0 for t >= N.
 template <bool kSw, typename F>
 __device__ __forceinline__ void load_packed(float2* buf, int log2n, int64_t N, F&& f) {
   const int n = 1 << log2n;
-  // Unrolled so that each thread has several loads in flight: with one 128 KB CTA per SM
-  // nothing else hides their latency.
-#pragma unroll 4
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const int64_t t = 2 * int64_t(j);
-    buf[slot<kSw>(j, log2n)] = make_float2(t < N ? f(t) : 0.f, t + 1 < N ? f(t + 1) : 0.f);
+  for (int j0 = threadIdx.x; j0 < n; j0 += kLoadBatch * blockDim.x) {
+    float2 v[kLoadBatch];
+#pragma unroll
+    for (int i = 0; i < kLoadBatch; ++i) {
+      const int64_t t = 2 * int64_t(j0 + i * blockDim.x);
+      v[i] = make_float2(t < N ? f(t) : 0.f, t + 1 < N ? f(t + 1) : 0.f);
+    }
+#pragma unroll
+    for (int i = 0; i < kLoadBatch; ++i)
+      if (j0 + i * blockDim.x < n) buf[slot<kSw>(j0 + i * blockDim.x, log2n)] = v[i];
   }
 }
 
@@ -192,19 +201,25 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
     const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
     const T* qr = post ? post + r * p.post_rs : nullptr;
     T* yr = y + r * p.n;
-#pragma unroll 4
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-      const int64_t t = 2 * int64_t(j);
-      if (t >= p.n) break;
-      const float2 v = buf[slot<kSmem>(j, log2n)];
+    for (int j0 = threadIdx.x; 2 * int64_t(j0) < p.n; j0 += kLoadBatch * blockDim.x) {
+      float skip[kLoadBatch][2], gate[kLoadBatch][2];  // bias * u and the postgate, loaded first
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        if (t + e < p.n) {
-          float o = (e ? v.y : v.x) * inv_len;
-          if (bias != 0.f) o += bias * to_f(ur[t + e]);
-          if (qr) o *= to_f(qr[t + e]);
-          yr[t + e] = from_f<T>(o);
+      for (int i = 0; i < kLoadBatch; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = 2 * int64_t(j0 + i * blockDim.x) + e;
+          skip[i][e] = bias != 0.f && t < p.n ? bias * to_f(ur[t]) : 0.f;
+          gate[i][e] = qr && t < p.n ? to_f(qr[t]) : 1.f;
         }
+#pragma unroll
+      for (int i = 0; i < kLoadBatch; ++i) {
+        const int j = j0 + i * blockDim.x;
+        const int64_t t = 2 * int64_t(j);
+        if (t >= p.n) break;
+        const float2 v = buf[slot<kSmem>(j, log2n)];
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (t + e < p.n) yr[t + e] = from_f<T>(((e ? v.y : v.x) * inv_len + skip[i][e]) * gate[i][e]);
       }
     }
     __syncthreads();  // the next row's load overwrites buf
@@ -256,6 +271,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       auto g_at = [&](int64_t t) { return qr ? to_f(dyr[t]) * to_f(qr[t]) : to_f(dyr[t]); };
       load_packed<kSmemA>(A, log2n, p.n, g_at);
       if (p.dbias)
+#pragma unroll 8
         for (int64_t t = threadIdx.x; t < p.n; t += blockDim.x) dbias += g_at(t) * to_f(ur[t]);
       if (need_v) {
         if (pr) load_packed<kSmemB>(B, log2n, p.n, [&](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); });
@@ -306,22 +322,38 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       T* dur = p.du ? static_cast<T*>(p.du) + r * p.n : nullptr;
       T* dpr = p.dpregate ? static_cast<T*>(p.dpregate) + r * p.n : nullptr;
       T* dqr = p.dpostgate ? static_cast<T*>(p.dpostgate) + r * p.n : nullptr;
-      for (int j = threadIdx.x; (need_dv || dqr) && j < n; j += blockDim.x) {
-        const int64_t t0 = 2 * int64_t(j);
-        if (t0 >= p.n) break;
-        const float2 a = need_dv ? A[slot<kSmemA>(j, log2n)] : make_float2(0.f, 0.f);
-        const float2 z = p.dpostgate ? B[slot<kSmemB>(j, log2n)] : make_float2(0.f, 0.f);
+      constexpr int kBatch = kLoadBatch / 2;  // four inputs per element: registers
+      for (int j0 = threadIdx.x; (need_dv || dqr) && 2 * int64_t(j0) < p.n; j0 += kBatch * blockDim.x) {
+        float uu[kBatch][2], pg[kBatch][2], dd[kBatch][2], gg[kBatch][2];  // u, pregate, dy, g: loaded first
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t t = t0 + e;
-          if (t >= p.n) break;
-          const float uu = to_f(ur[t]);
-          if (need_dv) {
-            const float dv = (e ? a.y : a.x) * inv_len;
-            if (dur) dur[t] = from_f<T>((pr ? to_f(pr[t]) * dv : dv) + bias * g_at(t));
-            if (dpr) dpr[t] = from_f<T>(uu * dv);
+        for (int i = 0; i < kBatch; ++i)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = 2 * int64_t(j0 + i * blockDim.x) + e;
+            const bool in = t < p.n;
+            uu[i][e] = in ? to_f(ur[t]) : 0.f;
+            pg[i][e] = in && pr ? to_f(pr[t]) : 1.f;
+            dd[i][e] = in ? to_f(dyr[t]) : 0.f;
+            gg[i][e] = in && qr ? dd[i][e] * to_f(qr[t]) : dd[i][e];
           }
-          if (dqr) dqr[t] = from_f<T>(to_f(dyr[t]) * ((e ? z.y : z.x) * inv_len + bias * uu));
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int j = j0 + i * blockDim.x;
+          const int64_t t0 = 2 * int64_t(j);
+          if (t0 >= p.n) break;
+          const float2 a = need_dv ? A[slot<kSmemA>(j, log2n)] : make_float2(0.f, 0.f);
+          const float2 z = p.dpostgate ? B[slot<kSmemB>(j, log2n)] : make_float2(0.f, 0.f);
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = t0 + e;
+            if (t >= p.n) break;
+            if (need_dv) {
+              const float dv = (e ? a.y : a.x) * inv_len;
+              if (dur) dur[t] = from_f<T>(pg[i][e] * dv + bias * gg[i][e]);
+              if (dpr) dpr[t] = from_f<T>(uu[i][e] * dv);
+            }
+            if (dqr) dqr[t] = from_f<T>(dd[i][e] * ((e ? z.y : z.x) * inv_len + bias * uu[i][e]));
+          }
         }
       }
       __syncthreads();  // the next row's loads overwrite A and B
