@@ -257,72 +257,32 @@ __device__ __forceinline__ void cta_pass_dispatch(float2* data, int log2n, int l
 // one transpose through shared memory apart. Layout A's half-warp accesses are 16 consecutive
 // points; layout B's are 16 points 16 apart, which swz spreads over the 16 bank pairs.
 
-// Layout A, DIF: stage h = 16 M has twiddle W_{2h}^((r + 16 m) mod h) = W_{2h}^r * W_{2M}^(m mod M).
-template <bool kInverse>
-__device__ __forceinline__ void block_dif_a(float2 (&v)[16], int log2c, int r) {
+// The four stages of one layout, h = 2^kShift * M for M = 8, 4, 2, 1 (DIF; the reverse for
+// DIT, the twiddle then on the second input), skipping h >= C. With p = blk + r + 16 m (layout A,
+// kShift = 4) the twiddle W_{2h}^(p mod h) is W_{2h}^r * W_{2M}^(m mod M); with p = blk + 16 r + m
+// (layout B, kShift = 0) it is W_{2M}^(m mod M), exactly 1 for m mod M = 0.
+template <bool kInverse, bool kDit, int kShift>
+__device__ __forceinline__ void block_stages(float2 (&v)[16], int log2c, int r) {
 #pragma unroll
-  for (int lm = 3; lm >= 0; --lm) {
-    const int M = 1 << lm, log2h = 4 + lm;
-    if (log2h >= log2c) continue;
-    const float2 wr = twiddle_dir<kInverse>(r, log2h + 1);
-#pragma unroll
-    for (int m = 0; m < 16; ++m) {
-      if (m & M) continue;
-      const float2 a = v[m], b = v[m + M];
-      v[m] = cadd(a, b);
-      const int c = m & (M - 1);
-      v[m + M] = cmul(csub(a, b), c == 0 ? wr : cmul(wr, root16<kInverse>(c * 8 / M)));
-    }
-  }
-}
-// Layout B, DIF: stage h = M has twiddle W_{2M}^(m mod M) (16 r is a multiple of h).
-template <bool kInverse>
-__device__ __forceinline__ void block_dif_b(float2 (&v)[16], int log2c) {
-#pragma unroll
-  for (int lm = 3; lm >= 0; --lm) {
-    const int M = 1 << lm;
-    if (lm >= log2c) continue;
-#pragma unroll
-    for (int m = 0; m < 16; ++m) {
-      if (m & M) continue;
-      const float2 a = v[m], b = v[m + M];
-      v[m] = cadd(a, b);
-      const int c = m & (M - 1);
-      v[m + M] = c == 0 ? csub(a, b) : cmul(csub(a, b), root16<kInverse>(c * 8 / M));
-    }
-  }
-}
-// The DIT mirrors: stages in increasing h, the twiddle on the second input.
-template <bool kInverse>
-__device__ __forceinline__ void block_dit_b(float2 (&v)[16], int log2c) {
-#pragma unroll
-  for (int lm = 0; lm <= 3; ++lm) {
-    const int M = 1 << lm;
-    if (lm >= log2c) continue;
+  for (int i = 0; i < 4; ++i) {
+    const int lm = kDit ? i : 3 - i, M = 1 << lm;
+    if (kShift + lm >= log2c) continue;
+    const float2 wr = kShift ? twiddle_dir<kInverse>(r, kShift + lm + 1) : make_float2(1.f, 0.f);
 #pragma unroll
     for (int m = 0; m < 16; ++m) {
       if (m & M) continue;
       const int c = m & (M - 1);
-      const float2 a = v[m], b = c == 0 ? v[m + M] : cmul(v[m + M], root16<kInverse>(c * 8 / M));
-      v[m] = cadd(a, b);
-      v[m + M] = csub(a, b);
-    }
-  }
-}
-template <bool kInverse>
-__device__ __forceinline__ void block_dit_a(float2 (&v)[16], int log2c, int r) {
-#pragma unroll
-  for (int lm = 0; lm <= 3; ++lm) {
-    const int M = 1 << lm, log2h = 4 + lm;
-    if (log2h >= log2c) continue;
-    const float2 wr = twiddle_dir<kInverse>(r, log2h + 1);
-#pragma unroll
-    for (int m = 0; m < 16; ++m) {
-      if (m & M) continue;
-      const int c = m & (M - 1);
-      const float2 a = v[m], b = cmul(v[m + M], c == 0 ? wr : cmul(wr, root16<kInverse>(c * 8 / M)));
-      v[m] = cadd(a, b);
-      v[m + M] = csub(a, b);
+      const bool unit = kShift == 0 && c == 0;
+      const float2 w = c == 0 ? wr : kShift ? cmul(wr, root16<kInverse>(c * 8 / M)) : root16<kInverse>(c * 8 / M);
+      if constexpr (kDit) {
+        const float2 a = v[m], b = unit ? v[m + M] : cmul(v[m + M], w);
+        v[m] = cadd(a, b);
+        v[m + M] = csub(a, b);
+      } else {
+        const float2 a = v[m], b = v[m + M];
+        v[m] = cadd(a, b);
+        v[m + M] = unit ? csub(a, b) : cmul(csub(a, b), w);
+      }
     }
   }
 }
@@ -347,23 +307,16 @@ __device__ __forceinline__ void cta_warp_passes(float2* data, int log2n) {
       for (int m = 0; m < 16; ++m)
         if (at(b, m) < n) data[swz<kSwizzle>(at(b, m), log2n)] = v[m];
     };
-    if constexpr (kDit) {
-      load(true);
-      block_dit_b<kInverse>(v, log2c);
-      store(true);
-      __syncwarp();
-      load(false);
-      block_dit_a<kInverse>(v, log2c, r);
-      store(false);
-    } else {
-      load(false);
-      block_dif_a<kInverse>(v, log2c, r);
-      store(false);
-      __syncwarp();
-      load(true);
-      block_dif_b<kInverse>(v, log2c);
-      store(true);
-    }
+    // DIF: layout A (the larger strides) first; DIT: layout B first.
+    load(kDit);
+    if constexpr (kDit) block_stages<kInverse, true, 0>(v, log2c, r);
+    else block_stages<kInverse, false, 4>(v, log2c, r);
+    store(kDit);
+    __syncwarp();
+    load(!kDit);
+    if constexpr (kDit) block_stages<kInverse, true, 4>(v, log2c, r);
+    else block_stages<kInverse, false, 0>(v, log2c, r);
+    store(!kDit);
   }
 }
 
