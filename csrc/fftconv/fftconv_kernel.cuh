@@ -183,18 +183,30 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
     }
     fft::cta_fft_dif<false, kSmem>(buf, log2n);
     const float2* ks = kspec + h * (n + 1);
-    for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
-      if (k == 0) {
-        const float2 x = unpack_dc(buf[0]);
-        buf[0] = pack_dc(x.x * ks[0].x, x.y * ks[n].x);
-      } else {
-        const int sk = bin_slot<kSmem>(k, log2n), sm = bin_slot<kSmem>(n - k, log2n);
-        const float2 w = fft::twiddle(k, p.log2_fft);
-        float2 xk, xm, zk, zm;
-        unpack_pair(buf[sk], buf[sm], w, xk, xm);  // known bank conflict: 2-way (bin_slot)
-        pack_pair(cmul(xk, ks[k]), cmul(xm, ks[n - k]), w, zk, zm);
-        buf[sk] = zk;
-        if (sm != sk) buf[sm] = zm;  // known bank conflict: 2-way (bin_slot)
+    for (int k0 = threadIdx.x; k0 <= n / 2; k0 += kLoadBatch * blockDim.x) {
+      float2 kk[kLoadBatch], km[kLoadBatch];  // the kernel's spectrum at k and n - k (L2), loaded first
+#pragma unroll
+      for (int i = 0; i < kLoadBatch; ++i) {
+        const int k = k0 + i * blockDim.x;
+        kk[i] = k <= n / 2 ? ks[k] : make_float2(0.f, 0.f);
+        km[i] = k <= n / 2 ? ks[n - k] : make_float2(0.f, 0.f);
+      }
+#pragma unroll
+      for (int i = 0; i < kLoadBatch; ++i) {
+        const int k = k0 + i * blockDim.x;
+        if (k > n / 2) break;
+        if (k == 0) {
+          const float2 x = unpack_dc(buf[0]);
+          buf[0] = pack_dc(x.x * kk[i].x, x.y * km[i].x);
+        } else {
+          const int sk = bin_slot<kSmem>(k, log2n), sm = bin_slot<kSmem>(n - k, log2n);
+          const float2 w = fft::twiddle(k, p.log2_fft);
+          float2 xk, xm, zk, zm;
+          unpack_pair(buf[sk], buf[sm], w, xk, xm);  // known bank conflict: 2-way (bin_slot)
+          pack_pair(cmul(xk, kk[i]), cmul(xm, km[i]), w, zk, zm);
+          buf[sk] = zk;
+          if (sm != sk) buf[sm] = zm;  // known bank conflict: 2-way (bin_slot)
+        }
       }
     }
     fft::cta_fft_dit<true, kSmem>(buf, log2n);
@@ -280,40 +292,58 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       fft::cta_fft_dif<false, kSmemA>(A, log2n);
       if (need_v) fft::cta_fft_dif<false, kSmemB>(B, log2n);
       const bool first = b == b0;
-      for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
-        if (k == 0) {
-          const float2 g = unpack_dc(A[0]);
-          const float2 v = need_v ? unpack_dc(B[0]) : make_float2(0.f, 0.f);
-          if (acc) {
-            const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
-            acc[0] = first ? a0 : cadd(acc[0], a0);
-            acc[n] = first ? an : cadd(acc[n], an);
+      constexpr int kPairBatch = kLoadBatch / 2;  // four global values per bin pair: registers
+      for (int k0 = threadIdx.x; k0 <= n / 2; k0 += kPairBatch * blockDim.x) {
+        // The kernel's spectrum (L2) and this CTA's running G conj V sums at k and n - k, loaded
+        // before any store.
+        float2 kk[kPairBatch], km[kPairBatch], ck[kPairBatch], cm[kPairBatch];
+#pragma unroll
+        for (int i = 0; i < kPairBatch; ++i) {
+          const int k = k0 + i * blockDim.x;
+          const bool in = k <= n / 2;
+          kk[i] = in ? ks[k] : make_float2(0.f, 0.f);
+          km[i] = in ? ks[n - k] : make_float2(0.f, 0.f);
+          ck[i] = in && acc && !first ? acc[k] : make_float2(0.f, 0.f);
+          cm[i] = in && acc && !first ? acc[n - k] : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+        for (int i = 0; i < kPairBatch; ++i) {
+          const int k = k0 + i * blockDim.x;
+          if (k > n / 2) break;
+          if (k == 0) {
+            const float2 g = unpack_dc(A[0]);
+            const float2 v = need_v ? unpack_dc(B[0]) : make_float2(0.f, 0.f);
+            if (acc) {
+              const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
+              acc[0] = first ? a0 : cadd(ck[i], a0);
+              acc[n] = first ? an : cadd(cm[i], an);
+            }
+            if (need_dv) A[0] = pack_dc(g.x * kk[i].x, g.y * km[i].x);
+            if (p.dpostgate) B[0] = pack_dc(v.x * kk[i].x, v.y * km[i].x);
+            continue;
           }
-          if (need_dv) A[0] = pack_dc(g.x * ks[0].x, g.y * ks[n].x);
-          if (p.dpostgate) B[0] = pack_dc(v.x * ks[0].x, v.y * ks[n].x);
-          continue;
-        }
-        const int m = n - k;
-        const float2 w = fft::twiddle(k, p.log2_fft);
-        const int ak = bin_slot<kSmemA>(k, log2n), am = bin_slot<kSmemA>(m, log2n);
-        const int bk = bin_slot<kSmemB>(k, log2n), bm = bin_slot<kSmemB>(m, log2n);
-        float2 gk, gm, vk = make_float2(0.f, 0.f), vm = vk, zk, zm;
-        unpack_pair(A[ak], A[am], w, gk, gm);  // known bank conflict: 2-way (bin_slot)
-        if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
-        if (acc) {
-          const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
-          acc[k] = first ? pk : cadd(acc[k], pk);
-          if (m != k) acc[m] = first ? pm : cadd(acc[m], pm);
-        }
-        if (need_dv) {
-          pack_pair(cmul(gk, cconj(ks[k])), cmul(gm, cconj(ks[m])), w, zk, zm);
-          A[ak] = zk;
-          if (am != ak) A[am] = zm;  // known bank conflict: 2-way (bin_slot)
-        }
-        if (p.dpostgate) {
-          pack_pair(cmul(vk, ks[k]), cmul(vm, ks[m]), w, zk, zm);
-          B[bk] = zk;
-          if (bm != bk) B[bm] = zm;  // known bank conflict: 2-way (bin_slot)
+          const int m = n - k;
+          const float2 w = fft::twiddle(k, p.log2_fft);
+          const int ak = bin_slot<kSmemA>(k, log2n), am = bin_slot<kSmemA>(m, log2n);
+          const int bk = bin_slot<kSmemB>(k, log2n), bm = bin_slot<kSmemB>(m, log2n);
+          float2 gk, gm, vk = make_float2(0.f, 0.f), vm = vk, zk, zm;
+          unpack_pair(A[ak], A[am], w, gk, gm);  // known bank conflict: 2-way (bin_slot)
+          if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
+          if (acc) {
+            const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
+            acc[k] = first ? pk : cadd(ck[i], pk);
+            if (m != k) acc[m] = first ? pm : cadd(cm[i], pm);
+          }
+          if (need_dv) {
+            pack_pair(cmul(gk, cconj(kk[i])), cmul(gm, cconj(km[i])), w, zk, zm);
+            A[ak] = zk;
+            if (am != ak) A[am] = zm;  // known bank conflict: 2-way (bin_slot)
+          }
+          if (p.dpostgate) {
+            pack_pair(cmul(vk, kk[i]), cmul(vm, km[i]), w, zk, zm);
+            B[bk] = zk;
+            if (bm != bk) B[bm] = zm;  // known bank conflict: 2-way (bin_slot)
+          }
         }
       }
       if (need_dv) fft::cta_fft_dit<true, kSmemA>(A, log2n);

@@ -3,8 +3,9 @@
 // exchanges for __shfl_xor_sync, blocks one after another). Checks y and every gradient against a
 // direct O(N^2) convolution in double, through every path the launcher can pick: shared memory,
 // one buffer in global scratch, both in scratch, with small grids so that every grid-stride loop
-// and scratch slot is reused. It sees index math, pairing, scaling and the order of barriers; races
-// only under ThreadSanitizer (run.sh), never bank conflicts.
+// and scratch slot is reused, and enough channels that a backward chunk accumulates several rows.
+// It sees index math, pairing, scaling and the order of barriers; races under ThreadSanitizer,
+// bank conflicts and coalescing with the memory counts (run.sh).
 //   tests/emulate/run.sh fftconv [max_N [min_N]]
 // (tests/test_fftconv.py::test_cuda_kernels_on_cpu_threads runs it when MMM_EMULATE=1).
 #include <cstdlib>
@@ -139,6 +140,10 @@ int main(int argc, char** argv) {
       if (path == 0) ok &= run_case(2, 1, N, false, false, path, gen);
     }
   }
+  // Enough channels that a backward chunk holds several rows (fftconv_bwd_chunks: the 6 rows of
+  // a channel in 4 chunks): the dk partial sums then accumulate across rows.
+  if (min_n <= 17 && max_n >= 17)
+    for (int path : {0, 2}) ok &= run_case(6, 300, 17, true, true, path, gen);
   if (emu::counting_accesses)
     emu::report_accesses(stdout, "the scratch paths (the FFT in global memory: uncoalesced by design, not judged)",
                          scratch_counts);
