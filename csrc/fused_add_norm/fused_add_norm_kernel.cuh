@@ -105,19 +105,28 @@ __global__ void __launch_bounds__(K::kThreads)
     if constexpr (K::kCached) {
       float h[K::kChunks][kVec];  // (kChunks, kVec): this thread's slice of the row
       float s = 0.f;
+      // Every chunk's loads before any h_out store: a store right behind the loads it needs
+      // stalls the warp until they return (in-order issue), and the compiler cannot move later
+      // loads above a store that may alias them, so each chunk's loads waited for the last's.
 #pragma unroll
       for (int k = 0; k < K::kChunks; ++k) {
         const int64_t c0 = chunk_col(k);
         if (c0 < n) {
           compute_h<K>(h[k], p, row, c0, vec, keep_scale, threshold);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) h[k][i] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < K::kChunks; ++k) {
+        const int64_t c0 = chunk_col(k);
+        if (c0 < n) {
           if (p.h_out)
             store_chunk<kVec>(static_cast<typename K::TH*>(p.h_out) + row * p.h_row_stride, h[k],
                               c0, n, vec);
 #pragma unroll
           for (int i = 0; i < kVec; ++i) s += p.rms ? h[k][i] * h[k][i] : h[k][i];
-        } else {
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) h[k][i] = 0.f;
         }
       }
       s = row_sum<K::kWarpsPerRow>(s, red);
