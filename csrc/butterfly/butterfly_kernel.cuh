@@ -128,8 +128,8 @@ template <bool kCx> __device__ __forceinline__ void bf_accum_mat(bf_val<kCx>* ds
 // fp32, the low 4 for 8-byte complex values, 16 of which fill the 32 banks), which makes every
 // group access pattern of 3 or 2 strides from any lowest stride conflict-free; only some 1-factor
 // groups stay 2-way (a model of all patterns up to M = 2^12: 10% extra wavefronts in all for
-// fp32, 5% for complex, where a 5-bit swizzle of complex values has 33%). Buffers are whole multiples of 32 elements so the
-// swizzle stays inside them.
+// fp32, 5% for complex, where a 5-bit swizzle of complex values has 33%). Buffers are whole
+// multiples of 32 elements so the swizzle stays inside them.
 template <bool kCx> __device__ __forceinline__ int bf_swz(int i) {
   constexpr int kBits = kCx ? 4 : 5;
   const int v = i >> kBits;

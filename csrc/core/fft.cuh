@@ -27,8 +27,9 @@
 // is i itself for kSwizzle = false (the default: plain natural order, what callers expect) and
 // a bijection of [0, n) that only permutes within aligned groups of 16 for kSwizzle = true. The
 // swizzle makes every access of the passes and of the bit reversal bank-conflict free; without
-// it the bit reversal and the warp pass's second layout have conflicts. Either way the transform needs exactly n float2
-// (smem_floats(log2n) floats), plus one float2 at data[n] (unswizzled) for the real helpers.
+// it the bit reversal and the warp pass's second layout have conflicts. Either way the transform
+// needs exactly n float2 (smem_floats(log2n) floats), plus one float2 at data[n] (unswizzled) for
+// the real helpers.
 // Registers: a caller kernel needs ~100 per thread, so launch it with at most 512 threads
 // (__launch_bounds__(512)); 1024 threads force 64 registers and spills.
 #pragma once
@@ -181,40 +182,6 @@ __device__ __forceinline__ void warp_dif(float2 (&v)[kPerLane], int log2c, int l
   }
 }
 
-// Mirror of warp_dif: bit-reversed in, natural out, chunk by chunk.
-template <bool kInverse>
-__device__ __forceinline__ void warp_dit(float2 (&v)[kPerLane], int log2c, int lane) {
-#pragma unroll
-  for (int lh = 0; lh <= 4; ++lh) {
-    const int h = 1 << lh;
-    if (lh >= log2c) continue;
-    const bool upper = lane & h;
-    const float2 w = twiddle_dir<kInverse>(lane & (h - 1), lh + 1);
-#pragma unroll
-    for (int m = 0; m < kPerLane; ++m) {
-      // lower lane j: a + w*b; upper lane j+h: a - w*b, with w = W_{2h}^(j mod h) (same in both).
-      const float2 mine = upper ? cmul(v[m], w) : v[m];
-      const float2 o = make_float2(__shfl_xor_sync(0xffffffffu, mine.x, h), __shfl_xor_sync(0xffffffffu, mine.y, h));
-      v[m] = upper ? csub(o, mine) : cadd(mine, o);
-    }
-  }
-#pragma unroll
-  for (int lm = 0; lm <= 3; ++lm) {
-    const int M = 1 << lm, log2h = 5 + lm;
-    if (log2h >= log2c) continue;
-    const float2 wl = twiddle_dir<kInverse>(lane, log2h + 1);
-#pragma unroll
-    for (int m = 0; m < kPerLane; ++m) {
-      if (m & M) continue;
-      const int c = m & (M - 1);
-      const float2 w = c == 0 ? wl : cmul(wl, root16<kInverse>(c * 8 / M));
-      const float2 a = v[m], b = cmul(v[m + M], w);
-      v[m] = cadd(a, b);
-      v[m + M] = csub(a, b);
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // One CTA pass of kR stages whose largest half-size is 2^log2H (the last one s = 2^(log2H-kR+1)
 // >= 32, so the 32 lanes of a warp touch 32 consecutive elements per register).
@@ -293,7 +260,8 @@ template <bool kInverse, bool kDit, bool kSwizzle>
 __device__ __forceinline__ void cta_warp_passes(float2* data, int log2n) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, r = lane & 15;
   const int n = 1 << log2n, log2c = log2n < kBlockLog2 ? log2n : kBlockLog2;
-  for (int base = warp * 512; base < n; base += nwarps * 512) {
+  constexpr int kWarpSpan = 2 << kBlockLog2;  // a block per half warp
+  for (int base = warp * kWarpSpan; base < n; base += nwarps * kWarpSpan) {
     const int blk = base + ((lane >> 4) << kBlockLog2);
     float2 v[16];
     // Layout A (b = false) or B (b = true): load, or store back.

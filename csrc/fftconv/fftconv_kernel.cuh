@@ -148,9 +148,10 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         out[0] = make_float2(x.x, 0.f);
         out[n] = make_float2(x.y, 0.f);
       } else {
+        const float2 zk = buf[bin_slot<kSmem>(k, log2n)];
+        const float2 zm = buf[bin_slot<kSmem>(n - k, log2n)];  // known bank conflict: 2-way (bin_slot)
         float2 xk, xm;
-        unpack_pair(buf[bin_slot<kSmem>(k, log2n)], buf[bin_slot<kSmem>(n - k, log2n)], fft::twiddle(k, p.log2_fft),  // known bank conflict: Z[n-k] 2-way (bin_slot)
-                    xk, xm);
+        unpack_pair(zk, zm, fft::twiddle(k, p.log2_fft), xk, xm);
         out[k] = xk;
         out[n - k] = xm;
       }
@@ -292,13 +293,14 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       fft::cta_fft_dif<false, kSmemA>(A, log2n);
       if (need_v) fft::cta_fft_dif<false, kSmemB>(B, log2n);
       const bool first = b == b0;
-      constexpr int kPairBatch = kLoadBatch / 2;  // four global values per bin pair: registers
-      for (int k0 = threadIdx.x; k0 <= n / 2; k0 += kPairBatch * blockDim.x) {
+      // Four global values per bin pair below, and per element in the epilogue: half batches.
+      constexpr int kBatch = kLoadBatch / 2;
+      for (int k0 = threadIdx.x; k0 <= n / 2; k0 += kBatch * blockDim.x) {
         // The kernel's spectrum (L2) and this CTA's running G conj V sums at k and n - k, loaded
         // before any store.
-        float2 kk[kPairBatch], km[kPairBatch], ck[kPairBatch], cm[kPairBatch];
+        float2 kk[kBatch], km[kBatch], ck[kBatch], cm[kBatch];
 #pragma unroll
-        for (int i = 0; i < kPairBatch; ++i) {
+        for (int i = 0; i < kBatch; ++i) {
           const int k = k0 + i * blockDim.x;
           const bool in = k <= n / 2;
           kk[i] = in ? ks[k] : make_float2(0.f, 0.f);
@@ -307,7 +309,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
           cm[i] = in && acc && !first ? acc[n - k] : make_float2(0.f, 0.f);
         }
 #pragma unroll
-        for (int i = 0; i < kPairBatch; ++i) {
+        for (int i = 0; i < kBatch; ++i) {
           const int k = k0 + i * blockDim.x;
           if (k > n / 2) break;
           if (k == 0) {
@@ -352,7 +354,6 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       T* dur = p.du ? static_cast<T*>(p.du) + r * p.n : nullptr;
       T* dpr = p.dpregate ? static_cast<T*>(p.dpregate) + r * p.n : nullptr;
       T* dqr = p.dpostgate ? static_cast<T*>(p.dpostgate) + r * p.n : nullptr;
-      constexpr int kBatch = kLoadBatch / 2;  // four inputs per element: registers
       for (int j0 = threadIdx.x; (need_dv || dqr) && 2 * int64_t(j0) < p.n; j0 += kBatch * blockDim.x) {
         float uu[kBatch][2], pg[kBatch][2], dd[kBatch][2], gg[kBatch][2];  // u, pregate, dy, g: loaded first
 #pragma unroll

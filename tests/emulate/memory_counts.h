@@ -362,33 +362,44 @@ inline bool line_says(const std::string& file, long line, const char* what) {
   std::fclose(f);
   return says;
 }
-inline SourceLine source_line(const void* site, const char* marker) {
-  SourceLine where{"?"};
+// addr2line's output for an instruction of a loaded image (`flags`: "-i", "-f -C -i"), a line
+// each; empty where dladdr or addr2line cannot place it.
+inline std::vector<std::string> addr2line(const void* site, const char* flags) {
+  std::vector<std::string> lines;
   Dl_info info;
-  if (!dladdr(site, &info) || !info.dli_fname) return where;
+  if (!dladdr(site, &info) || !info.dli_fname) return lines;
   char cmd[512];
-  std::snprintf(cmd, sizeof cmd, "addr2line -i -e '%s' 0x%zx 2>/dev/null", info.dli_fname,
+  std::snprintf(cmd, sizeof cmd, "addr2line %s -e '%s' 0x%zx 2>/dev/null", flags, info.dli_fname,
                 size_t(static_cast<const char*>(site) - static_cast<const char*>(info.dli_fbase)) - 1);
-  std::string out;
   if (FILE* p = popen(cmd, "r")) {
-    char buf[512];
-    for (bool innermost = true; std::fgets(buf, sizeof buf, p); innermost = false) {
-      std::string s(buf);
-      if (const size_t end = s.find_first_of(" \n"); end != std::string::npos) s.resize(end);  // drop "(discriminator n)"
-      const size_t colon = s.rfind(':');
-      for (const char* root : {"/csrc/", "/inc/", "/tests/emulate/"})  // the repository's or run.sh's copy
-        if (const size_t at = s.rfind(root); at != std::string::npos) {
-          if (innermost) {
-            where.kernel = std::strcmp(root, "/tests/emulate/") != 0;
-            if (colon != std::string::npos)
-              where.known = line_says(s.substr(0, colon), std::atol(s.c_str() + colon + 1), marker);
-          }
-          s = s.substr(at + std::strlen(root));
-          break;
-        }
-      out += (out.empty() ? "" : " <- ") + s;
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, p)) {
+      lines.emplace_back(buf);
+      if (!lines.back().empty() && lines.back().back() == '\n') lines.back().pop_back();
     }
     pclose(p);
+  }
+  return lines;
+}
+inline SourceLine source_line(const void* site, const char* marker) {
+  SourceLine where{"?"};
+  std::string out;
+  bool innermost = true;
+  for (std::string s : addr2line(site, "-i")) {
+    if (const size_t end = s.find(' '); end != std::string::npos) s.resize(end);  // drop "(discriminator n)"
+    const size_t colon = s.rfind(':');
+    for (const char* root : {"/csrc/", "/inc/", "/tests/emulate/"})  // the repository's or run.sh's copy
+      if (const size_t at = s.rfind(root); at != std::string::npos) {
+        if (innermost) {
+          where.kernel = std::strcmp(root, "/tests/emulate/") != 0;
+          if (colon != std::string::npos)
+            where.known = line_says(s.substr(0, colon), std::atol(s.c_str() + colon + 1), marker);
+        }
+        s = s.substr(at + std::strlen(root));
+        break;
+      }
+    out += (out.empty() ? "" : " <- ") + s;
+    innermost = false;
   }
   if (!out.empty()) where.chain = out;
   return where;
@@ -433,22 +444,11 @@ inline bool report_accesses(FILE* f, const char* what, const AccessStats& stats)
 // The function an instruction is in: the outermost frame of addr2line's inline chain that lies in
 // csrc/ (or run.sh's copy of it), as a demangled name; "" for driver code.
 inline std::string kernel_of(const void* site) {
-  Dl_info info;
-  if (!dladdr(site, &info) || !info.dli_fname) return "";
-  char cmd[512];
-  std::snprintf(cmd, sizeof cmd, "addr2line -f -C -i -e '%s' 0x%zx 2>/dev/null", info.dli_fname,
-                size_t(static_cast<const char*>(site) - static_cast<const char*>(info.dli_fbase)) - 1);
-  std::string name, function;
-  if (FILE* p = popen(cmd, "r")) {
-    char buf[4096];
-    for (bool is_function = true; std::fgets(buf, sizeof buf, p); is_function = !is_function) {
-      std::string line(buf);
-      if (!line.empty() && line.back() == '\n') line.pop_back();
-      if (is_function) function = line;
-      else if (line.find("/csrc/") != std::string::npos || line.find("/inc/") != std::string::npos) name = function;
-    }
-    pclose(p);
-  }
+  const std::vector<std::string> lines = addr2line(site, "-f -C -i");  // (function, file:line) pairs
+  std::string name;
+  for (size_t i = 0; i + 1 < lines.size(); i += 2)
+    if (lines[i + 1].find("/csrc/") != std::string::npos || lines[i + 1].find("/inc/") != std::string::npos)
+      name = lines[i];
   if (const size_t paren = name.rfind('('); paren != std::string::npos) name.resize(paren);  // drop the parameters
   return name;
 }
