@@ -1,7 +1,8 @@
 // fused_attention forward on CUDA (sm_80+): FlashAttention-2's algorithm with mma.sync.
 //
-// A CTA owns 64 query rows of one (batch, head); each of its 4 warps owns 16 rows. Q is copied
-// once into shared memory; K/V tiles of kBlockN keys stream through a kStages-deep cp.async
+// A CTA owns kBlockM query rows of one (batch, head); each of its 4 warps owns kMTiles slabs of
+// 16 rows (two up to d = 128, so that every K/V fragment read from shared memory feeds two MMAs:
+// see AttnFwdTraits). Q is copied once into shared memory; K/V tiles of kBlockN keys stream through a kStages-deep cp.async
 // pipeline (the schedule is written out above the main loop), so the loads of the next tiles
 // overlap the tensor-core math of this one. Shared tiles are swizzled, unpadded and zero-filled
 // past the sequence and head-dim ends (attention_smem.cuh). S = Q·Kᵀ and O += P·V run on tensor
@@ -38,22 +39,29 @@ constexpr int attn_fwd_stages(int q_bytes, int stage_bytes) {
 }
 
 // The one tile-size heuristic of the forward, per compiled head dimension (16-bit elements):
-//   kD   kBlockN   Q (64 rows)   K+V per stage   kStages   shared memory
-//   32     64         4 KB           8 KB            3          28 KB
-//   64     64         8 KB          16 KB            3          56 KB
-//   96     64        12 KB          24 KB            2          60 KB
-//   128    64        16 KB          32 KB            2          80 KB
-//   192    32        24 KB          24 KB            2          72 KB
-//   256    32        32 KB          32 KB            2          96 KB
-// kBlockN = 32 above d = 128: 64-key tiles would need 120 KB (d = 192) / 160 KB (d = 256) for
-// two stages, past the 99 KB minimum, and the O accumulator (kD / 2 registers per thread)
-// already takes most of the register file there.
+//   kD   kMTiles  kBlockM  kBlockN     Q     K+V per stage   kStages   shared memory
+//   32      2       128       64      8 KB        8 KB           3          32 KB
+//   64      2       128       64     16 KB       16 KB           3          64 KB
+//   96      2       128       64     24 KB       24 KB           2          72 KB
+//   128     2       128       64     32 KB       32 KB           2          96 KB
+//   192     1        64       32     24 KB       24 KB           2          72 KB
+//   256     1        64       32     32 KB       32 KB           2          96 KB
+// Shared memory, not the tensor cores, bounds this loop: an ldmatrix.x4 takes 4 of the SM's
+// shared-memory clocks and feeds 2 MMAs per 16-row slab it serves, while an H100 SM retires an
+// m16n8k16 in about 1.5 clocks with mma.sync. With two slabs per warp every K/V fragment feeds
+// 4 MMAs: ~1.5 shared clocks per MMA at d = 128 against ~2.8 with one (tests/emulate's counts
+// mode prints this per kernel), which is FlashAttention-2's 128-row tile for these head dims.
+// The price is registers: O (kMTiles * kD / 2 fp32 per thread) and S (kMTiles * kBlockN / 2),
+// 192 of them at d = 128, which is why d = 192 and 256 keep one slab and 32-key tiles (64-key
+// tiles there would need 120 KB / 160 KB for two stages, past the 99 KB minimum). At d = 128,
+// 96 KB leaves one CTA per SM on sm_80 (two on sm_90, 227 KB).
 template <int kD_, typename T_>
 struct AttnFwdTraits {
   using T = T_;
   using Layout = AttnSmemLayout<kD_>;
   static constexpr int kD = kD_;
-  static constexpr int kBlockM = 64, kWarps = 4, kThreads = 32 * kWarps;
+  static constexpr int kMTiles = kD <= 128 ? 2 : 1;  // 16-row slabs per warp
+  static constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16 * kMTiles, kBlockM = kWarpRows * kWarps;
   static constexpr int kBlockN = kD <= 128 ? 64 : 32;
   static constexpr int kQBytes = kBlockM * kD * int(sizeof(T));
   static constexpr int kStageBytes = 2 * kBlockN * kD * int(sizeof(T));  // one K tile + one V tile
@@ -61,7 +69,7 @@ struct AttnFwdTraits {
   static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
   static constexpr int kNTiles = kBlockN / 8;  // n8 tiles of S per warp
   static constexpr int kDTiles = kD / 8;       // n8 tiles of O per warp
-  static_assert(kD % 32 == 0 && kBlockN % 16 == 0 && kBlockM == 16 * kWarps, "tile shape");
+  static_assert(kD % 32 == 0 && kBlockN % 16 == 0, "tile shape");
   static_assert(kStages >= 2, "every compiled head dim double-buffers K/V");
   static_assert(kSmemBytes <= kAttnSmemMinOptin, "must fit every sm_80+ GPU's opt-in shared memory");
 };
@@ -79,25 +87,29 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const int64_t bh = blockIdx.x, b = bh / p.heads_q, h = bh % p.heads_q;
   const int64_t hk = h / (p.heads_q / p.heads_kv);
-  const int64_t m0 = int64_t(blockIdx.y) * kM;
-  const int64_t sq = p.seqlen_q, sk = p.seqlen_k, shift = sk - sq;
-  const int64_t wl = p.window_left, wr = p.window_right;
+  // Sequence positions in 32 bits (fewer live registers next to the 192 of O and S at d = 128):
+  // check_shapes caps both lengths below 2^22, so every difference of positions is below 2^23 in
+  // magnitude, and a window clamped to 2^24 sees exactly what the unclamped one does.
+  const int m0 = int(blockIdx.y) * kM;
+  const int sq = int(p.seqlen_q), sk = int(p.seqlen_k), shift = sk - sq;
+  constexpr int64_t kWideWindow = int64_t(1) << 24;
+  const int wl = int(p.window_left < kWideWindow ? p.window_left : kWideWindow);
+  const int wr = int(p.window_right < kWideWindow ? p.window_right : kWideWindow);
   const T* q = static_cast<const T*>(p.q) + b * p.q_s.batch + h * p.q_s.head;
   const T* k = static_cast<const T*>(p.k) + b * p.k_s.batch + hk * p.k_s.head;
   const T* v = static_cast<const T*>(p.v) + b * p.v_s.batch + hk * p.v_s.head;
-  T* out = static_cast<T*>(p.out) + b * p.o_s.batch + h * p.o_s.head;
   const float scale_log2 = p.scale * 1.44269504088896340736f;  // exp(x) = exp2(x * log2 e)
 
   // Keys any row of this tile may see; tiles outside are skipped.
-  const int64_t m_last = (m0 + kM < sq ? m0 + kM : sq) - 1;
-  int64_t n_lo = wl >= 0 ? m0 + shift - wl : 0;
-  int64_t n_hi = wr >= 0 ? m_last + shift + wr + 1 : sk;  // exclusive
+  const int m_last = (m0 + kM < sq ? m0 + kM : sq) - 1;
+  int n_lo = wl >= 0 ? m0 + shift - wl : 0;
+  int n_hi = wr >= 0 ? m_last + shift + wr + 1 : sk;  // exclusive
   n_lo = n_lo < 0 ? 0 : n_lo;
   n_hi = n_hi > sk ? sk : n_hi;
-  const int64_t nb_lo = n_lo / kN, n_tiles = n_hi > n_lo ? ceil_div(n_hi, kN) - nb_lo : 0;
+  const int nb_lo = n_lo / kN, n_tiles = n_hi > n_lo ? (n_hi + kN - 1) / kN - nb_lo : 0;
 
   // Tile i (keys (nb_lo + i) * kN ...) into stage i % kS; commits nothing.
-  auto load_kv = [&](int64_t i) {
+  auto load_kv = [&](int i) {
     T* s_k = s_kv + (i % kS) * 2 * kTile;
     load_tile_async<L, kN, K::kThreads>(s_k, k, p.k_s.row, (nb_lo + i) * kN, sk, p.head_dim);
     load_tile_async<L, kN, K::kThreads>(s_k + kTile, v, p.v_s.row, (nb_lo + i) * kN, sk, p.head_dim);
@@ -126,124 +138,159 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
     cp_async_commit();
   }
 
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // rows g and g + 8
-  float acc[K::kDTiles][4];
+  // Slab mt of this warp holds rows m0 + row0 + 16 mt ..., each lane rows g and g + 8 of it.
+  constexpr int kMT = K::kMTiles;
+  const int row0 = warp * K::kWarpRows;
+  float row_max[kMT][2], row_sum[kMT][2], acc[kMT][K::kDTiles][4];
 #pragma unroll
-  for (int d = 0; d < K::kDTiles; ++d)
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int c = 0; c < 4; ++c) acc[d][c] = 0.f;
+    for (int rh = 0; rh < 2; ++rh) row_max[mt][rh] = -INFINITY, row_sum[mt][rh] = 0.f;
+#pragma unroll
+    for (int d = 0; d < K::kDTiles; ++d)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[mt][d][c] = 0.f;
+  }
 
-  for (int64_t i = 0; i < n_tiles; ++i) {
+  for (int i = 0; i < n_tiles; ++i) {
     cp_async_wait<kS - 2>();
     __syncthreads();
     if (i + kS - 1 < n_tiles) load_kv(i + kS - 1);
     cp_async_commit();
 
-    const int64_t n0 = (nb_lo + i) * kN;
+    const int n0 = (nb_lo + i) * kN;
     const T* s_k = s_kv + (i % kS) * 2 * kTile;
     const T* s_v = s_k + kTile;
-    float s[K::kNTiles][4];  // (16 rows, kN keys) of this warp, C-fragment layout
+    float s[kMT][K::kNTiles][4];  // (16 rows, kN keys) per slab, C-fragment layout
 #pragma unroll
-    for (int j = 0; j < K::kNTiles; ++j)
+    for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) s[j][c] = 0.f;
+      for (int j = 0; j < K::kNTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) s[mt][j][c] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < K::kD; kk += 16) {
-      uint32_t a[4];
-      ld_a<L>(a, smem_addr(s_q), la, warp * 16, kk);
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) ld_a<L>(a[mt], smem_addr(s_q), la, row0 + 16 * mt, kk);
 #pragma unroll
       for (int j = 0; j < K::kNTiles; j += 2) {
         uint32_t b_lo[2], b_hi[2];
         ld_b<L>(b_lo, b_hi, smem_addr(s_k), lb, j * 8, kk);
-        mma_m16n8k16<T>(s[j], a, b_lo);
-        mma_m16n8k16<T>(s[j + 1], a, b_hi);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_m16n8k16<T>(s[mt][j], a[mt], b_lo);
+          mma_m16n8k16<T>(s[mt][j + 1], a[mt], b_hi);
+        }
       }
     }
 
     // Scale into log2 units; mask only a tile that the sequence end or a mask bound cuts
     // through (the CTA's first row has the tightest right bound, its last row the tightest
     // left one). c = 0,1: row g; c = 2,3: row g + 8; column 2t + c%2.
-    const bool cut = n0 + kN > sk || (wr >= 0 && n0 + kN - 1 > m0 + shift + wr) || (wl >= 0 && n0 < m_last + shift - wl);
-    if (cut) {
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
       for (int j = 0; j < K::kNTiles; ++j)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int64_t row = m0 + warp * 16 + g + 8 * (c / 2), col = n0 + j * 8 + 2 * t + c % 2;
-          const bool ok = col < sk && (wr < 0 || col <= row + shift + wr) && (wl < 0 || col >= row + shift - wl);
-          s[j][c] = ok ? s[j][c] * scale_log2 : -INFINITY;
-        }
-    } else {
+        for (int c = 0; c < 4; ++c) s[mt][j][c] *= scale_log2;
+    if (n0 + kN > sk || (wr >= 0 && n0 + kN - 1 > m0 + shift + wr) || (wl >= 0 && n0 < m_last + shift - wl)) {
+      // In tile coordinates (r = row - m0, c = col - n0) key c is visible to row r iff c < keys
+      // and lo <= c - r <= hi (2^30: no bound).
+      const int base = m0 - n0 + shift, keys = sk - n0;
+      const int hi = wr < 0 ? 1 << 30 : base + wr, lo = wl < 0 ? -(1 << 30) : base - wl;
 #pragma unroll
-      for (int j = 0; j < K::kNTiles; ++j)
+      for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) s[j][c] *= scale_log2;
+        for (int j = 0; j < K::kNTiles; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int r = row0 + 16 * mt + g + 8 * (c / 2), col = j * 8 + 2 * t + c % 2;
+            if (col >= keys || col - r > hi || col - r < lo) s[mt][j][c] = -INFINITY;
+          }
     }
 
     // Online softmax; a row's 4 owners are lanes 4g..4g+3, joined by xor-shuffles over 1 and 2.
 #pragma unroll
-    for (int rh = 0; rh < 2; ++rh) {
-      float mx = row_max[rh];
+    for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int j = 0; j < K::kNTiles; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * rh], s[j][2 * rh + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      // No visible key yet: subtract 0, so exp2(-inf) = 0 instead of exp2(nan).
-      const float m_use = mx == -INFINITY ? 0.f : mx;
-      const float alpha = exp2f(row_max[rh] - m_use);
-      row_max[rh] = mx;
-      float rs = 0.f;
+      for (int rh = 0; rh < 2; ++rh) {
+        float mx = row_max[mt][rh];
 #pragma unroll
-      for (int j = 0; j < K::kNTiles; ++j) {
-        s[j][2 * rh] = exp2f(s[j][2 * rh] - m_use);
-        s[j][2 * rh + 1] = exp2f(s[j][2 * rh + 1] - m_use);
-        rs += s[j][2 * rh] + s[j][2 * rh + 1];
+        for (int j = 0; j < K::kNTiles; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rh], s[mt][j][2 * rh + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // No visible key yet: subtract 0, so exp2(-inf) = 0 instead of exp2(nan).
+        const float m_use = mx == -INFINITY ? 0.f : mx;
+        const float alpha = exp2f(row_max[mt][rh] - m_use);
+        row_max[mt][rh] = mx;
+        float rs = 0.f;
+#pragma unroll
+        for (int j = 0; j < K::kNTiles; ++j) {
+          s[mt][j][2 * rh] = exp2f(s[mt][j][2 * rh] - m_use);
+          s[mt][j][2 * rh + 1] = exp2f(s[mt][j][2 * rh + 1] - m_use);
+          rs += s[mt][j][2 * rh] + s[mt][j][2 * rh + 1];
+        }
+        row_sum[mt][rh] = row_sum[mt][rh] * alpha + rs;  // this lane's part; joined at the end
+#pragma unroll
+        for (int d = 0; d < K::kDTiles; ++d) {
+          acc[mt][d][2 * rh] *= alpha;
+          acc[mt][d][2 * rh + 1] *= alpha;
+        }
       }
-      row_sum[rh] = row_sum[rh] * alpha + rs;  // this lane's part; joined at the end
-#pragma unroll
-      for (int d = 0; d < K::kDTiles; ++d) {
-        acc[d][2 * rh] *= alpha;
-        acc[d][2 * rh + 1] *= alpha;
-      }
-    }
 
     // O += P·V, P from registers: S tiles 2c and 2c+1 form the A fragment of keys 16c..16c+15.
 #pragma unroll
     for (int kc = 0; kc < K::kNTiles / 2; ++kc) {
-      const uint32_t a[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]), pack2<T>(s[2 * kc][2], s[2 * kc][3]),
-                             pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                             pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        a[mt][0] = pack2<T>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+        a[mt][1] = pack2<T>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+        a[mt][2] = pack2<T>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+        a[mt][3] = pack2<T>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+      }
 #pragma unroll
       for (int d = 0; d < K::kDTiles; d += 2) {
         uint32_t b_lo[2], b_hi[2];
         ld_b_kn<L>(b_lo, b_hi, smem_addr(s_v), la, kc * 16, d * 8);
-        mma_m16n8k16<T>(acc[d], a, b_lo);
-        mma_m16n8k16<T>(acc[d + 1], a, b_hi);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_m16n8k16<T>(acc[mt][d], a[mt], b_lo);
+          mma_m16n8k16<T>(acc[mt][d + 1], a[mt], b_hi);
+        }
       }
     }
   }
   cp_async_wait<0>();  // the empty tail groups; Q itself when no tile was visible
 
+  // Output addresses only now, so that nothing of them is live in the loop.
+  T* out = static_cast<T*>(p.out) + b * p.o_s.batch + h * p.o_s.head;
+  float* lse = p.lse + bh * sq;
+
 #pragma unroll
-  for (int rh = 0; rh < 2; ++rh) {
-    float l = row_sum[rh];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int64_t row = m0 + warp * 16 + g + 8 * rh;
-    if (row < sq) {
-      T* o_row = out + row * p.o_s.row;
+  for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int d = 0; d < K::kDTiles; ++d) {
-        const int64_t col = d * 8 + 2 * t;  // head_dim is a multiple of 8: both columns or none
-        if (col < p.head_dim)
-          *reinterpret_cast<uint32_t*>(o_row + col) = pack2<T>(acc[d][2 * rh] * inv, acc[d][2 * rh + 1] * inv);
+    for (int rh = 0; rh < 2; ++rh) {
+      float l = row_sum[mt][rh];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int row = m0 + row0 + 16 * mt + g + 8 * rh;
+      if (row < sq) {
+        T* o_row = out + row * p.o_s.row;
+#pragma unroll
+        for (int d = 0; d < K::kDTiles; ++d) {
+          const int col = d * 8 + 2 * t;  // head_dim is a multiple of 8: both columns or none
+          if (col < p.head_dim)
+            *reinterpret_cast<uint32_t*>(o_row + col) =
+                pack2<T>(acc[mt][d][2 * rh] * inv, acc[mt][d][2 * rh + 1] * inv);
+        }
+        if (t == 0)
+          lse[row] =
+              l > 0.f ? (row_max[mt][rh] + log2f(l)) * 0.69314718055994530942f : INFINITY;
       }
-      if (t == 0)
-        p.lse[(b * p.heads_q + h) * sq + row] =
-            l > 0.f ? (row_max[rh] + log2f(l)) * 0.69314718055994530942f : INFINITY;
     }
-  }
 }
 
 }  // namespace mmm

@@ -22,7 +22,7 @@ cudaError_t launch_attention_fwd_t(const AttentionFwdParams& p, cudaStream_t str
   auto kernel = attention_fwd_kernel<K>;
   const cudaError_t err = allow_smem(kernel, K::kSmemBytes);
   if (err != cudaSuccess) return err;
-  // (batch * heads) on x (up to 2^31 - 1), query tiles on y (up to 65535 * 64 rows).
+  // (batch * heads) on x (up to 2^31 - 1), query tiles on y (up to 65535: check_shapes).
   const dim3 grid(unsigned(p.batch * p.heads_q), unsigned(ceil_div(p.seqlen_q, K::kBlockM)));
   kernel<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
   return cudaGetLastError();

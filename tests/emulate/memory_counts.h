@@ -207,16 +207,18 @@ inline AccessStats* access_stats = &all_accesses;
 struct LaunchCost {
   const void* sites[32] = {};
   uint64_t shared_wavefronts = 0, shuffles = 0, global_bytes = 0;  // bytes: ideal sectors * 32
-  bool tensor_cores = false;
+  uint64_t mmas = 0, ptx_wavefronts = 0;  // warp mma instructions; ldmatrix + cp.async store wavefronts
 };
 inline LaunchCost current_launch;           // under access_stats_mutex
 inline std::vector<LaunchCost> launch_costs;  // every launch so far
 inline std::atomic<uint64_t> launch_shuffles{0};  // warp shuffle instructions (lane 0 counts)
-inline std::atomic<bool> launch_mma{false};
+inline std::atomic<uint64_t> launch_mmas{0};           // warp mma instructions (lane 0 counts)
+inline std::atomic<uint64_t> launch_ptx_wavefronts{0};  // ldmatrix and cp.async stores (ptx_on_cpu.h)
 inline void end_launch_cost() {
   std::lock_guard<std::mutex> lock(access_stats_mutex);
   current_launch.shuffles = launch_shuffles.exchange(0);
-  current_launch.tensor_cores = launch_mma.exchange(false);
+  current_launch.mmas = launch_mmas.exchange(0);
+  current_launch.ptx_wavefronts = launch_ptx_wavefronts.exchange(0);
   launch_costs.push_back(current_launch);
   current_launch = {};
 }
@@ -453,24 +455,29 @@ inline std::string kernel_of(const void* site) {
   return name;
 }
 
-// The throughput model: per kernel, its launches' on-chip work against their global traffic,
-// in an H100 SM's clocks. Shared memory serves one 128-byte wavefront per clock and the shuffle
-// unit 32 values (one warp instruction) per clock; HBM serves 3.35 TB/s / 132 SMs / 1.755 GHz
-// = 14.5 bytes per clock. Global traffic is each instruction's distinct bytes in whole sectors
-// (what reaches DRAM once L1 and L2 merge neighbouring instructions; L2 hits count too, so it is
-// an upper bound). A kernel whose on-chip clocks exceed its HBM clocks cannot reach more than
-// HBM / on-chip of the copy bandwidth however well its loads overlap; one below 1 can, if they
-// do. Tensor-core kernels (mma) are left out: their bound is the MMAs, and cp.async's traffic is
-// not traced. The drivers' shapes are small test cases, not the benchmarks'.
+// The throughput model: per kernel, its launches' on-chip work against what it must wait for, in
+// an H100 SM's clocks. Shared memory serves one 128-byte wavefront per clock and the shuffle unit
+// 32 values (one warp instruction) per clock.
+// - Memory-bound kernels: on-chip work against global traffic. HBM serves 3.35 TB/s / 132 SMs /
+//   1.755 GHz = 14.5 bytes per clock. Global traffic is each instruction's distinct bytes in whole
+//   sectors (what reaches DRAM once L1 and L2 merge neighbouring instructions; L2 hits count too,
+//   so it is an upper bound). A kernel whose on-chip clocks exceed its HBM clocks cannot reach
+//   more than HBM / on-chip of the copy bandwidth however well its loads overlap; one below 1 can,
+//   if they do.
+// - Tensor-core kernels (mma): shared-memory clocks (ldmatrix, cp.async stores, plain accesses,
+//   shuffles) per m16n8k16. At H100's dense fp16 peak (989 TFLOP/s) an SM retires one m16n8k16
+//   (4096 flops) per clock, and mma.sync reaches at best about two thirds of that, so a kernel
+//   above ~1.5 waits on shared memory, not on the tensor cores.
+// The drivers' shapes are small test cases, not the benchmarks' (edge tiles weigh more).
 inline void report_throughput_model(FILE* f) {
   std::lock_guard<std::mutex> lock(access_stats_mutex);
   struct Sum {
-    uint64_t launches = 0, shared = 0, shuffles = 0, bytes = 0;
+    uint64_t launches = 0, shared = 0, shuffles = 0, bytes = 0, mmas = 0;
   };
-  std::map<std::string, Sum> kernels;
+  std::map<std::string, Sum> memory_bound, tensor_core;
   std::map<const void*, std::string> names;
   for (const LaunchCost& c : launch_costs) {
-    if (c.tensor_cores || !c.global_bytes) continue;
+    if (!c.mmas && !c.global_bytes) continue;
     std::string name;  // the first of the sites' functions that is a kernel (csrc names them *_kernel)
     for (const void* site : c.sites) {
       if (!site) break;
@@ -482,19 +489,30 @@ inline void report_throughput_model(FILE* f) {
       }
     }
     if (name.empty()) continue;
-    Sum& k = kernels[name];
-    ++k.launches, k.shared += c.shared_wavefronts, k.shuffles += c.shuffles, k.bytes += c.global_bytes;
+    Sum& k = (c.mmas ? tensor_core : memory_bound)[name];
+    ++k.launches, k.shared += c.shared_wavefronts + c.ptx_wavefronts, k.shuffles += c.shuffles;
+    k.bytes += c.global_bytes, k.mmas += c.mmas;
   }
-  if (kernels.empty()) return;
-  std::fprintf(f, "throughput model (H100 SM clocks; on-chip = shared wavefronts + warp shuffles; HBM = global "
-                  "bytes at 14.5 B/clock):\n");
-  for (const auto& [name, k] : kernels) {
+  auto short_name = [](const std::string& n) { return n.size() > 110 ? n.substr(0, 107) + "..." : n; };
+  if (!memory_bound.empty())
+    std::fprintf(f, "throughput model (H100 SM clocks; on-chip = shared wavefronts + warp shuffles; HBM = global "
+                    "bytes at 14.5 B/clock):\n");
+  for (const auto& [name, k] : memory_bound) {
     const double on_chip = double(k.shared + k.shuffles), hbm = double(k.bytes) / 14.5;
     const double ratio = on_chip / hbm;
     std::fprintf(f, "  %6.2f on-chip/HBM %s (%llu launches: %llu wavefronts, %llu shuffles, %llu KB)%s\n", ratio,
-                 name.size() > 110 ? (name.substr(0, 107) + "...").c_str() : name.c_str(), (unsigned long long)k.launches,
-                 (unsigned long long)k.shared, (unsigned long long)k.shuffles, (unsigned long long)(k.bytes >> 10),
-                 ratio > 1 ? "  <- bound on chip" : "");
+                 short_name(name).c_str(), (unsigned long long)k.launches, (unsigned long long)k.shared,
+                 (unsigned long long)k.shuffles, (unsigned long long)(k.bytes >> 10), ratio > 1 ? "  <- bound on chip" : "");
+  }
+  if (!tensor_core.empty())
+    std::fprintf(f, "throughput model, tensor-core kernels (shared-memory clocks = ldmatrix + cp.async + plain "
+                    "wavefronts + shuffles, per m16n8k16; an H100 SM retires at most ~0.67 mma.sync per clock):\n");
+  for (const auto& [name, k] : tensor_core) {
+    const double ratio = double(k.shared + k.shuffles) / double(k.mmas);
+    std::fprintf(f, "  %6.2f shared clocks/mma %s (%llu launches: %llu mma, %llu wavefronts, %llu shuffles)%s\n", ratio,
+                 short_name(name).c_str(), (unsigned long long)k.launches, (unsigned long long)k.mmas,
+                 (unsigned long long)k.shared, (unsigned long long)k.shuffles,
+                 ratio > 1.5 ? "  <- bound on shared memory" : "");
   }
 }
 

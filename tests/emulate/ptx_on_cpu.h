@@ -100,6 +100,7 @@ struct BankCount {
     const uint64_t worst = shared_wavefronts(addr, kAll, 8, 16, &parts);
     accesses.fetch_add(1, std::memory_order_relaxed);
     wavefronts.fetch_add(worst, std::memory_order_relaxed);
+    if constexpr (counting_accesses) launch_ptx_wavefronts.fetch_add(worst, std::memory_order_relaxed);
   }
 };
 inline BankCount ldmatrix_banks, cp_async_banks;
@@ -208,7 +209,8 @@ inline float b16_to_float(uint32_t bits) {
 // unspecified, so a kernel must not depend on them).
 template <bool kBf16>
 inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (counting_accesses) launch_mma = true;
+  if constexpr (counting_accesses)
+    if (threadIdx.x % 32 == 0) ++launch_mmas;
   const Untraced untraced;  // registers only; the exchange slots are the emulator's
   LaneSlot s;
   s.op = kBf16 ? kOpMmaBF16 : kOpMmaF16;
