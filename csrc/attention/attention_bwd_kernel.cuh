@@ -43,6 +43,13 @@ struct AttnBwdTraits {
   // dkdv: rows K, V; kStages x step Q, dO.  dq: rows Q, dO; kStages x step K, V.
   static constexpr int kSmemBytes = 2 * (kBlockRows + kStages * kBlockCols) * kD * int(sizeof(T));
   static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8, kDOutTiles = kDOut / 8;
+  // The A operands of the score products (dkdv: this warp's K and V rows; dq: its Q and dO rows)
+  // are the same at every step: held in registers (kD / 4 each per thread), they leave the
+  // streamed B tiles as the only ldmatrix traffic of S and dP (shared memory bounds these loops;
+  // tests/emulate's counts mode prints shared-memory clocks per MMA). Where they fit next to the
+  // accumulators: dq up to d = 128 (dQ kD / 2, S and dP kBlockCols / 2 each), dkdv up to d = 96
+  // (dK and dV take kD registers; at d = 128 the kernel spilled a few bytes per step).
+  static constexpr bool kDqARegs = kD <= 128, kDkdvARegs = kD <= 96;
   static_assert(kD % 32 == 0 && kBlockCols % 16 == 0 && kDOut % 16 == 0, "tile shape");
   static_assert(kDSplit == 1 || kDOut % Layout::kBlockCols == 0, "a dK/dV column split is a pointer shift");
   static_assert(kSmemBytes <= kAttnSmemMinOptin, "must fit every sm_80+ GPU's opt-in shared memory");
@@ -67,6 +74,11 @@ __global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionB
   }
 }
 
+// The two score-shaped products of a backward step, over the whole head dim, for one warp's 16
+// rows: x = A1·B1ᵀ and y = A2·B2ᵀ (16 x kBlockCols each, fp32), A [row][d], B tiles [col][d].
+// dkdv: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ; dq: S = Q·Kᵀ, dP = dO·Vᵀ.
+// A operands either come from shared memory (ASmem: tiles a1, a2 at row0) at each k step or were
+// loaded once into registers (ARegs: load_a_rows).
 // Is key `col` visible from query `row`? (bottom-right aligned causal / window, see params.h)
 __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_t row, int64_t col) {
   const int64_t shift = f.seqlen_k - f.seqlen_q;
@@ -74,14 +86,38 @@ __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_
          (f.window_left < 0 || col >= row + shift - f.window_left);
 }
 
-// The two score-shaped products of a backward step, over the whole head dim, for one warp's 16
-// rows: x = A1·B1ᵀ and y = A2·B2ᵀ (16 x kBlockCols each, fp32), A tiles [row][d] from row0, B
-// tiles [col][d]. dkdv: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ; dq: S = Q·Kᵀ, dP = dO·Vᵀ.
 template <class K>
-__device__ __forceinline__ void score_pair(float (&x)[K::kCTiles][4], float (&y)[K::kCTiles][4], uint32_t a1,
-                                           uint32_t a2, uint32_t b1, uint32_t b2,
-                                           const AttnLaneAddr<typename K::Layout>& la,
-                                           const AttnLaneAddr<typename K::Layout>& lb, int row0) {
+struct ASmem {
+  uint32_t a1, a2;
+  AttnLaneAddr<typename K::Layout> la;
+  int row0;
+  __device__ __forceinline__ void get(uint32_t (&a_1)[4], uint32_t (&a_2)[4], int kk) const {
+    ld_a<typename K::Layout>(a_1, a1, la, row0, kk);
+    ld_a<typename K::Layout>(a_2, a2, la, row0, kk);
+  }
+};
+template <class K>
+struct ARegs {
+  uint32_t a1[K::kD / 16][4], a2[K::kD / 16][4];
+  __device__ __forceinline__ void get(uint32_t (&a_1)[4], uint32_t (&a_2)[4], int kk) const {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a_1[r] = a1[kk / 16][r], a_2[r] = a2[kk / 16][r];
+  }
+};
+// The warp's 16 rows from row0 of tiles a1 and a2, as A fragments over the whole head dim.
+template <class K>
+__device__ __forceinline__ void load_a_rows(ARegs<K>& a, uint32_t a1, uint32_t a2,
+                                            const AttnLaneAddr<typename K::Layout>& la, int row0) {
+#pragma unroll
+  for (int kk = 0; kk < K::kD; kk += 16) {
+    ld_a<typename K::Layout>(a.a1[kk / 16], a1, la, row0, kk);
+    ld_a<typename K::Layout>(a.a2[kk / 16], a2, la, row0, kk);
+  }
+}
+
+template <class K, class A>
+__device__ __forceinline__ void score_pair(float (&x)[K::kCTiles][4], float (&y)[K::kCTiles][4], const A& a,
+                                           uint32_t b1, uint32_t b2, const AttnLaneAddr<typename K::Layout>& lb) {
   using T = typename K::T;
   using L = typename K::Layout;
 #pragma unroll
@@ -91,8 +127,7 @@ __device__ __forceinline__ void score_pair(float (&x)[K::kCTiles][4], float (&y)
 #pragma unroll
   for (int kk = 0; kk < K::kD; kk += 16) {
     uint32_t a_1[4], a_2[4];
-    ld_a<L>(a_1, a1, la, row0, kk);
-    ld_a<L>(a_2, a2, la, row0, kk);
+    a.get(a_1, a_2, kk);
 #pragma unroll
     for (int j = 0; j < K::kCTiles; j += 2) {
       uint32_t b_lo[2], b_hi[2];
@@ -163,6 +198,17 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   };
   if (n_steps > 0) load_step(0);
   cp_async_commit();
+  const auto a_kv = [&] {  // Sᵀ's and dPᵀ's A operands: this warp's K and V rows
+    if constexpr (K::kDkdvARegs) {
+      cp_async_wait<0>();  // G0: K, V (and step 0, needed next anyway)
+      __syncthreads();
+      ARegs<K> a;
+      load_a_rows<K>(a, smem_addr(s_k), smem_addr(s_v), la, warp * 16);
+      return a;
+    } else {
+      return ASmem<K>{smem_addr(s_k), smem_addr(s_v), la, warp * 16};
+    }
+  }();
 
   for (int64_t i = 0; i < n_steps; ++i) {
     cp_async_wait<kS - 2>();
@@ -179,7 +225,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
 
       // Sᵀ (16 keys x kC queries) = K·Qᵀ and dPᵀ = V·dOᵀ.
       float st[K::kCTiles][4], dpt[K::kCTiles][4];
-      score_pair<K>(st, dpt, smem_addr(s_k), smem_addr(s_v), smem_addr(s_q), smem_addr(s_do), la, lb, warp * 16);
+      score_pair<K>(st, dpt, a_kv, smem_addr(s_q), smem_addr(s_do), lb);
       // Pᵀ = exp(Sᵀ·scale − lse[query]); dSᵀ = Pᵀ ∘ (dPᵀ − delta[query]). Row = key, col = query.
 #pragma unroll
       for (int j = 0; j < K::kCTiles; ++j)
@@ -280,6 +326,17 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
     if (i < n_tiles) load_kv(i);
     cp_async_commit();
   }
+  const auto a_qdo = [&] {  // S's and dP's A operands: this warp's Q and dO rows
+    if constexpr (K::kDqARegs) {
+      cp_async_wait<0>();  // G0: Q, dO (and tile 0, needed next anyway)
+      __syncthreads();
+      ARegs<K> a;
+      load_a_rows<K>(a, smem_addr(s_q), smem_addr(s_do), la, warp * 16);
+      return a;
+    } else {
+      return ASmem<K>{smem_addr(s_q), smem_addr(s_do), la, warp * 16};
+    }
+  }();
 
   const float* lse = f.lse + (b * f.heads_q + h) * sq;
   const float* dl = delta + (b * f.heads_q + h) * sq;
@@ -307,7 +364,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 
     // S (16 queries x kC keys) = Q·Kᵀ and dP = dO·Vᵀ.
     float s[K::kCTiles][4], dp[K::kCTiles][4];
-    score_pair<K>(s, dp, smem_addr(s_q), smem_addr(s_do), smem_addr(s_k), smem_addr(s_v), la, lb, warp * 16);
+    score_pair<K>(s, dp, a_qdo, smem_addr(s_k), smem_addr(s_v), lb);
     // dS = P ∘ (dP − delta[row]) with P = exp(S·scale − lse[row]).
 #pragma unroll
     for (int j = 0; j < K::kCTiles; ++j)

@@ -5,6 +5,7 @@
 // memory and never stored). With no compiled one above it the launchers return an error.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 
 #include "attention/attention_launch_template.cuh"
@@ -110,6 +111,11 @@ const char* check_shapes(const AttentionFwdParams& p) {
     return "fused_attention (CUDA): q, k, v must be float16 or bfloat16";
   return nullptr;
 }
+
+void clamp_windows(AttentionFwdParams& p) {  // params.h: kAttnWindowClamp
+  p.window_left = p.window_left < 0 ? -1 : std::min(p.window_left, kAttnWindowClamp);
+  p.window_right = p.window_right < 0 ? -1 : std::min(p.window_right, kAttnWindowClamp);
+}
 }  // namespace
 
 size_t attention_bwd_cuda_workspace_bytes(const AttentionBwdParams& p) {
@@ -122,17 +128,21 @@ const char* launch_attention_bwd(const AttentionBwdParams& p, void* stream) {
     return nullptr;  // nothing to do; the glue zero-fills dk/dv
   }
   if (const char* bad = check_shapes(f)) return bad;
+  AttentionBwdParams c = p;
+  clamp_windows(c.fwd);
   auto s = static_cast<cudaStream_t>(stream);
   float* delta = static_cast<float*>(p.workspace);
-  const cudaError_t err = f.dtype == DType::kFloat16 ? bwd<__half>(p, delta, s) : bwd<__nv_bfloat16>(p, delta, s);
+  const cudaError_t err = f.dtype == DType::kFloat16 ? bwd<__half>(c, delta, s) : bwd<__nv_bfloat16>(c, delta, s);
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
 const char* launch_attention_fwd(const AttentionFwdParams& p, void* stream) {
   if (p.batch * p.heads_q == 0 || p.seqlen_q == 0) return nullptr;
   if (const char* bad = check_shapes(p)) return bad;
+  AttentionFwdParams c = p;
+  clamp_windows(c);
   auto s = static_cast<cudaStream_t>(stream);
-  const cudaError_t err = p.dtype == DType::kFloat16 ? fwd<__half>(p, s) : fwd<__nv_bfloat16>(p, s);
+  const cudaError_t err = p.dtype == DType::kFloat16 ? fwd<__half>(c, s) : fwd<__nv_bfloat16>(c, s);
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 

@@ -35,6 +35,11 @@ struct AttentionFwdParams {
   int64_t window_left = -1, window_right = -1;  // causal: window_right = 0
 };
 
+// The CUDA launchers clamp windows to this before launching, so that kernels may add window
+// bounds to positions in 32 bits (lengths are below 2^22 there): |key - query - shift| < 2^23, so
+// a window of 2^24 sees exactly the keys a wider one does.
+inline constexpr int64_t kAttnWindowClamp = int64_t(1) << 24;
+
 struct AttentionBwdParams {
   AttentionFwdParams fwd;      // q, k, v, out, lse as saved by the forward (out and lse read-only)
   const void* dout = nullptr;  AttentionStrides do_s;
