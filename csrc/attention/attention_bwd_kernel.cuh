@@ -26,30 +26,32 @@ struct AttnBwdTraits {
   using T = T_;
   using Layout = AttnSmemLayout<kD_>;
   static constexpr int kD = kD_;
-  // Each warp keeps two (16, kD / kDSplit) fp32 accumulators (dK and dV) plus two (16,
-  // kBlockCols) score tiles in registers: 32-column steps from d = 96 up, 16 at d = 192 (dK and
-  // dV take 192 registers there; 32-column steps spilled a few bytes); 2 warps above d = 128.
-  // At d = 256, dK and dV alone would be 256 registers per thread: the dkdv kernel splits them
-  // over kDSplit = 2 CTAs (blockIdx.z picks the half of the head dim), each recomputing the
-  // full Sᵀ and dPᵀ (they contract over all of D), so nothing spills.
+  // Shared memory, not the tensor cores, bounds these loops (tests/emulate's counts mode prints
+  // shared-memory clocks per MMA). The A operands of the score products (dkdv: this warp's K
+  // and V rows; dq: its Q and dO rows) are the same at every step, so they are held in registers
+  // (kD / 4 per thread each), which leaves the streamed B tiles as the only ldmatrix traffic of S
+  // and dP: at d = 128, 2.25 shared clocks per MMA for dkdv and 2.33 for dq, against 2.75 and 3.0
+  // when A is reloaded each step. Registers per thread besides: dkdv's dK and dV accumulators
+  // (kD / kDSplit), dq's dQ (kD / 2), and two (16, kBlockCols) score tiles (kBlockCols / 2 each).
+  // So: 64-column steps up to d = 64, 32 at d = 96, 16 at d = 128 (once A is in registers the
+  // ratio does not depend on the step width; with 32 the dkdv kernel spilled inside its loop) and
+  // at d = 192 (dK and dV take 192 registers; 32-column steps spilled); A in registers up to
+  // d = 128 (sm_80's d = 128 dkdv kernel spills 8 bytes, stored before its loop, reloaded after). 2 warps above d = 128. At
+  // d = 256, dK and dV alone would be 256 registers per thread: the dkdv kernel splits them over
+  // kDSplit = 2 CTAs (blockIdx.z picks the half of the head dim), each recomputing the full Sᵀ
+  // and dPᵀ (they contract over all of D), so nothing spills.
   static constexpr int kWarps = kD <= 128 ? 4 : 2, kThreads = 32 * kWarps;
-  static constexpr int kBlockRows = 16 * kWarps;         // keys (dkdv) or queries (dq) per CTA
-  static constexpr int kBlockCols = kD <= 64 ? 64 : kD == 192 ? 16 : 32;  // queries (dkdv) / keys (dq) per step
+  static constexpr int kBlockRows = 16 * kWarps;  // keys (dkdv) or queries (dq) per CTA
+  static constexpr int kBlockCols = kD <= 64 ? 64 : kD == 96 || kD == 256 ? 32 : 16;  // queries (dkdv) / keys (dq) per step
+  static constexpr bool kARegs = kD <= 128;
   static constexpr int kDSplit = kD > 192 ? 2 : 1;
   // The streamed tiles (dkdv: Q, dO; dq: K, V) are double-buffered through cp.async with the
   // forward's schedule (attention_fwd_kernel.cuh); 2 stages fit 99 KB at every head dim.
   static constexpr int kStages = 2;
-  static constexpr int kDOut = kD / kDSplit;             // dK/dV columns per dkdv CTA
+  static constexpr int kDOut = kD / kDSplit;  // dK/dV columns per dkdv CTA
   // dkdv: rows K, V; kStages x step Q, dO.  dq: rows Q, dO; kStages x step K, V.
   static constexpr int kSmemBytes = 2 * (kBlockRows + kStages * kBlockCols) * kD * int(sizeof(T));
   static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8, kDOutTiles = kDOut / 8;
-  // The A operands of the score products (dkdv: this warp's K and V rows; dq: its Q and dO rows)
-  // are the same at every step: held in registers (kD / 4 each per thread), they leave the
-  // streamed B tiles as the only ldmatrix traffic of S and dP (shared memory bounds these loops;
-  // tests/emulate's counts mode prints shared-memory clocks per MMA). Where they fit next to the
-  // accumulators: dq up to d = 128 (dQ kD / 2, S and dP kBlockCols / 2 each), dkdv up to d = 96
-  // (dK and dV take kD registers; at d = 128 the kernel spilled a few bytes per step).
-  static constexpr bool kDqARegs = kD <= 128, kDkdvARegs = kD <= 96;
   static_assert(kD % 32 == 0 && kBlockCols % 16 == 0 && kDOut % 16 == 0, "tile shape");
   static_assert(kDSplit == 1 || kDOut % Layout::kBlockCols == 0, "a dK/dV column split is a pointer shift");
   static_assert(kSmemBytes <= kAttnSmemMinOptin, "must fit every sm_80+ GPU's opt-in shared memory");
@@ -199,7 +201,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   if (n_steps > 0) load_step(0);
   cp_async_commit();
   const auto a_kv = [&] {  // Sᵀ's and dPᵀ's A operands: this warp's K and V rows
-    if constexpr (K::kDkdvARegs) {
+    if constexpr (K::kARegs) {
       cp_async_wait<0>();  // G0: K, V (and step 0, needed next anyway)
       __syncthreads();
       ARegs<K> a;
@@ -327,7 +329,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
     cp_async_commit();
   }
   const auto a_qdo = [&] {  // S's and dP's A operands: this warp's Q and dO rows
-    if constexpr (K::kDqARegs) {
+    if constexpr (K::kARegs) {
       cp_async_wait<0>();  // G0: Q, dO (and tile 0, needed next anyway)
       __syncthreads();
       ARegs<K> a;
