@@ -63,6 +63,10 @@ struct AttnFwdTraits {
   static constexpr int kMTiles = kD <= 128 ? 2 : 1;  // 16-row slabs per warp
   static constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16 * kMTiles, kBlockM = kWarpRows * kWarps;
   static constexpr int kBlockN = kD <= 128 ? 64 : 32;
+  // With one slab per warp (d = 192, 256), each Q fragment would be read from shared memory
+  // for only kBlockN / 8 MMAs: the warp holds its Q rows in registers instead (kD / 4 per
+  // thread; 3.1 -> ~2.5 shared clocks per MMA). With two slabs they would not fit.
+  static constexpr bool kQRegs = kMTiles == 1;
   static constexpr int kQBytes = kBlockM * kD * int(sizeof(T));
   static constexpr int kStageBytes = 2 * kBlockN * kD * int(sizeof(T));  // one K tile + one V tile
   static constexpr int kStages = attn_fwd_stages(kQBytes, kStageBytes);
@@ -139,6 +143,13 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
   constexpr int kMT = K::kMTiles;
   const int row0 = warp * K::kWarpRows;
   float row_max[kMT][2], row_sum[kMT][2], acc[kMT][K::kDTiles][4];
+  uint32_t q_frag[K::kQRegs ? K::kD / 16 : 1][4];  // kQRegs: this warp's Q rows as A fragments
+  if constexpr (K::kQRegs) {
+    cp_async_wait<0>();  // G0: Q (and tile 0, needed next anyway)
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < K::kD; kk += 16) ld_a<L>(q_frag[kk / 16], smem_addr(s_q), la, row0, kk);
+  }
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -169,7 +180,12 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
     for (int kk = 0; kk < K::kD; kk += 16) {
       uint32_t a[kMT][4];
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) ld_a<L>(a[mt], smem_addr(s_q), la, row0 + 16 * mt, kk);
+      for (int mt = 0; mt < kMT; ++mt) {
+        if constexpr (K::kQRegs)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[mt][r] = q_frag[kk / 16][r];
+        else ld_a<L>(a[mt], smem_addr(s_q), la, row0 + 16 * mt, kk);
+      }
 #pragma unroll
       for (int j = 0; j < K::kNTiles; j += 2) {
         uint32_t b_lo[2], b_hi[2];
