@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const int64_t bh = blockIdx.x, b = bh / f.heads_q, h = bh % f.heads_q;
   const int64_t hk = h / (f.heads_q / f.heads_kv);
-  const int64_t m0 = int64_t(blockIdx.y) * kR;
+  const int64_t m0 = int64_t(gridDim.y - 1 - blockIdx.y) * kR;  // longest CTAs first (as the forward)
   const int64_t sq = f.seqlen_q, sk = f.seqlen_k, shift = sk - sq;
   const float scale_log2 = f.scale * 1.44269504088896340736f;
   const T* k = static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head;

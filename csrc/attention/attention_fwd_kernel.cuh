@@ -91,7 +91,9 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const int64_t bh = blockIdx.x, b = bh / p.heads_q, h = bh % p.heads_q;
   const int64_t hk = h / (p.heads_q / p.heads_kv);
-  const int m0 = int(blockIdx.y) * kM, sq = int(p.seqlen_q), sk = int(p.seqlen_k), shift = sk - sq;
+  // Query tiles in reverse launch order: under a causal mask the last tiles see the most keys,
+  // and starting the longest CTAs first shortens the tail of the grid.
+  const int m0 = int(gridDim.y - 1 - blockIdx.y) * kM, sq = int(p.seqlen_q), sk = int(p.seqlen_k), shift = sk - sq;
   // Positions in 32 bits, which leaves more registers to O and S than 64-bit math: the launcher
   // caps both lengths below 2^22 and clamps the windows to 2^24 (kAttnWindowClamp), so no sum of
   // positions and window bounds below overflows.
