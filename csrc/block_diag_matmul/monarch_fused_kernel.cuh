@@ -172,7 +172,9 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
     const int ntiles = (st.stage == 1 ? n1 : s) / 16;
     const T* x_tile = xs + buf * kBT * kKP;
     const T* b_tile = ws + buf * nw * kKP;
-    for (int kk = 0; kk < st.len; kk += 16) {
+    // A warp with no column tile in this step (stage 1 with n1 < 64) skips the step: its A
+    // fragments would be ldmatrix traffic for no MMA, and shared memory bounds this loop.
+    for (int kk = 0; kk < (warp < ntiles ? st.len : 0); kk += 16) {
       uint32_t a[kMT][4];
       if (st.stage == 1) {
 #pragma unroll

@@ -3,9 +3,10 @@
 # catch): the op's CUDA kernels compiled by g++ and checked against its CPU twin. No GPU or nvcc.
 #   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++;
 #     butterfly one std::thread per CUDA thread, fft and fftconv as the drivers choose)
-#   tests/emulate/run.sh attention [quick|steady] | block_diag_matmul    (tensor-core kernels: the PTX
+#   tests/emulate/run.sh attention [quick|steady] | block_diag_matmul [steady]    (tensor-core kernels: the PTX
 #     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run;
-#     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more)
+#     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more;
+#     steady: benchmark-like shapes instead of the test cases, for the counts mode's model)
 #   tests/emulate/run.sh fused_add_norm [quick] | hadamard    (warp shuffles and barriers, one
 #     std::thread per CUDA thread; fused_add_norm ~2 min build, ~15 s run; hadamard ~30 s in all)
 # MMM_EMULATE_SANITIZE=thread builds with ThreadSanitizer instead of AddressSanitizer/UBSan: a
