@@ -750,7 +750,7 @@ def test_cuda_head_dims_long(d, causal):
 @pytest.mark.parametrize("window", [(300, 100), (-1, 200), (500, -1), (0, 0)], ids=_id)
 @pytest.mark.parametrize("seqs", [(1000, 1000), (700, 1100), (1100, 700)], ids=_id)
 def test_cuda_pipeline_windows(d, window, seqs):
-    """Many K/V tiles per CTA through the cp.async ring (stage i % kStages), with windows wide
+    """Many K/V tiles per CTA through the cp.async ring (K and V in turn), with windows wide
     enough that some tiles are fully visible (the unmasked path) next to tiles the window cuts
     (the masked path), tiles skipped on both sides, and a ragged last tile."""
     q, k, v = make_qkv((1, 2, 1, *seqs, d), BF16, "cuda", layout="bshd", seed=d + window[0])

@@ -2,7 +2,7 @@
 //
 // A CTA owns kBlockM query rows of one (batch, head); each of its 4 warps owns kMTiles slabs of
 // 16 rows (two up to d = 128, so that every K/V fragment read from shared memory feeds two MMAs:
-// see AttnFwdTraits). Q is copied once into shared memory; K/V tiles of kBlockN keys stream through a kStages-deep cp.async
+// see AttnFwdTraits). Q is copied once into shared memory; K and V tiles of kBlockN keys stream, one after the other, through a ring of kRing cp.async
 // pipeline (the schedule is written out above the main loop), so the loads of the next tiles
 // overlap the tensor-core math of this one. Shared tiles are swizzled, unpadded and zero-filled
 // past the sequence and head-dim ends (attention_smem.cuh). S = Q·Kᵀ and O += P·V run on tensor
@@ -12,6 +12,8 @@
 // are masked per element. A row with no key gets out = 0 and lse = +inf.
 #pragma once
 #include <math.h>
+
+#include <type_traits>
 
 #include "attention/attention_smem.cuh"
 #include "attention/params.h"
@@ -28,24 +30,27 @@ namespace mmm {
 inline constexpr int kAttnSmemTwoCtasSm80 = 80 * 1024;
 inline constexpr int kAttnSmemMinOptin = 99 * 1024;
 
-// Pipeline depth: up to 3 stages (two tiles in flight behind the one being multiplied: enough to
-// cover a DRAM round trip; past that, shared memory buys more by keeping two CTAs per SM) within
-// the two-CTA budget, at least 2 (double buffering) wherever 2 fit the 99 KB minimum, else 1.
-constexpr int attn_fwd_stages(int q_bytes, int stage_bytes) {
-  int s = 3;
-  while (s > 2 && q_bytes + s * stage_bytes > kAttnSmemTwoCtasSm80) --s;
-  while (s > 1 && q_bytes + s * stage_bytes > kAttnSmemMinOptin) --s;
-  return s;
+// Pipeline depth: K and V tiles (half tiles: one (kBlockN, kD) operand each) stream through a
+// ring of kRing buffers, kRing - 1 of them in flight behind the one being multiplied. Up to 5
+// (two whole K/V tiles ahead: enough to cover a DRAM round trip; past that, shared memory buys
+// more by keeping two CTAs per SM) within the two-CTA budget, at least 3 (the next K and V in
+// flight while one is used) wherever 3 fit the 99 KB minimum. A ring of half tiles keeps as
+// many loads in flight as double-buffered whole tiles in 3/4 of the space.
+constexpr int attn_fwd_ring(int q_bytes, int half_bytes) {
+  int r = 5;
+  while (r > 3 && q_bytes + r * half_bytes > kAttnSmemTwoCtasSm80) --r;
+  while (r > 2 && q_bytes + r * half_bytes > kAttnSmemMinOptin) --r;
+  return r;
 }
 
 // The one tile-size heuristic of the forward, per compiled head dimension (16-bit elements):
-//   kD   kMTiles  kBlockM  kBlockN     Q     K+V per stage   kStages   shared memory
-//   32      2       128       64      8 KB        8 KB           3          32 KB
-//   64      2       128       64     16 KB       16 KB           3          64 KB
-//   96      2       128       64     24 KB       24 KB           2          72 KB
-//   128     2       128       64     32 KB       32 KB           2          96 KB
-//   192     1        64       32     24 KB       24 KB           2          72 KB
-//   256     1        64       32     32 KB       32 KB           2          96 KB
+//   kD   kMTiles  kBlockM  kBlockN     Q     K or V tile   kRing   shared memory
+//   32      2       128       64      8 KB       4 KB         5         28 KB
+//   64      2       128       64     16 KB       8 KB         5         56 KB
+//   96      2       128       64     24 KB      12 KB         4         72 KB
+//   128     2       128       64     32 KB      16 KB         3         80 KB
+//   192     1        64       32     24 KB      12 KB         4         72 KB
+//   256     1        64       32     32 KB      16 KB         3         80 KB
 // Shared memory, not the tensor cores, bounds this loop: an ldmatrix.x4 takes 4 of the SM's
 // shared-memory clocks and feeds 2 MMAs per 16-row slab it serves, while an H100 SM retires an
 // m16n8k16 in about 1.5 clocks with mma.sync. With two slabs per warp every K/V fragment feeds
@@ -53,8 +58,7 @@ constexpr int attn_fwd_stages(int q_bytes, int stage_bytes) {
 // mode prints this per kernel), which is FlashAttention-2's 128-row tile for these head dims.
 // The price is registers: O (kMTiles * kD / 2 fp32 per thread) and S (kMTiles * kBlockN / 2),
 // 192 of them at d = 128, which is why d = 192 and 256 keep one slab and 32-key tiles (64-key
-// tiles there would need 120 KB / 160 KB for two stages, past the 99 KB minimum). At d = 128,
-// 96 KB leaves one CTA per SM on sm_80 (two on sm_90, 227 KB).
+// tiles there would need 120 KB / 160 KB for a ring of 3, past the 99 KB minimum).
 template <int kD_, typename T_>
 struct AttnFwdTraits {
   using T = T_;
@@ -68,13 +72,13 @@ struct AttnFwdTraits {
   // thread; 3.1 -> ~2.5 shared clocks per MMA). With two slabs they would not fit.
   static constexpr bool kQRegs = kMTiles == 1;
   static constexpr int kQBytes = kBlockM * kD * int(sizeof(T));
-  static constexpr int kStageBytes = 2 * kBlockN * kD * int(sizeof(T));  // one K tile + one V tile
-  static constexpr int kStages = attn_fwd_stages(kQBytes, kStageBytes);
-  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
+  static constexpr int kHalfBytes = kBlockN * kD * int(sizeof(T));  // one K or one V tile
+  static constexpr int kRing = attn_fwd_ring(kQBytes, kHalfBytes);
+  static constexpr int kSmemBytes = kQBytes + kRing * kHalfBytes;
   static constexpr int kNTiles = kBlockN / 8;  // n8 tiles of S per warp
   static constexpr int kDTiles = kD / 8;       // n8 tiles of O per warp
   static_assert(kD % 32 == 0 && kBlockN % 16 == 0, "tile shape");
-  static_assert(kStages >= 2, "every compiled head dim double-buffers K/V");
+  static_assert(kRing >= 3, "every compiled head dim has the next K and V in flight");
   static_assert(kSmemBytes <= kAttnSmemMinOptin, "must fit every sm_80+ GPU's opt-in shared memory");
 };
 
@@ -82,10 +86,10 @@ template <class K>
 __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const AttentionFwdParams p) {
   using T = typename K::T;
   using L = typename K::Layout;
-  constexpr int kM = K::kBlockM, kN = K::kBlockN, kS = K::kStages, kTile = kN * K::kD;
+  constexpr int kM = K::kBlockM, kN = K::kBlockN, kR = K::kRing, kTile = kN * K::kD;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_q = reinterpret_cast<T*>(smem_raw);  // (kM, kD)
-  T* s_kv = s_q + kM * K::kD;               // kS stages of [K (kN, kD), V (kN, kD)]
+  T* s_kv = s_q + kM * K::kD;               // kR ring buffers of (kN, kD): K or V tiles
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
@@ -111,35 +115,54 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
   n_hi = n_hi > sk ? sk : n_hi;
   const int nb_lo = n_lo / kN, n_tiles = n_hi > n_lo ? (n_hi + kN - 1) / kN - nb_lo : 0;
 
-  // Tile i (keys (nb_lo + i) * kN ...) into stage i % kS; commits nothing.
-  auto load_kv = [&](int i) {
-    T* s_k = s_kv + (i % kS) * 2 * kTile;
-    load_tile_async<L, kN, K::kThreads>(s_k, k, p.k_s.row, (nb_lo + i) * kN, sk, p.head_dim);
-    load_tile_async<L, kN, K::kThreads>(s_k + kTile, v, p.v_s.row, (nb_lo + i) * kN, sk, p.head_dim);
+  // Ring item h is K of tile h / 2 (h even) or V of it (h odd), keys (nb_lo + h / 2) * kN ...,
+  // in buffer h % kR; nothing past the last tile. Commits nothing. The parity comes as a
+  // compile-time constant (std::bool_constant) and the buffer as a running counter: run-time
+  // choices of K or V and divisions by kR kept more registers live and spilled at d = 128.
+  auto load_item = [&](int h, int buffer, auto is_v) {
+    if (h / 2 >= n_tiles) return;
+    load_tile_async<L, kN, K::kThreads>(s_kv + buffer * kTile, is_v() ? v : k, is_v() ? p.v_s.row : p.k_s.row,
+                                        (nb_lo + h / 2) * kN, sk, p.head_dim);
   };
 
   // The pipeline. Every thread commits the same sequence of cp.async groups (empty ones
-  // included, so wait_group counts agree across threads), one group per K/V tile:
-  //   prologue   G0 = {Q, tile 0}, G1 = {tile 1}, ..., G(kS-2) = {tile kS-2}      (kS - 1 groups)
-  //   iteration i (tile i lives in stage i % kS):
-  //     wait_group<kS-2>   groups G0..G(i+kS-2) are committed, at most kS - 2 may still be
-  //                        pending, so G0..Gi (Q and tile i) have landed for this thread;
-  //     __syncthreads()    (a) every thread's share of tile i is visible to every warp;
-  //                        (b) every warp has finished iteration i-1, the last reader of
-  //                        stage (i-1) % kS;
-  //     issue tile i+kS-1 into stage (i+kS-1) % kS = (i-1) % kS (free by (b)), commit it as
-  //                        G(i+kS-1) (empty past the last tile);
-  //     S = Q·Kᵀ, softmax, O += P·V on stage i % kS, while tiles i+1..i+kS-1 are in flight.
-  //   With kS = 2: wait_group 0 at the top of iteration i (tile i), tile i+1 overwrites stage
-  //   (i+1) % 2 = (i-1) % 2 after the barrier. One barrier per tile; after the loop,
-  //   wait_group 0 drains the empty tail groups (and Q when no tile is visible) before exit.
+  // included, so wait_group counts agree across threads), one group per ring item:
+  //   prologue   G0 = {Q, item 0}, G1 = {item 1}, ..., G(kR-2) = {item kR-2}     (kR - 1 groups)
+  //   step h (item h: K of tile h/2 before S = Q·Kᵀ, V of it before O += P·V), buffer h % kR:
+  //     wait_group<kR-2>   groups G0..G(h+kR-2) are committed, at most kR - 2 may still be
+  //                        pending, so G0..Gh (Q and item h) have landed for this thread;
+  //     __syncthreads()    (a) every thread's share of item h is visible to every warp;
+  //                        (b) every warp has finished step h-1, the last reader of buffer
+  //                        (h-1) % kR;
+  //     issue item h+kR-1 into buffer (h+kR-1) % kR = (h-1) % kR (free by (b)), commit it as
+  //                        G(h+kR-1) (empty past the last tile);
+  //     the step's product on buffer h % kR, while items h+1..h+kR-1 are in flight.
+  //   Two barriers per tile; after the loop, wait_group 0 drains the empty tail groups (and Q
+  //   when no tile is visible) before exit.
   // Tail tiles: rows >= seqlen_k are zero-filled by cp.async (src-size 0) and masked below.
   load_tile_async<L, kM, K::kThreads>(s_q, q, p.q_s.row, m0, sq, p.head_dim);
-#pragma unroll
-  for (int i = 0; i < kS - 1; ++i) {
-    if (i < n_tiles) load_kv(i);
+  for (int i = 0; 2 * i < kR - 1; ++i) {  // items 0 .. kR-2
+    load_item(2 * i, 2 * i, std::false_type{});
     cp_async_commit();
+    if (2 * i + 1 < kR - 1) {
+      load_item(2 * i + 1, 2 * i + 1, std::true_type{});
+      cp_async_commit();
+    }
   }
+  // Step h's wait, barrier and issue of item h + kR - 1 (a V tile when is_v) into the buffer
+  // step h-1 read; returns item h's buffer. `use` = h % kR.
+  int use = 0;
+  auto ring_step = [&](int h, auto is_v) {
+    cp_async_wait<kR - 2>();
+    __syncthreads();
+    load_item(h + kR - 1, use == 0 ? kR - 1 : use - 1, is_v);
+    cp_async_commit();
+    const T* buffer = s_kv + use * kTile;
+    use = use == kR - 1 ? 0 : use + 1;
+    return buffer;
+  };
+  using NextAfterK = std::bool_constant<(kR - 1) % 2 == 1>;  // item 2i + kR - 1 is a V tile
+  using NextAfterV = std::bool_constant<kR % 2 == 1>;        // item 2i + kR
 
   // Slab mt of this warp holds rows m0 + row0 + 16 mt ..., each lane rows g and g + 8 of it.
   constexpr int kMT = K::kMTiles;
@@ -163,14 +186,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
   }
 
   for (int i = 0; i < n_tiles; ++i) {
-    cp_async_wait<kS - 2>();
-    __syncthreads();
-    if (i + kS - 1 < n_tiles) load_kv(i + kS - 1);
-    cp_async_commit();
-
     const int n0 = (nb_lo + i) * kN;
-    const T* s_k = s_kv + (i % kS) * 2 * kTile;
-    const T* s_v = s_k + kTile;
+    const T* s_k = ring_step(2 * i, NextAfterK{});
     float s[kMT][K::kNTiles][4];  // (16 rows, kN keys) per slab, C-fragment layout
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
@@ -255,6 +272,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
       }
 
     // O += P·V, P from registers: S tiles 2c and 2c+1 form the A fragment of keys 16c..16c+15.
+    const T* s_v = ring_step(2 * i + 1, NextAfterV{});
 #pragma unroll
     for (int kc = 0; kc < K::kNTiles / 2; ++kc) {
       uint32_t a[kMT][4];

@@ -122,10 +122,11 @@ case "$op" in
     grep -q 'emu::smem' "$out/inc/butterfly/butterfly_kernel.cuh" || { echo "run.sh: shared memory was not rewritten" >&2; exit 1; }
     "${CXX:-g++}" -std=c++20 -I"$here" -I"$out/inc" -I"$repo/csrc" -O1 -g -pthread "${san[@]}" \
       "$out/launch.cpp" "$here/butterfly.cpp" "$src/butterfly_cpu.cpp" -o "$out/$op" ;;
-  # By default head dims 64 (3-stage forward, 64-column swizzle) and 96 (2 stages, 32-column
+  # By default head dims 64 (forward ring of 5, 64-column swizzle) and 96 (ring of 4, 32-column
   # swizzle, the backward's 32-wide steps); MMM_EMULATE_ATTENTION_DIMS="all" (or a list such as
-  # "64 128 256") compiles others too: 128 (the most used), 192 (16-wide backward steps, 2 warps)
-  # and 256 (dK/dV split over two CTAs) have paths of their own. The driver runs each case on the
+  # "64 128 256") compiles others too: 128 (the most used; 16-wide backward steps), 192 (one
+  # 16-row slab per warp with Q in registers in the forward, 2 warps in the backward) and 256
+  # (as 192, and dK/dV split over two CTAs) have paths of their own. The driver runs each case on the
   # smallest compiled head dim >= its D and skips cases that have none.
   attention)
     dims="${MMM_EMULATE_ATTENTION_DIMS:-64 96}"
