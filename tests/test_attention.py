@@ -746,7 +746,7 @@ def test_cuda_head_dims_long(d, causal):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("d", [64, 128, 256])  # 3, 2, 2 pipeline stages; 64- and 32-key tiles
+@pytest.mark.parametrize("d", [64, 128, 256])  # rings of 5, 3, 3 K/V buffers; 64- and 32-key tiles
 @pytest.mark.parametrize("window", [(300, 100), (-1, 200), (500, -1), (0, 0)], ids=_id)
 @pytest.mark.parametrize("seqs", [(1000, 1000), (700, 1100), (1100, 700)], ids=_id)
 def test_cuda_pipeline_windows(d, window, seqs):
