@@ -67,10 +67,11 @@ struct AttnFwdTraits {
   static constexpr int kMTiles = kD <= 128 ? 2 : 1;  // 16-row slabs per warp
   static constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16 * kMTiles, kBlockM = kWarpRows * kWarps;
   static constexpr int kBlockN = kD <= 128 ? 64 : 32;
-  // With one slab per warp (d = 192, 256), each Q fragment would be read from shared memory
-  // for only kBlockN / 8 MMAs: the warp holds its Q rows in registers instead (kD / 4 per
-  // thread; 3.1 -> ~2.5 shared clocks per MMA). With two slabs they would not fit.
-  static constexpr bool kQRegs = kMTiles == 1;
+  // The warp holds its Q rows in registers (kMTiles * kD / 4 per thread) where they fit next to
+  // O and S, rather than reading each Q fragment from shared memory once per key tile: with one
+  // slab (d = 192, 256: 3.1 -> 2.6 shared clocks per MMA) and with two up to d = 96 (1.6 ->
+  // 1.25 by hand count; at d = 128 the 64 more registers would not fit).
+  static constexpr bool kQRegs = kMTiles == 1 || kD <= 96;
   static constexpr int kQBytes = kBlockM * kD * int(sizeof(T));
   static constexpr int kHalfBytes = kBlockN * kD * int(sizeof(T));  // one K or one V tile
   static constexpr int kRing = attn_fwd_ring(kQBytes, kHalfBytes);
@@ -168,12 +169,14 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
   constexpr int kMT = K::kMTiles;
   const int row0 = warp * K::kWarpRows;
   float row_max[kMT][2], row_sum[kMT][2], acc[kMT][K::kDTiles][4];
-  uint32_t q_frag[K::kQRegs ? K::kD / 16 : 1][4];  // kQRegs: this warp's Q rows as A fragments
+  uint32_t q_frag[K::kQRegs ? kMT : 1][K::kQRegs ? K::kD / 16 : 1][4];  // kQRegs: this warp's Q rows
   if constexpr (K::kQRegs) {
-    cp_async_wait<0>();  // G0: Q (and tile 0, needed next anyway)
+    cp_async_wait<0>();  // G0: Q (and the first ring items, needed next anyway)
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < K::kD; kk += 16) ld_a<L>(q_frag[kk / 16], smem_addr(s_q), la, row0, kk);
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < K::kD; kk += 16) ld_a<L>(q_frag[mt][kk / 16], smem_addr(s_q), la, row0 + 16 * mt, kk);
   }
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
@@ -202,7 +205,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
       for (int mt = 0; mt < kMT; ++mt) {
         if constexpr (K::kQRegs)
 #pragma unroll
-          for (int r = 0; r < 4; ++r) a[mt][r] = q_frag[kk / 16][r];
+          for (int r = 0; r < 4; ++r) a[mt][r] = q_frag[mt][kk / 16][r];
         else ld_a<L>(a[mt], smem_addr(s_q), la, row0 + 16 * mt, kk);
       }
 #pragma unroll
