@@ -31,18 +31,20 @@ struct AttnBwdTraits {
   // and V rows; dq: its Q and dO rows) are the same at every step, so they are held in registers
   // (kD / 4 per thread each), which leaves the streamed B tiles as the only ldmatrix traffic of S
   // and dP: at d = 128, 2.25 shared clocks per MMA for dkdv and 2.33 for dq, against 2.75 and 3.0
-  // when A is reloaded each step. Registers per thread besides: dkdv's dK and dV accumulators
-  // (kD / kDSplit), dq's dQ (kD / 2), and two (16, kBlockCols) score tiles (kBlockCols / 2 each).
-  // So: 64-column steps up to d = 64, 32 at d = 96, 16 at d = 128 (once A is in registers the
-  // ratio does not depend on the step width; with 32 the dkdv kernel spilled inside its loop) and
-  // at d = 192 (dK and dV take 192 registers; 32-column steps spilled); A in registers up to
-  // d = 128 (sm_80's d = 128 dkdv kernel spills 8 bytes, stored before its loop, reloaded after). 2 warps above d = 128. At
-  // d = 256, dK and dV alone would be 256 registers per thread: the dkdv kernel splits them over
-  // kDSplit = 2 CTAs (blockIdx.z picks the half of the head dim), each recomputing the full Sᵀ
-  // and dPᵀ (they contract over all of D), so nothing spills.
+  // when A is reloaded each step (by hand count; the counts mode's steady run: 2.31 and 2.42).
+  // Registers per thread besides: dkdv's dK and dV accumulators (kD / kDSplit), dq's dQ (kD / 2),
+  // and two (16, kBlockCols) score tiles (kBlockCols / 2 each). So: 64-column steps up to
+  // d = 64, 32 at d = 96, 16 at d = 128 (once A is in registers the ratio does not depend on the
+  // step width; with 32 the dkdv kernel spilled inside its loop) and at d = 192 (dK and dV take
+  // 192 registers; 32-column steps spilled); A in registers up to d = 128 (sm_80's d = 128 dkdv
+  // kernel spills 8 bytes, stored before its loop and reloaded after it). 2 warps above d = 128.
+  // At d = 256, dK and dV alone would be 256 registers per thread: the dkdv kernel splits them
+  // over kDSplit = 2 CTAs (blockIdx.z picks the half of the head dim), each recomputing the full
+  // Sᵀ and dPᵀ (they contract over all of D), so nothing spills.
   static constexpr int kWarps = kD <= 128 ? 4 : 2, kThreads = 32 * kWarps;
   static constexpr int kBlockRows = 16 * kWarps;  // keys (dkdv) or queries (dq) per CTA
-  static constexpr int kBlockCols = kD <= 64 ? 64 : kD == 96 || kD == 256 ? 32 : 16;  // queries (dkdv) / keys (dq) per step
+  // queries (dkdv) / keys (dq) per step
+  static constexpr int kBlockCols = kD <= 64 ? 64 : kD == 96 || kD == 256 ? 32 : 16;
   static constexpr bool kARegs = kD <= 128;
   static constexpr int kDSplit = kD > 192 ? 2 : 1;
   // The streamed tiles (dkdv: Q, dO; dq: K, V) are double-buffered through cp.async with the

@@ -1,10 +1,11 @@
 // fused_attention forward on CUDA (sm_80+): FlashAttention-2's algorithm with mma.sync.
 //
 // A CTA owns kBlockM query rows of one (batch, head); each of its 4 warps owns kMTiles slabs of
-// 16 rows (two up to d = 128, so that every K/V fragment read from shared memory feeds two MMAs:
-// see AttnFwdTraits). Q is copied once into shared memory; K and V tiles of kBlockN keys stream, one after the other, through a ring of kRing cp.async
-// pipeline (the schedule is written out above the main loop), so the loads of the next tiles
-// overlap the tensor-core math of this one. Shared tiles are swizzled, unpadded and zero-filled
+// 16 rows (two up to d = 128, so that every K/V fragment read from shared memory feeds both:
+// see AttnFwdTraits). Q is copied once into shared memory (and, where it fits, into each warp's
+// registers); K and V tiles of kBlockN keys stream, one after the other, through a ring of kRing
+// cp.async buffers (the schedule is written out above the main loop), so the loads of the next
+// tiles overlap the tensor-core math of this one. Shared tiles are swizzled, unpadded and zero-filled
 // past the sequence and head-dim ends (attention_smem.cuh). S = Q·Kᵀ and O += P·V run on tensor
 // cores (ldmatrix + m16n8k16, fp32 accumulators). The softmax is online, in base 2 with the
 // scale folded in; P stays in registers as the A operand of P·V. Key tiles the causal/window
