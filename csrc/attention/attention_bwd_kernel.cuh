@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionB
 // rows: x = A1·B1ᵀ and y = A2·B2ᵀ (16 x kBlockCols each, fp32), A [row][d], B tiles [col][d].
 // dkdv: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ; dq: S = Q·Kᵀ, dP = dO·Vᵀ.
 // A operands either come from shared memory (ASmem: tiles a1, a2 at row0) at each k step or were
-// loaded once into registers (ARegs: load_a_rows).
+// loaded once into registers (ARegs), as score_a_operands below chooses.
 // Is key `col` visible from query `row`? (bottom-right aligned causal / window, see params.h)
 __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_t row, int64_t col) {
   const int64_t shift = f.seqlen_k - f.seqlen_q;
@@ -108,14 +108,24 @@ struct ARegs {
     for (int r = 0; r < 4; ++r) a_1[r] = a1[kk / 16][r], a_2[r] = a2[kk / 16][r];
   }
 };
-// The warp's 16 rows from row0 of tiles a1 and a2, as A fragments over the whole head dim.
+// The score products' A operands, this warp's 16 rows from row0 of tiles a1 and a2 (landed
+// with the first cp.async group): ARegs (K::kARegs; waits for every committed group, then loads
+// fragments over the whole head dim) or ASmem.
 template <class K>
-__device__ __forceinline__ void load_a_rows(ARegs<K>& a, uint32_t a1, uint32_t a2,
-                                            const AttnLaneAddr<typename K::Layout>& la, int row0) {
+__device__ __forceinline__ auto score_a_operands(uint32_t a1, uint32_t a2, const AttnLaneAddr<typename K::Layout>& la,
+                                                 int row0) {
+  if constexpr (K::kARegs) {
+    cp_async_wait<0>();
+    __syncthreads();
+    ARegs<K> a;
 #pragma unroll
-  for (int kk = 0; kk < K::kD; kk += 16) {
-    ld_a<typename K::Layout>(a.a1[kk / 16], a1, la, row0, kk);
-    ld_a<typename K::Layout>(a.a2[kk / 16], a2, la, row0, kk);
+    for (int kk = 0; kk < K::kD; kk += 16) {
+      ld_a<typename K::Layout>(a.a1[kk / 16], a1, la, row0, kk);
+      ld_a<typename K::Layout>(a.a2[kk / 16], a2, la, row0, kk);
+    }
+    return a;
+  } else {
+    return ASmem<K>{a1, a2, la, row0};
   }
 }
 
@@ -202,17 +212,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   };
   if (n_steps > 0) load_step(0);
   cp_async_commit();
-  const auto a_kv = [&] {  // Sᵀ's and dPᵀ's A operands: this warp's K and V rows
-    if constexpr (K::kARegs) {
-      cp_async_wait<0>();  // G0: K, V (and step 0, needed next anyway)
-      __syncthreads();
-      ARegs<K> a;
-      load_a_rows<K>(a, smem_addr(s_k), smem_addr(s_v), la, warp * 16);
-      return a;
-    } else {
-      return ASmem<K>{smem_addr(s_k), smem_addr(s_v), la, warp * 16};
-    }
-  }();
+  // Sᵀ's and dPᵀ's A operands: this warp's K and V rows (G0; step 0 is needed next anyway).
+  const auto a_kv = score_a_operands<K>(smem_addr(s_k), smem_addr(s_v), la, warp * 16);
 
   for (int64_t i = 0; i < n_steps; ++i) {
     cp_async_wait<kS - 2>();
@@ -330,17 +331,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
     if (i < n_tiles) load_kv(i);
     cp_async_commit();
   }
-  const auto a_qdo = [&] {  // S's and dP's A operands: this warp's Q and dO rows
-    if constexpr (K::kARegs) {
-      cp_async_wait<0>();  // G0: Q, dO (and tile 0, needed next anyway)
-      __syncthreads();
-      ARegs<K> a;
-      load_a_rows<K>(a, smem_addr(s_q), smem_addr(s_do), la, warp * 16);
-      return a;
-    } else {
-      return ASmem<K>{smem_addr(s_q), smem_addr(s_do), la, warp * 16};
-    }
-  }();
+  // S's and dP's A operands: this warp's Q and dO rows (G0; tile 0 is needed next anyway).
+  const auto a_qdo = score_a_operands<K>(smem_addr(s_q), smem_addr(s_do), la, warp * 16);
 
   const float* lse = f.lse + (b * f.heads_q + h) * sq;
   const float* dl = delta + (b * f.heads_q + h) * sq;
