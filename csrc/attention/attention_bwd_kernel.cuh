@@ -232,6 +232,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
       float st[K::kCTiles][4], dpt[K::kCTiles][4];
       score_pair<K>(st, dpt, a_kv, smem_addr(s_q), smem_addr(s_do), lb);
       // Pᵀ = exp(Sᵀ·scale − lse[query]); dSᵀ = Pᵀ ∘ (dPᵀ − delta[query]). Row = key, col = query.
+      // Every element is tested (a cut-tile-only test, as in the dq kernel, spilled here).
 #pragma unroll
       for (int j = 0; j < K::kCTiles; ++j)
 #pragma unroll
@@ -361,17 +362,26 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
     // S (16 queries x kC keys) = Q·Kᵀ and dP = dO·Vᵀ.
     float s[K::kCTiles][4], dp[K::kCTiles][4];
     score_pair<K>(s, dp, a_qdo, smem_addr(s_k), smem_addr(s_v), lb);
-    // dS = P ∘ (dP − delta[row]) with P = exp(S·scale − lse[row]).
+    // dS = P ∘ (dP − delta[row]) with P = exp(S·scale − lse[row]), for every element; then, on a
+    // tile the mask or a sequence end cuts through, hidden elements zeroed (as in dkdv).
 #pragma unroll
     for (int j = 0; j < K::kCTiles; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int rh = c / 2;
-        const int64_t row = m0 + warp * 16 + g + 8 * rh, col = n0 + j * 8 + 2 * t + c % 2;
-        const bool ok = attn_visible(f, row, col);
-        const float pr = ok ? exp2f(s[j][c] * scale_log2 - row_lse[rh] * 1.44269504088896340736f) : 0.f;
-        dp[j][c] = ok ? pr * (dp[j][c] - row_delta[rh]) : 0.f;
+        const float pr = exp2f(s[j][c] * scale_log2 - row_lse[rh] * 1.44269504088896340736f);
+        dp[j][c] = pr * (dp[j][c] - row_delta[rh]);
       }
+    if (m0 + kR > sq || n0 + kC > sk || (f.window_right >= 0 && n0 + kC - 1 > m0 + shift + f.window_right) ||
+        (f.window_left >= 0 && n0 < m0 + kR - 1 + shift - f.window_left)) {
+#pragma unroll
+      for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int64_t row = m0 + warp * 16 + g + 8 * (c / 2), col = n0 + j * 8 + 2 * t + c % 2;
+          if (!attn_visible(f, row, col)) dp[j][c] = 0.f;
+        }
+    }
     // dQ += dS·K: B from [key][d] row-major.
 #pragma unroll
     for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
