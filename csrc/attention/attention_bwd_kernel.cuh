@@ -363,7 +363,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
     float s[K::kCTiles][4], dp[K::kCTiles][4];
     score_pair<K>(s, dp, a_qdo, smem_addr(s_k), smem_addr(s_v), lb);
     // dS = P ∘ (dP − delta[row]) with P = exp(S·scale − lse[row]), for every element; then, on a
-    // tile the mask or a sequence end cuts through, hidden elements zeroed (as in dkdv).
+    // tile the mask or a sequence end cuts through, hidden elements zeroed (a select: their exp
+    // may overflow), as the forward masks only the tiles it cuts.
 #pragma unroll
     for (int j = 0; j < K::kCTiles; ++j)
 #pragma unroll
