@@ -78,11 +78,6 @@ __global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionB
   }
 }
 
-// The two score-shaped products of a backward step, over the whole head dim, for one warp's 16
-// rows: x = A1·B1ᵀ and y = A2·B2ᵀ (16 x kBlockCols each, fp32), A [row][d], B tiles [col][d].
-// dkdv: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ; dq: S = Q·Kᵀ, dP = dO·Vᵀ.
-// A operands either come from shared memory (ASmem: tiles a1, a2 at row0) at each k step or were
-// loaded once into registers (ARegs), as score_a_operands below chooses.
 // Is key `col` visible from query `row`? (bottom-right aligned causal / window, see params.h)
 __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_t row, int64_t col) {
   const int64_t shift = f.seqlen_k - f.seqlen_q;
@@ -90,6 +85,11 @@ __device__ __forceinline__ bool attn_visible(const AttentionFwdParams& f, int64_
          (f.window_left < 0 || col >= row + shift - f.window_left);
 }
 
+// The two score-shaped products of a backward step, over the whole head dim, for one warp's 16
+// rows: x = A1·B1ᵀ and y = A2·B2ᵀ (16 x kBlockCols each, fp32), A [row][d], B tiles [col][d].
+// dkdv: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ; dq: S = Q·Kᵀ, dP = dO·Vᵀ (score_pair below).
+// A operands either come from shared memory (ASmem: tiles a1, a2 at row0) at each k step or were
+// loaded once into registers (ARegs), as score_a_operands chooses.
 template <class K>
 struct ASmem {
   uint32_t a1, a2;

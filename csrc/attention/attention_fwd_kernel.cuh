@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_fwd_kernel(const Att
   }
   cp_async_wait<0>();  // the empty tail groups; Q itself when no tile was visible
 
-  // Output addresses only now, so that nothing of them is live in the loop.
+  // Output addresses next to their only use.
   T* out = static_cast<T*>(p.out) + b * p.o_s.batch + h * p.o_s.head;
   float* lse = p.lse + bh * sq;
 
