@@ -8,20 +8,26 @@
 #                compute capability, CMAKE_BUILD_PARALLEL_LEVEL = nproc)          -> build.log
 #   cpp_build    cmake configure + build of the C++ benchmarks (-DMMM_BUILD_EXTENSION=OFF
 #                -DMMM_BUILD_BENCHMARKS=ON), in the background (nice'd) while the
-#                tests run                                                        -> cpp-build.log
+#                checks run                                                       -> cpp-build.log
 #   selftest     python -m mmm                                                    -> selftest.log
-#   pytest_cuda  pytest tests -m cuda --maxfail=30 (fails if none passed) -> pytest.log, pytest-cuda.xml
-#   pytest_rest  pytest tests -m "not cuda"                 -> pytest-rest.log, pytest-rest.xml
-#   memcheck     compute-sanitizer --tool memcheck  over pytest -m cuda -k sanitizer_subset
-#   racecheck    compute-sanitizer --tool racecheck over the same       -> memcheck.log, racecheck.log
-#   ncu_banks    ncu over bench/ncu_banks.py (each kernel path once): shared-memory instructions,
+#   checks       at once, sharing the GPU (they need its answers, not its time):
+#     pytest_cuda:<group>  pytest -m cuda over one group of test files (PYTEST_GROUPS), four
+#                processes; a group in which no test passed fails -> pytest-cuda-<group>.log/.xml
+#     pytest_rest  pytest -m "not cuda" -k "$PYTEST_REST_K" (default: the op-plumbing tests,
+#                opcheck / compile / gradcheck, what this machine's torch may change)
+#                                                                 -> pytest-rest.log, pytest-rest.xml
+#     memcheck, racecheck  compute-sanitizer over pytest -m cuda -k sanitizer_subset
+#                                                                 -> memcheck.log, racecheck.log
+#     ncu_banks  ncu over bench/ncu_banks.py (each kernel path once): shared-memory instructions,
 #                wavefronts and bank conflicts, global requests and sectors, per kernel, to set
 #                against the emulation's counts (tests/emulate/memory_counts.h, ptx_on_cpu.h)
 #                                                                     -> ncu-banks.csv, ncu-banks.log
-#   cpp:<name>   every bench/cpp/bench_*.cu binary --json OUTDIR/cpp-<op>.json   -> cpp-<op>.log
+#   cpp:<name>   every bench/cpp/bench_*.cu binary --json OUTDIR/cpp-<op>.json, one at a time,
+#                the GPU otherwise idle                                           -> cpp-<op>.log
 #   py:<name>    every bench/python/bench_*.py --device cuda --out OUTDIR/py-<op>.json
 #                (--budget: each benchmark skips the cases it cannot start in time) -> py-<op>.log
 #   summary      OUTDIR/summary.txt: GPU, nvidia-smi, commit, date, each step's status and time
+#                (steps.psv: the same, one line per step)
 #
 # The whole script keeps within GPU_CHECK_BUDGET seconds (default 450; with the kill grace of
 # `timeout -k 10` and the summary, under 8 minutes):
@@ -30,7 +36,8 @@
 #
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET, MMM_CUDA_ARCHS (default: queried),
 # MMM_COMMIT (recorded when the tree has no .git, e.g. a copy on a device machine),
-# GPU_CHECK_SKIP (space-separated step names to skip, e.g. "build pytest_rest").
+# GPU_CHECK_SKIP (space-separated step names to skip, e.g. "build pytest_rest"; pytest_cuda
+# skips every group), PYTEST_REST_K.
 #
 # New ops plug in with no edit here: add bench/cpp/bench_<op>.cu, bench/python/bench_<op>.py
 # (using bench/python/common.py's CLI) and tests whose names contain "sanitizer_subset".
@@ -112,20 +119,28 @@ export BENCH_BUILD="${BENCH_BUILD:-$REPO/build/gpu-check-bench}"
 SKIP=" ${GPU_CHECK_SKIP:-} "
 cd "$REPO" || exit 2
 
-# Step plan: cap (most seconds) and min (least seconds worth starting it with).
-ORDER=(build selftest pytest_cuda pytest_rest memcheck racecheck ncu_banks cpp_bench py_bench)
-# Caps only stop a hung step from eating the budget; time_for() already keeps every later
+# Plan. The correctness checks share the GPU and run at once (phase "checks"); the benchmarks
+# then run one at a time with the GPU to themselves. Cap: most seconds; min: least seconds worth
+# starting with. Caps only stop a hung step from eating the budget; time_for() keeps every later
 # step's minimum free, and time a fast step leaves goes to the later ones.
-declare -A CAP=([build]=240 [selftest]=45 [pytest_cuda]=180 [pytest_rest]=120 [memcheck]=120
-                [racecheck]=120 [ncu_banks]=90 [cpp_bench]=100 [py_bench]=240)
-declare -A MIN=([build]=60 [selftest]=10 [pytest_cuda]=30 [pytest_rest]=15 [memcheck]=20
-                [racecheck]=20 [ncu_banks]=20 [cpp_bench]=15 [py_bench]=45)
+ORDER=(build selftest checks cpp_bench py_bench)
+declare -A CAP=([build]=240 [selftest]=45 [checks]=210 [cpp_bench]=100 [py_bench]=240)
+declare -A MIN=([build]=60 [selftest]=10 [checks]=45 [cpp_bench]=15 [py_bench]=45)
+# The checks phase: pytest -m cuda split over these processes (by test file, roughly equal GPU
+# time; files not named here go to the last group), pytest_rest, memcheck, racecheck, ncu_banks.
+PYTEST_GROUPS=("norm:tests/test_fused_add_norm.py" "attention:tests/test_attention.py"
+               "gemm:tests/test_block_diag_matmul.py tests/test_monarch_layers.py" "rest:")
+# pytest_rest on the device machine: the CPU tests that exercise torch's op plumbing (opcheck,
+# torch.compile, gradcheck), which is what differs there (torch 2.11, Python 3.12); CI runs every
+# CPU test. PYTEST_REST_K="" runs them all.
+PYTEST_REST_K="${PYTEST_REST_K-opcheck or compile or gradcheck}"
+skipped() { [[ "$SKIP" == *" $1 "* ]]; }
 
 # Seconds step $1 may use now: min(cap, time left - the minimum every later step needs).
 time_for() {
   local name="$1" later=0 seen=0 s
   for s in "${ORDER[@]}"; do
-    [[ $seen -eq 1 && "$SKIP" != *" $s "* ]] && later=$((later + MIN[$s]))
+    [[ $seen -eq 1 ]] && ! skipped "$s" && later=$((later + MIN[$s]))
     [[ "$s" == "$name" ]] && seen=1
   done
   local left=$((DEADLINE - $(date +%s) - later))
@@ -133,11 +148,12 @@ time_for() {
   echo $(( left < cap ? left : cap ))
 }
 
-RESULTS=()   # "name|status|seconds|log"
-FAILED=0
+# Step results, one line each (name|status|seconds|log), appended by steps running in the
+# background too.
+STEPS="$OUTDIR/steps.psv"
+: >"$STEPS"
 record() {   # name status seconds log
-  RESULTS+=("$1|$2|$3|$4")
-  [[ "$2" == OK* ]] || FAILED=1
+  printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "$4" >>"$STEPS"
   printf '[gpu_check %4ds] %-28s %-22s %6ss  %s\n' "$(( $(date +%s) - T0 ))" "$1" "$2" "$3" "$4"
 }
 status_of() {  # rc [log] -> OK | TIMEOUT | FAIL(rc) | NOTESTS
@@ -155,7 +171,7 @@ elapsed() { awk -v a="$1" -v b="$(now_s)" 'BEGIN { printf "%.1f", b - a }'; }
 # NEED_PASS=1 makes a pytest run in which no test passed a failure)
 run() {
   local name="$1" t="$2" log="$3"; shift 3
-  if (( t < 1 )); then record "$name" "SKIPPED(no time)" 0 "$log"; return 1; fi
+  if (( t < 1 )); then record "$name" "SKIPPED(no time)" 0 "$(basename "$log")"; return 1; fi
   echo "[gpu_check] $name (timeout ${t}s): $*" >"$log"
   local start; start=$(now_s)
   timeout -k 10 "$t" "$@" >>"$log" 2>&1
@@ -172,7 +188,7 @@ run() {
 # step NAME LOG cmd...: a planned step, with its timeout from time_for, or skipped.
 step() {
   local name="$1" log="$2"; shift 2
-  if [[ "$SKIP" == *" $name "* ]]; then record "$name" "OK(skipped by request)" 0 "-"; return 0; fi
+  if skipped "$name"; then record "$name" "OK(skipped by request)" 0 "-"; return 0; fi
   local t; t=$(time_for "$name")
   if (( t < MIN[$name] )); then record "$name" "SKIPPED(no time)" 0 "$(basename "$log")"; return 1; fi
   run "$name" "$t" "$log" "$@"
@@ -216,7 +232,7 @@ BUILD_S="$(elapsed "$BUILD_START")"
 
 # --- 5a. C++ benchmark build, in the background while the tests run ---------------------------
 CPP_PID=""
-if [[ "$SKIP" != *" cpp_bench "* ]]; then
+if ! skipped cpp_bench; then
   # It must end before cpp_bench starts at the latest: leave cpp_bench + py_bench their minimum.
   CPP_T=$(( DEADLINE - $(date +%s) - MIN[cpp_bench] - MIN[py_bench] ))
   (( CPP_T > 300 )) && CPP_T=300
@@ -231,23 +247,43 @@ fi
 # --- 2. self-test ------------------------------------------------------------------------------
 step selftest "$OUTDIR/selftest.log" "$PYTHON" -m mmm
 
-# --- 3. tests ----------------------------------------------------------------------------------
-NEED_PASS=1 step pytest_cuda "$OUTDIR/pytest.log" "$PYTHON" -m pytest tests -m cuda -q --maxfail=30 -p no:cacheprovider \
-  --junitxml="$OUTDIR/pytest-cuda.xml"
-OK_RC5=1 step pytest_rest "$OUTDIR/pytest-rest.log" "$PYTHON" -m pytest tests -m "not cuda" -q \
-  --maxfail=20 -p no:cacheprovider --junitxml="$OUTDIR/pytest-rest.xml"
-
-# --- 4. compute-sanitizer ---------------------------------------------------------------------
-for tool in memcheck racecheck; do
-  if [[ -z "$SANITIZER" ]]; then record "$tool" "FAIL(no compute-sanitizer)" 0 "-"; continue; fi
-  NEED_PASS=1 step "$tool" "$OUTDIR/$tool.log" "$SELF" __step sanitizer "$tool"
+# --- 3. checks: tests, compute-sanitizer and Nsight Compute at once ------------------------------
+# They only need the GPU's answers, not its time, so they share it; every job gets the phase's
+# whole timeout.
+CHECK_JOBS=()
+check() {  # name log cmd...: one job of the phase, in the background
+  local name="$1" base="${1%%:*}"
+  if skipped "$base"; then record "$name" "OK(skipped by request)" 0 "-"; return; fi
+  if (( T_CHECKS < MIN[checks] )); then record "$name" "SKIPPED(no time)" 0 "$(basename "$2")"; return; fi
+  local log="$2"; shift 2
+  run "$name" "$T_CHECKS" "$log" "$@" &
+  CHECK_JOBS+=($!)
+}
+T_CHECKS=$(time_for checks)
+named_files=" "
+for g in "${PYTEST_GROUPS[@]}"; do named_files+="${g#*:} "; done
+for g in "${PYTEST_GROUPS[@]}"; do
+  gname="${g%%:*}" files="${g#*:}"
+  if [[ -z "$files" ]]; then  # the rest: every test file no other group names
+    for f in tests/test_*.py; do [[ "$named_files" == *" $f "* ]] || files+="$f "; done
+  fi
+  # shellcheck disable=SC2086  # files: a list of paths without spaces
+  NEED_PASS=1 check "pytest_cuda:$gname" "$OUTDIR/pytest-cuda-$gname.log" "$PYTHON" -m pytest $files -m cuda -q \
+    --maxfail=30 -p no:cacheprovider --junitxml="$OUTDIR/pytest-cuda-$gname.xml"
 done
-
-# --- 4b. Nsight Compute: shared-memory bank conflicts per kernel --------------------------------
-step ncu_banks "$OUTDIR/ncu-banks.log" "$SELF" __step ncu_banks
+rest_sel=(-m "not cuda")
+[[ -n "$PYTEST_REST_K" ]] && rest_sel+=(-k "$PYTEST_REST_K")
+OK_RC5=1 check pytest_rest "$OUTDIR/pytest-rest.log" "$PYTHON" -m pytest tests "${rest_sel[@]}" -q \
+  --maxfail=20 -p no:cacheprovider --junitxml="$OUTDIR/pytest-rest.xml"
+for tool in memcheck racecheck; do
+  if ! skipped "$tool" && [[ -z "$SANITIZER" ]]; then record "$tool" "FAIL(no compute-sanitizer)" 0 "-"; continue; fi
+  NEED_PASS=1 check "$tool" "$OUTDIR/$tool.log" "$SELF" __step sanitizer "$tool"
+done
+check ncu_banks "$OUTDIR/ncu-banks.log" "$SELF" __step ncu_banks
+(( ${#CHECK_JOBS[@]} > 0 )) && wait "${CHECK_JOBS[@]}"
 
 # --- 5b. C++ benchmarks ------------------------------------------------------------------------
-if [[ "$SKIP" == *" cpp_bench "* ]]; then
+if skipped cpp_bench; then
   record cpp_bench "OK(skipped by request)" 0 "-"
 else
   if [[ -n "$CPP_PID" ]]; then
@@ -269,7 +305,7 @@ else
 fi
 
 # --- 6. Python benchmarks ------------------------------------------------------------------------
-if [[ "$SKIP" == *" py_bench "* ]]; then
+if skipped py_bench; then
   record py_bench "OK(skipped by request)" 0 "-"
 else
   mapfile -t PY_BENCH < <(ls "$REPO"/bench/python/bench_*.py 2>/dev/null | sort)
@@ -287,6 +323,8 @@ fi
 
 # --- 7. summary ---------------------------------------------------------------------------------
 TOTAL=$(( $(date +%s) - T0 ))
+FAILED=0
+while IFS='|' read -r _ st _ _; do [[ "$st" == OK* ]] || FAILED=1; done <"$STEPS"
 slug="$(echo "${GPU_NAME:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/^nvidia //' -e 's/[^a-z0-9]\{1,\}/-/g' -e 's/-$//')"
 RESULT_DIR="bench/results/${slug}-$(date -u +%Y%m%d)-${COMMIT:0:8}"
 {
@@ -303,12 +341,9 @@ RESULT_DIR="bench/results/${slug}-$(date -u +%Y%m%d)-${COMMIT:0:8}"
   echo "commit results to: $RESULT_DIR/"
   echo
   printf '%-28s %-24s %8s  %s\n' step status seconds log
-  for r in "${RESULTS[@]}"; do
-    IFS='|' read -r n s t l <<<"$r"
-    printf '%-28s %-24s %8s  %s\n' "$n" "$s" "$t" "$l"
-  done
+  while IFS='|' read -r n s t l; do printf '%-28s %-24s %8s  %s\n' "$n" "$s" "$t" "$l"; done <"$STEPS"
   echo
-  for f in "$OUTDIR"/pytest.log "$OUTDIR"/pytest-rest.log; do
+  for f in "$OUTDIR"/pytest-*.log; do
     [[ -f "$f" ]] && echo "$(basename "$f"): $(grep -E '(passed|failed|error|skipped|no tests ran)' "$f" | tail -n1)"
   done
   echo
