@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmm.ops._autograd import no_double_backward
+from mmm.ops._autograd import call_op, no_double_backward
 
 
 def _check(x, weights, op):
@@ -63,13 +63,13 @@ def _save_inputs(ctx, inputs, output):
 
 def _block_diag_backward(ctx, grad_y):
     x, w = ctx.saved_tensors
-    dx, dw = torch.ops.mmm.block_diag_matmul_backward(grad_y, x, w)
+    dx, dw = call_op(torch.ops.mmm.block_diag_matmul_backward, grad_y, x, w)
     return dx, dw
 
 
 def _monarch_backward(ctx, grad_y):
     x, w1, w2 = ctx.saved_tensors
-    return torch.ops.mmm.monarch_matmul_backward(grad_y, x, w1, w2)
+    return call_op(torch.ops.mmm.monarch_matmul_backward, grad_y, x, w1, w2)
 
 
 torch.library.register_autograd("mmm::block_diag_matmul", _block_diag_backward, setup_context=_save_inputs)
@@ -89,7 +89,7 @@ def block_diag_matmul(x: Tensor, w: Tensor) -> Tensor:
     its last dim has unit stride and its leading dims collapse to one stride. Differentiable in
     x and w; the weight gradient is deterministic.
     """
-    return torch.ops.mmm.block_diag_matmul(x, w)
+    return call_op(torch.ops.mmm.block_diag_matmul, x, w)
 
 
 def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
@@ -113,7 +113,7 @@ def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
     once and writes y once, keeping ``u`` in shared memory (on chip); otherwise, and for fp32 on
     CUDA, two block GEMMs with ``u`` in global memory. :func:`monarch_forward_plan` says which.
     """
-    return torch.ops.mmm.monarch_matmul(x, w1, w2)
+    return call_op(torch.ops.mmm.monarch_matmul, x, w1, w2)
 
 
 def monarch_forward_plan(x: Tensor, w1: Tensor, w2: Tensor) -> dict:

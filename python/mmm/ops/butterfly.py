@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmm.ops._autograd import no_double_backward
+from mmm.ops._autograd import call_op, no_double_backward
 
 _MAX_LOG_N = 20
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
@@ -66,7 +66,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, twiddle = ctx.saved_tensors
-    dx, dtw = torch.ops.mmm.butterfly_multiply_backward(grad, x, twiddle, ctx.increasing_stride)
+    dx, dtw = call_op(torch.ops.mmm.butterfly_multiply_backward, grad, x, twiddle, ctx.increasing_stride)
     return dx, dtw, None
 
 
@@ -98,7 +98,7 @@ def butterfly_multiply(x: Tensor, twiddle: Tensor, increasing_stride: bool = Tru
     and twiddle (complex: PyTorch's conjugate convention). The backward recomputes the
     intermediate vectors instead of saving them.
     """
-    return torch.ops.mmm.butterfly_multiply(x, twiddle, increasing_stride)
+    return call_op(torch.ops.mmm.butterfly_multiply, x, twiddle, increasing_stride)
 
 
 def fft_twiddle(log_n: int, dtype=torch.complex64, device=None) -> Tensor:

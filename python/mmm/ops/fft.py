@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmm.ops._autograd import call_op
+
 MAX_LENGTH = 1 << 17
 _NORMS = (None, "backward", "ortho", "forward")
 # The backward of a transform with norm c is the adjoint transform with the same factor c:
@@ -83,11 +85,11 @@ def _setup(ctx, inputs, output):
 
 def _fft_backward(ctx, grad):
     # y = c F x  ->  dx = c F^H dy: the inverse transform with the dual norm (same factor c).
-    return torch.ops.mmm.ifft(grad.contiguous(), _DUAL[ctx.norm]), None
+    return call_op(torch.ops.mmm.ifft, grad.contiguous(), _DUAL[ctx.norm]), None
 
 
 def _ifft_backward(ctx, grad):
-    return torch.ops.mmm.fft(grad.contiguous(), _DUAL[ctx.norm]), None
+    return call_op(torch.ops.mmm.fft, grad.contiguous(), _DUAL[ctx.norm]), None
 
 
 def _rfft_backward(ctx, grad):
@@ -95,12 +97,12 @@ def _rfft_backward(ctx, grad):
     # irfft's C2R counts bins 1..n/2-1 twice (Hermitian), so halve them to undo that.
     g = grad.clone()
     g[..., 1:-1] *= 0.5
-    return torch.ops.mmm.irfft(g, _DUAL[ctx.norm]), None
+    return call_op(torch.ops.mmm.irfft, g, _DUAL[ctx.norm]), None
 
 
 def _irfft_backward(ctx, grad):
     # dX = c * rfft(dy) with bins 1..n/2-1 doubled (each stands for itself and its conjugate).
-    g = torch.ops.mmm.rfft(grad.contiguous(), _DUAL[ctx.norm])
+    g = call_op(torch.ops.mmm.rfft, grad.contiguous(), _DUAL[ctx.norm])
     return torch.cat([g[..., :1], 2 * g[..., 1:-1], g[..., -1:]], dim=-1), None
 
 
@@ -126,20 +128,20 @@ def fft(x: Tensor, norm: str | None = None) -> Tensor:
     ``"backward"`` (no scaling), ``"ortho"`` (``1/sqrt(n)``) or ``"forward"`` (``1/n``). Returns
     ``(..., n)`` of x's complex dtype. Differentiable (gradients as torch.fft's autograd).
     """
-    return torch.ops.mmm.fft(_as_complex(x), norm)
+    return call_op(torch.ops.mmm.fft, _as_complex(x), norm)
 
 
 def ifft(x: Tensor, norm: str | None = None) -> Tensor:
     """``torch.fft.ifft(x, norm=norm)``: the inverse of :func:`fft` (``norm="backward"`` scales
     by ``1/n``); same shapes and dtypes."""
-    return torch.ops.mmm.ifft(_as_complex(x), norm)
+    return call_op(torch.ops.mmm.ifft, _as_complex(x), norm)
 
 
 def rfft(x: Tensor, norm: str | None = None) -> Tensor:
     """``torch.fft.rfft(x, norm=norm)``: the ``n/2 + 1`` non-negative-frequency bins of a real
     signal. x: ``(..., n)`` float32 (float64 on the CPU), ``n`` a power of two in ``[2, 131072]``;
     returns ``(..., n/2 + 1)`` complex64 (complex128)."""
-    return torch.ops.mmm.rfft(x, norm)
+    return call_op(torch.ops.mmm.rfft, x, norm)
 
 
 def irfft(x: Tensor, n: int | None = None, norm: str | None = None) -> Tensor:
@@ -159,7 +161,7 @@ def irfft(x: Tensor, n: int | None = None, norm: str | None = None) -> Tensor:
         x = x[..., :bins]
     elif bins > m:
         x = torch.nn.functional.pad(x, (0, bins - m))
-    return torch.ops.mmm.irfft(x, norm)
+    return call_op(torch.ops.mmm.irfft, x, norm)
 
 
 def selftest(device: str) -> float:

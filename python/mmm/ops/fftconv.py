@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mmm.ops._autograd import no_double_backward
+from mmm.ops._autograd import call_op, no_double_backward
 
 _MAX_LENGTH = 1 << 20
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -111,7 +111,8 @@ def _backward(ctx, grad_y):
     need = _needs(ctx)
     if grad_y is None or not any(need):
         return (None,) * ctx.n_inputs
-    du, dk, dbias, dpre, dpost = torch.ops.mmm.fftconv_backward(
+    du, dk, dbias, dpre, dpost = call_op(
+        torch.ops.mmm.fftconv_backward,
         grad_y, u, k, bias, pregate, postgate, need_u=need[0], need_k=need[1],
         need_bias=need[2] and bias is not None, need_pregate=need[3] and pregate is not None,
         need_postgate=need[4] and postgate is not None,
@@ -165,7 +166,7 @@ def fftconv(
     Differentiable in u, k, bias and both gates; the gradients of k and bias are sums over the
     batch, taken in a fixed order (run-to-run deterministic).
     """
-    return torch.ops.mmm.fftconv(u, k, bias, pregate, postgate)
+    return call_op(torch.ops.mmm.fftconv, u, k, bias, pregate, postgate)
 
 
 def fftconv_reference(u, k, bias=None, pregate=None, postgate=None):

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mmm.ops._autograd import no_double_backward
+from mmm.ops._autograd import call_op, no_double_backward
 
 _ACTIVATIONS = ("none", "gelu", "gelu_tanh")
 
@@ -118,7 +118,8 @@ def _backward(ctx, grad_out, grad_h_out, grad_mean, grad_rstd):
     if grad_out is None:
         grad_out = torch.zeros(h.shape, dtype=ctx.x_dtype, device=h.device)
     gro = grad_h_out if ctx.stored_h and grad_h_out is not None else None
-    dx, dres, dw, db = torch.ops.mmm.fused_add_norm_backward(
+    dx, dres, dw, db = call_op(
+        torch.ops.mmm.fused_add_norm_backward,
         grad_out, gro, h, weight, bias, mean, rstd, seed,
         has_residual=ctx.residual_dtype is not None, **ctx.opts,
     )
@@ -193,7 +194,8 @@ def fused_add_norm(
     # Without autograd nothing reads h back, so it is written only when it is an output.
     inference = not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias, residual)))
-    out, residual_out, _, _ = torch.ops.mmm.fused_add_norm(
+    out, residual_out, _, _ = call_op(
+        torch.ops.mmm.fused_add_norm,
         x, weight, bias, residual, seed, eps=eps, rms=rms, activation=activation, dropout_p=dropout_p,
         prenorm=prenorm, residual_in_fp32=residual_in_fp32, inference=inference,
     )

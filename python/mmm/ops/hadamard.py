@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmm.ops._autograd import call_op
+
 _MAX_LENGTH = 1 << 19
 
 
@@ -28,7 +30,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     # y = scale * S H P x with H symmetric: dx = scale * S H P dy, the same transform.
-    return torch.ops.mmm.hadamard_transform(grad, ctx.scale), None
+    return call_op(torch.ops.mmm.hadamard_transform, grad, ctx.scale), None
 
 
 torch.library.register_autograd("mmm::hadamard_transform", _backward, setup_context=_setup)
@@ -47,7 +49,7 @@ def hadamard_transform(x: Tensor, scale: float = 1.0) -> Tensor:
     x: ``(..., n)`` in float32, float16 or bfloat16 (float64 on the CPU), ``1 <= n <= 524288``;
     arithmetic in fp32 (fp64). Differentiable: the gradient is the same transform.
     """
-    return torch.ops.mmm.hadamard_transform(x, scale)
+    return call_op(torch.ops.mmm.hadamard_transform, x, scale)
 
 
 def selftest(device: str) -> float:
