@@ -140,14 +140,16 @@ def make_qkv(shape, dtype, device, *, layout="bhsd", seed=0):
     return mk(Hq, Sq), mk(Hkv, Sk), mk(Hkv, Sk)
 
 
-def check(q, k, v, *, causal=False, window=(-1, -1), scale=None, grad=True, return_lse=False, seed=7):
+def check(q, k, v, *, causal=False, window=(-1, -1), scale=None, grad=True, return_lse=False, seed=7,
+          deterministic=None):
     """mmm.fused_attention forward (and backward) on these tensors as given (strides included)
     against the float64 truth and PyTorch in the inputs' dtype. Returns (outs, grads)."""
     dtype, device = q.dtype, q.device
     if device.type == "cuda":
         require_cuda_head_dim(q.shape[-1])
     leaves = [t.detach().requires_grad_(grad) for t in (q, k, v)]
-    res = mmm.fused_attention(*leaves, causal=causal, window=window, scale=scale, return_lse=return_lse)
+    res = mmm.fused_attention(*leaves, causal=causal, window=window, scale=scale, return_lse=return_lse,
+                              deterministic=deterministic)
     out, lse = res if return_lse else (res, None)
     assert out.dtype == dtype and out.shape == q.shape and out.device == device
     left, right = resolve_window(causal, window)
@@ -631,7 +633,7 @@ def test_deterministic(device, heads):
     shape = (1 if heads == "mqa" else 2, hq, hkv, 300, 250, 64)
     q, k, v = make_qkv(shape, BF16, device, seed=16)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(device, BF16)
-    a, b = _grads(q, k, v, dout, causal=True), _grads(q, k, v, dout, causal=True)
+    a, b = (_grads(q, k, v, dout, causal=True, deterministic=True) for _ in range(2))
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     if device == "cpu":
@@ -640,7 +642,12 @@ def test_deterministic(device, heads):
         # The forward groups each thread's neighbouring query tiles, so 3 threads split groups
         # mid-head: the same sums again.
         for threads in (1, 3):
-            c = _grads(q, k, v, dout, threads=threads, causal=True)
+            c = _grads(q, k, v, dout, threads=threads, causal=True, deterministic=True)
+            for x, y in zip(a, c):
+                assert torch.equal(x, y)
+        # The CPU backward has one mode: deterministic=False (and None) run it too.
+        for mode in (False, None):
+            c = _grads(q, k, v, dout, causal=True, deterministic=mode)
             for x, y in zip(a, c):
                 assert torch.equal(x, y)
 
@@ -758,6 +765,54 @@ def test_cuda_pipeline_windows(d, window, seqs):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("d", [40, 64, 120, 128])  # the atomic-dQ kernel's head dims, padded or not
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "atomic"])
+@pytest.mark.parametrize("mask", ["full", "causal", "w16_-1", "w3_5"])
+@pytest.mark.parametrize("seqs", [(700, 1100), (1100, 700), (129, 255)], ids=_id)
+def test_cuda_backward_modes(d, deterministic, mask, seqs):
+    """Both backward modes at the head dims where they are different kernels (on GPUs with the
+    shared memory for the atomic one; elsewhere both run the deterministic kernels): GQA,
+    windows, ragged key blocks of 128 and query steps of 64, the (B, S, H, D) layout."""
+    causal, window = MASKS[mask]
+    q, k, v = make_qkv((2, 6, 2, *seqs, d), BF16, "cuda", layout="bshd", seed=d + seqs[0])
+    check(q, k, v, causal=causal, window=window, return_lse=True, deterministic=deterministic)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", [64, 128])
+def test_cuda_backward_modes_agree(d):
+    """dK and dV are the same sums in the same order in both modes (bitwise); dQ differs only by
+    the order of the atomic fp32 adds, and the deterministic mode repeats itself bitwise."""
+    require_cuda_head_dim(d)
+    q, k, v = make_qkv((2, 4, 2, 1000, 900, d), BF16, "cuda", seed=d)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5)).to("cuda", BF16)
+    det = _grads(q, k, v, dout, causal=True, deterministic=True)
+    det2 = _grads(q, k, v, dout, causal=True, deterministic=True)
+    fast = _grads(q, k, v, dout, causal=True, deterministic=False)
+    for x, y in zip(det, det2):
+        assert torch.equal(x, y)
+    assert torch.equal(det[0], fast[0])  # the forward
+    assert torch.equal(det[2], fast[2]) and torch.equal(det[3], fast[3])  # dk, dv
+    torch.testing.assert_close(fast[1].float(), det[1].float(), rtol=0, atol=2e-2 * det[1].abs().max().item())
+
+
+@pytest.mark.cuda
+def test_cuda_deterministic_follows_torch():
+    """deterministic=None follows torch.use_deterministic_algorithms."""
+    require_cuda_head_dim(64)
+    q, k, v = make_qkv((1, 4, 4, 600, 600, 64), BF16, "cuda", seed=3)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6)).to("cuda", BF16)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        a, b = (_grads(q, k, v, dout) for _ in range(2))
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.cuda
 def test_cuda_many_batch_heads():
     """batch x heads > 65535 (more blocks than one grid dimension holds)."""
     q, k, v = make_qkv((2, 33000, 33000, 3, 5, 8), F16, "cuda", seed=17)
@@ -784,6 +839,7 @@ SANITIZER_CASES = {
     "d40_sq_gt_sk": ((2, 2, 1, 90, 31, 40), True, (-1, -1), "bhsd"),
     "mqa_d256": ((1, 3, 1, 65, 65, 256), False, (-1, -1), "bshd"),
     "d32_one_row": ((1, 1, 1, 1, 130, 32), False, (-1, -1), "bhsd"),
+    "det_gqa_d128": ((1, 4, 2, 150, 140, 128), True, (-1, -1), "bshd"),  # deterministic=True below
 }
 
 
@@ -792,7 +848,7 @@ SANITIZER_CASES = {
 def test_attention_sanitizer_subset(case):
     shape, causal, window, layout = SANITIZER_CASES[case]
     q, k, v = make_qkv(shape, BF16, "cuda", layout=layout, seed=19)
-    check(q, k, v, causal=causal, window=window, return_lse=True)
+    check(q, k, v, causal=causal, window=window, return_lse=True, deterministic=case.startswith("det_") or None)
 
 
 @pytest.mark.cuda

@@ -2,10 +2,15 @@
 // (csrc/attention/params.h): forward and backward TFLOP/s with FlashAttention's FLOP count
 // (forward 4·B·H·Sq·Sk·D, halved for causal; backward 2.5x the forward), sequence lengths
 // 512..16k at 16k tokens per batch, head dims 64 and 128, causal off and on, fp16 and bf16.
-// Before timing, a small case (odd lengths, GQA, a window) is checked against the CPU twin.
+// The backward in both modes: "bwd" is the default one (deterministic = false: the atomic-dQ
+// kernel at head dims 64 and 128 where the GPU's shared memory allows, else the same as "det"),
+// "det" the bitwise reproducible one.
+// Before timing, a small case (odd lengths, GQA, a window) is checked against the CPU twin, the
+// backward in both modes.
 // Head dims without a kernel in this build (CMake MMM_ATTENTION_HEAD_DIMS) are skipped, saying so.
 //
 //   bench_attention [--quick] [--reps N] [--json PATH]
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <vector>
@@ -30,6 +35,7 @@ mmm::AttentionStrides contiguous(const Shape& s, int64_t heads, int64_t seq) {
 struct Problem {
   Shape s;
   mmm::DType dt;
+  bool deterministic = false;
   DeviceBuffer q, k, v, o, lse, dout, dq, dk, dv, ws;
   mmm::AttentionFwdParams fwd() const {
     mmm::AttentionFwdParams p;
@@ -53,6 +59,7 @@ struct Problem {
     p.dk = dk.get(); p.dk_s = contiguous(s, s.hkv, s.sk);
     p.dv = dv.get(); p.dv_s = contiguous(s, s.hkv, s.sk);
     p.workspace = ws.get();
+    p.deterministic = deterministic;
     return p;
   }
 };
@@ -67,7 +74,11 @@ Problem make(const Shape& s, mmm::DType dt, uint64_t seed) {
   fill_random(pr.k.get(), nk, dt, seed + 2);
   fill_random(pr.v.get(), nk, dt, seed + 3);
   fill_random(pr.dout.get(), nq, dt, seed + 4);
-  pr.ws.resize(std::max<size_t>(mmm::attention_bwd_cuda_workspace_bytes(pr.bwd()), 16));
+  mmm::AttentionBwdParams det = pr.bwd(), fast = det;
+  det.deterministic = true;
+  fast.deterministic = false;
+  pr.ws.resize(std::max({mmm::attention_bwd_cuda_workspace_bytes(det), mmm::attention_bwd_cuda_workspace_bytes(fast),
+                         size_t(16)}));
   return pr;
 }
 
@@ -86,10 +97,12 @@ std::vector<float> download(const DeviceBuffer& b, size_t n, mmm::DType dt) {
 
 // max |gpu - cpu| / max |cpu| over out, lse, dq, dk, dv of a small case; the CPU twin reads the
 // same (downloaded) inputs, in fp32.
-double check_against_cpu(mmm::DType dt) {
-  // d = 64 when this build can run it (MMM_ATTENTION_HEAD_DIMS); 32 always can.
-  const Shape s{2, 4, 2, 77, 93, mmm::attention_compiled_head_dim(64) ? 64 : 32, false, 20, 5};
+double check_against_cpu(mmm::DType dt, bool deterministic) {
+  // d = 64 when this build can run it (MMM_ATTENTION_HEAD_DIMS); 32 always can. 200 keys: two
+  // key blocks of the atomic-dQ kernel add into each dq row.
+  const Shape s{2, 4, 2, 77, 200, mmm::attention_compiled_head_dim(64) ? 64 : 32, false, 120, 5};
   Problem g = make(s, dt, 7);
+  g.deterministic = deterministic;
   MMM_CHECK_LAUNCH(mmm::launch_attention_fwd(g.fwd(), nullptr), "fwd");
   MMM_CHECK_LAUNCH(mmm::launch_attention_bwd(g.bwd(), nullptr), "bwd");
   MMM_CHECK_CUDA(cudaDeviceSynchronize());
@@ -143,19 +156,20 @@ int main(int argc, char** argv) {
   std::printf("compiled head dims: %s\n", mmm::attention_compiled_head_dims());
 
   bool ok = true;
-  for (mmm::DType dt : {mmm::DType::kBFloat16, mmm::DType::kFloat16}) {
-    std::printf("checking %s against the CPU twin\n", dtype_name(dt));
-    const double err = check_against_cpu(dt), tol = dt == mmm::DType::kBFloat16 ? 4e-2 : 1e-2;
-    if (!(err < tol)) {
-      std::printf("  FAILED: %.2e >= %.0e\n", err, tol);
-      ok = false;
+  for (mmm::DType dt : {mmm::DType::kBFloat16, mmm::DType::kFloat16})
+    for (bool det : {true, false}) {
+      std::printf("checking %s against the CPU twin, backward %s\n", dtype_name(dt), det ? "deterministic" : "default");
+      const double err = check_against_cpu(dt, det), tol = dt == mmm::DType::kBFloat16 ? 4e-2 : 1e-2;
+      if (!(err < tol)) {
+        std::printf("  FAILED: %.2e >= %.0e\n", err, tol);
+        ok = false;
+      }
     }
-  }
 
   L2Flusher flusher(dev.l2_bytes);
   const int reps = args.reps ? args.reps : (args.quick ? 5 : 20);
   std::vector<int64_t> seqlens = args.quick ? std::vector<int64_t>{1024, 4096} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192, 16384};
-  Table table({"dtype", "D", "causal", "B", "H", "S", "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s"});
+  Table table({"dtype", "D", "causal", "B", "H", "S", "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s", "det bwd TF/s"});
   std::vector<JsonObject> records;
   for (mmm::DType dt : {mmm::DType::kBFloat16, mmm::DType::kFloat16}) {
     if (args.quick && dt == mmm::DType::kFloat16) break;
@@ -171,20 +185,26 @@ int main(int argc, char** argv) {
           Problem pr = make(shape, dt, 11);
           const auto fp = pr.fwd();
           const auto bp = pr.bwd();
+          auto bp_det = bp;
+          bp_det.deterministic = true;
           const Timing tf = time_median([&] { MMM_CHECK_LAUNCH(mmm::launch_attention_fwd(fp, stream), "fwd"); },
                                         stream, &flusher, reps, 2);
           const Timing tb = time_median([&] { MMM_CHECK_LAUNCH(mmm::launch_attention_bwd(bp, stream), "bwd"); },
+                                        stream, &flusher, reps, 2);
+          const Timing td = time_median([&] { MMM_CHECK_LAUNCH(mmm::launch_attention_bwd(bp_det, stream), "bwd"); },
                                         stream, &flusher, reps, 2);
           const double ff = fwd_flops(shape), bf = 2.5 * ff;
           table.add({dtype_name(dt), std::to_string(d), causal ? "yes" : "no", std::to_string(shape.b),
                      std::to_string(h), std::to_string(s), fmtf("%.3f", tf.median_ms),
                      fmtf("%.1f", ff / (tf.median_ms * 1e-3) / 1e12), fmtf("%.3f", tb.median_ms),
-                     fmtf("%.1f", bf / (tb.median_ms * 1e-3) / 1e12)});
+                     fmtf("%.1f", bf / (tb.median_ms * 1e-3) / 1e12), fmtf("%.1f", bf / (td.median_ms * 1e-3) / 1e12)});
           JsonObject r;
           r.str("dtype", dtype_name(dt)).integer("head_dim", d).boolean("causal", causal)
               .integer("batch", shape.b).integer("heads", h).integer("seqlen", s)
               .num("fwd_ms", tf.median_ms).num("fwd_tflops", ff / (tf.median_ms * 1e-3) / 1e12)
               .num("bwd_ms", tb.median_ms).num("bwd_tflops", bf / (tb.median_ms * 1e-3) / 1e12)
+              .boolean("bwd_atomic_dq", mmm::attention_bwd_uses_atomic_dq(bp))
+              .num("bwd_det_ms", td.median_ms).num("bwd_det_tflops", bf / (td.median_ms * 1e-3) / 1e12)
               .integer("reps", reps);
           records.push_back(r);
         }

@@ -6,7 +6,11 @@ lower-triangular mask; Sq = Sk here, so bottom-right and top-left alignment agre
 qkv projection produces; every implementation reads them as given.
 
 Implementations ("impls")
-    mmm              mmm.fused_attention(q, k, v, causal=...).
+    mmm              mmm.fused_attention(q, k, v, causal=...): torch's default (non-deterministic
+                     algorithms allowed), so on CUDA the backward adds dq with atomics at head dims
+                     64 and 128, as FlashAttention-2 does.
+    mmm_det          CUDA: the same with deterministic=True (bitwise reproducible backward: no
+                     atomics, S and dP computed twice). Not a peer; it shows what determinism costs.
     sdpa             CPU: F.scaled_dot_product_attention with torch's default CPU backend.
     sdpa_flash       CUDA: SDPA with exactly one backend selected through
     sdpa_efficient     torch.nn.attention.sdpa_kernel(SDPBackend.X): FLASH_ATTENTION
@@ -73,7 +77,7 @@ import common  # noqa: E402
 
 CUDA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
                  "sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_math": "MATH"}
-IMPLS = ("mmm", "sdpa", *CUDA_BACKENDS, "triton")
+IMPLS = ("mmm", "mmm_det", "sdpa", *CUDA_BACKENDS, "triton")
 PEERS = ("sdpa", *CUDA_BACKENDS, "triton")
 MODES = ("fwd", "bwd", "fwd+bwd")
 MATH_MAX_SEQLEN = 4096
@@ -155,6 +159,10 @@ def make_impl(impl: str, c: Case) -> Callable[..., torch.Tensor]:
         import mmm
 
         return lambda q, k, v: mmm.fused_attention(q, k, v, causal=c.causal)
+    if impl == "mmm_det":
+        import mmm
+
+        return lambda q, k, v: mmm.fused_attention(q, k, v, causal=c.causal, deterministic=True)
     if impl == "sdpa":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=c.causal)
     if impl == "triton":
@@ -187,6 +195,8 @@ def applicable(impl: str, device: torch.device, c: Case | None = None) -> bool:
         return False  # its S x S scores (and their gradient) do not fit
     if impl == "triton":
         return device.type == "cuda" and triton_available()
+    if impl == "mmm_det":  # the CPU backward has one mode
+        return device.type == "cuda"
     return impl == "mmm" or (impl == "sdpa") == (device.type == "cpu")
 
 

@@ -1,5 +1,7 @@
-// fused_attention backward on CUDA (sm_80+), FlashAttention-2's algorithm in three kernels with
-// no atomics, so dq, dk and dv are bitwise reproducible:
+// fused_attention backward on CUDA (sm_80+), FlashAttention-2's algorithm. The deterministic mode
+// (p.deterministic; the only one at head dims other than 64 and 128) is three kernels with no
+// atomics, so dq, dk and dv are bitwise reproducible; the other mode is attention_bwd_atomic_kernel
+// at the end of this file:
 //
 //   attention_bwd_dot_kernel   delta = rowsum(dO ∘ O) − dlse per query row (fp32 scratch).
 //   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 16·kWarps keys[, half of D at d = 256]);
@@ -411,6 +413,241 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
       if (col < f.head_dim)
         *reinterpret_cast<uint32_t*>(dq_out + row * p.dq_s.row + col) =
             pack2<T>(dq[d][2 * rh] * f.scale, dq[d][2 * rh + 1] * f.scale);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The non-deterministic backward (p.deterministic == false; head dims 64 and 128, on GPUs whose
+// opt-in shared memory holds kSmemBytes: attention_bwd_uses_atomic_dq). FlashAttention-2's one
+// pass: the five products S, dP, dV, dK and dQ per (key block, query tile), with dQ added into
+// an fp32 accumulator with atomics (then scaled and converted by attention_bwd_dq_convert_kernel),
+// instead of the deterministic pair above, which recomputes S and dP in the dq kernel (seven
+// products). The atomic order varies from run to run, so dQ does in its last bits; dK and dV
+// do not.
+//
+// A CTA owns 128 keys (8 warps x 16, each working on transposed scores as the dkdv kernel does)
+// and steps over 64-query tiles: the atomic traffic per FLOP is FlashAttention-2's (one fp32
+// add per dQ element per 128 keys). Per step each warp writes its dSᵀ (16 keys x 64 queries,
+// the 16-bit values dK used) into a shared tile; after a barrier the 8 warps split the step's
+// dQ = dS·K (64 x kD, contracted over the 128 keys) into 2 x 4 blocks of 32 queries x kD / 4,
+// reading dS with ldmatrix.trans (the tile is dSᵀ) and K from the resident K tile. K and V are
+// A operands from shared memory (ASmem): with 64-query steps the score tiles take the registers
+// the dkdv kernel spends on holding them.
+// Shared-memory clocks per MMA by the hand count of the dkdv kernel's header, d = 128: scores
+// 2.5, dV/dK 2.0, dQ 2.0, with the dS stores and cp.async fills ~2.35 over all five products,
+// against the deterministic pair's ~2.36 over seven (1.4x the work per useful MMA).
+template <int kD_, typename T_>
+struct AttnBwdAtomicTraits {
+  using T = T_;
+  using Layout = AttnSmemLayout<kD_>;
+  using DsLayout = AttnSmemLayout<64>;  // the dSᵀ tile: (kBlockRows keys, kBlockCols queries)
+  static constexpr int kD = kD_;
+  static constexpr int kWarps = 8, kThreads = 32 * kWarps;
+  static constexpr int kBlockRows = 16 * kWarps;  // keys per CTA
+  static constexpr int kBlockCols = 64;           // queries per step
+  static constexpr bool kARegs = false;
+  static constexpr int kStages = 2;
+  static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8;
+  static constexpr int kQRows = 32, kQCols = kD / 4;  // a warp's block of a step's dQ
+  static constexpr int kSmemBytes =
+      (2 * (kBlockRows + kStages * kBlockCols) * kD + kBlockRows * kBlockCols) * int(sizeof(T));
+  static_assert(kD == 64 || kD == 128, "the atomic-dQ backward is compiled for head dims 64 and 128");
+  static_assert((kBlockCols / kQRows) * (kD / kQCols) == kWarps && kQCols % 16 == 0, "dQ warp blocks");
+};
+
+template <class K>
+__global__ void __launch_bounds__(K::kThreads, 1)
+    attention_bwd_atomic_kernel(const AttentionBwdParams p, const float* delta, float* dq_accum) {
+  using T = typename K::T;
+  using L = typename K::Layout;
+  using LS = typename K::DsLayout;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
+  const AttentionFwdParams& f = p.fwd;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  constexpr int kS = K::kStages, kTile = kC * kD;
+  T* s_k = reinterpret_cast<T*>(smem_raw);  // (kR keys, kD)
+  T* s_v = s_k + kR * kD;                   // (kR keys, kD)
+  T* s_qdo = s_v + kR * kD;                 // kS stages of [Q (kC queries, kD), dO (kC queries, kD)]
+  T* s_ds = s_qdo + kS * 2 * kTile;         // dSᵀ (kR keys, kC queries), layout LS
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
+  const AttnLaneAddr<LS> la_s = lane_addr_a<LS>();
+  const int64_t bhk = blockIdx.x, b = bhk / f.heads_kv, hk = bhk % f.heads_kv;
+  const int64_t n0 = int64_t(blockIdx.y) * kR;
+  const int64_t sq = f.seqlen_q, sk = f.seqlen_k, shift = sk - sq;
+  const int64_t group = f.heads_q / f.heads_kv;
+  const float scale_log2 = f.scale * 1.44269504088896340736f;
+
+  load_tile_async<L, kR, kNT>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk,
+                              f.head_dim);
+  load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
+                              f.head_dim);
+
+  // Queries that can see any of these keys (as the dkdv kernel).
+  const int64_t n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
+  int64_t m_lo = f.window_right >= 0 ? n0 - shift - f.window_right : 0;
+  int64_t m_hi = f.window_left >= 0 ? n_last - shift + f.window_left + 1 : sq;  // exclusive
+  m_lo = m_lo < 0 ? 0 : m_lo;
+  m_hi = m_hi > sq ? sq : m_hi;
+  const int64_t mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? ceil_div(m_hi, kC) : mb_lo;
+
+  float dk[K::kDTiles][4], dv[K::kDTiles][4];  // this warp's 16 keys x kD
+#pragma unroll
+  for (int d = 0; d < K::kDTiles; ++d)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
+
+  // Steps (query head h of the group, query tile mb), h-major, with the dkdv kernel's schedule.
+  static_assert(kS == 2, "one (h, mb) counter: the load runs exactly one step ahead");
+  const int64_t n_steps = group * (mb_hi - mb_lo);
+  int h = int(hk * group), mb = int(mb_lo);
+  auto load_step = [&](int64_t i) {
+    T* dst = s_qdo + (i % kS) * 2 * kTile;
+    load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row,
+                                int64_t(mb) * kC, sq, f.head_dim);
+    load_tile_async<L, kC, kNT>(dst + kTile, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head,
+                                p.do_s.row, int64_t(mb) * kC, sq, f.head_dim);
+  };
+  if (n_steps > 0) load_step(0);
+  cp_async_commit();
+  const auto a_kv = score_a_operands<K>(smem_addr(s_k), smem_addr(s_v), la, warp * 16);
+
+  for (int64_t i = 0; i < n_steps; ++i) {
+    cp_async_wait<kS - 2>();
+    __syncthreads();  // also: every warp is done with the last step's dS tile
+    const int64_t m0 = int64_t(mb) * kC;  // step i
+    const int64_t bh = b * f.heads_q + h;
+    const float* lse = f.lse + bh * sq;
+    const float* dl = delta + bh * sq;
+    if (++mb == mb_hi) mb = int(mb_lo), ++h;  // step i + 1
+    if (i + 1 < n_steps) load_step(i + 1);
+    cp_async_commit();
+    const T* s_q = s_qdo + (i % kS) * 2 * kTile;
+    const T* s_do = s_q + kTile;
+
+    float st[K::kCTiles][4], dpt[K::kCTiles][4];
+    score_pair<K>(st, dpt, a_kv, smem_addr(s_q), smem_addr(s_do), lb);
+#pragma unroll
+    for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t key = n0 + warp * 16 + g + 8 * (c / 2), query = m0 + j * 8 + 2 * t + c % 2;
+        const bool ok = attn_visible(f, query, key);
+        const float l = ok ? lse[query] : INFINITY;
+        const float pt = ok ? exp2f(st[j][c] * scale_log2 - l * 1.44269504088896340736f) : 0.f;
+        st[j][c] = pt;
+        dpt[j][c] = ok ? pt * (dpt[j][c] - dl[query]) : 0.f;
+      }
+    // dV += Pᵀ·dO, dK += dSᵀ·Q, and dSᵀ (the same 16-bit values) into the shared tile: rows
+    // g and g + 8 of this warp's keys, queries kc·16 + {0, 8} + 2t, 2t + 1.
+    const int key_row = warp * 16 + g;
+#pragma unroll
+    for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
+      const uint32_t a_p[4] = {pack2<T>(st[2 * kc][0], st[2 * kc][1]), pack2<T>(st[2 * kc][2], st[2 * kc][3]),
+                               pack2<T>(st[2 * kc + 1][0], st[2 * kc + 1][1]),
+                               pack2<T>(st[2 * kc + 1][2], st[2 * kc + 1][3])};
+      const uint32_t a_ds[4] = {pack2<T>(dpt[2 * kc][0], dpt[2 * kc][1]), pack2<T>(dpt[2 * kc][2], dpt[2 * kc][3]),
+                                pack2<T>(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
+                                pack2<T>(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+#pragma unroll
+      for (int r = 0; r < 4; ++r)  // a_ds[r]: key row g + 8 (r % 2), query chunk kc·16 + 8 (r / 2)
+        *reinterpret_cast<uint32_t*>(s_ds + LS::offset(key_row + 8 * (r % 2), kc * 16 + 8 * (r / 2)) + 2 * t) = a_ds[r];
+#pragma unroll
+      for (int d = 0; d < K::kDTiles; d += 2) {
+        uint32_t b_lo[2], b_hi[2];
+        ld_b_kn<L>(b_lo, b_hi, smem_addr(s_do), la, kc * 16, d * 8);
+        mma_m16n8k16<T>(dv[d], a_p, b_lo);
+        mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
+        ld_b_kn<L>(b_lo, b_hi, smem_addr(s_q), la, kc * 16, d * 8);
+        mma_m16n8k16<T>(dk[d], a_ds, b_lo);
+        mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
+      }
+    }
+    __syncthreads();  // the dSᵀ tile is whole
+
+    // This warp's block of the step's dQ: queries q0 .. q0 + 31, columns c0 .. c0 + kQCols - 1,
+    // over the CTA's kR keys. A = dS from the dSᵀ tile: ldmatrix.trans of its [key][query]
+    // blocks gives, in the order (b_lo[0], b_lo[1], b_hi[0], b_hi[1]), the 8x8 blocks (queries
+    // 0-7, keys 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): A's registers are 0, 2, 1, 3 of it.
+    const int q0 = (warp / (kD / K::kQCols)) * K::kQRows, c0 = (warp % (kD / K::kQCols)) * K::kQCols;
+    float acc[K::kQRows / 16][K::kQCols / 8][4];
+#pragma unroll
+    for (int mi = 0; mi < K::kQRows / 16; ++mi)
+#pragma unroll
+      for (int n = 0; n < K::kQCols / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[mi][n][c] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kR; kk += 16) {
+      uint32_t a[K::kQRows / 16][4];
+#pragma unroll
+      for (int mi = 0; mi < K::kQRows / 16; ++mi) {
+        uint32_t lo[2], hi[2];
+        ld_b_kn<LS>(lo, hi, smem_addr(s_ds), la_s, kk, q0 + 16 * mi);
+        a[mi][0] = lo[0], a[mi][1] = hi[0], a[mi][2] = lo[1], a[mi][3] = hi[1];
+      }
+#pragma unroll
+      for (int n = 0; n < K::kQCols / 8; n += 2) {
+        uint32_t b_lo[2], b_hi[2];
+        ld_b_kn<L>(b_lo, b_hi, smem_addr(s_k), la, kk, c0 + n * 8);
+#pragma unroll
+        for (int mi = 0; mi < K::kQRows / 16; ++mi) {
+          mma_m16n8k16<T>(acc[mi][n], a[mi], b_lo);
+          mma_m16n8k16<T>(acc[mi][n + 1], a[mi], b_hi);
+        }
+      }
+    }
+    float* dq_row = dq_accum + bh * sq * f.head_dim;
+#pragma unroll
+    for (int mi = 0; mi < K::kQRows / 16; ++mi)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t query = m0 + q0 + 16 * mi + g + 8 * (c / 2);
+        if (query >= sq) continue;
+#pragma unroll
+        for (int n = 0; n < K::kQCols / 8; ++n) {
+          const int col = c0 + n * 8 + 2 * t + c % 2;
+          if (col < f.head_dim) atomicAdd(dq_row + query * f.head_dim + col, acc[mi][n][c]);
+        }
+      }
+  }
+  cp_async_wait<0>();
+
+  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_s.batch + hk * p.dk_s.head;
+  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int64_t key = n0 + warp * 16 + g + 8 * rh;
+    if (key >= sk) continue;
+#pragma unroll
+    for (int d = 0; d < K::kDTiles; ++d) {
+      const int64_t col = d * 8 + 2 * t;
+      if (col < f.head_dim) {
+        *reinterpret_cast<uint32_t*>(dk_out + key * p.dk_s.row + col) =
+            pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
+        *reinterpret_cast<uint32_t*>(dv_out + key * p.dv_s.row + col) = pack2<T>(dv[d][2 * rh], dv[d][2 * rh + 1]);
+      }
+    }
+  }
+}
+
+// dq = scale · dq_accum in q's dtype and dq's strides, one warp per query row (the dot kernel's
+// shape); dq_accum is (B, Hq, Sq, head_dim) fp32, contiguous.
+template <typename T>
+__global__ void __launch_bounds__(256) attention_bwd_dq_convert_kernel(const AttentionBwdParams p, const float* dq_accum) {
+  const AttentionFwdParams& f = p.fwd;
+  const int64_t rows = f.batch * f.heads_q * f.seqlen_q;
+  const int lane = threadIdx.x % 32;
+  for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x / 32) {
+    const int64_t i = r % f.seqlen_q, bh = r / f.seqlen_q, b = bh / f.heads_q, h = bh % f.heads_q;
+    T* dst = static_cast<T*>(p.dq) + b * p.dq_s.batch + h * p.dq_s.head + i * p.dq_s.row;
+    const float* src = dq_accum + r * f.head_dim;
+    for (int64_t c = 2 * lane; c < f.head_dim; c += 64) {  // head_dim is even (a multiple of 8)
+      const float2 v = *reinterpret_cast<const float2*>(src + c);
+      *reinterpret_cast<uint32_t*>(dst + c) = pack2<T>(v.x * f.scale, v.y * f.scale);
     }
   }
 }

@@ -15,8 +15,8 @@ namespace mmm {
 #define MMM_DECLARE(D)                                                                                        \
   extern template cudaError_t launch_attention_fwd_t<D, __half>(const AttentionFwdParams&, cudaStream_t);     \
   extern template cudaError_t launch_attention_fwd_t<D, __nv_bfloat16>(const AttentionFwdParams&, cudaStream_t); \
-  extern template cudaError_t launch_attention_bwd_t<D, __half>(const AttentionBwdParams&, float*, cudaStream_t); \
-  extern template cudaError_t launch_attention_bwd_t<D, __nv_bfloat16>(const AttentionBwdParams&, float*, cudaStream_t);
+  extern template cudaError_t launch_attention_bwd_t<D, __half>(const AttentionBwdParams&, float*, float*, cudaStream_t); \
+  extern template cudaError_t launch_attention_bwd_t<D, __nv_bfloat16>(const AttentionBwdParams&, float*, float*, cudaStream_t);
 MMM_DECLARE(32)
 MMM_DECLARE(64)
 MMM_DECLARE(96)
@@ -67,8 +67,8 @@ cudaError_t fwd_d(const AttentionFwdParams& p, cudaStream_t s) {
   else return cudaErrorInvalidValue;
 }
 template <int D, typename T>
-cudaError_t bwd_d(const AttentionBwdParams& p, float* delta, cudaStream_t s) {
-  if constexpr (compiled(D)) return launch_attention_bwd_t<D, T>(p, delta, s);
+cudaError_t bwd_d(const AttentionBwdParams& p, float* delta, float* dq_accum, cudaStream_t s) {
+  if constexpr (compiled(D)) return launch_attention_bwd_t<D, T>(p, delta, dq_accum, s);
   else return cudaErrorInvalidValue;
 }
 
@@ -85,14 +85,14 @@ cudaError_t fwd(const AttentionFwdParams& p, cudaStream_t s) {
   }
 }
 template <typename T>
-cudaError_t bwd(const AttentionBwdParams& p, float* delta, cudaStream_t s) {
+cudaError_t bwd(const AttentionBwdParams& p, float* delta, float* dq_accum, cudaStream_t s) {
   switch (attention_compiled_head_dim(p.fwd.head_dim)) {
-    case 32: return bwd_d<32, T>(p, delta, s);
-    case 64: return bwd_d<64, T>(p, delta, s);
-    case 96: return bwd_d<96, T>(p, delta, s);
-    case 128: return bwd_d<128, T>(p, delta, s);
-    case 192: return bwd_d<192, T>(p, delta, s);
-    case 256: return bwd_d<256, T>(p, delta, s);
+    case 32: return bwd_d<32, T>(p, delta, dq_accum, s);
+    case 64: return bwd_d<64, T>(p, delta, dq_accum, s);
+    case 96: return bwd_d<96, T>(p, delta, dq_accum, s);
+    case 128: return bwd_d<128, T>(p, delta, dq_accum, s);
+    case 192: return bwd_d<192, T>(p, delta, dq_accum, s);
+    case 256: return bwd_d<256, T>(p, delta, dq_accum, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -118,8 +118,23 @@ void clamp_windows(AttentionFwdParams& p) {  // params.h: kAttnWindowClamp
 }
 }  // namespace
 
+bool attention_bwd_uses_atomic_dq(const AttentionBwdParams& p) {
+  if (p.deterministic) return false;
+  int smem = 0;
+  switch (attention_compiled_head_dim(p.fwd.head_dim)) {
+    case 64: smem = attention_bwd_atomic_smem<64>(); break;
+    case 128: smem = attention_bwd_atomic_smem<128>(); break;
+    default: return false;
+  }
+  int device = 0, optin = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+         optin >= smem;
+}
+
 size_t attention_bwd_cuda_workspace_bytes(const AttentionBwdParams& p) {
-  return size_t(p.fwd.batch * p.fwd.heads_q * p.fwd.seqlen_q) * sizeof(float);
+  const size_t rows = size_t(p.fwd.batch * p.fwd.heads_q * p.fwd.seqlen_q);
+  return rows * sizeof(float) * (1 + (attention_bwd_uses_atomic_dq(p) ? size_t(p.fwd.head_dim) : 0));
 }
 
 const char* launch_attention_bwd(const AttentionBwdParams& p, void* stream) {
@@ -132,7 +147,10 @@ const char* launch_attention_bwd(const AttentionBwdParams& p, void* stream) {
   clamp_windows(c.fwd);
   auto s = static_cast<cudaStream_t>(stream);
   float* delta = static_cast<float*>(p.workspace);
-  const cudaError_t err = f.dtype == DType::kFloat16 ? bwd<__half>(c, delta, s) : bwd<__nv_bfloat16>(c, delta, s);
+  // The workspace was sized by attention_bwd_cuda_workspace_bytes on this device: the same choice.
+  float* dq_accum = attention_bwd_uses_atomic_dq(p) ? delta + f.batch * f.heads_q * f.seqlen_q : nullptr;
+  const cudaError_t err =
+      f.dtype == DType::kFloat16 ? bwd<__half>(c, delta, dq_accum, s) : bwd<__nv_bfloat16>(c, delta, dq_accum, s);
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 

@@ -28,15 +28,42 @@ cudaError_t launch_attention_fwd_t(const AttentionFwdParams& p, cudaStream_t str
   return cudaGetLastError();
 }
 
-// delta: (B, Hq, Sq) fp32 scratch.
+// Opt-in shared memory the atomic-dQ backward needs at head dim kD (0: not compiled for kD).
+template <int kD>
+constexpr int attention_bwd_atomic_smem() {
+  if constexpr (kD == 64 || kD == 128) return AttnBwdAtomicTraits<kD, __half>::kSmemBytes;
+  else return 0;
+}
+
+// delta: (B, Hq, Sq) fp32 scratch. dq_accum: nullptr (the deterministic kernels), or (B, Hq, Sq,
+// head_dim) fp32 scratch for the atomic-dQ kernel (kD 64 or 128 only; launch_attention_bwd
+// decides, attention_bwd_uses_atomic_dq).
 template <int kD, typename T>
-cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, cudaStream_t stream) {
+cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, float* dq_accum, cudaStream_t stream) {
   using K = AttnBwdTraits<kD, T>;
   const AttentionFwdParams& f = p.fwd;
   const int64_t rows = f.batch * f.heads_q * f.seqlen_q;
-  attention_bwd_dot_kernel<T><<<unsigned(std::min<int64_t>(ceil_div(rows, 8), 1 << 20)), 256, 0, stream>>>(p, delta);
+  const unsigned row_blocks = unsigned(std::min<int64_t>(ceil_div(rows, 8), 1 << 20));  // a warp per row
+  attention_bwd_dot_kernel<T><<<row_blocks, 256, 0, stream>>>(p, delta);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
+  if constexpr (attention_bwd_atomic_smem<kD>() > 0) {
+    if (dq_accum != nullptr) {
+      using KA = AttnBwdAtomicTraits<kD, T>;
+      auto kernel = attention_bwd_atomic_kernel<KA>;
+      if ((err = allow_smem(kernel, KA::kSmemBytes)) != cudaSuccess) return err;
+      if ((err = cudaMemsetAsync(dq_accum, 0, size_t(rows * f.head_dim) * sizeof(float), stream)) != cudaSuccess)
+        return err;
+      if (f.seqlen_k > 0) {
+        const dim3 grid(unsigned(f.batch * f.heads_kv), unsigned(ceil_div(f.seqlen_k, KA::kBlockRows)));
+        kernel<<<grid, KA::kThreads, KA::kSmemBytes, stream>>>(p, delta, dq_accum);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+      }
+      attention_bwd_dq_convert_kernel<T><<<row_blocks, 256, 0, stream>>>(p, dq_accum);
+      return cudaGetLastError();
+    }
+  }
+  if (dq_accum != nullptr) return cudaErrorInvalidValue;  // no atomic-dQ kernel at this head dim
   auto dkdv = attention_bwd_dkdv_kernel<K>;
   auto dq = attention_bwd_dq_kernel<K>;
   if ((err = allow_smem(dkdv, K::kSmemBytes)) != cudaSuccess || (err = allow_smem(dq, K::kSmemBytes)) != cudaSuccess)
@@ -54,7 +81,7 @@ cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, cu
 #define MMM_ATTENTION_INSTANTIATE(D)                                                                     \
   template cudaError_t launch_attention_fwd_t<D, __half>(const AttentionFwdParams&, cudaStream_t);         \
   template cudaError_t launch_attention_fwd_t<D, __nv_bfloat16>(const AttentionFwdParams&, cudaStream_t);  \
-  template cudaError_t launch_attention_bwd_t<D, __half>(const AttentionBwdParams&, float*, cudaStream_t); \
-  template cudaError_t launch_attention_bwd_t<D, __nv_bfloat16>(const AttentionBwdParams&, float*, cudaStream_t);
+  template cudaError_t launch_attention_bwd_t<D, __half>(const AttentionBwdParams&, float*, float*, cudaStream_t); \
+  template cudaError_t launch_attention_bwd_t<D, __nv_bfloat16>(const AttentionBwdParams&, float*, float*, cudaStream_t);
 
 }  // namespace mmm

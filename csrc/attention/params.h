@@ -48,7 +48,7 @@ struct AttentionBwdParams {
   void* dv = nullptr;          AttentionStrides dv_s;
   // fp32 scratch (size from *_workspace_bytes): rowsum(dO ∘ O) and, on CUDA, the dq accumulator.
   void* workspace = nullptr;
-  bool deterministic = true;   // bitwise reproducible dq/dk/dv
+  bool deterministic = true;   // false: CUDA may add dq with atomics (the CPU always is)
   // Optional gradient of the lse output, (B, Hq, Sq) contiguous in lse's dtype (fp32; fp64 for
   // fp64 inputs on the CPU); nullptr means zero. Since d lse_i / d s_ij = P_ij it only shifts the
   // row term: dS = P ∘ (dP − (rowsum(dO ∘ O) − dlse)).
@@ -83,9 +83,15 @@ void attention_bwd_cpu(const AttentionBwdParams& p, const AttentionBwdCpuPlan& p
 // nullptr on success, else a static message. Requires fp16/bf16, head_dim % 8 == 0 (<= 256),
 // 16-byte aligned rows (the glue copies anything else).
 const char* launch_attention_fwd(const AttentionFwdParams& p, void* stream);
-size_t attention_bwd_cuda_workspace_bytes(const AttentionBwdParams& p);  // fp32 rowsum(dO ∘ O)
-// dq, dk, dv written in full (no atomics: always deterministic). With seqlen_k == 0 dk/dv are
-// empty; a query row with no key gets dq = 0.
+// deterministic = false takes the atomic-dQ kernel where there is one (head dims 64 and 128, on
+// a GPU with the opt-in shared memory for it: A100, H100, ...; the current device is asked), the
+// deterministic kernels otherwise.
+bool attention_bwd_uses_atomic_dq(const AttentionBwdParams& p);
+// fp32 scratch: rowsum(dO ∘ O), and the dq accumulator when attention_bwd_uses_atomic_dq.
+size_t attention_bwd_cuda_workspace_bytes(const AttentionBwdParams& p);
+// dq, dk, dv written in full. Deterministic (bitwise reproducible) unless
+// attention_bwd_uses_atomic_dq, which leaves dq's last bits to the atomics' order. With
+// seqlen_k == 0 dk/dv are empty; a query row with no key gets dq = 0.
 const char* launch_attention_bwd(const AttentionBwdParams& p, void* stream);
 // The kernel head dimension head_dim runs on: the smallest compiled one >= head_dim, 0 if none
 // (the build compiles MMM_ATTENTION_HEAD_DIMS, by default 32, 64, 96, 128, 192, 256).

@@ -2,9 +2,10 @@
 // The fake kernels, autograd and the public op mmm::fused_attention (defined in Python on top of
 // fused_attention_forward) live in python/mmm/ops/attention.py, whose _check mirrors check_qkv.
 //
-//   fused_attention_forward(q, k, v, scale, window_left, window_right) -> (out, lse)
+//   fused_attention_forward(q, k, v, scale, window_left, window_right, deterministic=True)
+//       -> (out, lse)
 //   fused_attention_backward(grad_out, grad_lse?, q, k, v, out, lse, scale, window_left,
-//                            window_right) -> (grad_q, grad_k, grad_v)
+//                            window_right, deterministic=True) -> (grad_q, grad_k, grad_v)
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -153,8 +154,10 @@ void check_cuda_head_dim(const QKVShape& s) {
 
 #endif
 
+// `deterministic` is the backward's (saved by the autograd kernel, which sees only the forward's
+// arguments); the forward is deterministic either way.
 std::tuple<Tensor, Tensor> fused_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
-                                                   int64_t window_left, int64_t window_right) {
+                                                   int64_t window_left, int64_t window_right, bool /*deterministic*/) {
   const QKVShape s = check_qkv(q, k, v, window_left, window_right);
 #ifdef MMM_WITH_CUDA
   if (q.is_cuda()) check_cuda_head_dim(s);
@@ -203,7 +206,8 @@ void check_like(const Tensor& t, const char* name, const Tensor& q, const std::v
 std::tuple<Tensor, Tensor, Tensor> fused_attention_backward(const Tensor& grad_out_in, const optional<Tensor>& grad_lse_in,
                                                             const Tensor& q, const Tensor& k, const Tensor& v,
                                                             const Tensor& out_in, const Tensor& lse_in, double scale,
-                                                            int64_t window_left, int64_t window_right) {
+                                                            int64_t window_left, int64_t window_right,
+                                                            bool deterministic) {
   const QKVShape s = check_qkv(q, k, v, window_left, window_right);
 #ifdef MMM_WITH_CUDA
   if (q.is_cuda()) check_cuda_head_dim(s);
@@ -242,6 +246,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_attention_backward(const Tensor& grad_o
     p.dv = dv.data_ptr();
     p.dv_s = strides_of(dv);
     p.dlse = grad_lse.has_value() ? grad_lse->data_ptr() : nullptr;
+    p.deterministic = deterministic;
     return p;
   };
 
@@ -278,11 +283,11 @@ std::tuple<Tensor, Tensor, Tensor> fused_attention_backward(const Tensor& grad_o
 
 STABLE_TORCH_LIBRARY_FRAGMENT(mmm, m) {
   m.def(
-      "fused_attention_forward(Tensor q, Tensor k, Tensor v, float scale, int window_left, int window_right) "
-      "-> (Tensor out, Tensor lse)");
+      "fused_attention_forward(Tensor q, Tensor k, Tensor v, float scale, int window_left, int window_right, "
+      "bool deterministic=True) -> (Tensor out, Tensor lse)");
   m.def(
       "fused_attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, "
-      "Tensor lse, float scale, int window_left, int window_right) "
+      "Tensor lse, float scale, int window_left, int window_right, bool deterministic=True) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }
 

@@ -13,7 +13,9 @@
 // cut by the sequence end), causal with Sq < Sk and Sq > Sk (rows and whole CTAs with no key:
 // out = 0, lse = +inf, no NaN), sliding windows that skip key tiles, GQA, head dims padded up
 // to the kernel's (40 -> 64, 80 -> 96), strided (B, S, H, D) and padded-row layouts, the lse
-// gradient, fp16 and bf16, both cp.async modes, and the backward run twice (bitwise equal).
+// gradient, fp16 and bf16, both cp.async modes, and the backward run twice (bitwise equal), then
+// in its atomic-dQ mode where the build has it (head dims 64 and 128: dq against the twin, dk
+// and dv bitwise those of the deterministic mode).
 // Every ldmatrix and every cp.async store must be free of shared-memory bank conflicts (the
 // swizzles' claim; counted by ptx_on_cpu.h from the lanes' addresses).
 //
@@ -509,9 +511,27 @@ static int run_case(const Case& c, bool quick) {
       if (e) { std::printf("BAD %s: launch_attention_bwd: %s\n", c.name, e); return 1; }
       runs[rep][0] = dq.data; runs[rep][1] = dk.data; runs[rep][2] = dv.data;
     }
+    // The atomic-dQ kernel (deterministic = false), where the build has one for this head dim:
+    // dq against the twin like the others; dk and dv bitwise those of the deterministic kernels
+    // (the same products summed in the same order, only dq's sum order is the atomics').
+    AttentionBwdParams ba = bg;
+    ba.deterministic = false;
+    const bool atomic = attention_bwd_uses_atomic_dq(ba);
+    Tensor dq_a(c.B, c.Hq, c.Sq, D, c.layout_q);
+    bool atomic_dkdv_same = true;
+    if (atomic) {
+      Tensor dk(c.B, c.Hkv, c.Sk, D, c.layout_kv), dv(c.B, c.Hkv, c.Sk, D, c.layout_kv);
+      std::vector<char> ws(attention_bwd_cuda_workspace_bytes(ba) + 16);
+      ba.workspace = ws.data();
+      ba.dq = dq_a.data.data(); ba.dk = dk.data.data(); ba.dv = dv.data.data();
+      ba.dq_s = dq_a.s; ba.dk_s = dk.s; ba.dv_s = dv.s;
+      e = launch_attention_bwd(ba, nullptr);
+      if (e) { std::printf("BAD %s: launch_attention_bwd (atomic dq): %s\n", c.name, e); return 1; }
+      atomic_dkdv_same = dk.data == runs[0][1] && dv.data == runs[0][2];
+    }
     const emu::BankTally bwd_banks = emu::BankTally::now() - bwd_start;
     const bool deterministic = quick || (runs[0][0] == runs[1][0] && runs[0][1] == runs[1][1] && runs[0][2] == runs[1][2]);
-    Cmp cq, ck, cv;
+    Cmp cq, ck, cv, cqa;
     Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv);
     for (int64_t b = 0; b < c.B; ++b) {
       for (int64_t h = 0; h < c.Hq; ++h)
@@ -519,6 +539,9 @@ static int run_case(const Case& c, bool quick) {
           for (int64_t d = 0; d < D; ++d) {
             const int64_t o = dq.at(b, h, i, d), r = (b * c.Hq + h) * c.Sq + i;
             cq.add(get(t, runs[0][0][size_t(o)]), get(t, dq_cpu.data[size_t(o)]), m_dq[size_t(r * D + d)], n_dq[size_t(r * D + d)], eps);
+            if (atomic)
+              cqa.add(get(t, dq_a.data[size_t(o)]), get(t, dq_cpu.data[size_t(o)]), m_dq[size_t(r * D + d)],
+                      n_dq[size_t(r * D + d)], eps);
           }
       for (int64_t h = 0; h < c.Hkv; ++h)
         for (int64_t j = 0; j < c.Sk; ++j)
@@ -537,19 +560,25 @@ static int run_case(const Case& c, bool quick) {
                    std::memcmp(first_lse.data(), lse.data(), lse.size() * sizeof(float)) == 0;
     }
     const bool conflict_free = fwd_banks.conflict_free() && bwd_banks.conflict_free();  // the swizzles' claim
-    const bool ok = !co.bad && !lse_bad && !cq.bad && !ck.bad && !cv.bad && deterministic && same_modes && conflict_free;
-    std::printf("%s %-34s %s %-5s out %.2f lse %.1e(%" PRId64 ") dq %.2f dk %.2f dv %.2f units%s%s%s\n", ok ? "OK " : "BAD",
+    const bool ok = !co.bad && !lse_bad && !cq.bad && !ck.bad && !cv.bad && deterministic && same_modes && conflict_free &&
+                    !cqa.bad && atomic_dkdv_same;
+    char atomic_note[64] = "";
+    if (atomic) std::snprintf(atomic_note, sizeof atomic_note, " (atomic dq %.2f)", cqa.units);
+    std::printf("%s %-34s %s %-5s out %.2f lse %.1e(%" PRId64 ") dq %.2f%s dk %.2f dv %.2f units%s%s%s%s\n", ok ? "OK " : "BAD",
                 c.name, t == DType::kFloat16 ? "f16 " : "bf16", lazy ? "lazy" : "eager", co.units, lse_err, lse_bad,
-                cq.units, ck.units, cv.units, deterministic ? "" : "  NOT DETERMINISTIC",
-                same_modes ? "" : "  MODES DIFFER", (co.nan + cq.nan + ck.nan + cv.nan) ? "  NaN" : "");
+                cq.units, atomic_note, ck.units, cv.units, deterministic ? "" : "  NOT DETERMINISTIC",
+                same_modes ? "" : "  MODES DIFFER", atomic_dkdv_same ? "" : "  ATOMIC DK/DV DIFFER",
+                (co.nan + cq.nan + ck.nan + cv.nan + cqa.nan) ? "  NaN" : "");
     std::printf("    fwd %s\n    bwd %s\n", fwd_banks.summary().c_str(), bwd_banks.summary().c_str());
-    for (const Cmp* w : {&co, &cq, &ck, &cv})
+    for (const Cmp* w : {&co, &cq, &ck, &cv, &cqa})
       if (w->units > 1)
-        std::printf("    worst %s: kernel %.6g twin %.6g M %.3g\n", w == &co ? "out" : w == &cq ? "dq" : w == &ck ? "dk" : "dv",
-                    w->worst[0], w->worst[1], w->worst[2]);
+        std::printf("    worst %s: kernel %.6g twin %.6g M %.3g\n",
+                    w == &co ? "out" : w == &cq ? "dq" : w == &ck ? "dk" : w == &cv ? "dv" : "atomic dq", w->worst[0],
+                    w->worst[1], w->worst[2]);
     if (!ok)
-      std::printf("    over tolerance: out %" PRId64 " dq %" PRId64 " dk %" PRId64 " dv %" PRId64 " (NaN %" PRId64 ")\n",
-                  co.bad, cq.bad, ck.bad, cv.bad, co.nan + cq.nan + ck.nan + cv.nan);
+      std::printf("    over tolerance: out %" PRId64 " dq %" PRId64 " dk %" PRId64 " dv %" PRId64 " atomic dq %" PRId64
+                  " (NaN %" PRId64 ")\n",
+                  co.bad, cq.bad, ck.bad, cv.bad, cqa.bad, co.nan + cq.nan + ck.nan + cv.nan + cqa.nan);
     std::fflush(stdout);
     bad += !ok;
   }

@@ -14,7 +14,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from mmm.ops._autograd import no_double_backward
+from mmm.ops._autograd import call_op, no_double_backward
 
 MAX_HEAD_DIM = 256
 
@@ -122,31 +122,31 @@ def _lse_dtype(q: Tensor) -> torch.dtype:
 # fake kernels and autograd of the C++ ops
 # ---------------------------------------------------------------------------------------------
 @torch.library.register_fake("mmm::fused_attention_forward")
-def _forward_fake(q, k, v, scale, window_left, window_right):
+def _forward_fake(q, k, v, scale, window_left, window_right, deterministic=True):
     _check(q, k, v, window_left, window_right)
     return _empty_in_layout_of(q), q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
 
 
 @torch.library.register_fake("mmm::fused_attention_backward")
-def _backward_fake(grad_out, grad_lse, q, k, v, out, lse, scale, window_left, window_right):
+def _backward_fake(grad_out, grad_lse, q, k, v, out, lse, scale, window_left, window_right, deterministic=True):
     _check(q, k, v, window_left, window_right)
     return _empty_in_layout_of(q), _empty_in_layout_of(k), _empty_in_layout_of(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, scale, window_left, window_right = inputs
+    q, k, v, scale, window_left, window_right, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.set_materialize_grads(False)  # an unused out or lse gets None, not a tensor of zeros
-    ctx.opts = (scale, window_left, window_right)
+    ctx.opts = (scale, window_left, window_right, deterministic)
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
     if grad_out is None:  # only lse was used
         grad_out = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.mmm.fused_attention_backward(grad_out, grad_lse, q, k, v, out, lse, *ctx.opts)
-    return dq, dk, dv, None, None, None
+    dq, dk, dv = call_op(torch.ops.mmm.fused_attention_backward, grad_out, grad_lse, q, k, v, out, lse, *ctx.opts)
+    return dq, dk, dv, None, None, None, None
 
 
 torch.library.register_autograd("mmm::fused_attention_forward", _backward, setup_context=_setup_context)
@@ -156,25 +156,30 @@ no_double_backward("mmm::fused_attention_backward", "fused_attention")
 # ---------------------------------------------------------------------------------------------
 # the public op: torch.ops.mmm.fused_attention(q, k, v, causal=False, scale=None, *, ...)
 # ---------------------------------------------------------------------------------------------
-def _resolve(q: Tensor, causal: bool, scale: Optional[float], window_left: int, window_right: int):
-    """(scale, window_left, window_right) as the forward op takes them: scale None is
-    1/sqrt(head_dim); causal is window_right = 0."""
+def _resolve(q: Tensor, causal: bool, scale: Optional[float], window_left: int, window_right: int,
+             deterministic: Optional[bool]):
+    """(scale, window_left, window_right, deterministic) as the forward op takes them: scale None
+    is 1/sqrt(head_dim); causal is window_right = 0; deterministic None follows
+    torch.are_deterministic_algorithms_enabled()."""
     if scale is None:
         d = q.shape[-1] if q.dim() >= 1 else 1
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0  # (d = 0 is rejected by the op)
-    return float(scale), int(window_left), 0 if causal else int(window_right)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    return float(scale), int(window_left), 0 if causal else int(window_right), bool(deterministic)
 
 
 _lib = torch.library.Library("mmm", "FRAGMENT")
 _lib.define(
     "fused_attention(Tensor q, Tensor k, Tensor v, bool causal=False, float? scale=None, *, "
-    "int window_left=-1, int window_right=-1) -> Tensor"
+    "int window_left=-1, int window_right=-1, bool? deterministic=None) -> Tensor"
 )
 
 
-def _fused_attention_composite(q, k, v, causal=False, scale=None, *, window_left=-1, window_right=-1):
-    scale, wl, wr = _resolve(q, causal, scale, window_left, window_right)
-    return torch.ops.mmm.fused_attention_forward(q, k, v, scale, wl, wr)[0]
+def _fused_attention_composite(q, k, v, causal=False, scale=None, *, window_left=-1, window_right=-1,
+                               deterministic=None):
+    scale, wl, wr, det = _resolve(q, causal, scale, window_left, window_right, deterministic)
+    return call_op(torch.ops.mmm.fused_attention_forward, q, k, v, scale, wl, wr, det)[0]
 
 
 # CompositeImplicitAutograd: autograd, fake tensors and torch.compile all see
@@ -200,6 +205,7 @@ def fused_attention(
     scale: Optional[float] = None,
     window: Tuple[int, int] = (-1, -1),
     return_lse: bool = False,
+    deterministic: Optional[bool] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Exact attention ``softmax(q·kᵀ·scale + mask) · v``, FlashAttention-style.
 
@@ -225,20 +231,26 @@ def fused_attention(
         return_lse: also return the log-sum-exp of each row of scaled, masked scores,
             ``(B, Hq, Sq)`` in float32 (float64 for float64 inputs), ``+inf`` for rows that see
             no key. It is differentiable too.
+        deterministic: the backward's mode on CUDA. True: bitwise reproducible dq, dk, dv (two
+            kernels, the dq one recomputing the scores: no atomics). False: FlashAttention-2's
+            single pass, dq summed in fp32 with atomics, so its last bits vary from run to run
+            (head dims 64 and 128 on GPUs with the shared memory, e.g. A100 and H100; elsewhere
+            the deterministic kernels run). None (default): ``torch.are_deterministic_algorithms_enabled()``,
+            so ``torch.use_deterministic_algorithms(True)`` makes it True. The CPU backward is
+            always deterministic.
 
     Returns:
         ``out`` of q's shape and dtype (in q's memory order: ``(B, S, H, D)`` memory when q is a
         transposed ``(B, S, H, D)`` view), or ``(out, lse)``.
 
-    Backward (FlashAttention-2: P recomputed from q, k and lse) is deterministic: bitwise
-    reproducible run to run and, on the CPU, whatever the thread count. Double backward raises.
+    Backward: FlashAttention-2's, P recomputed from q, k and lse; deterministic as chosen above
+    (and on the CPU whatever the thread count). Double backward raises.
     """
     left, right = _window(window)
-    if not return_lse:
-        return torch.ops.mmm.fused_attention(q, k, v, causal, scale, window_left=left, window_right=right)
-    scale, left, right = _resolve(q, causal, scale, left, right)
-    out, lse = torch.ops.mmm.fused_attention_forward(q, k, v, scale, left, right)
-    return out, lse
+    # The forward op directly: what the public op's composite kernel calls, one Python layer less.
+    scale, left, right, det = _resolve(q, causal, scale, left, right, deterministic)
+    out, lse = call_op(torch.ops.mmm.fused_attention_forward, q, k, v, scale, left, right, det)
+    return (out, lse) if return_lse else out
 
 
 def selftest(device: str) -> float:
