@@ -475,9 +475,10 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
   const AttnLaneAddr<LS> la_s = lane_addr_a<LS>();
   const int64_t bhk = blockIdx.x, b = bhk / f.heads_kv, hk = bhk % f.heads_kv;
-  const int64_t n0 = int64_t(blockIdx.y) * kR;
-  const int64_t sq = f.seqlen_q, sk = f.seqlen_k, shift = sk - sq;
-  const int64_t group = f.heads_q / f.heads_kv;
+  // Positions in 32 bits, as in the forward (lengths < 2^22, windows clamped to 2^24).
+  const int n0 = int(blockIdx.y) * kR, sq = int(f.seqlen_q), sk = int(f.seqlen_k), shift = sk - sq;
+  const int wl = int(f.window_left), wr = int(f.window_right);
+  const int group = int(f.heads_q / f.heads_kv);
   const float scale_log2 = f.scale * 1.44269504088896340736f;
 
   load_tile_async<L, kR, kNT>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk,
@@ -486,12 +487,12 @@ __global__ void __launch_bounds__(K::kThreads, 1)
                               f.head_dim);
 
   // Queries that can see any of these keys (as the dkdv kernel).
-  const int64_t n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
-  int64_t m_lo = f.window_right >= 0 ? n0 - shift - f.window_right : 0;
-  int64_t m_hi = f.window_left >= 0 ? n_last - shift + f.window_left + 1 : sq;  // exclusive
+  const int n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
+  int m_lo = wr >= 0 ? n0 - shift - wr : 0;
+  int m_hi = wl >= 0 ? n_last - shift + wl + 1 : sq;  // exclusive
   m_lo = m_lo < 0 ? 0 : m_lo;
   m_hi = m_hi > sq ? sq : m_hi;
-  const int64_t mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? ceil_div(m_hi, kC) : mb_lo;
+  const int mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? (m_hi + kC - 1) / kC : mb_lo;
 
   float dk[K::kDTiles][4], dv[K::kDTiles][4];  // this warp's 16 keys x kD
 #pragma unroll
@@ -501,9 +502,9 @@ __global__ void __launch_bounds__(K::kThreads, 1)
 
   // Steps (query head h of the group, query tile mb), h-major, with the dkdv kernel's schedule.
   static_assert(kS == 2, "one (h, mb) counter: the load runs exactly one step ahead");
-  const int64_t n_steps = group * (mb_hi - mb_lo);
-  int h = int(hk * group), mb = int(mb_lo);
-  auto load_step = [&](int64_t i) {
+  const int n_steps = group * (mb_hi - mb_lo);
+  int h = int(hk) * group, mb = mb_lo;
+  auto load_step = [&](int i) {
     T* dst = s_qdo + (i % kS) * 2 * kTile;
     load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row,
                                 int64_t(mb) * kC, sq, f.head_dim);
@@ -514,10 +515,10 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   cp_async_commit();
   const auto a_kv = score_a_operands<K>(smem_addr(s_k), smem_addr(s_v), la, warp * 16);
 
-  for (int64_t i = 0; i < n_steps; ++i) {
+  for (int i = 0; i < n_steps; ++i) {
     cp_async_wait<kS - 2>();
     __syncthreads();  // also: every warp is done with the last step's dS tile
-    const int64_t m0 = int64_t(mb) * kC;  // step i
+    const int m0 = mb * kC;  // step i
     const int64_t bh = b * f.heads_q + h;
     const float* lse = f.lse + bh * sq;
     const float* dl = delta + bh * sq;
@@ -529,17 +530,33 @@ __global__ void __launch_bounds__(K::kThreads, 1)
 
     float st[K::kCTiles][4], dpt[K::kCTiles][4];
     score_pair<K>(st, dpt, a_kv, smem_addr(s_q), smem_addr(s_do), lb);
+    // Pᵀ and dSᵀ for every element (queries past the end: lse +inf, P = 0); on a tile the mask
+    // or a sequence end cuts through, hidden elements zeroed (the dq kernel's way).
 #pragma unroll
     for (int j = 0; j < K::kCTiles; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        const int64_t key = n0 + warp * 16 + g + 8 * (c / 2), query = m0 + j * 8 + 2 * t + c % 2;
-        const bool ok = attn_visible(f, query, key);
-        const float l = ok ? lse[query] : INFINITY;
-        const float pt = ok ? exp2f(st[j][c] * scale_log2 - l * 1.44269504088896340736f) : 0.f;
+        const int query = m0 + j * 8 + 2 * t + c % 2;
+        const bool in = query < sq;
+        const float pt = exp2f(st[j][c] * scale_log2 - (in ? lse[query] : INFINITY) * 1.44269504088896340736f);
         st[j][c] = pt;
-        dpt[j][c] = ok ? pt * (dpt[j][c] - dl[query]) : 0.f;
+        dpt[j][c] = pt * (dpt[j][c] - (in ? dl[query] : 0.f));
       }
+    const int k0 = n0 + warp * 16;
+    if (m0 + kC > sq || k0 + 16 > sk || (wr >= 0 && k0 + 15 > m0 + shift + wr) ||
+        (wl >= 0 && k0 < m0 + kC - 1 + shift - wl)) {
+      // In tile coordinates (r = key - k0, c = query - m0): visible iff c < queries, r < keys
+      // and -wl <= base + r - c <= wr (a bound of -1: none).
+      const int base = k0 - m0 - shift, queries = sq - m0, keys = sk - k0;
+#pragma unroll
+      for (int j = 0; j < K::kCTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int r = g + 8 * (c / 2), col = j * 8 + 2 * t + c % 2, off = base + r - col;
+          if (col >= queries || r >= keys || (wr >= 0 && off > wr) || (wl >= 0 && off < -wl))
+            st[j][c] = dpt[j][c] = 0.f;
+        }
+    }
     // dV += Pᵀ·dO, dK += dSᵀ·Q, and dSᵀ (the same 16-bit values) into the shared tile: rows
     // g and g + 8 of this warp's keys, queries kc·16 + {0, 8} + 2t, 2t + 1.
     const int key_row = warp * 16 + g;
@@ -604,12 +621,12 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     for (int mi = 0; mi < K::kQRows / 16; ++mi)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        const int64_t query = m0 + q0 + 16 * mi + g + 8 * (c / 2);
+        const int query = m0 + q0 + 16 * mi + g + 8 * (c / 2);
         if (query >= sq) continue;
 #pragma unroll
         for (int n = 0; n < K::kQCols / 8; ++n) {
           const int col = c0 + n * 8 + 2 * t + c % 2;
-          if (col < f.head_dim) atomicAdd(dq_row + query * f.head_dim + col, acc[mi][n][c]);
+          if (col < f.head_dim) atomicAdd(dq_row + int64_t(query) * f.head_dim + col, acc[mi][n][c]);
         }
       }
   }
@@ -619,15 +636,16 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
 #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
-    const int64_t key = n0 + warp * 16 + g + 8 * rh;
+    const int key = n0 + warp * 16 + g + 8 * rh;
     if (key >= sk) continue;
 #pragma unroll
     for (int d = 0; d < K::kDTiles; ++d) {
       const int64_t col = d * 8 + 2 * t;
       if (col < f.head_dim) {
-        *reinterpret_cast<uint32_t*>(dk_out + key * p.dk_s.row + col) =
+        *reinterpret_cast<uint32_t*>(dk_out + int64_t(key) * p.dk_s.row + col) =
             pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
-        *reinterpret_cast<uint32_t*>(dv_out + key * p.dv_s.row + col) = pack2<T>(dv[d][2 * rh], dv[d][2 * rh + 1]);
+        *reinterpret_cast<uint32_t*>(dv_out + int64_t(key) * p.dv_s.row + col) =
+            pack2<T>(dv[d][2 * rh], dv[d][2 * rh + 1]);
       }
     }
   }
