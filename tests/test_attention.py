@@ -765,7 +765,7 @@ def test_cuda_pipeline_windows(d, window, seqs):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("d", [40, 64, 120, 128])  # the atomic-dQ kernel's head dims, padded or not
+@pytest.mark.parametrize("d", [32, 40, 64, 80, 96, 120, 128])  # the atomic-dQ kernel's head dims, padded or not
 @pytest.mark.parametrize("deterministic", [True, False], ids=["det", "atomic"])
 @pytest.mark.parametrize("mask", ["full", "causal", "w16_-1", "w3_5"])
 @pytest.mark.parametrize("seqs", [(700, 1100), (1100, 700), (129, 255)], ids=_id)
@@ -779,7 +779,7 @@ def test_cuda_backward_modes(d, deterministic, mask, seqs):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [32, 64, 96, 128])
 def test_cuda_backward_modes_agree(d):
     """dK and dV are the same sums in the same order in both modes (bitwise); dQ differs only by
     the order of the atomic fp32 adds, and the deterministic mode repeats itself bitwise."""

@@ -3,7 +3,7 @@
 // (forward 4·B·H·Sq·Sk·D, halved for causal; backward 2.5x the forward), sequence lengths
 // 512..16k at 16k tokens per batch, head dims 64 and 128, causal off and on, fp16 and bf16.
 // The backward in both modes: "bwd" is the default one (deterministic = false: the atomic-dQ
-// kernel at head dims 64 and 128 where the GPU's shared memory allows, else the same as "det"),
+// kernel at head dims up to 128 where the GPU's shared memory allows, else the same as "det"),
 // "det" the bitwise reproducible one.
 // Before timing, a small case (odd lengths, GQA, a window) is checked against the CPU twin, the
 // backward in both modes.

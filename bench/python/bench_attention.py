@@ -8,7 +8,7 @@ qkv projection produces; every implementation reads them as given.
 Implementations ("impls")
     mmm              mmm.fused_attention(q, k, v, causal=...): torch's default (non-deterministic
                      algorithms allowed), so on CUDA the backward adds dq with atomics at head dims
-                     64 and 128, as FlashAttention-2 does.
+                     up to 128, as FlashAttention-2 does.
     mmm_det          CUDA: the same with deterministic=True (bitwise reproducible backward: no
                      atomics, S and dP computed twice). Not a peer; it shows what determinism costs.
     sdpa             CPU: F.scaled_dot_product_attention with torch's default CPU backend.

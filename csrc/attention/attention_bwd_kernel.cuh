@@ -1,5 +1,5 @@
 // fused_attention backward on CUDA (sm_80+), FlashAttention-2's algorithm. The deterministic mode
-// (p.deterministic; the only one at head dims other than 64 and 128) is three kernels with no
+// (p.deterministic; the only one at head dims 192 and 256) is three kernels with no
 // atomics, so dq, dk and dv are bitwise reproducible; the other mode is attention_bwd_atomic_kernel
 // at the end of this file:
 //
@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The non-deterministic backward (p.deterministic == false; head dims 64 and 128, on GPUs whose
+// The non-deterministic backward (p.deterministic == false; head dims 32 to 128, on GPUs whose
 // opt-in shared memory holds kSmemBytes: attention_bwd_uses_atomic_dq). FlashAttention-2's one
 // pass: the five products S, dP, dV, dK and dQ per (key block, query tile), with dQ added into
 // an fp32 accumulator with atomics (then scaled and converted by attention_bwd_dq_convert_kernel),
@@ -430,7 +430,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 // and steps over 64-query tiles: the atomic traffic per FLOP is FlashAttention-2's (one fp32
 // add per dQ element per 128 keys). Per step each warp writes its dSᵀ (16 keys x 64 queries,
 // the 16-bit values dK used) into a shared tile; after a barrier the 8 warps split the step's
-// dQ = dS·K (64 x kD, contracted over the 128 keys) into 2 x 4 blocks of 32 queries x kD / 4,
+// dQ = dS·K (64 x kD, contracted over the 128 keys) into 8 blocks (2 x 4 of 32 queries x kD / 4
+// at d = 64, 128; 4 x 2 of 16 queries x kD / 2 at d = 32, 96),
 // reading dS with ldmatrix.trans (the tile is dSᵀ) and K from the resident K tile. K and V are
 // A operands from shared memory (ASmem): with 64-query steps the score tiles take the registers
 // the dkdv kernel spends on holding them.
@@ -449,10 +450,14 @@ struct AttnBwdAtomicTraits {
   static constexpr bool kARegs = false;
   static constexpr int kStages = 2;
   static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8;
-  static constexpr int kQRows = 32, kQCols = kD / 4;  // a warp's block of a step's dQ
+  // A warp's block of a step's dQ: kQRows queries x kQCols columns, 16-column multiples.
+  static constexpr int kQColBlocks = kD % 64 == 0 ? 4 : 2;
+  static constexpr int kQRows = kBlockCols * kQColBlocks / kWarps, kQCols = kD / kQColBlocks;
   static constexpr int kSmemBytes =
       (2 * (kBlockRows + kStages * kBlockCols) * kD + kBlockRows * kBlockCols) * int(sizeof(T));
-  static_assert(kD == 64 || kD == 128, "the atomic-dQ backward is compiled for head dims 64 and 128");
+  static_assert(kD == 32 || kD == 64 || kD == 96 || kD == 128,
+                "the atomic-dQ backward is compiled for head dims 32 to 128 (dK and dV take 2 kD / 4 "
+                "registers per thread next to 64-query score tiles)");
   static_assert((kBlockCols / kQRows) * (kD / kQCols) == kWarps && kQCols % 16 == 0, "dQ warp blocks");
 };
 
@@ -588,7 +593,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     // over the CTA's kR keys. A = dS from the dSᵀ tile: ldmatrix.trans of its [key][query]
     // blocks gives, in the order (b_lo[0], b_lo[1], b_hi[0], b_hi[1]), the 8x8 blocks (queries
     // 0-7, keys 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): A's registers are 0, 2, 1, 3 of it.
-    const int q0 = (warp / (kD / K::kQCols)) * K::kQRows, c0 = (warp % (kD / K::kQCols)) * K::kQCols;
+    const int q0 = (warp / K::kQColBlocks) * K::kQRows, c0 = (warp % K::kQColBlocks) * K::kQCols;
     float acc[K::kQRows / 16][K::kQCols / 8][4];
 #pragma unroll
     for (int mi = 0; mi < K::kQRows / 16; ++mi)

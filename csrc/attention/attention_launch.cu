@@ -122,7 +122,9 @@ bool attention_bwd_uses_atomic_dq(const AttentionBwdParams& p) {
   if (p.deterministic) return false;
   int smem = 0;
   switch (attention_compiled_head_dim(p.fwd.head_dim)) {
+    case 32: smem = attention_bwd_atomic_smem<32>(); break;
     case 64: smem = attention_bwd_atomic_smem<64>(); break;
+    case 96: smem = attention_bwd_atomic_smem<96>(); break;
     case 128: smem = attention_bwd_atomic_smem<128>(); break;
     default: return false;
   }

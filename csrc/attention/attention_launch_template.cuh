@@ -31,12 +31,12 @@ cudaError_t launch_attention_fwd_t(const AttentionFwdParams& p, cudaStream_t str
 // Opt-in shared memory the atomic-dQ backward needs at head dim kD (0: not compiled for kD).
 template <int kD>
 constexpr int attention_bwd_atomic_smem() {
-  if constexpr (kD == 64 || kD == 128) return AttnBwdAtomicTraits<kD, __half>::kSmemBytes;
+  if constexpr (kD <= 128) return AttnBwdAtomicTraits<kD, __half>::kSmemBytes;
   else return 0;
 }
 
 // delta: (B, Hq, Sq) fp32 scratch. dq_accum: nullptr (the deterministic kernels), or (B, Hq, Sq,
-// head_dim) fp32 scratch for the atomic-dQ kernel (kD 64 or 128 only; launch_attention_bwd
+// head_dim) fp32 scratch for the atomic-dQ kernel (kD <= 128 only; launch_attention_bwd
 // decides, attention_bwd_uses_atomic_dq).
 template <int kD, typename T>
 cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, float* dq_accum, cudaStream_t stream) {

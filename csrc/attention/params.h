@@ -83,7 +83,7 @@ void attention_bwd_cpu(const AttentionBwdParams& p, const AttentionBwdCpuPlan& p
 // nullptr on success, else a static message. Requires fp16/bf16, head_dim % 8 == 0 (<= 256),
 // 16-byte aligned rows (the glue copies anything else).
 const char* launch_attention_fwd(const AttentionFwdParams& p, void* stream);
-// deterministic = false takes the atomic-dQ kernel where there is one (head dims 64 and 128, on
+// deterministic = false takes the atomic-dQ kernel where there is one (head dims 32 to 128, on
 // a GPU with the opt-in shared memory for it: A100, H100, ...; the current device is asked), the
 // deterministic kernels otherwise.
 bool attention_bwd_uses_atomic_dq(const AttentionBwdParams& p);

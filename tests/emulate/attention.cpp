@@ -14,7 +14,7 @@
 // out = 0, lse = +inf, no NaN), sliding windows that skip key tiles, GQA, head dims padded up
 // to the kernel's (40 -> 64, 80 -> 96), strided (B, S, H, D) and padded-row layouts, the lse
 // gradient, fp16 and bf16, both cp.async modes, and the backward run twice (bitwise equal), then
-// in its atomic-dQ mode where the build has it (head dims 64 and 128: dq against the twin, dk
+// in its atomic-dQ mode where the build has it (head dims up to 128: dq against the twin, dk
 // and dv bitwise those of the deterministic mode).
 // Every ldmatrix and every cp.async store must be free of shared-memory bank conflicts (the
 // swizzles' claim; counted by ptx_on_cpu.h from the lanes' addresses).

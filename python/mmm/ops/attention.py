@@ -234,7 +234,7 @@ def fused_attention(
         deterministic: the backward's mode on CUDA. True: bitwise reproducible dq, dk, dv (two
             kernels, the dq one recomputing the scores: no atomics). False: FlashAttention-2's
             single pass, dq summed in fp32 with atomics, so its last bits vary from run to run
-            (head dims 64 and 128 on GPUs with the shared memory, e.g. A100 and H100; elsewhere
+            (head dims up to 128 on GPUs with the shared memory, e.g. A100 and H100; elsewhere
             the deterministic kernels run). None (default): ``torch.are_deterministic_algorithms_enabled()``,
             so ``torch.use_deterministic_algorithms(True)`` makes it True. The CPU backward is
             always deterministic.
