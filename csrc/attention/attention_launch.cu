@@ -134,9 +134,16 @@ bool attention_bwd_uses_atomic_dq(const AttentionBwdParams& p) {
          optin >= smem;
 }
 
+namespace {
+// Floats of the workspace before the dq accumulator: delta, rounded up to 16 bytes (the convert
+// kernel reads the accumulator as float2, the atomics as float).
+int64_t dq_accum_offset(const AttentionFwdParams& f) { return (f.batch * f.heads_q * f.seqlen_q + 3) / 4 * 4; }
+}  // namespace
+
 size_t attention_bwd_cuda_workspace_bytes(const AttentionBwdParams& p) {
-  const size_t rows = size_t(p.fwd.batch * p.fwd.heads_q * p.fwd.seqlen_q);
-  return rows * sizeof(float) * (1 + (attention_bwd_uses_atomic_dq(p) ? size_t(p.fwd.head_dim) : 0));
+  const AttentionFwdParams& f = p.fwd;
+  if (!attention_bwd_uses_atomic_dq(p)) return size_t(f.batch * f.heads_q * f.seqlen_q) * sizeof(float);
+  return size_t(dq_accum_offset(f) + f.batch * f.heads_q * f.seqlen_q * f.head_dim) * sizeof(float);
 }
 
 const char* launch_attention_bwd(const AttentionBwdParams& p, void* stream) {
@@ -150,7 +157,7 @@ const char* launch_attention_bwd(const AttentionBwdParams& p, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   float* delta = static_cast<float*>(p.workspace);
   // The workspace was sized by attention_bwd_cuda_workspace_bytes on this device: the same choice.
-  float* dq_accum = attention_bwd_uses_atomic_dq(p) ? delta + f.batch * f.heads_q * f.seqlen_q : nullptr;
+  float* dq_accum = attention_bwd_uses_atomic_dq(p) ? delta + dq_accum_offset(f) : nullptr;
   const cudaError_t err =
       f.dtype == DType::kFloat16 ? bwd<__half>(c, delta, dq_accum, s) : bwd<__nv_bfloat16>(c, delta, dq_accum, s);
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);

@@ -46,7 +46,8 @@ struct AttentionBwdParams {
   void* dq = nullptr;          AttentionStrides dq_s;
   void* dk = nullptr;          AttentionStrides dk_s;
   void* dv = nullptr;          AttentionStrides dv_s;
-  // fp32 scratch (size from *_workspace_bytes): rowsum(dO ∘ O) and, on CUDA, the dq accumulator.
+  // fp32 scratch (size from *_workspace_bytes; on CUDA 16-byte aligned): rowsum(dO ∘ O) and, on
+  // CUDA, the dq accumulator.
   void* workspace = nullptr;
   bool deterministic = true;   // false: CUDA may add dq with atomics (the CPU always is)
   // Optional gradient of the lse output, (B, Hq, Sq) contiguous in lse's dtype (fp32; fp64 for

@@ -613,7 +613,7 @@ int main(int argc, char** argv) {
       {1, 2, 2, 130, 70, 64, -1, 0, B, 0, 0, false, "d64 causal Sq130>Sk70"},
       {2, 2, 1, 70, 130, 64, -1, 0, H, 1, 2, true, "d64 causal Sq70<Sk130 gqa bshd dlse"},
       {1, 4, 2, 130, 130, 96, 20, 5, B, 2, 1, false, "d96 window(20,5) gqa"},
-      {1, 3, 1, 70, 70, 80, -1, 0, H, 0, 0, true, "d80->96 causal gqa3 dlse"},
+      {1, 3, 1, 71, 70, 80, -1, 0, H, 0, 0, true, "d80->96 causal gqa3 dlse Sq71"},  // odd B*Hq*Sq
       {1, 2, 2, 65, 129, 40, 0, 0, B, 1, 0, false, "d40->64 window(0,0) Sq65 Sk129"},
       {1, 1, 1, 200, 200, 64, 10, -1, H, 0, 0, false, "d64 window(10,-) skips tiles"},
       {1, 2, 1, 130, 1, 96, -1, 0, H, 0, 0, false, "d96 causal Sq130 Sk1 (empty CTAs)"},
