@@ -621,17 +621,27 @@ __global__ void __launch_bounds__(K::kThreads, 1)
         }
       }
     }
+    // Each lane adds its column pairs (2t, 2t + 1) of rows g and g + 8: one float2 atomic each
+    // on sm_90 (8-byte aligned: head_dim and col even, the accumulator 16-byte aligned), which
+    // halves the atomic requests to L2; two scalar ones below sm_90.
     float* dq_row = dq_accum + bh * sq * f.head_dim;
 #pragma unroll
     for (int mi = 0; mi < K::kQRows / 16; ++mi)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int query = m0 + q0 + 16 * mi + g + 8 * (c / 2);
+      for (int rh = 0; rh < 2; ++rh) {
+        const int query = m0 + q0 + 16 * mi + g + 8 * rh;
         if (query >= sq) continue;
 #pragma unroll
         for (int n = 0; n < K::kQCols / 8; ++n) {
-          const int col = c0 + n * 8 + 2 * t + c % 2;
-          if (col < f.head_dim) atomicAdd(dq_row + int64_t(query) * f.head_dim + col, acc[mi][n][c]);
+          const int col = c0 + n * 8 + 2 * t;
+          if (col >= f.head_dim) continue;
+          float* dst = dq_row + int64_t(query) * f.head_dim + col;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc[mi][n][2 * rh], acc[mi][n][2 * rh + 1]));
+#else
+          atomicAdd(dst, acc[mi][n][2 * rh]);
+          atomicAdd(dst + 1, acc[mi][n][2 * rh + 1]);
+#endif
         }
       }
   }
