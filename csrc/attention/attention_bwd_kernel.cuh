@@ -1,7 +1,7 @@
 // fused_attention backward on CUDA (sm_80+), FlashAttention-2's algorithm. The deterministic mode
-// (p.deterministic; the only one at head dims 192 and 256) is three kernels with no
-// atomics, so dq, dk and dv are bitwise reproducible; the other mode is attention_bwd_atomic_kernel
-// at the end of this file:
+// (p.deterministic; always at head dims 192 and 256, and where the GPU lacks the other's shared
+// memory) is three kernels with no atomics, so dq, dk and dv are bitwise reproducible; the other
+// mode is attention_bwd_atomic_kernel at the end of this file:
 //
 //   attention_bwd_dot_kernel   delta = rowsum(dO ∘ O) − dlse per query row (fp32 scratch).
 //   attention_bwd_dkdv_kernel  a CTA per (batch, kv head, 16·kWarps keys[, half of D at d = 256]);
@@ -423,8 +423,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 // pass: the five products S, dP, dV, dK and dQ per (key block, query tile), with dQ added into
 // an fp32 accumulator with atomics (then scaled and converted by attention_bwd_dq_convert_kernel),
 // instead of the deterministic pair above, which recomputes S and dP in the dq kernel (seven
-// products). The atomic order varies from run to run, so dQ does in its last bits; dK and dV
-// do not.
+// products). The order of the atomic adds varies from run to run, and so do dQ's last bits;
+// dK's and dV's do not.
 //
 // A CTA owns 128 keys (8 warps x 16, each working on transposed scores as the dkdv kernel does)
 // and steps over 64-query tiles: the atomic traffic per FLOP is FlashAttention-2's (one fp32
@@ -527,7 +527,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     const int64_t bh = b * f.heads_q + h;
     const float* lse = f.lse + bh * sq;
     const float* dl = delta + bh * sq;
-    if (++mb == mb_hi) mb = int(mb_lo), ++h;  // step i + 1
+    if (++mb == mb_hi) mb = mb_lo, ++h;  // step i + 1
     if (i + 1 < n_steps) load_step(i + 1);
     cp_async_commit();
     const T* s_q = s_qdo + (i % kS) * 2 * kTile;
@@ -589,8 +589,8 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     }
     __syncthreads();  // the dSᵀ tile is whole
 
-    // This warp's block of the step's dQ: queries q0 .. q0 + 31, columns c0 .. c0 + kQCols - 1,
-    // over the CTA's kR keys. A = dS from the dSᵀ tile: ldmatrix.trans of its [key][query]
+    // This warp's block of the step's dQ: kQRows queries from q0, kQCols columns from c0, over
+    // the CTA's kR keys. A = dS from the dSᵀ tile: ldmatrix.trans of its [key][query]
     // blocks gives, in the order (b_lo[0], b_lo[1], b_hi[0], b_hi[1]), the 8x8 blocks (queries
     // 0-7, keys 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): A's registers are 0, 2, 1, 3 of it.
     const int q0 = (warp / K::kQColBlocks) * K::kQRows, c0 = (warp % K::kQColBlocks) * K::kQCols;
