@@ -157,6 +157,88 @@ __device__ __forceinline__ void score_pair(float (&x)[K::kCTiles][4], float (&y)
   }
 }
 
+// The A fragment of columns kc·16 .. kc·16 + 15 of a (16, 8·N) fp32 accumulator tile, rounded to
+// T: a score tile (Pᵀ, dSᵀ, dS) becomes the A operand of the next product without leaving
+// registers.
+template <typename T, int N>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&x)[N][4], int kc) {
+  a[0] = pack2<T>(x[2 * kc][0], x[2 * kc][1]);
+  a[1] = pack2<T>(x[2 * kc][2], x[2 * kc][3]);
+  a[2] = pack2<T>(x[2 * kc + 1][0], x[2 * kc + 1][1]);
+  a[3] = pack2<T>(x[2 * kc + 1][2], x[2 * kc + 1][3]);
+}
+
+// The query tiles of kC queries [mb_lo, mb_hi) that can see any of keys n0 .. n_last (the dK/dV
+// kernels skip the others). I: the kernel's position type.
+template <int kC, typename I>
+__device__ __forceinline__ void visible_query_tiles(I n0, I n_last, I sq, I shift, I wl, I wr, I& mb_lo, I& mb_hi) {
+  I m_lo = wr >= 0 ? n0 - shift - wr : 0;
+  I m_hi = wl >= 0 ? n_last - shift + wl + 1 : sq;  // exclusive
+  m_lo = m_lo < 0 ? 0 : m_lo;
+  m_hi = m_hi > sq ? sq : m_hi;
+  mb_lo = m_lo / kC;
+  mb_hi = m_hi > m_lo ? (m_hi + kC - 1) / kC : mb_lo;
+}
+
+// A dK/dV step's streamed tiles: Q and dO rows m0 .. m0 + kBlockCols - 1 of query head h, into
+// dst and dst + kBlockCols·kD (cp.async; the caller commits).
+template <class K>
+__device__ __forceinline__ void load_q_do_async(const AttentionBwdParams& p, typename K::T* dst, int64_t b, int64_t h,
+                                                int64_t m0) {
+  using T = typename K::T;
+  const AttentionFwdParams& f = p.fwd;
+  load_tile_async<typename K::Layout, K::kBlockCols, K::kThreads>(
+      dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row, m0, f.seqlen_q, f.head_dim);
+  load_tile_async<typename K::Layout, K::kBlockCols, K::kThreads>(
+      dst + K::kBlockCols * K::kD, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head, p.do_s.row,
+      m0, f.seqlen_q, f.head_dim);
+}
+
+// dV += Pᵀ·dO and dK += dSᵀ·Q over queries kc·16 .. kc·16 + 15 of a step, for this warp's 16 keys
+// and N·8 columns of D (from the tiles' first column; the B operands from [query][d] row-major).
+template <class K, int N>
+__device__ __forceinline__ void accumulate_dkdv(float (&dk)[N][4], float (&dv)[N][4], const uint32_t (&a_p)[4],
+                                                const uint32_t (&a_ds)[4], uint32_t s_q, uint32_t s_do,
+                                                const AttnLaneAddr<typename K::Layout>& la, int kc) {
+  using T = typename K::T;
+  using L = typename K::Layout;
+#pragma unroll
+  for (int d = 0; d < N; d += 2) {
+    uint32_t b_lo[2], b_hi[2];
+    ld_b_kn<L>(b_lo, b_hi, s_do, la, kc * 16, d * 8);
+    mma_m16n8k16<T>(dv[d], a_p, b_lo);
+    mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
+    ld_b_kn<L>(b_lo, b_hi, s_q, la, kc * 16, d * 8);
+    mma_m16n8k16<T>(dk[d], a_ds, b_lo);
+    mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
+  }
+}
+
+// This warp's rows of dK (times the scale) and dV, keys key0 + g and key0 + g + 8 (those < sk),
+// columns d0 .. d0 + N·8 - 1 (those < head_dim).
+template <typename T, int N>
+__device__ __forceinline__ void store_dkdv(const AttentionBwdParams& p, const float (&dk)[N][4], const float (&dv)[N][4],
+                                           int64_t b, int64_t hk, int64_t key0, int d0) {
+  const AttentionFwdParams& f = p.fwd;
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_s.batch + hk * p.dk_s.head;
+  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int64_t key = key0 + g + 8 * rh;
+    if (key >= f.seqlen_k) continue;
+#pragma unroll
+    for (int d = 0; d < N; ++d) {
+      const int64_t col = d0 + d * 8 + 2 * t;
+      if (col < f.head_dim) {
+        *reinterpret_cast<uint32_t*>(dk_out + key * p.dk_s.row + col) =
+            pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
+        *reinterpret_cast<uint32_t*>(dv_out + key * p.dv_s.row + col) = pack2<T>(dv[d][2 * rh], dv[d][2 * rh + 1]);
+      }
+    }
+  }
+}
+
 template <class K>
 __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
   using T = typename K::T;
@@ -183,13 +265,9 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
                               f.head_dim);
 
-  // Queries that can see any of these keys; other query tiles are skipped.
-  const int64_t n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
-  int64_t m_lo = f.window_right >= 0 ? n0 - shift - f.window_right : 0;
-  int64_t m_hi = f.window_left >= 0 ? n_last - shift + f.window_left + 1 : sq;  // exclusive
-  m_lo = m_lo < 0 ? 0 : m_lo;
-  m_hi = m_hi > sq ? sq : m_hi;
-  const int64_t mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? ceil_div(m_hi, kC) : mb_lo;
+  int64_t mb_lo, mb_hi;  // the query tiles that can see any of these keys
+  visible_query_tiles<kC, int64_t>(n0, (n0 + kR < sk ? n0 + kR : sk) - 1, sq, shift, f.window_left, f.window_right,
+                                   mb_lo, mb_hi);
 
   float dk[K::kDOutTiles][4], dv[K::kDOutTiles][4];  // this warp's 16 keys x columns d0.. of D
 #pragma unroll
@@ -206,11 +284,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   const int64_t n_steps = group * (mb_hi - mb_lo);
   int h = int(hk * group), mb = int(mb_lo);  // step 0; at the top of iteration i, step i
   auto load_step = [&](int64_t i) {  // step i = (h, mb)
-    T* dst = s_qdo + (i % kS) * 2 * kTile;
-    load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row,
-                                int64_t(mb) * kC, sq, f.head_dim);
-    load_tile_async<L, kC, kNT>(dst + kTile, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head,
-                                p.do_s.row, int64_t(mb) * kC, sq, f.head_dim);
+    load_q_do_async<K>(p, s_qdo + (i % kS) * 2 * kTile, b, h, int64_t(mb) * kC);
   };
   if (n_steps > 0) load_step(0);
   cp_async_commit();
@@ -246,46 +320,18 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
           st[j][c] = pt;
           dpt[j][c] = ok ? pt * (dpt[j][c] - dl[query]) : 0.f;
         }
-      // dV += Pᵀ·dO and dK += dSᵀ·Q (scale applied at the end): B from [query][d] row-major.
+      // dV += Pᵀ·dO and dK += dSᵀ·Q (scale applied at the end); d0 % 64 == 0: a pointer shift.
 #pragma unroll
       for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
-        const uint32_t a_p[4] = {pack2<T>(st[2 * kc][0], st[2 * kc][1]), pack2<T>(st[2 * kc][2], st[2 * kc][3]),
-                                 pack2<T>(st[2 * kc + 1][0], st[2 * kc + 1][1]),
-                                 pack2<T>(st[2 * kc + 1][2], st[2 * kc + 1][3])};
-        const uint32_t a_ds[4] = {pack2<T>(dpt[2 * kc][0], dpt[2 * kc][1]), pack2<T>(dpt[2 * kc][2], dpt[2 * kc][3]),
-                                  pack2<T>(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
-                                  pack2<T>(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
-#pragma unroll
-        for (int d = 0; d < K::kDOutTiles; d += 2) {
-          uint32_t b_lo[2], b_hi[2];
-          ld_b_kn<L>(b_lo, b_hi, smem_addr(s_do + d0), la, kc * 16, d * 8);  // d0 % 64 == 0: a pointer shift
-          mma_m16n8k16<T>(dv[d], a_p, b_lo);
-          mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
-          ld_b_kn<L>(b_lo, b_hi, smem_addr(s_q + d0), la, kc * 16, d * 8);
-          mma_m16n8k16<T>(dk[d], a_ds, b_lo);
-          mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
-        }
+        uint32_t a_p[4], a_ds[4];
+        acc_to_a<T>(a_p, st, kc);
+        acc_to_a<T>(a_ds, dpt, kc);
+        accumulate_dkdv<K>(dk, dv, a_p, a_ds, smem_addr(s_q + d0), smem_addr(s_do + d0), la, kc);
       }
     }
   }
   cp_async_wait<0>();  // the empty tail groups; K, V themselves when no query sees these keys
-
-  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_s.batch + hk * p.dk_s.head;
-  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
-#pragma unroll
-  for (int rh = 0; rh < 2; ++rh) {
-    const int64_t key = n0 + warp * 16 + g + 8 * rh;
-    if (key >= sk) continue;
-#pragma unroll
-    for (int d = 0; d < K::kDOutTiles; ++d) {
-      const int64_t col = d0 + d * 8 + 2 * t;
-      if (col < f.head_dim) {
-        *reinterpret_cast<uint32_t*>(dk_out + key * p.dk_s.row + col) =
-            pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
-        *reinterpret_cast<uint32_t*>(dv_out + key * p.dv_s.row + col) = pack2<T>(dv[d][2 * rh], dv[d][2 * rh + 1]);
-      }
-    }
-  }
+  store_dkdv<T>(p, dk, dv, b, hk, n0 + warp * 16, d0);
 }
 
 template <class K>
@@ -388,9 +434,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
     // dQ += dS·K: B from [key][d] row-major.
 #pragma unroll
     for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
-      const uint32_t a_ds[4] = {pack2<T>(dp[2 * kc][0], dp[2 * kc][1]), pack2<T>(dp[2 * kc][2], dp[2 * kc][3]),
-                                pack2<T>(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
-                                pack2<T>(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
+      uint32_t a_ds[4];
+      acc_to_a<T>(a_ds, dp, kc);
 #pragma unroll
       for (int d = 0; d < K::kDTiles; d += 2) {
         uint32_t b_lo[2], b_hi[2];
@@ -491,13 +536,8 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
                               f.head_dim);
 
-  // Queries that can see any of these keys (as the dkdv kernel).
-  const int n_last = (n0 + kR < sk ? n0 + kR : sk) - 1;
-  int m_lo = wr >= 0 ? n0 - shift - wr : 0;
-  int m_hi = wl >= 0 ? n_last - shift + wl + 1 : sq;  // exclusive
-  m_lo = m_lo < 0 ? 0 : m_lo;
-  m_hi = m_hi > sq ? sq : m_hi;
-  const int mb_lo = m_lo / kC, mb_hi = m_hi > m_lo ? (m_hi + kC - 1) / kC : mb_lo;
+  int mb_lo, mb_hi;  // the query tiles that can see any of these keys
+  visible_query_tiles<kC, int>(n0, (n0 + kR < sk ? n0 + kR : sk) - 1, sq, shift, wl, wr, mb_lo, mb_hi);
 
   float dk[K::kDTiles][4], dv[K::kDTiles][4];  // this warp's 16 keys x kD
 #pragma unroll
@@ -509,13 +549,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   static_assert(kS == 2, "one (h, mb) counter: the load runs exactly one step ahead");
   const int n_steps = group * (mb_hi - mb_lo);
   int h = int(hk) * group, mb = mb_lo;
-  auto load_step = [&](int i) {
-    T* dst = s_qdo + (i % kS) * 2 * kTile;
-    load_tile_async<L, kC, kNT>(dst, static_cast<const T*>(f.q) + b * f.q_s.batch + h * f.q_s.head, f.q_s.row,
-                                int64_t(mb) * kC, sq, f.head_dim);
-    load_tile_async<L, kC, kNT>(dst + kTile, static_cast<const T*>(p.dout) + b * p.do_s.batch + h * p.do_s.head,
-                                p.do_s.row, int64_t(mb) * kC, sq, f.head_dim);
-  };
+  auto load_step = [&](int i) { load_q_do_async<K>(p, s_qdo + (i % kS) * 2 * kTile, b, h, int64_t(mb) * kC); };
   if (n_steps > 0) load_step(0);
   cp_async_commit();
   const auto a_kv = score_a_operands<K>(smem_addr(s_k), smem_addr(s_v), la, warp * 16);
@@ -567,25 +601,13 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     const int key_row = warp * 16 + g;
 #pragma unroll
     for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
-      const uint32_t a_p[4] = {pack2<T>(st[2 * kc][0], st[2 * kc][1]), pack2<T>(st[2 * kc][2], st[2 * kc][3]),
-                               pack2<T>(st[2 * kc + 1][0], st[2 * kc + 1][1]),
-                               pack2<T>(st[2 * kc + 1][2], st[2 * kc + 1][3])};
-      const uint32_t a_ds[4] = {pack2<T>(dpt[2 * kc][0], dpt[2 * kc][1]), pack2<T>(dpt[2 * kc][2], dpt[2 * kc][3]),
-                                pack2<T>(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
-                                pack2<T>(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+      uint32_t a_p[4], a_ds[4];
+      acc_to_a<T>(a_p, st, kc);
+      acc_to_a<T>(a_ds, dpt, kc);
 #pragma unroll
       for (int r = 0; r < 4; ++r)  // a_ds[r]: key row g + 8 (r % 2), query chunk kc·16 + 8 (r / 2)
         *reinterpret_cast<uint32_t*>(s_ds + LS::offset(key_row + 8 * (r % 2), kc * 16 + 8 * (r / 2)) + 2 * t) = a_ds[r];
-#pragma unroll
-      for (int d = 0; d < K::kDTiles; d += 2) {
-        uint32_t b_lo[2], b_hi[2];
-        ld_b_kn<L>(b_lo, b_hi, smem_addr(s_do), la, kc * 16, d * 8);
-        mma_m16n8k16<T>(dv[d], a_p, b_lo);
-        mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
-        ld_b_kn<L>(b_lo, b_hi, smem_addr(s_q), la, kc * 16, d * 8);
-        mma_m16n8k16<T>(dk[d], a_ds, b_lo);
-        mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
-      }
+      accumulate_dkdv<K>(dk, dv, a_p, a_ds, smem_addr(s_q), smem_addr(s_do), la, kc);
     }
     __syncthreads();  // the dSᵀ tile is whole
 
@@ -646,24 +668,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
       }
   }
   cp_async_wait<0>();
-
-  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_s.batch + hk * p.dk_s.head;
-  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_s.batch + hk * p.dv_s.head;
-#pragma unroll
-  for (int rh = 0; rh < 2; ++rh) {
-    const int key = n0 + warp * 16 + g + 8 * rh;
-    if (key >= sk) continue;
-#pragma unroll
-    for (int d = 0; d < K::kDTiles; ++d) {
-      const int64_t col = d * 8 + 2 * t;
-      if (col < f.head_dim) {
-        *reinterpret_cast<uint32_t*>(dk_out + int64_t(key) * p.dk_s.row + col) =
-            pack2<T>(dk[d][2 * rh] * f.scale, dk[d][2 * rh + 1] * f.scale);
-        *reinterpret_cast<uint32_t*>(dv_out + int64_t(key) * p.dv_s.row + col) =
-            pack2<T>(dv[d][2 * rh], dv[d][2 * rh + 1]);
-      }
-    }
-  }
+  store_dkdv<T>(p, dk, dv, b, hk, n0 + warp * 16, 0);
 }
 
 // dq = scale · dq_accum in q's dtype and dq's strides, one warp per query row (the dot kernel's
