@@ -180,6 +180,19 @@ __device__ __forceinline__ void visible_query_tiles(I n0, I n_last, I sq, I shif
   mb_hi = m_hi > m_lo ? (m_hi + kC - 1) / kC : mb_lo;
 }
 
+// A dK/dV CTA's resident tiles: K and V rows n0 .. n0 + kBlockRows - 1 of kv head hk (cp.async;
+// the caller commits).
+template <class K>
+__device__ __forceinline__ void load_kv_async(const AttentionBwdParams& p, typename K::T* s_k, typename K::T* s_v,
+                                              int64_t b, int64_t hk, int64_t n0) {
+  using T = typename K::T;
+  const AttentionFwdParams& f = p.fwd;
+  load_tile_async<typename K::Layout, K::kBlockRows, K::kThreads>(
+      s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, f.seqlen_k, f.head_dim);
+  load_tile_async<typename K::Layout, K::kBlockRows, K::kThreads>(
+      s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, f.seqlen_k, f.head_dim);
+}
+
 // A dK/dV step's streamed tiles: Q and dO rows m0 .. m0 + kBlockCols - 1 of query head h, into
 // dst and dst + kBlockCols·kD (cp.async; the caller commits).
 template <class K>
@@ -243,7 +256,7 @@ template <class K>
 __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(const AttentionBwdParams p, const float* delta) {
   using T = typename K::T;
   using L = typename K::Layout;
-  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD;
   const AttentionFwdParams& f = p.fwd;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   constexpr int kS = K::kStages, kTile = kC * kD;
@@ -260,10 +273,7 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   const float scale_log2 = f.scale * 1.44269504088896340736f;
 
   const int d0 = int(blockIdx.z) * K::kDOut;  // this CTA's dK/dV columns: d0 .. d0 + kDOut
-  load_tile_async<L, kR, kNT>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk,
-                              f.head_dim);
-  load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
-                              f.head_dim);
+  load_kv_async<K>(p, s_k, s_v, b, hk, n0);
 
   int64_t mb_lo, mb_hi;  // the query tiles that can see any of these keys
   visible_query_tiles<kC, int64_t>(n0, (n0 + kR < sk ? n0 + kR : sk) - 1, sq, shift, f.window_left, f.window_right,
@@ -480,9 +490,9 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 // reading dS with ldmatrix.trans (the tile is dSᵀ) and K from the resident K tile. K and V are
 // A operands from shared memory (ASmem): with 64-query steps the score tiles take the registers
 // the dkdv kernel spends on holding them.
-// Shared-memory clocks per MMA by the hand count of the dkdv kernel's header, d = 128: scores
-// 2.5, dV/dK 2.0, dQ 2.0, with the dS stores and cp.async fills ~2.35 over all five products,
-// against the deterministic pair's ~2.36 over seven (1.4x the work per useful MMA).
+// By the emulation's counts mode (Sq = Sk = 512): 2.38 shared-memory clocks per MMA at d = 128
+// over five products, against the deterministic pair's 2.36 over seven: 0.72x its shared-memory
+// time (0.80x at d = 64).
 template <int kD_, typename T_>
 struct AttnBwdAtomicTraits {
   using T = T_;
@@ -501,8 +511,8 @@ struct AttnBwdAtomicTraits {
   static constexpr int kSmemBytes =
       (2 * (kBlockRows + kStages * kBlockCols) * kD + kBlockRows * kBlockCols) * int(sizeof(T));
   static_assert(kD == 32 || kD == 64 || kD == 96 || kD == 128,
-                "the atomic-dQ backward is compiled for head dims 32 to 128 (dK and dV take 2 kD / 4 "
-                "registers per thread next to 64-query score tiles)");
+                "the atomic-dQ backward is compiled for head dims 32 to 128 (dK and dV take kD registers "
+                "per thread next to 64-query score tiles)");
   static_assert((kBlockCols / kQRows) * (kD / kQCols) == kWarps && kQCols % 16 == 0, "dQ warp blocks");
 };
 
@@ -512,7 +522,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   using T = typename K::T;
   using L = typename K::Layout;
   using LS = typename K::DsLayout;
-  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD, kNT = K::kThreads;
+  constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD;
   const AttentionFwdParams& f = p.fwd;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   constexpr int kS = K::kStages, kTile = kC * kD;
@@ -531,10 +541,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   const int group = int(f.heads_q / f.heads_kv);
   const float scale_log2 = f.scale * 1.44269504088896340736f;
 
-  load_tile_async<L, kR, kNT>(s_k, static_cast<const T*>(f.k) + b * f.k_s.batch + hk * f.k_s.head, f.k_s.row, n0, sk,
-                              f.head_dim);
-  load_tile_async<L, kR, kNT>(s_v, static_cast<const T*>(f.v) + b * f.v_s.batch + hk * f.v_s.head, f.v_s.row, n0, sk,
-                              f.head_dim);
+  load_kv_async<K>(p, s_k, s_v, b, hk, n0);
 
   int mb_lo, mb_hi;  // the query tiles that can see any of these keys
   visible_query_tiles<kC, int>(n0, (n0 + kR < sk ? n0 + kR : sk) - 1, sq, shift, wl, wr, mb_lo, mb_hi);

@@ -497,38 +497,35 @@ static int run_case(const Case& c, bool quick) {
             if (!(err <= 1e-4 * (1 + std::fabs(lc)))) ++lse_bad;
           }
         }
-    // Kernel backward (twice: bitwise equal), on the twin's out and lse.
-    AttentionBwdParams bg = bp;
-    std::vector<uint16_t> runs[2][3];
-    const emu::BankTally bwd_start = emu::BankTally::now();
-    for (int rep = 0; rep < (quick ? 1 : 2); ++rep) {
+    // Kernel backward on the twin's out and lse, in the given mode: its dq, dk, dv.
+    const auto kernel_bwd = [&](bool deterministic, std::vector<uint16_t> (&res)[3]) {
+      AttentionBwdParams bg = bp;
+      bg.deterministic = deterministic;
       Tensor dq(c.B, c.Hq, c.Sq, D, c.layout_q), dk(c.B, c.Hkv, c.Sk, D, c.layout_kv), dv(c.B, c.Hkv, c.Sk, D, c.layout_kv);
       std::vector<char> ws(attention_bwd_cuda_workspace_bytes(bg) + 16);
       bg.workspace = ws.data();
       bg.dq = dq.data.data(); bg.dk = dk.data.data(); bg.dv = dv.data.data();
       bg.dq_s = dq.s; bg.dk_s = dk.s; bg.dv_s = dv.s;
-      e = launch_attention_bwd(bg, nullptr);
-      if (e) { std::printf("BAD %s: launch_attention_bwd: %s\n", c.name, e); return 1; }
-      runs[rep][0] = dq.data; runs[rep][1] = dk.data; runs[rep][2] = dv.data;
-    }
-    // The atomic-dQ kernel (deterministic = false), where the build has one for this head dim:
-    // dq against the twin like the others; dk and dv bitwise those of the deterministic kernels
-    // (the same products summed in the same order, only dq's sum order is the atomics').
-    AttentionBwdParams ba = bg;
+      const char* err = launch_attention_bwd(bg, nullptr);
+      res[0] = dq.data; res[1] = dk.data; res[2] = dv.data;
+      return err;
+    };
+    // Deterministic twice (bitwise equal); then the atomic-dQ kernel, where the build has one for
+    // this head dim: dq against the twin like the others, dk and dv bitwise those of the
+    // deterministic kernels (the same products summed in the same order; only dq's sum order is
+    // the atomics').
+    std::vector<uint16_t> runs[2][3], atomic_run[3];
+    const emu::BankTally bwd_start = emu::BankTally::now();
+    for (int rep = 0; rep < (quick ? 1 : 2); ++rep)
+      if ((e = kernel_bwd(true, runs[rep]))) { std::printf("BAD %s: launch_attention_bwd: %s\n", c.name, e); return 1; }
+    AttentionBwdParams ba = bp;
     ba.deterministic = false;
     const bool atomic = attention_bwd_uses_atomic_dq(ba);
-    Tensor dq_a(c.B, c.Hq, c.Sq, D, c.layout_q);
-    bool atomic_dkdv_same = true;
-    if (atomic) {
-      Tensor dk(c.B, c.Hkv, c.Sk, D, c.layout_kv), dv(c.B, c.Hkv, c.Sk, D, c.layout_kv);
-      std::vector<char> ws(attention_bwd_cuda_workspace_bytes(ba) + 16);
-      ba.workspace = ws.data();
-      ba.dq = dq_a.data.data(); ba.dk = dk.data.data(); ba.dv = dv.data.data();
-      ba.dq_s = dq_a.s; ba.dk_s = dk.s; ba.dv_s = dv.s;
-      e = launch_attention_bwd(ba, nullptr);
-      if (e) { std::printf("BAD %s: launch_attention_bwd (atomic dq): %s\n", c.name, e); return 1; }
-      atomic_dkdv_same = dk.data == runs[0][1] && dv.data == runs[0][2];
+    if (atomic && (e = kernel_bwd(false, atomic_run))) {
+      std::printf("BAD %s: launch_attention_bwd (atomic dq): %s\n", c.name, e);
+      return 1;
     }
+    const bool atomic_dkdv_same = !atomic || (atomic_run[1] == runs[0][1] && atomic_run[2] == runs[0][2]);
     const emu::BankTally bwd_banks = emu::BankTally::now() - bwd_start;
     const bool deterministic = quick || (runs[0][0] == runs[1][0] && runs[0][1] == runs[1][1] && runs[0][2] == runs[1][2]);
     Cmp cq, ck, cv, cqa;
@@ -540,7 +537,7 @@ static int run_case(const Case& c, bool quick) {
             const int64_t o = dq.at(b, h, i, d), r = (b * c.Hq + h) * c.Sq + i;
             cq.add(get(t, runs[0][0][size_t(o)]), get(t, dq_cpu.data[size_t(o)]), m_dq[size_t(r * D + d)], n_dq[size_t(r * D + d)], eps);
             if (atomic)
-              cqa.add(get(t, dq_a.data[size_t(o)]), get(t, dq_cpu.data[size_t(o)]), m_dq[size_t(r * D + d)],
+              cqa.add(get(t, atomic_run[0][size_t(o)]), get(t, dq_cpu.data[size_t(o)]), m_dq[size_t(r * D + d)],
                       n_dq[size_t(r * D + d)], eps);
           }
       for (int64_t h = 0; h < c.Hkv; ++h)
