@@ -685,6 +685,13 @@ def _bad_cases():
     }
 
 
+def test_bad_deterministic():
+    """deterministic is a bool or None (the ops' schemas check their own arguments)."""
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    with pytest.raises(RuntimeError, match=r"deterministic must be True, False or None, got 'yes'"):
+        mmm.fused_attention(q, k, v, deterministic="yes")
+
+
 @pytest.mark.parametrize("api", ["public", "raw", "raw_forward", "fake"])
 @pytest.mark.parametrize("case", list(_bad_cases()))
 def test_bad_inputs(case, api):

@@ -166,7 +166,9 @@ def _resolve(q: Tensor, causal: bool, scale: Optional[float], window_left: int, 
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0  # (d = 0 is rejected by the op)
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    return float(scale), int(window_left), 0 if causal else int(window_right), bool(deterministic)
+    elif not isinstance(deterministic, bool):
+        raise RuntimeError(f"fused_attention: deterministic must be True, False or None, got {deterministic!r}")
+    return float(scale), int(window_left), 0 if causal else int(window_right), deterministic
 
 
 _lib = torch.library.Library("mmm", "FRAGMENT")
