@@ -207,23 +207,30 @@ __device__ __forceinline__ void load_q_do_async(const AttentionBwdParams& p, typ
       m0, f.seqlen_q, f.head_dim);
 }
 
-// dV += Pᵀ·dO and dK += dSᵀ·Q over queries kc·16 .. kc·16 + 15 of a step, for this warp's 16 keys
-// and N·8 columns of D (from the tiles' first column; the B operands from [query][d] row-major).
-template <class K, int N>
-__device__ __forceinline__ void accumulate_dkdv(float (&dk)[N][4], float (&dv)[N][4], const uint32_t (&a_p)[4],
-                                                const uint32_t (&a_ds)[4], uint32_t s_q, uint32_t s_do,
-                                                const AttnLaneAddr<typename K::Layout>& la, int kc) {
+// dV += Pᵀ·dO and dK += dSᵀ·Q over queries kc·16 .. kc·16 + 15 of a step, for kM 16-key slabs
+// (A operands a_p[m], a_ds[m]) and N·8 columns of D from column c0 of the tiles (the B operands
+// from [query][d] row-major; each B fragment feeds every slab).
+template <class K, int kM, int N>
+__device__ __forceinline__ void accumulate_dkdv(float (&dk)[kM][N][4], float (&dv)[kM][N][4], const uint32_t (&a_p)[kM][4],
+                                                const uint32_t (&a_ds)[kM][4], uint32_t s_q, uint32_t s_do,
+                                                const AttnLaneAddr<typename K::Layout>& la, int kc, int c0) {
   using T = typename K::T;
   using L = typename K::Layout;
 #pragma unroll
   for (int d = 0; d < N; d += 2) {
     uint32_t b_lo[2], b_hi[2];
-    ld_b_kn<L>(b_lo, b_hi, s_do, la, kc * 16, d * 8);
-    mma_m16n8k16<T>(dv[d], a_p, b_lo);
-    mma_m16n8k16<T>(dv[d + 1], a_p, b_hi);
-    ld_b_kn<L>(b_lo, b_hi, s_q, la, kc * 16, d * 8);
-    mma_m16n8k16<T>(dk[d], a_ds, b_lo);
-    mma_m16n8k16<T>(dk[d + 1], a_ds, b_hi);
+    ld_b_kn<L>(b_lo, b_hi, s_do, la, kc * 16, c0 + d * 8);
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      mma_m16n8k16<T>(dv[m][d], a_p[m], b_lo);
+      mma_m16n8k16<T>(dv[m][d + 1], a_p[m], b_hi);
+    }
+    ld_b_kn<L>(b_lo, b_hi, s_q, la, kc * 16, c0 + d * 8);
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      mma_m16n8k16<T>(dk[m][d], a_ds[m], b_lo);
+      mma_m16n8k16<T>(dk[m][d + 1], a_ds[m], b_hi);
+    }
   }
 }
 
@@ -279,11 +286,11 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
   visible_query_tiles<kC, int64_t>(n0, (n0 + kR < sk ? n0 + kR : sk) - 1, sq, shift, f.window_left, f.window_right,
                                    mb_lo, mb_hi);
 
-  float dk[K::kDOutTiles][4], dv[K::kDOutTiles][4];  // this warp's 16 keys x columns d0.. of D
+  float dk[1][K::kDOutTiles][4], dv[1][K::kDOutTiles][4];  // this warp's 16 keys x columns d0.. of D
 #pragma unroll
   for (int d = 0; d < K::kDOutTiles; ++d)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
+    for (int c = 0; c < 4; ++c) dk[0][d][c] = dv[0][d][c] = 0.f;
 
   // Steps: (query head h of the group, query tile mb), h-major, numbered 0 .. n_steps-1; step i
   // lives in stage i % 2. G0 = {K, V, step 0}, then one group per step (the schedule of the file
@@ -333,15 +340,15 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dkdv_kernel(cons
       // dV += Pᵀ·dO and dK += dSᵀ·Q (scale applied at the end); d0 % 64 == 0: a pointer shift.
 #pragma unroll
       for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
-        uint32_t a_p[4], a_ds[4];
-        acc_to_a<T>(a_p, st, kc);
-        acc_to_a<T>(a_ds, dpt, kc);
-        accumulate_dkdv<K>(dk, dv, a_p, a_ds, smem_addr(s_q + d0), smem_addr(s_do + d0), la, kc);
+        uint32_t a_p[1][4], a_ds[1][4];
+        acc_to_a<T>(a_p[0], st, kc);
+        acc_to_a<T>(a_ds[0], dpt, kc);
+        accumulate_dkdv<K>(dk, dv, a_p, a_ds, smem_addr(s_q + d0), smem_addr(s_do + d0), la, kc, 0);
       }
     }
   }
   cp_async_wait<0>();  // the empty tail groups; K, V themselves when no query sees these keys
-  store_dkdv<T>(p, dk, dv, b, hk, n0 + warp * 16, d0);
+  store_dkdv<T>(p, dk[0], dv[0], b, hk, n0 + warp * 16, d0);
 }
 
 template <class K>
@@ -481,55 +488,96 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 // products). The order of the atomic adds varies from run to run, and so do dQ's last bits;
 // dK's and dV's do not.
 //
-// A CTA owns 128 keys (8 warps x 16, each working on transposed scores as the dkdv kernel does)
-// and steps over 64-query tiles: the atomic traffic per FLOP is FlashAttention-2's (one fp32
-// add per dQ element per 128 keys). Per step each warp writes its dSᵀ (16 keys x 64 queries,
-// the 16-bit values dK used) into a shared tile; after a barrier the 8 warps split the step's
-// dQ = dS·K (64 x kD, contracted over the 128 keys) into 8 blocks (2 x 4 of 32 queries x kD / 4
-// at d = 64, 128; 4 x 2 of 16 queries x kD / 2 at d = 32, 96),
-// reading dS with ldmatrix.trans (the tile is dSᵀ) and K from the resident K tile. K and V are
-// A operands from shared memory (ASmem): with 64-query steps the score tiles take the registers
-// the dkdv kernel spends on holding them.
-// By the emulation's counts mode (Sq = Sk = 512): 2.38 shared-memory clocks per MMA at d = 128
-// over five products, against the deterministic pair's 2.36 over seven: 0.72x its shared-memory
-// time (0.80x at d = 64).
+// A CTA owns 128 keys and steps over 64-query tiles: the atomic traffic per FLOP is
+// FlashAttention-2's (one fp32 add per dQ element per 128 keys). The 8 warps tile each product
+// as FlashAttention-2 does, so that every ldmatrix fragment feeds two or more MMAs:
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ   4 x 2 blocks of 32 keys x 32 queries (transposed scores, so Pᵀ and
+//                            dSᵀ are the A operands of dV and dK as they are stored); Pᵀ and dSᵀ
+//                            go to two shared (keys x queries) tiles as the 16-bit values the
+//                            products use;
+//   dQ = dS·K                8 blocks (2 x 4 of 32 queries x kD / 4 at d = 64, 128; 4 x 2 of 16
+//                            queries x kD / 2 at d = 32, 96) over the 128 keys, dS read with
+//                            ldmatrix.trans from the dSᵀ tile, K from the resident K tile;
+//   dV += Pᵀ·dO, dK += dSᵀ·Q  4 x 2 blocks of 32 keys x kD / 2 columns, accumulated over the
+//                            steps in registers (the warp's slab of keys is its score slab's).
+// A warp owning 16 keys x 64 queries of the scores instead (the dkdv kernel's shape, Pᵀ and dSᵀ
+// passed in registers) reads all of Q and dO for each of S, dP, dV and dK: by the emulation's
+// counts mode (Sq = Sk = 512, d = 128) 2.38 shared-memory clocks per MMA, against 2.0 for this
+// tiling (FlashAttention-2's tiling by the same hand count: ~2.0).
 template <int kD_, typename T_>
 struct AttnBwdAtomicTraits {
   using T = T_;
   using Layout = AttnSmemLayout<kD_>;
-  using DsLayout = AttnSmemLayout<64>;  // the dSᵀ tile: (kBlockRows keys, kBlockCols queries)
+  using ScoreLayout = AttnSmemLayout<64>;  // the Pᵀ and dSᵀ tiles: (kBlockRows keys, kBlockCols queries)
   static constexpr int kD = kD_;
   static constexpr int kWarps = 8, kThreads = 32 * kWarps;
-  static constexpr int kBlockRows = 16 * kWarps;  // keys per CTA
-  static constexpr int kBlockCols = 64;           // queries per step
-  static constexpr bool kARegs = false;
+  static constexpr int kBlockRows = 128;  // keys per CTA
+  static constexpr int kBlockCols = 64;   // queries per step
   static constexpr int kStages = 2;
-  static constexpr int kCTiles = kBlockCols / 8, kDTiles = kD / 8;
+  // Scores and dK/dV: 4 slabs of 32 keys (warp % 4) x 2 halves (warp / 4) of the queries or of D.
+  static constexpr int kSlabKeys = 32, kSlabTiles = kSlabKeys / 16, kHalfQ = kBlockCols / 2, kHalfD = kD / 2;
+  static constexpr int kHalfDTiles = kHalfD / 8;
   // A warp's block of a step's dQ: kQRows queries x kQCols columns, 16-column multiples.
   static constexpr int kQColBlocks = kD % 64 == 0 ? 4 : 2;
   static constexpr int kQRows = kBlockCols * kQColBlocks / kWarps, kQCols = kD / kQColBlocks;
   static constexpr int kSmemBytes =
-      (2 * (kBlockRows + kStages * kBlockCols) * kD + kBlockRows * kBlockCols) * int(sizeof(T));
+      (2 * (kBlockRows + kStages * kBlockCols) * kD + 2 * kBlockRows * kBlockCols) * int(sizeof(T));
   static_assert(kD == 32 || kD == 64 || kD == 96 || kD == 128,
                 "the atomic-dQ backward is compiled for head dims 32 to 128 (dK and dV take kD registers "
-                "per thread next to 64-query score tiles)");
+                "per thread next to the score tiles)");
+  static_assert(kBlockRows == 4 * kSlabKeys && kHalfD % 16 == 0 && kHalfQ % 16 == 0, "score and dK/dV warp blocks");
   static_assert((kBlockCols / kQRows) * (kD / kQCols) == kWarps && kQCols % 16 == 0, "dQ warp blocks");
 };
+
+// x = A·Bᵀ for a warp's kSlabTiles 16-row slabs from row0 of tile a and kHalfQ columns from col0
+// of tile b (both [row][d] tiles), over the whole head dim: each B fragment feeds every slab.
+template <class K>
+__device__ __forceinline__ void slab_scores(float (&x)[K::kSlabTiles][K::kHalfQ / 8][4], uint32_t a, uint32_t b,
+                                            const AttnLaneAddr<typename K::Layout>& la,
+                                            const AttnLaneAddr<typename K::Layout>& lb, int row0, int col0) {
+  using T = typename K::T;
+  using L = typename K::Layout;
+  constexpr int kM = K::kSlabTiles, kN = K::kHalfQ / 8;
+#pragma unroll
+  for (int m = 0; m < kM; ++m)
+#pragma unroll
+    for (int j = 0; j < kN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) x[m][j][c] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < K::kD; kk += 16) {
+    uint32_t fa[kM][4];
+#pragma unroll
+    for (int m = 0; m < kM; ++m) ld_a<L>(fa[m], a, la, row0 + 16 * m, kk);
+#pragma unroll
+    for (int j = 0; j < kN; j += 2) {
+      uint32_t b_lo[2], b_hi[2];
+      ld_b<L>(b_lo, b_hi, b, lb, col0 + j * 8, kk);
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        mma_m16n8k16<T>(x[m][j], fa[m], b_lo);
+        mma_m16n8k16<T>(x[m][j + 1], fa[m], b_hi);
+      }
+    }
+  }
+}
 
 template <class K>
 __global__ void __launch_bounds__(K::kThreads, 1)
     attention_bwd_atomic_kernel(const AttentionBwdParams p, const float* delta, float* dq_accum) {
   using T = typename K::T;
   using L = typename K::Layout;
-  using LS = typename K::DsLayout;
+  using LS = typename K::ScoreLayout;
   constexpr int kR = K::kBlockRows, kC = K::kBlockCols, kD = K::kD;
+  constexpr int kM = K::kSlabTiles, kN = K::kHalfQ / 8;
   const AttentionFwdParams& f = p.fwd;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   constexpr int kS = K::kStages, kTile = kC * kD;
   T* s_k = reinterpret_cast<T*>(smem_raw);  // (kR keys, kD)
   T* s_v = s_k + kR * kD;                   // (kR keys, kD)
   T* s_qdo = s_v + kR * kD;                 // kS stages of [Q (kC queries, kD), dO (kC queries, kD)]
-  T* s_ds = s_qdo + kS * 2 * kTile;         // dSᵀ (kR keys, kC queries), layout LS
+  T* s_pt = s_qdo + kS * 2 * kTile;         // Pᵀ (kR keys, kC queries), layout LS
+  T* s_ds = s_pt + kR * kC;                 // dSᵀ (kR keys, kC queries), layout LS
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const AttnLaneAddr<L> la = lane_addr_a<L>(), lb = lane_addr_b<L>();
@@ -540,17 +588,22 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   const int wl = int(f.window_left), wr = int(f.window_right);
   const int group = int(f.heads_q / f.heads_kv);
   const float scale_log2 = f.scale * 1.44269504088896340736f;
+  // This warp's slab of keys (scores, dK, dV), half of a step's queries (scores) and half of D (dK, dV).
+  const int slab = (warp % 4) * K::kSlabKeys, qh = (warp / 4) * K::kHalfQ, dh = (warp / 4) * K::kHalfD;
+  const int k0 = n0 + slab;
 
   load_kv_async<K>(p, s_k, s_v, b, hk, n0);
 
   int mb_lo, mb_hi;  // the query tiles that can see any of these keys
   visible_query_tiles<kC, int>(n0, (n0 + kR < sk ? n0 + kR : sk) - 1, sq, shift, wl, wr, mb_lo, mb_hi);
 
-  float dk[K::kDTiles][4], dv[K::kDTiles][4];  // this warp's 16 keys x kD
+  float dk[kM][K::kHalfDTiles][4], dv[kM][K::kHalfDTiles][4];  // keys k0 .. k0 + 31, columns dh ..
 #pragma unroll
-  for (int d = 0; d < K::kDTiles; ++d)
+  for (int m = 0; m < kM; ++m)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) dk[d][c] = dv[d][c] = 0.f;
+    for (int d = 0; d < K::kHalfDTiles; ++d)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) dk[m][d][c] = dv[m][d][c] = 0.f;
 
   // Steps (query head h of the group, query tile mb), h-major, with the dkdv kernel's schedule.
   static_assert(kS == 2, "one (h, mb) counter: the load runs exactly one step ahead");
@@ -559,11 +612,10 @@ __global__ void __launch_bounds__(K::kThreads, 1)
   auto load_step = [&](int i) { load_q_do_async<K>(p, s_qdo + (i % kS) * 2 * kTile, b, h, int64_t(mb) * kC); };
   if (n_steps > 0) load_step(0);
   cp_async_commit();
-  const auto a_kv = score_a_operands<K>(smem_addr(s_k), smem_addr(s_v), la, warp * 16);
 
   for (int i = 0; i < n_steps; ++i) {
     cp_async_wait<kS - 2>();
-    __syncthreads();  // also: every warp is done with the last step's dS tile
+    __syncthreads();  // also: every warp is done with the last step's Pᵀ and dSᵀ tiles
     const int m0 = mb * kC;  // step i
     const int64_t bh = b * f.heads_q + h;
     const float* lse = f.lse + bh * sq;
@@ -574,55 +626,75 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     const T* s_q = s_qdo + (i % kS) * 2 * kTile;
     const T* s_do = s_q + kTile;
 
-    float st[K::kCTiles][4], dpt[K::kCTiles][4];
-    score_pair<K>(st, dpt, a_kv, smem_addr(s_q), smem_addr(s_do), lb);
-    // Pᵀ and dSᵀ for every element (queries past the end: lse +inf, P = 0); on a tile the mask
-    // or a sequence end cuts through, hidden elements zeroed (the dq kernel's way).
+    // This warp's score block: keys k0 + r (r = 16m + g + 8(c / 2)), queries q0 + col
+    // (col = 8j + 2t + c % 2). A block the mask or a sequence end cuts through has its hidden
+    // elements zeroed in Pᵀ and dSᵀ (queries past the end also have lse +inf, so P = 0).
+    const int q0 = m0 + qh;
+    const bool cut = q0 + K::kHalfQ > sq || k0 + K::kSlabKeys > sk ||
+                     (wr >= 0 && k0 + K::kSlabKeys - 1 > q0 + shift + wr) ||
+                     (wl >= 0 && k0 < q0 + K::kHalfQ - 1 + shift - wl);
+    const auto hidden = [&](int m, int j, int c) {  // visible iff -wl <= key - query - shift <= wr
+      const int r = 16 * m + g + 8 * (c / 2), col = j * 8 + 2 * t + c % 2, off = k0 - q0 - shift + r - col;
+      return col >= sq - q0 || r >= sk - k0 || (wr >= 0 && off > wr) || (wl >= 0 && off < -wl);
+    };
+    // Stores a (keys x queries) score block as 16-bit values into its shared tile (one
+    // conflict-free wavefront per store: the 8 rows g land in 8 distinct 16-byte bank groups).
+    const auto store_scores = [&](T* tile, const float (&x)[kM][kN][4]) {
 #pragma unroll
-    for (int j = 0; j < K::kCTiles; ++j)
+      for (int m = 0; m < kM; ++m)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int query = m0 + j * 8 + 2 * t + c % 2;
-        const bool in = query < sq;
-        const float pt = exp2f(st[j][c] * scale_log2 - (in ? lse[query] : INFINITY) * 1.44269504088896340736f);
-        st[j][c] = pt;
-        dpt[j][c] = pt * (dpt[j][c] - (in ? dl[query] : 0.f));
-      }
-    const int k0 = n0 + warp * 16;
-    if (m0 + kC > sq || k0 + 16 > sk || (wr >= 0 && k0 + 15 > m0 + shift + wr) ||
-        (wl >= 0 && k0 < m0 + kC - 1 + shift - wl)) {
-      // In tile coordinates (r = key - k0, c = query - m0): visible iff c < queries, r < keys
-      // and -wl <= base + r - c <= wr (a bound of -1: none).
-      const int base = k0 - m0 - shift, queries = sq - m0, keys = sk - k0;
+        for (int j = 0; j < kN; ++j)
 #pragma unroll
-      for (int j = 0; j < K::kCTiles; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int r = g + 8 * (c / 2), col = j * 8 + 2 * t + c % 2, off = base + r - col;
-          if (col >= queries || r >= keys || (wr >= 0 && off > wr) || (wl >= 0 && off < -wl))
-            st[j][c] = dpt[j][c] = 0.f;
-        }
-    }
-    // dV += Pᵀ·dO, dK += dSᵀ·Q, and dSᵀ (the same 16-bit values) into the shared tile: rows
-    // g and g + 8 of this warp's keys, queries kc·16 + {0, 8} + 2t, 2t + 1.
-    const int key_row = warp * 16 + g;
-#pragma unroll
-    for (int kc = 0; kc < K::kCTiles / 2; ++kc) {
-      uint32_t a_p[4], a_ds[4];
-      acc_to_a<T>(a_p, st, kc);
-      acc_to_a<T>(a_ds, dpt, kc);
-#pragma unroll
-      for (int r = 0; r < 4; ++r)  // a_ds[r]: key row g + 8 (r % 2), query chunk kc·16 + 8 (r / 2)
-        *reinterpret_cast<uint32_t*>(s_ds + LS::offset(key_row + 8 * (r % 2), kc * 16 + 8 * (r / 2)) + 2 * t) = a_ds[r];
-      accumulate_dkdv<K>(dk, dv, a_p, a_ds, smem_addr(s_q), smem_addr(s_do), la, kc);
-    }
-    __syncthreads();  // the dSᵀ tile is whole
+          for (int rh = 0; rh < 2; ++rh)
+            *reinterpret_cast<uint32_t*>(tile + LS::offset(slab + 16 * m + g + 8 * rh, qh + j * 8) + 2 * t) =
+                pack2<T>(x[m][j][2 * rh], x[m][j][2 * rh + 1]);
+    };
 
-    // This warp's block of the step's dQ: kQRows queries from q0, kQCols columns from c0, over
+    // Pᵀ = exp(Sᵀ·scale − lse[query]) and dSᵀ = Pᵀ ∘ (dPᵀ − delta[query]), P in fp32.
+    float pt[kM][kN][4], dst[kM][kN][4];
+    slab_scores<K>(pt, smem_addr(s_k), smem_addr(s_q), la, lb, slab, qh);
+#pragma unroll
+    for (int j = 0; j < kN; ++j)
+#pragma unroll
+      for (int c2 = 0; c2 < 2; ++c2) {
+        const int query = q0 + j * 8 + 2 * t + c2;
+        const float l = query < sq ? lse[query] : INFINITY;
+#pragma unroll
+        for (int m = 0; m < kM; ++m)
+#pragma unroll
+          for (int c = c2; c < 4; c += 2) pt[m][j][c] = exp2f(pt[m][j][c] * scale_log2 - l * 1.44269504088896340736f);
+      }
+    slab_scores<K>(dst, smem_addr(s_v), smem_addr(s_do), la, lb, slab, qh);
+#pragma unroll
+    for (int j = 0; j < kN; ++j)
+#pragma unroll
+      for (int c2 = 0; c2 < 2; ++c2) {
+        const int query = q0 + j * 8 + 2 * t + c2;
+        const float dlq = query < sq ? dl[query] : 0.f;
+#pragma unroll
+        for (int m = 0; m < kM; ++m)
+#pragma unroll
+          for (int c = c2; c < 4; c += 2) dst[m][j][c] = pt[m][j][c] * (dst[m][j][c] - dlq);
+      }
+    if (cut) {
+#pragma unroll
+      for (int m = 0; m < kM; ++m)
+#pragma unroll
+        for (int j = 0; j < kN; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            if (hidden(m, j, c)) pt[m][j][c] = dst[m][j][c] = 0.f;
+    }
+    store_scores(s_pt, pt);
+    store_scores(s_ds, dst);
+    __syncthreads();  // the Pᵀ and dSᵀ tiles are whole
+
+    // This warp's block of the step's dQ: kQRows queries from dq0, kQCols columns from c0, over
     // the CTA's kR keys. A = dS from the dSᵀ tile: ldmatrix.trans of its [key][query]
     // blocks gives, in the order (b_lo[0], b_lo[1], b_hi[0], b_hi[1]), the 8x8 blocks (queries
     // 0-7, keys 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): A's registers are 0, 2, 1, 3 of it.
-    const int q0 = (warp / K::kQColBlocks) * K::kQRows, c0 = (warp % K::kQColBlocks) * K::kQCols;
+    // Before dK and dV, so that the atomics drain while those products run.
+    const int dq0 = (warp / K::kQColBlocks) * K::kQRows, c0 = (warp % K::kQColBlocks) * K::kQCols;
     float acc[K::kQRows / 16][K::kQCols / 8][4];
 #pragma unroll
     for (int mi = 0; mi < K::kQRows / 16; ++mi)
@@ -636,7 +708,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
 #pragma unroll
       for (int mi = 0; mi < K::kQRows / 16; ++mi) {
         uint32_t lo[2], hi[2];
-        ld_b_kn<LS>(lo, hi, smem_addr(s_ds), la_s, kk, q0 + 16 * mi);
+        ld_b_kn<LS>(lo, hi, smem_addr(s_ds), la_s, kk, dq0 + 16 * mi);
         a[mi][0] = lo[0], a[mi][1] = hi[0], a[mi][2] = lo[1], a[mi][3] = hi[1];
       }
 #pragma unroll
@@ -658,24 +730,37 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     for (int mi = 0; mi < K::kQRows / 16; ++mi)
 #pragma unroll
       for (int rh = 0; rh < 2; ++rh) {
-        const int query = m0 + q0 + 16 * mi + g + 8 * rh;
+        const int query = m0 + dq0 + 16 * mi + g + 8 * rh;
         if (query >= sq) continue;
 #pragma unroll
         for (int n = 0; n < K::kQCols / 8; ++n) {
           const int col = c0 + n * 8 + 2 * t;
           if (col >= f.head_dim) continue;
-          float* dst = dq_row + int64_t(query) * f.head_dim + col;
+          float* dst_q = dq_row + int64_t(query) * f.head_dim + col;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-          atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc[mi][n][2 * rh], acc[mi][n][2 * rh + 1]));
+          atomicAdd(reinterpret_cast<float2*>(dst_q), make_float2(acc[mi][n][2 * rh], acc[mi][n][2 * rh + 1]));
 #else
-          atomicAdd(dst, acc[mi][n][2 * rh]);
-          atomicAdd(dst + 1, acc[mi][n][2 * rh + 1]);
+          atomicAdd(dst_q, acc[mi][n][2 * rh]);
+          atomicAdd(dst_q + 1, acc[mi][n][2 * rh + 1]);
 #endif
         }
       }
+
+    // dV += Pᵀ·dO and dK += dSᵀ·Q for this warp's keys and half of D, A from the shared tiles.
+#pragma unroll
+    for (int kc = 0; kc < kC / 16; ++kc) {
+      uint32_t a_p[kM][4], a_ds[kM][4];
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        ld_a<LS>(a_p[m], smem_addr(s_pt), la_s, slab + 16 * m, kc * 16);
+        ld_a<LS>(a_ds[m], smem_addr(s_ds), la_s, slab + 16 * m, kc * 16);
+      }
+      accumulate_dkdv<K>(dk, dv, a_p, a_ds, smem_addr(s_q), smem_addr(s_do), la, kc, dh);
+    }
   }
   cp_async_wait<0>();
-  store_dkdv<T>(p, dk, dv, b, hk, n0 + warp * 16, 0);
+#pragma unroll
+  for (int m = 0; m < kM; ++m) store_dkdv<T>(p, dk[m], dv[m], b, hk, k0 + 16 * m, dh);
 }
 
 // dq = scale · dq_accum in q's dtype and dq's strides, one warp per query row (the dot kernel's
