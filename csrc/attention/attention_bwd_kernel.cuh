@@ -488,45 +488,52 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 // products). The order of the atomic adds varies from run to run, and so do dQ's last bits;
 // dK's and dV's do not.
 //
-// A CTA owns 128 keys and steps over 64-query tiles: the atomic traffic per FLOP is
-// FlashAttention-2's (one fp32 add per dQ element per 128 keys). The 8 warps tile each product
-// as FlashAttention-2 does, so that every ldmatrix fragment feeds two or more MMAs:
-//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ   4 x 2 blocks of 32 keys x 32 queries (transposed scores, so Pᵀ and
-//                            dSᵀ are the A operands of dV and dK as they are stored); Pᵀ and dSᵀ
-//                            go to two shared (keys x queries) tiles as the 16-bit values the
-//                            products use;
-//   dQ = dS·K                8 blocks (2 x 4 of 32 queries x kD / 4 at d = 64, 128; 4 x 2 of 16
-//                            queries x kD / 2 at d = 32, 96) over the 128 keys, dS read with
-//                            ldmatrix.trans from the dSᵀ tile, K from the resident K tile;
+// A CTA owns 128 keys and steps over kBlockCols-query tiles: 128 at d <= 64 where the GPU's
+// opt-in shared memory holds it, else 64 (FlashAttention-2's choices); the atomic traffic per
+// FLOP is FlashAttention-2's (one fp32 add per dQ element per 128 keys). The 8 warps tile each
+// product as FlashAttention-2 does, so that every ldmatrix fragment feeds two or more MMAs:
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ   4 x 2 blocks of 32 keys x kBlockCols / 2 queries (transposed
+//                            scores, so Pᵀ and dSᵀ are the A operands of dV and dK as they are
+//                            stored); Pᵀ and dSᵀ go to two shared (keys x queries) tiles as the
+//                            16-bit values the products use;
+//   dQ = dS·K                8 blocks of kQRows queries x kQCols columns over the 128 keys, as
+//                            square as 16-multiples allow (32 x 32 where they can be), dS read
+//                            with ldmatrix.trans from the dSᵀ tile, K from the resident K tile;
 //   dV += Pᵀ·dO, dK += dSᵀ·Q  4 x 2 blocks of 32 keys x kD / 2 columns, accumulated over the
 //                            steps in registers (the warp's slab of keys is its score slab's).
 // A warp owning 16 keys x 64 queries of the scores instead (the dkdv kernel's shape, Pᵀ and dSᵀ
 // passed in registers) reads all of Q and dO for each of S, dP, dV and dK: by the emulation's
-// counts mode (Sq = Sk = 512, d = 128) 2.38 shared-memory clocks per MMA, against 2.0 for this
-// tiling (FlashAttention-2's tiling by the same hand count: ~2.0).
-template <int kD_, typename T_>
+// counts mode (Sq = Sk = 512) 2.38 shared-memory clocks per MMA at d = 128, against 2.02 for this
+// tiling (FlashAttention-2's tiling by the same hand count: ~2.0). At d = 64 this tiling gives
+// 2.52 with 64-query steps and 2.12 with 128 (dQ's warp blocks grow from 32 x 16 to 32 x 32);
+// the 128-query kernel spills a dozen 4-byte values per step there (the score tiles are 128
+// registers), which costs less than the 64-query kernel's extra ldmatrix traffic.
+template <int kD_, typename T_, int kBlockCols_ = 64>
 struct AttnBwdAtomicTraits {
   using T = T_;
   using Layout = AttnSmemLayout<kD_>;
-  using ScoreLayout = AttnSmemLayout<64>;  // the Pᵀ and dSᵀ tiles: (kBlockRows keys, kBlockCols queries)
+  using ScoreLayout = AttnSmemLayout<kBlockCols_>;  // the Pᵀ and dSᵀ tiles: (kBlockRows keys, kBlockCols queries)
   static constexpr int kD = kD_;
   static constexpr int kWarps = 8, kThreads = 32 * kWarps;
-  static constexpr int kBlockRows = 128;  // keys per CTA
-  static constexpr int kBlockCols = 64;   // queries per step
+  static constexpr int kBlockRows = 128;          // keys per CTA
+  static constexpr int kBlockCols = kBlockCols_;  // queries per step
   static constexpr int kStages = 2;
   // Scores and dK/dV: 4 slabs of 32 keys (warp % 4) x 2 halves (warp / 4) of the queries or of D.
   static constexpr int kSlabKeys = 32, kSlabTiles = kSlabKeys / 16, kHalfQ = kBlockCols / 2, kHalfD = kD / 2;
   static constexpr int kHalfDTiles = kHalfD / 8;
-  // A warp's block of a step's dQ: kQRows queries x kQCols columns, 16-column multiples.
-  static constexpr int kQColBlocks = kD % 64 == 0 ? 4 : 2;
+  // A warp's block of a step's dQ: kQRows queries x kQCols columns (kQColBlocks blocks across D).
+  static constexpr int kQColBlocks = kD % 64 == 0 ? (kBlockCols == 128 ? 2 : 4) : 2;
   static constexpr int kQRows = kBlockCols * kQColBlocks / kWarps, kQCols = kD / kQColBlocks;
   static constexpr int kSmemBytes =
       (2 * (kBlockRows + kStages * kBlockCols) * kD + 2 * kBlockRows * kBlockCols) * int(sizeof(T));
   static_assert(kD == 32 || kD == 64 || kD == 96 || kD == 128,
                 "the atomic-dQ backward is compiled for head dims 32 to 128 (dK and dV take kD registers "
                 "per thread next to the score tiles)");
+  static_assert(kBlockCols == 64 || (kBlockCols == 128 && kD <= 64),
+                "128-query steps at d <= 64 only (the score tiles take 128 registers per thread there)");
   static_assert(kBlockRows == 4 * kSlabKeys && kHalfD % 16 == 0 && kHalfQ % 16 == 0, "score and dK/dV warp blocks");
-  static_assert((kBlockCols / kQRows) * (kD / kQCols) == kWarps && kQCols % 16 == 0, "dQ warp blocks");
+  static_assert((kBlockCols / kQRows) * (kD / kQCols) == kWarps && kQRows % 16 == 0 && kQCols % 16 == 0,
+                "dQ warp blocks");
 };
 
 // x = A·Bᵀ for a warp's kSlabTiles 16-row slabs from row0 of tile a and kHalfQ columns from col0

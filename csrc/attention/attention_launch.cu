@@ -128,10 +128,7 @@ bool attention_bwd_uses_atomic_dq(const AttentionBwdParams& p) {
     case 128: smem = attention_bwd_atomic_smem<128>(); break;
     default: return false;
   }
-  int device = 0, optin = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
-         optin >= smem;
+  return attention_smem_optin() >= smem;
 }
 
 namespace {

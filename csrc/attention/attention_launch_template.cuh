@@ -28,11 +28,32 @@ cudaError_t launch_attention_fwd_t(const AttentionFwdParams& p, cudaStream_t str
   return cudaGetLastError();
 }
 
-// Opt-in shared memory the atomic-dQ backward needs at head dim kD (0: not compiled for kD).
+// The current device's opt-in shared memory per block (0 if it cannot be read).
+inline int attention_smem_optin() {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    return 0;
+  return optin;
+}
+
+// Opt-in shared memory the atomic-dQ backward needs at head dim kD, in its 64-query-step form
+// (0: not compiled for kD). At kD <= 64 a GPU with more takes 128-query steps.
 template <int kD>
 constexpr int attention_bwd_atomic_smem() {
   if constexpr (kD <= 128) return AttnBwdAtomicTraits<kD, __half>::kSmemBytes;
   else return 0;
+}
+
+template <class KA>
+cudaError_t launch_attention_bwd_atomic(const AttentionBwdParams& p, const float* delta, float* dq_accum,
+                                        cudaStream_t stream) {
+  auto kernel = attention_bwd_atomic_kernel<KA>;
+  cudaError_t err = allow_smem(kernel, KA::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(unsigned(p.fwd.batch * p.fwd.heads_kv), unsigned(ceil_div(p.fwd.seqlen_k, KA::kBlockRows)));
+  kernel<<<grid, KA::kThreads, KA::kSmemBytes, stream>>>(p, delta, dq_accum);
+  return cudaGetLastError();
 }
 
 // delta: (B, Hq, Sq) fp32 scratch. dq_accum: nullptr (the deterministic kernels), or (B, Hq, Sq,
@@ -49,15 +70,14 @@ cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, fl
   if (err != cudaSuccess) return err;
   if constexpr (attention_bwd_atomic_smem<kD>() > 0) {
     if (dq_accum != nullptr) {
-      using KA = AttnBwdAtomicTraits<kD, T>;
-      auto kernel = attention_bwd_atomic_kernel<KA>;
-      if ((err = allow_smem(kernel, KA::kSmemBytes)) != cudaSuccess) return err;
       if ((err = cudaMemsetAsync(dq_accum, 0, size_t(rows * f.head_dim) * sizeof(float), stream)) != cudaSuccess)
         return err;
       if (f.seqlen_k > 0) {
-        const dim3 grid(unsigned(f.batch * f.heads_kv), unsigned(ceil_div(f.seqlen_k, KA::kBlockRows)));
-        kernel<<<grid, KA::kThreads, KA::kSmemBytes, stream>>>(p, delta, dq_accum);
-        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+        using Wide = AttnBwdAtomicTraits<kD, T, kD <= 64 ? 128 : 64>;
+        err = Wide::kBlockCols == 128 && attention_smem_optin() >= Wide::kSmemBytes
+                  ? launch_attention_bwd_atomic<Wide>(p, delta, dq_accum, stream)
+                  : launch_attention_bwd_atomic<AttnBwdAtomicTraits<kD, T>>(p, delta, dq_accum, stream);
+        if (err != cudaSuccess) return err;
       }
       attention_bwd_dq_convert_kernel<T><<<row_blocks, 256, 0, stream>>>(p, dq_accum);
       return cudaGetLastError();
