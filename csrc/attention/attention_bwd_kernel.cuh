@@ -62,9 +62,12 @@ struct AttnBwdTraits {
 };
 
 // One warp per query row: delta[(b*Hq + h)*Sq + i] = sum_d dO[i, d] * O[i, d] - dlse[i] (fp32;
-// the lse output's gradient only shifts this row term, since d lse_i / d s_ij = P_ij).
+// the lse output's gradient only shifts this row term, since d lse_i / d s_ij = P_ij). With the
+// atomic-dQ kernel next, the warp also zeroes the row's dq_accum (B, Hq, Sq, head_dim) fp32: no
+// separate memset launch.
 template <typename T>
-__global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionBwdParams p, float* delta) {
+__global__ void __launch_bounds__(256)
+    attention_bwd_dot_kernel(const AttentionBwdParams p, float* delta, float* dq_accum) {
   const AttentionFwdParams& f = p.fwd;
   const int64_t rows = f.batch * f.heads_q * f.seqlen_q;
   const int lane = threadIdx.x % 32;
@@ -77,6 +80,9 @@ __global__ void __launch_bounds__(256) attention_bwd_dot_kernel(const AttentionB
     for (int64_t c = lane; c < f.head_dim; c += 32) s += to_f(o[c]) * to_f(d[c]);
     s = warp_sum(s);
     if (lane == 0) delta[r] = p.dlse ? s - static_cast<const float*>(p.dlse)[r] : s;
+    if (dq_accum != nullptr)  // 16-byte aligned rows: the accumulator is, and head_dim % 8 == 0
+      for (int64_t c = 4 * lane; c < f.head_dim; c += 128)
+        *reinterpret_cast<float4*>(dq_accum + r * f.head_dim + c) = make_float4(0.f, 0.f, 0.f, 0.f);
   }
 }
 

@@ -65,13 +65,12 @@ cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, fl
   const AttentionFwdParams& f = p.fwd;
   const int64_t rows = f.batch * f.heads_q * f.seqlen_q;
   const unsigned row_blocks = unsigned(std::min<int64_t>(ceil_div(rows, 8), 1 << 20));  // a warp per row
-  attention_bwd_dot_kernel<T><<<row_blocks, 256, 0, stream>>>(p, delta);
+  if (dq_accum != nullptr && attention_bwd_atomic_smem<kD>() == 0) return cudaErrorInvalidValue;  // none at this kD
+  attention_bwd_dot_kernel<T><<<row_blocks, 256, 0, stream>>>(p, delta, dq_accum);  // zeroes dq_accum too
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   if constexpr (attention_bwd_atomic_smem<kD>() > 0) {
     if (dq_accum != nullptr) {
-      if ((err = cudaMemsetAsync(dq_accum, 0, size_t(rows * f.head_dim) * sizeof(float), stream)) != cudaSuccess)
-        return err;
       if (f.seqlen_k > 0) {
         using Wide = AttnBwdAtomicTraits<kD, T, kD <= 64 ? 128 : 64>;
         err = Wide::kBlockCols == 128 && attention_smem_optin() >= Wide::kSmemBytes
@@ -83,7 +82,6 @@ cudaError_t launch_attention_bwd_t(const AttentionBwdParams& p, float* delta, fl
       return cudaGetLastError();
     }
   }
-  if (dq_accum != nullptr) return cudaErrorInvalidValue;  // no atomic-dQ kernel at this head dim
   auto dkdv = attention_bwd_dkdv_kernel<K>;
   auto dq = attention_bwd_dq_kernel<K>;
   if ((err = allow_smem(dkdv, K::kSmemBytes)) != cudaSuccess || (err = allow_smem(dq, K::kSmemBytes)) != cudaSuccess)
