@@ -7,7 +7,9 @@
 //   with W_m = exp(-2*pi*i/m) (exp(+2*pi*i/m) for the inverse); after all stages position p holds
 //   bin bitrev(p) (decimation in time, DIT, is the exact mirror: bit-reversed in, natural out).
 // * stages with h >= 256 ("CTA passes"): up to 4 stages per pass, a thread loads 16 points at
-//   stride h_last from shared memory, does the 4 stages in registers, stores them back;
+//   stride h_last from shared memory, does the 4 stages in registers, stores them back (the
+//   first DIF pass may load from global memory instead, the last DIT pass store to it:
+//   cta_fft_dif_load, cta_fft_dit_store);
 // * the last 8 stages (h = 128 .. 1, "warp pass"): a half warp holds 256 consecutive points,
 //   16 per lane, first with the lanes 1 point apart (stages h = 128 .. 16 pair registers), then,
 //   after one transpose through shared memory inside the warp, 16 points apart (stages h = 8 .. 1
@@ -184,34 +186,56 @@ __device__ __forceinline__ void warp_dif(float2 (&v)[kPerLane], int log2c, int l
 
 // ---------------------------------------------------------------------------------------------
 // One CTA pass of kR stages whose largest half-size is 2^log2H (the last one s = 2^(log2H-kR+1)
-// >= 32, so the 32 lanes of a warp touch 32 consecutive elements per register).
-template <int kR, bool kInverse, bool kDit, bool kSwizzle>
-__device__ __forceinline__ void cta_pass(float2* data, int log2n, int log2H) {
+// >= 32, so the 32 lanes of a warp touch 32 consecutive elements per register). A thread's item
+// is the 2^kR elements base + m*s: load(base, s, v) fetches them into v[m], store(base, s, v)
+// puts them back (SmemLoad / SmemStore below: data[swz(i)]; the first DIF pass may read global
+// memory instead and the last DIT pass write it, cta_fft_dif_load / cta_fft_dit_store).
+template <bool kSwizzle>
+struct SmemLoad {
+  const float2* data;
+  int log2n;
+  template <int N>
+  __device__ __forceinline__ void operator()(int base, int s, float2 (&v)[N]) const {
+#pragma unroll
+    for (int m = 0; m < N; ++m) v[m] = data[swz<kSwizzle>(base + m * s, log2n)];
+  }
+};
+template <bool kSwizzle>
+struct SmemStore {
+  float2* data;
+  int log2n;
+  template <int N>
+  __device__ __forceinline__ void operator()(int base, int s, const float2 (&v)[N]) const {
+#pragma unroll
+    for (int m = 0; m < N; ++m) data[swz<kSwizzle>(base + m * s, log2n)] = v[m];
+  }
+};
+
+template <int kR, bool kInverse, bool kDit, class Load, class Store>
+__device__ __forceinline__ void cta_pass(int log2n, int log2H, const Load& load, const Store& store) {
   const int log2s = log2H - kR + 1;
   const int s = 1 << log2s, items = 1 << (log2n - kR);
   for (int q = threadIdx.x; q < items; q += blockDim.x) {
     const int o = q & (s - 1);
     const int base = ((q >> log2s) << (log2H + 1)) + o;  // block of 2H, offset o
     float2 v[1 << kR];
-#pragma unroll
-    for (int m = 0; m < (1 << kR); ++m) v[m] = data[swz<kSwizzle>(base + m * s, log2n)];
+    load(base, s, v);
     float2 wo[kR];
 #pragma unroll
     for (int t = 0; t < kR; ++t) wo[t] = twiddle_dir<kInverse>(o, log2H - t + 1);  // W_{2h_t}^o
     if constexpr (kDit) radix_dit<kR, kInverse>(v, wo);
     else radix_dif<kR, kInverse>(v, wo);
-#pragma unroll
-    for (int m = 0; m < (1 << kR); ++m) data[swz<kSwizzle>(base + m * s, log2n)] = v[m];
+    store(base, s, v);
   }
 }
 
-template <bool kInverse, bool kDit, bool kSwizzle>
-__device__ __forceinline__ void cta_pass_dispatch(float2* data, int log2n, int log2H, int r) {
+template <bool kInverse, bool kDit, class Load, class Store>
+__device__ __forceinline__ void cta_pass_dispatch(int log2n, int log2H, int r, const Load& load, const Store& store) {
   switch (r) {
-    case 1: cta_pass<1, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
-    case 2: cta_pass<2, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
-    case 3: cta_pass<3, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
-    default: cta_pass<4, kInverse, kDit, kSwizzle>(data, log2n, log2H); break;
+    case 1: cta_pass<1, kInverse, kDit>(log2n, log2H, load, store); break;
+    case 2: cta_pass<2, kInverse, kDit>(log2n, log2H, load, store); break;
+    case 3: cta_pass<3, kInverse, kDit>(log2n, log2H, load, store); break;
+    default: cta_pass<4, kInverse, kDit>(log2n, log2H, load, store); break;
   }
 }
 
@@ -288,12 +312,11 @@ __device__ __forceinline__ void cta_warp_passes(float2* data, int log2n) {
   }
 }
 
-// Number of stages of the first CTA pass: the stages above the warp pass split into passes of
-// 4, the odd remainder first.
-__device__ __forceinline__ int first_pass_stages(int cta_stages) {
-  const int r = cta_stages % kPassLog2;
-  return r ? r : kPassLog2;
-}
+// The CTA passes cover the stages above the warp pass in passes of 4 from the top, the remainder
+// last (DIF; the DIT runs them in reverse): the first DIF pass, which may read global memory
+// (cta_fft_dif_load), and the last DIT pass, which may write it (cta_fft_dit_store), then move
+// 16 points per item whenever there are 4 stages or more, 16 loads in flight per thread.
+__device__ __forceinline__ int cta_stage_count(int log2n) { return log2n > kBlockLog2 ? log2n - kBlockLog2 : 0; }
 
 __device__ __forceinline__ int bit_reverse(int i, int log2n) {
   return log2n == 0 ? 0 : int(__brev(unsigned(i)) >> (32 - log2n));
@@ -306,18 +329,57 @@ __device__ __forceinline__ int bit_reverse(int i, int log2n) {
 // __syncthreads(), so the caller may write the data just before and read it just after.
 // Unnormalised: forward computes X[k] = sum_j x[j] exp(-2*pi*i*jk/n), kInverse uses exp(+...).
 
+// The CTA passes over stages [from, to) (counted from the top stage, pass boundaries multiples
+// of 4), in place in data, each followed by a barrier: DIF top down, DIT bottom up.
+template <bool kInverse, bool kDit, bool kSwizzle>
+__device__ __forceinline__ void cta_passes(float2* data, int log2n, int from, int to) {
+  const SmemLoad<kSwizzle> ld{data, log2n};
+  const SmemStore<kSwizzle> st{data, log2n};
+  if constexpr (!kDit) {
+    for (int start = from; start < to; start += kPassLog2) {
+      const int r = to - start < kPassLog2 ? to - start : kPassLog2;
+      cta_pass_dispatch<kInverse, false>(log2n, log2n - 1 - start, r, ld, st);
+      __syncthreads();
+    }
+  } else {
+    for (int end = to; end > from;) {
+      const int start = (end - 1) / kPassLog2 * kPassLog2;
+      cta_pass_dispatch<kInverse, true>(log2n, log2n - 1 - start, end - start, ld, st);
+      __syncthreads();
+      end = start;
+    }
+  }
+}
+
 // Natural order in, bit-reversed order out: afterwards data[swz(p)] holds X[bit_reverse(p)].
 template <bool kInverse, bool kSwizzle = false>
 __device__ void cta_fft_dif(float2* data, int log2n) {
   __syncthreads();
-  const int cta_stages = log2n > kBlockLog2 ? log2n - kBlockLog2 : 0;
-  int done = 0;
-  while (done < cta_stages) {
-    const int r = done == 0 ? first_pass_stages(cta_stages) : kPassLog2;
-    cta_pass_dispatch<kInverse, false, kSwizzle>(data, log2n, log2n - 1 - done, r);
-    done += r;
-    __syncthreads();
+  cta_passes<kInverse, false, kSwizzle>(data, log2n, 0, cta_stage_count(log2n));
+  cta_warp_passes<kInverse, false, kSwizzle>(data, log2n);
+  __syncthreads();
+}
+
+// cta_fft_dif taking its input from load(base, s, v) (v[m] = element base + m*s for the 2^r
+// elements of an item: a generic callable) instead of data: the load is fused into the first
+// pass, so that no pass over shared memory only copies, and one warp's loads are in flight while
+// others compute. It does not begin with a barrier: the caller's last use of data must be
+// behind one.
+template <bool kInverse, bool kSwizzle, class Load>
+__device__ void cta_fft_dif_load(float2* data, int log2n, Load load) {
+  const int cta_stages = cta_stage_count(log2n), r = cta_stages < kPassLog2 ? cta_stages : kPassLog2;
+  const SmemStore<kSwizzle> to_smem{data, log2n};
+  if (r == 0) {  // no CTA pass: a plain load
+    for (int i = threadIdx.x; i < (1 << log2n); i += blockDim.x) {
+      float2 v[1];
+      load(i, 0, v);
+      to_smem(i, 0, v);
+    }
+  } else {
+    cta_pass_dispatch<kInverse, false>(log2n, log2n - 1, r, load, to_smem);
   }
+  __syncthreads();
+  cta_passes<kInverse, false, kSwizzle>(data, log2n, r, cta_stages);
   cta_warp_passes<kInverse, false, kSwizzle>(data, log2n);
   __syncthreads();
 }
@@ -328,14 +390,28 @@ __device__ void cta_fft_dit(float2* data, int log2n) {
   __syncthreads();
   cta_warp_passes<kInverse, true, kSwizzle>(data, log2n);
   __syncthreads();
-  // The DIF's passes in reverse: [0, first), [first, first + 4), ... counted from the top stage.
-  const int cta_stages = log2n > kBlockLog2 ? log2n - kBlockLog2 : 0;
-  const int first = first_pass_stages(cta_stages);
-  for (int end = cta_stages; end > 0;) {
-    const int r = end == first ? first : kPassLog2, start = end - r;
-    cta_pass_dispatch<kInverse, true, kSwizzle>(data, log2n, log2n - 1 - start, r);
-    end = start;
-    __syncthreads();
+  cta_passes<kInverse, true, kSwizzle>(data, log2n, 0, cta_stage_count(log2n));
+}
+
+// cta_fft_dit handing its output to store(base, s, v) (v[m] = element base + m*s) instead of
+// writing data: the consumer is fused into the last pass. It ends without a barrier (data then
+// holds intermediate values the caller must not read).
+template <bool kInverse, bool kSwizzle, class Store>
+__device__ void cta_fft_dit_store(float2* data, int log2n, Store store) {
+  __syncthreads();
+  cta_warp_passes<kInverse, true, kSwizzle>(data, log2n);
+  __syncthreads();
+  const int cta_stages = cta_stage_count(log2n), r = cta_stages < kPassLog2 ? cta_stages : kPassLog2;
+  cta_passes<kInverse, true, kSwizzle>(data, log2n, r, cta_stages);
+  const SmemLoad<kSwizzle> from_smem{data, log2n};
+  if (r == 0) {
+    for (int i = threadIdx.x; i < (1 << log2n); i += blockDim.x) {
+      float2 v[1];
+      from_smem(i, 0, v);
+      store(i, 0, v);
+    }
+  } else {
+    cta_pass_dispatch<kInverse, true>(log2n, log2n - 1, r, from_smem, store);
   }
 }
 

@@ -4,9 +4,10 @@
 //   fft_warp_kernel    n <= 512: a warp transforms 512 points at once (512/n rows) in registers
 //                      (16 per lane) and shuffles; one exchange through 4 KB of shared memory per
 //                      warp turns the bit-reversed result into natural order for a coalesced store.
-//   fft_cta_kernel     512 < n <= what one CTA's shared memory holds: the row is loaded into
-//                      (swizzled) shared memory, cta_fft_dif transforms it, and the store reads
-//                      the bit-reversed positions (rfft: two of them per output bin).
+//   fft_cta_kernel     512 < n <= what one CTA's shared memory holds: cta_fft_dif_load
+//                      transforms the row in (swizzled) shared memory, its first pass reading the
+//                      row from global memory, and the store reads the bit-reversed positions
+//                      (rfft: two of them per output bin).
 //   fft_column_kernel  longer rows, n = a*b (a <= 16), first pass of the four-step FFT: a thread
 //                      per (row, column i2) does the length-a DFT over x[i1*b + i2] in registers
 //                      and the twiddle W_n^(i2*k1), writing ws[row][k1][i2] (coalesced both ways);
@@ -32,7 +33,6 @@ struct FftTile {
   static constexpr int kColumnThreads = 256;
   static constexpr int kMaxLog2Columns = 4;      // a <= 16: core/fft.cuh's constant roots are 16th roots
   static constexpr int kMaxLog2Cta = 14;         // 16384 points = 128 KB of shared memory
-  static constexpr int kLoadBatch = 16;          // loads in flight per thread: 32 KB per 256 threads
 };
 static_assert(fft::kWarpPoints == 512, "fft_warp_kernel assumes 512-point warp tiles");
 
@@ -136,21 +136,13 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
   for (int64_t s = blockIdx.x; s < subrows; s += gridDim.x) {
     const int64_t row = s / a;
     const int k1 = int(s - row * a);
-    // A batch of loads into registers, then their stores: a shared-memory store right behind
-    // its load stalls the warp until the load returns (in-order issue), which left one load in
-    // flight per warp (2 KB per SM at the largest n, where one CTA fills an SM).
-    for (int i0 = threadIdx.x; i0 < n; i0 += FftTile::kLoadBatch * blockDim.x) {
-      float2 v[FftTile::kLoadBatch];
+    // The load is the first CTA pass's (16 points per item from n = 4096 on: 16 loads in flight
+    // per thread, where one CTA fills an SM at the largest n): no pass that only copies.
+    fft::cta_fft_dif_load<kInverse, true>(smem, log2n, [=](int base, int stride, auto& v) {
+      constexpr int kN = sizeof(v) / sizeof(v[0]);
 #pragma unroll
-      for (int b = 0; b < FftTile::kLoadBatch; ++b) {
-        const int i = i0 + b * blockDim.x;
-        v[b] = i < n ? load_point<kLoad>(x, xs, s, i, log2n) : make_float2(0.f, 0.f);
-      }
-#pragma unroll
-      for (int b = 0; b < FftTile::kLoadBatch; ++b)
-        if (i0 + b * blockDim.x < n) smem[fft::swz<true>(i0 + b * blockDim.x, log2n)] = v[b];
-    }
-    fft::cta_fft_dif<kInverse, true>(smem, log2n);  // starts and ends with __syncthreads()
+      for (int m = 0; m < kN; ++m) v[m] = load_point<kLoad>(x, xs, s, base + m * stride, log2n);
+    });  // ends with __syncthreads()
     float2* out = y + row * ys + k1;
     if constexpr (kRealPost) {
       // Z[n-k] of 16 consecutive k: 15 from one aligned group of 16 and one from the next,

@@ -2,13 +2,14 @@
 // (L = 2n, the next power of two >= 2N) is packed as n complex points z[j] = x[2j] + i x[2j+1]
 // in a buffer of n float2 (shared memory when it fits, else a per-CTA slot of global scratch):
 //
-//   load      buffer[swz(j)] = packed pregate * u, zeros past N       (global -> buffer, once)
-//   DIF       fft::cta_fft_dif: Z = FFT_n(z), bit-reversed order, no permutation pass
+//   DIF       fft::cta_fft_dif_load: Z = FFT_n(z), bit-reversed order, no permutation pass; its
+//             first pass loads z = packed pregate * u, zeros past N (global, once; no load pass)
 //   pointwise one thread per bin pair (k, n-k), read at swz(bitrev(k)), swz(bitrev(n-k)):
 //             unpack Z into the rfft bins X[k], X[n-k], multiply by k's spectrum, repack for
 //             the inverse real transform, write back to the same two slots
-//   DIT       fft::cta_fft_dit<inverse>: bit-reversed in, natural order out = L * packed result
-//   epilogue  y = postgate * (result / L + bias * u)                    (buffer -> global, once)
+//   DIT       fft::cta_fft_dit_store<inverse>: bit-reversed in, natural order out = L * packed
+//             result, which its last pass hands to the epilogue y = postgate * (result / L +
+//             bias * u) (global, once; no store pass)
 //
 // Because a pair (k, n-k) is both unpacked and repacked by one thread in registers, the spectrum
 // never needs the n+1-th slot or natural order, and the only passes over the buffer are the FFT's.
@@ -104,7 +105,7 @@ __device__ __forceinline__ float2 pack_dc(float y0, float yn) { return make_floa
 // left one load in flight per warp; with one 128 KB CTA per SM nothing else hides that latency.
 constexpr int kLoadBatch = 8;
 
-// buffer[slot(j)] = (f(2j), f(2j+1)), f(t) = 0 for t >= N.
+// buffer[slot(j)] = (f(2j), f(2j+1)), f(t) = 0 for t >= N (the backward's two-buffer loads).
 template <bool kSw, typename F>
 __device__ __forceinline__ void load_packed(float2* buf, int log2n, int64_t N, F&& f) {
   const int n = 1 << log2n;
@@ -119,6 +120,20 @@ __device__ __forceinline__ void load_packed(float2* buf, int log2n, int64_t N, F
     for (int i = 0; i < kLoadBatch; ++i)
       if (j0 + i * blockDim.x < n) buf[slot<kSw>(j0 + i * blockDim.x, log2n)] = v[i];
   }
+}
+
+// The load of fft::cta_fft_dif_load for a packed real signal: element j = (f(2j), f(2j+1)),
+// f(t) = 0 for t >= N (the zero padding: no load).
+template <typename F>
+__device__ __forceinline__ auto packed_load(int64_t N, F f) {
+  return [N, f](int base, int stride, auto& v) {
+    constexpr int kN = sizeof(v) / sizeof(v[0]);
+#pragma unroll
+    for (int m = 0; m < kN; ++m) {
+      const int64_t t = 2 * int64_t(base + m * stride);
+      v[m] = make_float2(t < N ? f(t) : 0.f, t + 1 < N ? f(t + 1) : 0.f);
+    }
+  };
 }
 
 // Shared memory, or the CTA's slot of global scratch (n float2 per CTA).
@@ -139,8 +154,8 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   float2* buf = buffer<kSmem>(scratch, log2n);
   for (int64_t h = blockIdx.x; h < p.channels; h += gridDim.x) {
     const int64_t krow = h * p.k_rs;
-    load_packed<kSmem>(buf, log2n, p.n, [&](int64_t t) { return load_any(p.k, p.k_dtype, krow + t); });
-    fft::cta_fft_dif<false, kSmem>(buf, log2n);
+    const auto k_at = [=](int64_t t) { return load_any(p.k, p.k_dtype, krow + t); };
+    fft::cta_fft_dif_load<false, kSmem>(buf, log2n, packed_load(p.n, k_at));
     float2* out = kspec + h * (n + 1);
     for (int k = threadIdx.x; k <= n / 2; k += blockDim.x) {
       if (k == 0) {
@@ -178,11 +193,12 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
     const T* ur = u + r * p.u_rs;
     if (pre) {
       const T* pr = pre + r * p.pre_rs;
-      load_packed<kSmem>(buf, log2n, p.n, [&](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); });
+      const auto v_at = [=](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); };
+      fft::cta_fft_dif_load<false, kSmem>(buf, log2n, packed_load(p.n, v_at));
     } else {
-      load_packed<kSmem>(buf, log2n, p.n, [&](int64_t t) { return to_f(ur[t]); });
+      const auto v_at = [=](int64_t t) { return to_f(ur[t]); };
+      fft::cta_fft_dif_load<false, kSmem>(buf, log2n, packed_load(p.n, v_at));
     }
-    fft::cta_fft_dif<false, kSmem>(buf, log2n);
     const float2* ks = kspec + h * (n + 1);
     for (int k0 = threadIdx.x; k0 <= n / 2; k0 += kLoadBatch * blockDim.x) {
       float2 kk[kLoadBatch], km[kLoadBatch];  // the kernel's spectrum at k and n - k (L2), loaded first
@@ -210,31 +226,32 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         }
       }
     }
-    fft::cta_fft_dit<true, kSmem>(buf, log2n);
+    // The epilogue is the inverse's last pass: each item's points (those before N) leave as y.
     const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
     const T* qr = post ? post + r * p.post_rs : nullptr;
     T* yr = y + r * p.n;
-    for (int j0 = threadIdx.x; 2 * int64_t(j0) < p.n; j0 += kLoadBatch * blockDim.x) {
-      float skip[kLoadBatch][2], gate[kLoadBatch][2];  // bias * u and the postgate, loaded first
+    fft::cta_fft_dit_store<true, kSmem>(buf, log2n, [=](int base, int stride, const auto& v) {
+      constexpr int kN = sizeof(v) / sizeof(v[0]), kB = kN < kLoadBatch ? kN : kLoadBatch;
 #pragma unroll
-      for (int i = 0; i < kLoadBatch; ++i)
+      for (int m0 = 0; m0 < kN; m0 += kB) {
+        float skip[kB][2], gate[kB][2];  // bias * u and the postgate, loaded first
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t t = 2 * int64_t(j0 + i * blockDim.x) + e;
-          skip[i][e] = bias != 0.f && t < p.n ? bias * to_f(ur[t]) : 0.f;
-          gate[i][e] = qr && t < p.n ? to_f(qr[t]) : 1.f;
-        }
+        for (int i = 0; i < kB; ++i)
 #pragma unroll
-      for (int i = 0; i < kLoadBatch; ++i) {
-        const int j = j0 + i * blockDim.x;
-        const int64_t t = 2 * int64_t(j);
-        if (t >= p.n) break;
-        const float2 v = buf[slot<kSmem>(j, log2n)];
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = 2 * int64_t(base + (m0 + i) * stride) + e;
+            skip[i][e] = bias != 0.f && t < p.n ? bias * to_f(ur[t]) : 0.f;
+            gate[i][e] = qr && t < p.n ? to_f(qr[t]) : 1.f;
+          }
 #pragma unroll
-        for (int e = 0; e < 2; ++e)
-          if (t + e < p.n) yr[t + e] = from_f<T>(((e ? v.y : v.x) * inv_len + skip[i][e]) * gate[i][e]);
+        for (int i = 0; i < kB; ++i)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = 2 * int64_t(base + (m0 + i) * stride) + e;
+            if (t < p.n) yr[t] = from_f<T>(((e ? v[m0 + i].y : v[m0 + i].x) * inv_len + skip[i][e]) * gate[i][e]);
+          }
       }
-    }
+    });
     __syncthreads();  // the next row's load overwrites buf
   }
 }

@@ -5,6 +5,8 @@
 // without a GPU (races only under ThreadSanitizer, run.sh; never bank conflicts).
 //   tests/emulate/run.sh fft [max_log2 [min_log2 [op_max_log2 [op_cta_log2]]]]
 // (tests/test_fft.py::test_cuda_code_on_cpu_threads runs it when MMM_EMULATE=1).
+#include <algorithm>
+#include <cmath>
 #include <complex>
 #include <cstdlib>
 #include <random>
@@ -25,7 +27,9 @@ static double rel_err(const std::vector<float2>& got, const std::vector<C>& want
   return std::sqrt(num / (den > 0 ? den : 1));
 }
 
-enum class Mode { kFft, kDif, kDit, kRfft, kIrfft };
+// kDifLoad / kDitStore: cta_fft_dif_load reading the input from an array outside shared memory
+// (which starts as NaN), cta_fft_dit_store writing the output to one.
+enum class Mode { kFft, kDif, kDit, kRfft, kIrfft, kDifLoad, kDitStore };
 static emu::AccessStats unswizzled_counts;
 
 // One case: n = 2^log2n, blockDim threads; returns the relative error against fft_cpu (fp64).
@@ -42,10 +46,12 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
   switch (mode) {
     case Mode::kFft: mmm::fft_cpu::fft_inplace(want.data(), log2n, kInverse); break;
     case Mode::kDif:
+    case Mode::kDifLoad:
       mmm::fft_cpu::fft_inplace(want.data(), log2n, kInverse);
       mmm::fft_cpu::bit_reverse_permute(want.data(), log2n);
       break;
     case Mode::kDit:
+    case Mode::kDitStore:
       mmm::fft_cpu::bit_reverse_permute(in.data(), log2n);  // bit-reversed input
       mmm::fft_cpu::fft_inplace(want.data(), log2n, kInverse);
       break;
@@ -56,6 +62,19 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
   }
   for (int i = 0; i < n; ++i) smem[size_t(mmm::fft::swz<kSwizzle>(i, log2n))] = {float(in[i].real()), float(in[i].imag())};
   smem[size_t(n)] = {float(in[n].real()), float(in[n].imag())};
+  std::vector<float2> ext(size_t(n), {NAN, NAN});  // kDifLoad's input, kDitStore's output
+  if (mode == Mode::kDifLoad) {
+    for (int i = 0; i < n; ++i) ext[size_t(i)] = smem[size_t(mmm::fft::swz<kSwizzle>(i, log2n))];
+    std::fill(smem.begin(), smem.begin() + n, float2{NAN, NAN});
+  }
+  const auto ext_load = [&](int base, int s, auto& v) {
+    constexpr int kN = sizeof(v) / sizeof(v[0]);
+    for (int m = 0; m < kN; ++m) v[m] = ext[size_t(base + m * s)];
+  };
+  const auto ext_store = [&](int base, int s, const auto& v) {
+    constexpr int kN = sizeof(v) / sizeof(v[0]);
+    for (int m = 0; m < kN; ++m) ext[size_t(base + m * s)] = v[m];
+  };
   float2* data = smem.data();
   // Bank conflicts: the swizzled layout must have none; the natural one (kSwizzle = false, what
   // callers without the swizzle get) has them in the bit reversal, counted apart.
@@ -68,12 +87,14 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
       case Mode::kDit: mmm::fft::cta_fft_dit<kInverse, kSwizzle>(data, log2n); break;
       case Mode::kRfft: mmm::fft::cta_rfft_post<kSwizzle>(data, log2n); break;
       case Mode::kIrfft: mmm::fft::cta_irfft_pre<kSwizzle>(data, log2n); break;
+      case Mode::kDifLoad: mmm::fft::cta_fft_dif_load<kInverse, kSwizzle>(data, log2n, ext_load); break;
+      case Mode::kDitStore: mmm::fft::cta_fft_dit_store<kInverse, kSwizzle>(data, log2n, ext_store); break;
     }
   });
   emu::driver_shared = {nullptr, 0};
   emu::access_stats = &emu::all_accesses;
   std::vector<float2> got(size_t(n) + 1);
-  for (int i = 0; i < n; ++i) got[i] = smem[size_t(mmm::fft::swz<kSwizzle>(i, log2n))];
+  for (int i = 0; i < n; ++i) got[i] = mode == Mode::kDitStore ? ext[size_t(i)] : smem[size_t(mmm::fft::swz<kSwizzle>(i, log2n))];
   got[n] = smem[n];
   const int count = mode == Mode::kRfft ? n + 1 : n;
   return rel_err(got, want, count);
@@ -177,11 +198,11 @@ int main(int argc, char** argv) {
   std::mt19937 gen(7);
   double worst = 0;
   int failures = 0;
-  const char* names[] = {"fft", "dif", "dit", "rfft_post", "irfft_pre"};
+  const char* names[] = {"fft", "dif", "dit", "rfft_post", "irfft_pre", "dif_load", "dit_store"};
   for (int log2n = min_log2; log2n <= max_log2; ++log2n) {
     for (int threads : {32, 96, 256}) {
       if (threads == 96 && log2n % 3) continue;  // an odd warp count, on some sizes
-      for (int m = 0; m < 5; ++m) {
+      for (int m = 0; m < 7; ++m) {
         const Mode mode = Mode(m);
         double e[4] = {run_case<false, false>(mode, log2n, threads, gen), run_case<true, false>(mode, log2n, threads, gen),
                        run_case<false, true>(mode, log2n, threads, gen), run_case<true, true>(mode, log2n, threads, gen)};
