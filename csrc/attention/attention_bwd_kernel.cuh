@@ -511,9 +511,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) attention_bwd_dq_kernel(const 
 // passed in registers) reads all of Q and dO for each of S, dP, dV and dK: by the emulation's
 // counts mode (Sq = Sk = 512) 2.38 shared-memory clocks per MMA at d = 128, against 2.02 for this
 // tiling (FlashAttention-2's tiling by the same hand count: ~2.0). At d = 64 this tiling gives
-// 2.52 with 64-query steps and 2.12 with 128 (dQ's warp blocks grow from 32 x 16 to 32 x 32);
-// the 128-query kernel spills a dozen 4-byte values per step there (the score tiles are 128
-// registers), which costs less than the 64-query kernel's extra ldmatrix traffic.
+// 2.52 with 64-query steps and 2.12 with 128 (dQ's warp blocks grow from 32 x 16 to 32 x 32;
+// the score tiles are then 128 registers per thread, and the kernel spills 16 bytes on sm_80).
 template <int kD_, typename T_, int kBlockCols_ = 64>
 struct AttnBwdAtomicTraits {
   using T = T_;
@@ -677,6 +676,19 @@ __global__ void __launch_bounds__(K::kThreads, 1)
 #pragma unroll
           for (int c = c2; c < 4; c += 2) pt[m][j][c] = exp2f(pt[m][j][c] * scale_log2 - l * 1.44269504088896340736f);
       }
+    // Hidden elements: the 128-query kernels zero P here, before dP (dS is then 0·x, a zero
+    // too), the 64-query ones P and dS together below: what ptxas spills least for each (d = 64:
+    // 56-68 bytes -> 0-16 early; d = 96, 128: 0-4 late, 16-44 early).
+    constexpr bool kMaskEarly = kC == 128;
+    if (kMaskEarly && cut) {
+#pragma unroll
+      for (int m = 0; m < kM; ++m)
+#pragma unroll
+        for (int j = 0; j < kN; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            if (hidden(m, j, c)) pt[m][j][c] = 0.f;
+    }
     slab_scores<K>(dst, smem_addr(s_v), smem_addr(s_do), la, lb, slab, qh);
 #pragma unroll
     for (int j = 0; j < kN; ++j)
@@ -689,7 +701,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
 #pragma unroll
           for (int c = c2; c < 4; c += 2) dst[m][j][c] = pt[m][j][c] * (dst[m][j][c] - dlq);
       }
-    if (cut) {
+    if (!kMaskEarly && cut) {
 #pragma unroll
       for (int m = 0; m < kM; ++m)
 #pragma unroll
