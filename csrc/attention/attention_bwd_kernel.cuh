@@ -680,15 +680,19 @@ __global__ void __launch_bounds__(K::kThreads, 1)
     // too), the 64-query ones P and dS together below: what ptxas spills least for each (d = 64:
     // 56-68 bytes -> 0-16 early; d = 96, 128: 0-4 late, 16-44 early).
     constexpr bool kMaskEarly = kC == 128;
-    if (kMaskEarly && cut) {
+    const auto zero_hidden = [&](bool ds_too) {
 #pragma unroll
       for (int m = 0; m < kM; ++m)
 #pragma unroll
         for (int j = 0; j < kN; ++j)
 #pragma unroll
           for (int c = 0; c < 4; ++c)
-            if (hidden(m, j, c)) pt[m][j][c] = 0.f;
-    }
+            if (hidden(m, j, c)) {
+              pt[m][j][c] = 0.f;
+              if (ds_too) dst[m][j][c] = 0.f;
+            }
+    };
+    if (kMaskEarly && cut) zero_hidden(false);
     slab_scores<K>(dst, smem_addr(s_v), smem_addr(s_do), la, lb, slab, qh);
 #pragma unroll
     for (int j = 0; j < kN; ++j)
@@ -701,15 +705,7 @@ __global__ void __launch_bounds__(K::kThreads, 1)
 #pragma unroll
           for (int c = c2; c < 4; c += 2) dst[m][j][c] = pt[m][j][c] * (dst[m][j][c] - dlq);
       }
-    if (!kMaskEarly && cut) {
-#pragma unroll
-      for (int m = 0; m < kM; ++m)
-#pragma unroll
-        for (int j = 0; j < kN; ++j)
-#pragma unroll
-          for (int c = 0; c < 4; ++c)
-            if (hidden(m, j, c)) pt[m][j][c] = dst[m][j][c] = 0.f;
-    }
+    if (!kMaskEarly && cut) zero_hidden(true);
     store_scores(s_pt, pt);
     store_scores(s_ds, dst);
     __syncthreads();  // the Pᵀ and dSᵀ tiles are whole
