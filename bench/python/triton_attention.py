@@ -17,7 +17,10 @@ Algorithm (FlashAttention-2, written for this benchmark):
 
 Used only when `import triton` works and a CUDA device is present (bench_attention.py checks
 it against SDPA before timing). `python bench/python/triton_attention.py` runs a self-check
-against SDPA; with TRITON_INTERPRET=1 it runs on the CPU through Triton's interpreter.
+against SDPA; with TRITON_INTERPRET=1 it runs on the CPU through Triton's interpreter (seen on
+2026-12-07: Triton 3.8 with NumPy 2.4 and Triton 3.6 with NumPy 2.2 pass; Triton 3.6's interpreter
+with NumPy 2.4 fails on the forward's tensor-valued loop bound, which only the interpreter turns
+into a Python int).
 """
 from __future__ import annotations
 
