@@ -588,6 +588,24 @@ def test_monarch_fused_token_tails(device, monkeypatch, tokens, bt, shapes):
     check_monarch(x, w1, w2)
 
 
+@pytest.mark.parametrize("cap", [1, 2, 4])
+@pytest.mark.parametrize("shapes", [MONARCH_FUSED[i] for i in (0, 2, 6, 8)], ids=_mid)
+def test_monarch_fused_units_per_step(device, monkeypatch, shapes, cap):
+    """On CUDA, stage-1 GEMMs of n1 <= 32 columns go 2 or 4 to a pipeline step (64 / n1, so that
+    each warp has a 16-column tile); MMM_MONARCH_UNITS caps it. Every setting computes the same
+    map. The CPU twin has no pipeline steps: always 1."""
+    (k, q, p), (l, s, r) = shapes
+    chunk = _smallest_chunk(shapes)
+    _set_chunk(monkeypatch, chunk)
+    monkeypatch.setenv("MMM_MONARCH_UNITS", str(cap))
+    x, w1, w2 = monarch_inputs((37,), *shapes, BF16, device)
+    plan = monarch_forward_plan(x, w1, w2)
+    assert plan["fused"] and plan["chunk"] == chunk, plan
+    n1 = (q // l) * chunk if q % l == 0 else q
+    assert plan["units_per_step"] == (1 if device == "cpu" else min(cap, 64 // n1)), plan
+    check_monarch(x, w1, w2)
+
+
 @pytest.mark.parametrize("bt", [16, 32])
 @pytest.mark.parametrize("shapes", MONARCH_FUSED, ids=_mid)
 def test_monarch_fused_tokens_per_cta(device, monkeypatch, shapes, bt):

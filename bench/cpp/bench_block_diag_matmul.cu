@@ -10,6 +10,8 @@
 //   monarch_fused_fwd  y = monarch(x, w1, w2) by the fused kernel (monarch_fused.h): what
 //                monarch_matmul runs when the plan takes the shape; skipped (with the plan's
 //                reason) where it does not                                      1 kernel
+//   monarch_fused_fwd_u1  the same plan at one stage-1 unit per pipeline step, where the plan
+//                groups 2 or 4 (what the grouping gains, side by side)         1 kernel
 // GEMMs whose output cannot fill the GPU (the dweights) get split-K as the op gives them
 // (block_gemm_cuda_splits; workspace allocated here).
 // Sweep: (features, nblocks) in {(1024, 32), (4096, 64), (8192, 64), (8192, 128)}, square blocks
@@ -244,7 +246,7 @@ int main(int argc, char** argv) {
       const char* name;
       std::vector<BlockGemm> gemms;
       double flops, bytes;
-      bool fused = false;  // the fused Monarch kernel instead of `gemms`
+      const mmm::MonarchFusedPlan* fused = nullptr;  // the fused Monarch kernel instead of `gemms`
     };
     mmm::MonarchFused mf;
     mf.tokens = T, mf.k = nb, mf.q = q, mf.p = p, mf.l = l, mf.s = s, mf.r = r;
@@ -252,7 +254,9 @@ int main(int argc, char** argv) {
     mf.dtype = dt;
     int device = 0;
     MMM_CHECK_CUDA(cudaGetDevice(&device));
-    const mmm::MonarchFusedPlan plan = mmm::plan_monarch_fused(mf, mmm::monarch_fused_smem_limit(device), true);
+    const int64_t smem_limit = mmm::monarch_fused_smem_limit(device);
+    const mmm::MonarchFusedPlan plan = mmm::plan_monarch_fused(mf, smem_limit, true);
+    const mmm::MonarchFusedPlan plan_u1 = mmm::plan_monarch_fused(mf, smem_limit, true, plan.chunk, plan.bt, 1);
     const double X = double(T) * F * es, W = double(w_elems) * es, fl = 2.0 * double(T) * w_elems;
     std::vector<Op> ops = {
         {"fwd", {g_fwd}, fl, 2 * X + W},
@@ -260,8 +264,10 @@ int main(int argc, char** argv) {
         {"monarch_fwd", {g_s1, g_s2}, 2 * fl, 2 * X + 2 * W},
         {"monarch_bwd", {g_s1, g_s2dw, g_s2dx, g_s1dx, g_s1dw}, 4 * fl, 3 * X + 4 * W},
     };
-    if (tensor_cores && plan.fused) ops.push_back({"monarch_fused_fwd", {}, 2 * fl, 2 * X + 2 * W, true});
-    else
+    if (tensor_cores && plan.fused) {
+      ops.push_back({"monarch_fused_fwd", {}, 2 * fl, 2 * X + 2 * W, &plan});
+      if (plan.units > 1) ops.push_back({"monarch_fused_fwd_u1", {}, 2 * fl, 2 * X + 2 * W, &plan_u1});
+    } else
       std::printf("%s: monarch_fused_fwd skipped: %s\n", tag.c_str(),
                   tensor_cores ? plan.why : "tensor cores off");
     size_t ws_bytes = 0;
@@ -316,7 +322,7 @@ int main(int argc, char** argv) {
         upd(rel_err(gather_rows(dx.get(), F, es, idx, stream), ref_a, dt, es));
         for (int64_t b : w1_blocks)  // dw[b][i][c] = sum_t dy[t, b*n + i] * x[t, b*k + c]
           upd(block_err(dw1.get(), b, bsz, bsz, dy.get(), F, b * bsz, 1, x.get(), F, b * bsz, 1));
-      } else if (name == "monarch_fused_fwd") {
+      } else if (name == "monarch_fused_fwd" || name == "monarch_fused_fwd_u1") {
         cpu_gemm(mmm::block_diag_fwd(hx.data(), F, hw1.data(), ref_a.data(), kq, kr, nb, q, p, dt));
         cpu_gemm(mmm::monarch_stage2_fwd(ref_a.data(), kq, hw2.data(), ref_b.data(), l * s, kr, l, s, r, dt));
         upd(rel_err(gather_rows(y.get(), l * s, es, idx, stream), ref_b, dt, es));
@@ -344,7 +350,7 @@ int main(int argc, char** argv) {
     for (const Op& op : ops) {
       const std::string what = std::string(op.name) + " " + tag;
       auto run = [&] {
-        if (op.fused) MMM_CHECK_LAUNCH(mmm::launch_monarch_fused(mf, plan, stream), what);
+        if (op.fused) MMM_CHECK_LAUNCH(mmm::launch_monarch_fused(mf, *op.fused, stream), what);
         for (const BlockGemm& g : op.gemms) MMM_CHECK_LAUNCH(mmm::launch_block_gemm(g, stream), what);
       };
       // First run (untimed) checked against the CPU twin; a second one, timed alone, sizes the
@@ -390,8 +396,10 @@ int main(int argc, char** argv) {
       JsonObject j;
       j.integer("features", F).integer("nblocks", nb).integer("block", bsz).integer("tokens", T)
           .str("dtype", dtype_name(dt)).str("op", op.name).boolean("tensor_cores", tensor_cores)
-          .integer("gemms", (long long)op.gemms.size()).boolean("fused", op.fused)
-          .integer("fused_tokens_per_cta", op.fused ? plan.bt : 0).integer("fused_chunk", op.fused ? plan.chunk : 0)
+          .integer("gemms", (long long)op.gemms.size()).boolean("fused", op.fused != nullptr)
+          .integer("fused_tokens_per_cta", op.fused ? op.fused->bt : 0)
+          .integer("fused_chunk", op.fused ? op.fused->chunk : 0)
+          .integer("fused_units_per_step", op.fused ? op.fused->units : 0)
           .num("useful_flops", op.flops)
           .num("bytes", op.bytes)
           .num("TFLOPs", tflops).num("GBps", gbps).num("pct_copy_bw", pct).str("check", check_str)

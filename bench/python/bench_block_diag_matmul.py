@@ -265,7 +265,9 @@ def forward_path(c: Case, inp: dict[str, Any]) -> str:
         return "1 GEMM"
     from mmm.ops.block_diag_matmul import monarch_forward_plan
     plan = monarch_forward_plan(inp["x"], *inp["ws"])
-    return f"fused J={plan['chunk']} bt={plan['tokens_per_cta']}" if plan["fused"] else "2 GEMMs"
+    if not plan["fused"]:
+        return "2 GEMMs"
+    return f"fused J={plan['chunk']} bt={plan['tokens_per_cta']} U={plan['units_per_step']}"
 
 
 def reference_fn(c: Case) -> Callable[..., torch.Tensor]:

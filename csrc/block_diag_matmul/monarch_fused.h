@@ -81,17 +81,18 @@ struct MonarchFusedPlan {
   bool fused = false;
   int bt = 0;          // tokens per CTA (CUDA) / per task (CPU)
   int chunk = 0;       // J: stage-2 blocks per chunk
+  int units = 1;       // CUDA: stage-1 units per pipeline step (1, 2 or 4; see below)
   int64_t smem = 0;    // dynamic shared memory bytes per CTA (CUDA)
   const char* why = "";  // when not fused
 };
 
-// Shared-memory bytes of one CTA: kMonarchStages buffers of an x slice (bt, 64) and a weight
-// slice (max(n1, s), 64), the chunk's intermediate z (J*r, bt: stored transposed, swizzled, no
+// Shared-memory bytes of one CTA: kMonarchStages buffers of U x slices (bt, 64) and a weight
+// slice (max(U*n1, s), 64), the chunk's intermediate z (J*r, bt: stored transposed, swizzled, no
 // padding) and the output staging (bt, 8*s + 8); the +8 pads make every row pitch 16 mod 128
 // bytes (conflict-free ldmatrix).
-inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, int64_t elem = 2) {
-  const int64_t n1 = MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1(), nw = n1 > f.s ? n1 : f.s;
-  return elem * (kMonarchStages * (bt + nw) * kMonarchKPitch + J * f.r * bt + bt * (kMonarchYGroup * f.s + 8));
+inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, int64_t U, int64_t elem = 2) {
+  const int64_t n1 = MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1(), nw = U * n1 > f.s ? U * n1 : f.s;
+  return elem * (kMonarchStages * (U * bt + nw) * kMonarchKPitch + J * f.r * bt + bt * (kMonarchYGroup * f.s + 8));
 }
 
 inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -105,13 +106,19 @@ inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 //     + all weights / bt  [weights re-read per CTA]
 // (ties: bigger bt, bigger J). chunk_override > 0 forces J (tests use it to force chunking),
 // bt_override > 0 the tokens per CTA (16 or 32): knobs for tuning on a GPU without rebuilding.
+// Then, on CUDA, units per step U: a stage-1 unit of n1 < 64 columns has fewer 16-wide tiles
+// than the CTA has warps, so U = 2 or 4 units share a step (4 / U warps each) where U * n1 <= 64,
+// U <= the units of a chunk and the U x slices still fit: fewer pipeline steps (each a barrier
+// and a dependent MMA chain) for the same shared-memory traffic per MMA. units_override > 0
+// caps U (1: one unit a step, the kernel's first form), a knob to measure what U gains.
 // Not modelled yet (to measure): occupancy (CTAs per SM), per-step latency, and whether fusing
 // pays at all for big blocks: every CTA streams all weights from L2 for only 16-32 tokens
 // (4096 features, blocks of 64: 1 MB per 32 tokens, ~2x the x + y bytes of those tokens), so a
 // rule "fuse only when the weights per CTA are small against its activations" may be needed
 // once the benchmark's "fused x" column has been measured.
 inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
-                                           int64_t chunk_override = 0, int64_t bt_override = 0) {
+                                           int64_t chunk_override = 0, int64_t bt_override = 0,
+                                           int64_t units_override = 0) {
   MonarchFusedPlan plan;
   const auto no = [&plan](const char* why) { plan.why = why; return plan; };
   const auto fits = [](int64_t v) { return v >= 16 && v % 16 == 0 && v <= kMonarchMaxBlock; };
@@ -137,7 +144,7 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
       if (f.l % J != 0 || (!by_rows && J % f.q != 0)) continue;
       if (MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1() > kMonarchMaxBlock) continue;
       if (chunk_override > 0 && J != chunk_override) continue;
-      const int64_t smem = monarch_fused_smem(f, bt, J);
+      const int64_t smem = monarch_fused_smem(f, bt, J, 1);
       if (smem > smem_limit) continue;
       const int64_t cost = x_row * (by_rows ? f.l / J : 1) + w_all / bt;
       if (best < 0 || cost < best) {
@@ -146,9 +153,20 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
       }
     }
   }
-  if (!plan.fused)
+  if (!plan.fused) {
     plan.why = chunk_override > 0 || bt_override > 0 ? "the forced chunk / tokens per CTA do not fit"
                                                      : "no chunk fits in shared memory";
+    return plan;
+  }
+  const MonarchIndex<int64_t> ix(f.k, f.q, f.l, f.r, plan.chunk);
+  for (int U : {4, 2}) {
+    const int64_t smem = monarch_fused_smem(f, plan.bt, plan.chunk, U);
+    if (cuda && U * ix.n1() <= 16 * (kMonarchThreads / 32) && U <= ix.units() && smem <= smem_limit &&
+        (units_override <= 0 || U <= units_override)) {
+      plan.units = U, plan.smem = smem;
+      break;
+    }
+  }
   return plan;
 }
 

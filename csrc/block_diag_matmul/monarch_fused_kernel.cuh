@@ -3,11 +3,13 @@
 // the semantics, the index map and the plan (tokens per CTA, chunk J, shared memory).
 //
 // One CTA = 4 warps. Its work is a flat sequence of steps, each one K-slice (<= 64) of one small
-// GEMM whose B operand (weights) streams through shared memory:
+// GEMM (or of U of them) whose B operand (weights) streams through shared memory:
 //   chunk j0 = 0, J, 2J, ... (stage-2 blocks j0 .. j0+J-1):
-//     stage 1, for every unit u (w1 block b = block(j0, u)), K-slices of p:
+//     stage 1, for every group of U units u (w1 block b = block(j0, u)), K-slices of p:
 //           (kBT, n1) += x[:, b*p + ks..] (kBT, 64) * w1[b, w1_row(j0, e), ks..]^T (n1, 64)
 //       last slice: accumulators -> z[m][z_col(u, e)] (the permutation: a store address)
+//       (U = plan.units: 1, or 2 / 4 when n1 <= 32 / 16, so that every warp has a column tile;
+//       the group's units sit side by side in the step's buffers, 4 / U warps on each)
 //     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
 //       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
 //       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col). Inside each 16-byte
@@ -30,7 +32,8 @@
 //     barrier, then the 16-byte flush to y).
 // x rows past the last token are zero-filled by cp.async (src-size 0) and never stored.
 // Warps split each step's output columns in 16-wide tiles (warp w: tiles w, w+4, w+8, w+12; at
-// most 256 columns) and all kBT rows: accumulators kMT x 4 x 2 x 4 floats per thread.
+// most 256 columns; with U units a step, unit w / (4/U), tiles w % (4/U) + (4/U)*i) and all kBT
+// rows: accumulators kMT x 4 x 2 x 4 floats per thread.
 #pragma once
 #include "block_diag_matmul/monarch_fused.h"
 #include "core/cp_async.cuh"
@@ -70,18 +73,21 @@ __device__ __forceinline__ uint4 ys_unpermute(uint4 v, int t2) {
   return v;
 }
 
+// Min blocks 1: left to its own heuristic, ptxas capped this kernel at 128 registers and spilled
+// on sm_90; it needs ~145 (the accumulators alone are kMT x 32 floats), and one CTA per SM is
+// what the big shapes get anyway (their shared memory).
 template <typename T, int kMT>
-__global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const MonarchFused f, const int J) {
+__global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const MonarchFused f, const int J, const int U) {
   using Tile = MonarchFusedTile<kMT>;
   constexpr int kBT = Tile::kBT, kKS = Tile::kKS, kKP = Tile::kKP, kG = Tile::kG, kTW = Tile::kTilesPerWarp;
   const int k = int(f.k), q = int(f.q), p = int(f.p), l = int(f.l), s = int(f.s), r = int(f.r);
   const MonarchIndex<int> ix(k, q, l, r, J);
-  const int n1 = ix.n1(), nw = n1 > s ? n1 : s;
+  const int n1 = ix.n1(), nw = U * n1 > s ? U * n1 : s;
   const int yp = kG * s + 8;  // row pitch of ys (16 mod 128 bytes)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kS = kMonarchStages;
-  T* xs = reinterpret_cast<T*>(smem_raw);  // (kS, kBT, kKP): x K-slices
-  T* ws = xs + kS * kBT * kKP;             // (kS, nw, kKP): weight K-slices, [n][k]
+  T* xs = reinterpret_cast<T*>(smem_raw);  // (kS, U, kBT, kKP): x K-slices
+  T* ws = xs + kS * U * kBT * kKP;         // (kS, nw, kKP): weight K-slices, [n][k]; unit i's at rows i*n1
   T* zs = ws + kS * nw * kKP;              // (J*r, kBT): the chunk's permuted intermediate, transposed
   T* ys = zs + J * r * kBT;                // (kBT, yp): 8 stage-2 blocks' outputs, [m][t2][jj%8]
 
@@ -92,11 +98,11 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
   const int64_t tok0 = int64_t(blockIdx.x) * kBT;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
 
-  // The step sequence: per chunk, units*P1 stage-1 steps then J*P2 stage-2 steps.
-  const int P1 = (p + kKS - 1) / kKS, P2 = (r + kKS - 1) / kKS;
-  const int S1 = ix.units() * P1, S = S1 + J * P2, G = (l / J) * S;
+  // The step sequence: per chunk, ceil(units / U)*P1 stage-1 steps then J*P2 stage-2 steps.
+  const int P1 = (p + kKS - 1) / kKS, P2 = (r + kKS - 1) / kKS, units = ix.units();
+  const int S1 = (units + U - 1) / U * P1, S = S1 + J * P2, G = (l / J) * S;
   struct Step {
-    int j0, stage, blk, kc, ks, len;  // blk: unit u (stage 1) or jj (stage 2)
+    int j0, stage, blk, kc, ks, len;  // blk: unit group (units blk*U ..) (stage 1) or jj (stage 2)
   };
   const auto decode = [&](int g) {
     Step st;
@@ -114,22 +120,24 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
     const Step st = decode(g);
     const int cpr = st.len / 8;  // 16-byte chunks per row
     T* wdst = ws + buf * nw * kKP;
-    if (st.stage == 1) {
-      T* xdst = xs + buf * kBT * kKP;
-      const int64_t b = ix.block(st.j0, st.blk);
-      for (int i = tid; i < kBT * cpr; i += Tile::kThreads) {
-        int m, ch;
-        padded_tile_chunk(i, cpr, kBT, m, ch);  // conflict-free shared stores
+    if (st.stage == 1) {  // the group's nu units, each kBT x rows and n1 w1 rows, side by side
+      T* xdst = xs + buf * U * kBT * kKP;
+      const int u0 = st.blk * U, nu = min(U, units - u0);
+      for (int i = tid; i < nu * kBT * cpr; i += Tile::kThreads) {
+        int um, ch;
+        padded_tile_chunk(i, cpr, nu * kBT, um, ch);  // conflict-free shared stores
+        const int m = um % kBT;
+        const int64_t b = ix.block(st.j0, u0 + um / kBT);
         const bool ok = tok0 + m < f.tokens;
         // Rows past the end: zero-filled, and the source clamped to a valid row (tok0's).
         const T* src = X + (ok ? tok0 + m : tok0) * f.x_rs + b * p + st.ks + ch * 8;
-        cp_async_16(xdst + m * kKP + ch * 8, src, ok);
+        cp_async_16(xdst + um * kKP + ch * 8, src, ok);
       }
-      for (int i = tid; i < n1 * cpr; i += Tile::kThreads) {
-        int e, ch;
-        padded_tile_chunk(i, cpr, n1, e, ch);
-        const int64_t row = b * q + ix.w1_row(st.j0, e);
-        cp_async_16(wdst + e * kKP + ch * 8, W1 + row * p + st.ks + ch * 8, true);
+      for (int i = tid; i < nu * n1 * cpr; i += Tile::kThreads) {
+        int ue, ch;
+        padded_tile_chunk(i, cpr, nu * n1, ue, ch);
+        const int64_t row = ix.block(st.j0, u0 + ue / n1) * q + ix.w1_row(st.j0, ue % n1);
+        cp_async_16(wdst + ue * kKP + ch * 8, W1 + row * p + st.ks + ch * 8, true);
       }
     } else {
       const int64_t blk = st.j0 + st.blk;
@@ -170,11 +178,16 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
     const Step st = decode(g);
     const int buf = g % kS;
     const int ntiles = (st.stage == 1 ? n1 : s) / 16;
-    const T* x_tile = xs + buf * kBT * kKP;
-    const T* b_tile = ws + buf * nw * kKP;
-    // A warp with no column tile in this step (stage 1 with n1 < 64) skips the step: its A
-    // fragments would be ldmatrix traffic for no MMA, and shared memory bounds this loop.
-    for (int kk = 0; kk < (warp < ntiles ? st.len : 0); kk += 16) {
+    // This warp's share: stage 1, unit slot us of the group (unit u) and column tiles wt + wpu*i;
+    // stage 2, column tiles warp + 4*i.
+    const int wpu = st.stage == 1 ? Tile::kWarps / U : Tile::kWarps, us = warp / wpu, wt = warp % wpu;
+    const int u = st.blk * U + us;
+    const T* x_tile = xs + (buf * U + us) * kBT * kKP;
+    const T* b_tile = ws + (buf * nw + (st.stage == 1 ? us * n1 : 0)) * kKP;
+    // A warp with no column tile in this step (n1 < 64 / U, or a group short of U units at the
+    // end of a chunk) skips the step: its A fragments would be ldmatrix traffic for no MMA.
+    const bool active = wt < ntiles && (st.stage == 2 || u < units);
+    for (int kk = 0; kk < (active ? st.len : 0); kk += 16) {
       uint32_t a[kMT][4];
       if (st.stage == 1) {
 #pragma unroll
@@ -188,7 +201,7 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
       }
 #pragma unroll
       for (int i = 0; i < kTW; ++i) {
-        const int nt = warp + Tile::kWarps * i;
+        const int nt = wt + wpu * i;
         if (nt < ntiles) {  // warp-uniform
           uint32_t b_lo[2], b_hi[2];
           load_b_frags(b_lo, b_hi, b_tile, kKP, nt * 16, kk);
@@ -206,8 +219,8 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
       for (int mi = 0; mi < kMT; ++mi)
 #pragma unroll
         for (int i = 0; i < kTW; ++i) {
-          const int nt = warp + Tile::kWarps * i;
-          if (nt < ntiles) {
+          const int nt = wt + wpu * i;
+          if (active && nt < ntiles) {
 #pragma unroll
             for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -215,7 +228,7 @@ __global__ void __launch_bounds__(kMonarchThreads) monarch_fused_kernel(const Mo
                 const int m = mi * 16 + gq + 8 * (c / 2), col = nt * 16 + h * 8 + 2 * tq + c % 2;
                 const T v = from_f<T>(acc[mi][i][h][c]);
                 if (st.stage == 1) {  // kBT = 16: rows of 32 bytes leave the 4 quads 2 bank groups
-                  const int zc = ix.z_col(st.blk, col), jj = ix.z_block(st.blk, col);
+                  const int zc = ix.z_col(u, col), jj = ix.z_block(u, col);
                   zs[zt_slot<2 * kMT>(zc, jj, m)] = v;  // known bank conflict at kBT = 16: 2-way (above)
                 } else {
                   ys[m * yp + ys_slot(col, st.blk % kG)] = v;

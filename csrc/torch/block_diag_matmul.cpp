@@ -154,7 +154,8 @@ MonarchFused monarch_fused_args(const MonarchShape& m, const Tensor& x, int64_t 
 // plan_monarch_fused accepts the shape, dtype, alignment and this device's shared memory, else
 // two block GEMMs with the intermediate in global memory. MMM_MONARCH_FUSED=0 forces the two
 // GEMMs (benchmarks compare both); MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to
-// exercise several chunks) and MMM_MONARCH_BT=16|32 the tokens per CTA (tuning knobs);
+// exercise several chunks), MMM_MONARCH_BT=16|32 the tokens per CTA and MMM_MONARCH_UNITS=1|2|4
+// caps the stage-1 units per pipeline step (tuning knobs);
 // MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
 MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   MonarchFusedPlan none;  // not fused
@@ -166,7 +167,9 @@ MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   if (!x.is_cuda()) return plan_monarch_fused(f, kMonarchCpuTwinSmem, /*cuda=*/false, chunk, bt);
 #ifdef MMM_WITH_CUDA
   if (env_is("MMM_DISABLE_TENSOR_CORES", '1')) return none;
-  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, chunk, bt);
+  const char* units_env = std::getenv("MMM_MONARCH_UNITS");
+  const int64_t units = units_env != nullptr ? std::atoll(units_env) : 0;
+  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, chunk, bt, units);
 #else
   return none;
 #endif
@@ -207,7 +210,8 @@ Tensor monarch_matmul(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_
   return y;
 }
 
-// Which forward monarch_matmul takes for these inputs: [fused, tokens per CTA, chunk, smem bytes]
+// Which forward monarch_matmul takes for these inputs: [fused, tokens per CTA, chunk, smem bytes,
+// units per step]
 // (tests and benchmarks report it; the op itself never needs it).
 std::vector<int64_t> monarch_forward_plan_op(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_in) {
   const char* op = "monarch_forward_plan";
@@ -217,7 +221,7 @@ std::vector<int64_t> monarch_forward_plan_op(const Tensor& x_in, const Tensor& w
   auto [x, x_rs] = glue::as_rows(x_in, m.k * m.p);
   // y is allocated fresh by the op, so 16-byte aligned: stand in an aligned null pointer.
   const MonarchFusedPlan plan = monarch_forward_plan(monarch_fused_args(m, x, x_rs, w1, w2, nullptr), x);
-  return {plan.fused ? 1 : 0, plan.bt, plan.chunk, plan.smem};
+  return {plan.fused ? 1 : 0, plan.bt, plan.chunk, plan.smem, plan.units};
 }
 
 std::tuple<Tensor, Tensor, Tensor> monarch_matmul_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w1_in,
