@@ -8,8 +8,9 @@
 //                du = stage2_dx(dy, w2);  dx = block_diag_dx(du, w1);  dw1 = block_diag_dw(du, x)
 //                                                                                          5 GEMMs
 //   monarch_fused_fwd  y = monarch(x, w1, w2) by the fused kernel (monarch_fused.h): what
-//                monarch_matmul runs when the plan takes the shape; skipped (with the plan's
-//                reason) where it does not                                      1 kernel
+//                monarch_matmul runs when the plan takes the shape, timed wherever the shape
+//                fits (the JSON's "planned": whether the plan's L2 rule keeps it); skipped (with
+//                the plan's reason) where it does not fit                       1 kernel
 //   monarch_fused_fwd_u1  the same plan at one stage-1 unit per pipeline step, where the plan
 //                groups 2 or 4 (what the grouping gains, side by side)         1 kernel
 // GEMMs whose output cannot fill the GPU (the dweights) get split-K as the op gives them
@@ -255,8 +256,14 @@ int main(int argc, char** argv) {
     int device = 0;
     MMM_CHECK_CUDA(cudaGetDevice(&device));
     const int64_t smem_limit = mmm::monarch_fused_smem_limit(device);
-    const mmm::MonarchFusedPlan plan = mmm::plan_monarch_fused(mf, smem_limit, true);
-    const mmm::MonarchFusedPlan plan_u1 = mmm::plan_monarch_fused(mf, smem_limit, true, plan.chunk, plan.bt, 1);
+    // Timed wherever the shape fits (knobs.always): whether the plan's L2 rule would take it is
+    // the JSON's "planned" field.
+    mmm::MonarchFusedKnobs knobs;
+    knobs.always = true;
+    const mmm::MonarchFusedPlan plan = mmm::plan_monarch_fused(mf, smem_limit, true, knobs);
+    const bool planned = mmm::plan_monarch_fused(mf, smem_limit, true).fused;
+    knobs.chunk = plan.chunk, knobs.bt = plan.bt, knobs.units = 1;
+    const mmm::MonarchFusedPlan plan_u1 = mmm::plan_monarch_fused(mf, smem_limit, true, knobs);
     const double X = double(T) * F * es, W = double(w_elems) * es, fl = 2.0 * double(T) * w_elems;
     std::vector<Op> ops = {
         {"fwd", {g_fwd}, fl, 2 * X + W},
@@ -397,6 +404,7 @@ int main(int argc, char** argv) {
       j.integer("features", F).integer("nblocks", nb).integer("block", bsz).integer("tokens", T)
           .str("dtype", dtype_name(dt)).str("op", op.name).boolean("tensor_cores", tensor_cores)
           .integer("gemms", (long long)op.gemms.size()).boolean("fused", op.fused != nullptr)
+          .boolean("planned", op.fused != nullptr && planned)
           .integer("fused_tokens_per_cta", op.fused ? op.fused->bt : 0)
           .integer("fused_chunk", op.fused ? op.fused->chunk : 0)
           .integer("fused_units_per_step", op.fused ? op.fused->units : 0)

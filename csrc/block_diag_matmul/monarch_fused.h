@@ -28,6 +28,7 @@
 // accepts, so the CPU tests check the index map the GPU uses.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/common.h"
 
@@ -76,6 +77,18 @@ constexpr int kMonarchMaxBlock = 256;  // p, r, s and n1: accumulators stay in r
 // The CPU twin plans as the smallest-shared-memory GPU the fused kernel targets (sm_86/89: 99 KB
 // per block with opt-in), so CPU runs exercise the chunking big shapes get there.
 constexpr int64_t kMonarchCpuTwinSmem = 99 * 1024;
+// CUDA fuses only while the bytes a token costs the fused kernel in L2 reads stay within this
+// many times what the two-GEMM path moves through HBM for it (see plan_monarch_fused).
+constexpr int64_t kMonarchL2Ratio = 3;
+
+// Overrides of the plan's choices, for tests and for measuring on a GPU without rebuilding (the
+// torch glue reads them from MMM_MONARCH_* environment variables). 0 / false: the plan decides.
+struct MonarchFusedKnobs {
+  int64_t chunk = 0;    // force J (tests use it to force chunking)
+  int64_t bt = 0;       // force the tokens per CTA (16 or 32)
+  int64_t units = 0;    // cap the stage-1 units per step (1: one a step, the kernel's first form)
+  bool always = false;  // CUDA: fuse whenever the shape fits, past the L2 rule
+};
 
 struct MonarchFusedPlan {
   bool fused = false;
@@ -104,21 +117,22 @@ inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 // (bt, J) that fit `smem_limit`, the one moving the fewest bytes per token wins:
 //     x row * reads  [by rows: x re-read per chunk, l / J; by blocks: 1]
 //     + all weights / bt  [weights re-read per CTA]
-// (ties: bigger bt, bigger J). chunk_override > 0 forces J (tests use it to force chunking),
-// bt_override > 0 the tokens per CTA (16 or 32): knobs for tuning on a GPU without rebuilding.
+// (ties: bigger bt, bigger J); `knobs` may force J and bt.
+// The L2 rule (CUDA): every CTA streams all the weights from L2 for only 16-32 tokens, so for
+// big blocks those bytes outgrow what fusing saves, the two-GEMM path's HBM traffic of
+// x + 2u + y per token (its GEMM tiles re-read the weights per 128 tokens or more). Fusing is
+// kept while the bytes above are at most kMonarchL2Ratio times that: an H100's L2 serves
+// roughly 2-2.5x its HBM bandwidth (an H200's less), so 3 gives up only shapes the fused
+// kernel cannot win (8192 features as 64 blocks of 128: 288 KB a token from L2 against 64 KB
+// from HBM) and keeps 4096 (48 KB against 32 KB) and 8192 as 128 blocks of 64 (144 KB against
+// 64 KB). A guess until measured (bench/cpp times both paths; knobs.always fuses anyway).
 // Then, on CUDA, units per step U: a stage-1 unit of n1 < 64 columns has fewer 16-wide tiles
 // than the CTA has warps, so U = 2 or 4 units share a step (4 / U warps each) where U * n1 <= 64,
 // U <= the units of a chunk and the U x slices still fit: fewer pipeline steps (each a barrier
-// and a dependent MMA chain) for the same shared-memory traffic per MMA. units_override > 0
-// caps U (1: one unit a step, the kernel's first form), a knob to measure what U gains.
-// Not modelled yet (to measure): occupancy (CTAs per SM), per-step latency, and whether fusing
-// pays at all for big blocks: every CTA streams all weights from L2 for only 16-32 tokens
-// (4096 features, blocks of 64: 1 MB per 32 tokens, ~2x the x + y bytes of those tokens), so a
-// rule "fuse only when the weights per CTA are small against its activations" may be needed
-// once the benchmark's "fused x" column has been measured.
+// and a dependent MMA chain) for the same shared-memory traffic per MMA; knobs.units caps U.
+// Not modelled yet (to measure): occupancy (CTAs per SM) and per-step latency.
 inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
-                                           int64_t chunk_override = 0, int64_t bt_override = 0,
-                                           int64_t units_override = 0) {
+                                           const MonarchFusedKnobs& knobs = {}) {
   MonarchFusedPlan plan;
   const auto no = [&plan](const char* why) { plan.why = why; return plan; };
   const auto fits = [](int64_t v) { return v >= 16 && v % 16 == 0 && v <= kMonarchMaxBlock; };
@@ -139,11 +153,11 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
   const int64_t x_row = f.k * f.p * elem, w_all = (f.k * f.q * f.p + f.l * f.s * f.r) * elem;
   int64_t best = -1;
   for (int bt : {32, 16}) {
-    if (bt_override > 0 && bt != bt_override) continue;
+    if (knobs.bt > 0 && bt != knobs.bt) continue;
     for (int64_t J = f.l; J >= 16; J -= 16) {
       if (f.l % J != 0 || (!by_rows && J % f.q != 0)) continue;
       if (MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1() > kMonarchMaxBlock) continue;
-      if (chunk_override > 0 && J != chunk_override) continue;
+      if (knobs.chunk > 0 && J != knobs.chunk) continue;
       const int64_t smem = monarch_fused_smem(f, bt, J, 1);
       if (smem > smem_limit) continue;
       const int64_t cost = x_row * (by_rows ? f.l / J : 1) + w_all / bt;
@@ -154,15 +168,21 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
     }
   }
   if (!plan.fused) {
-    plan.why = chunk_override > 0 || bt_override > 0 ? "the forced chunk / tokens per CTA do not fit"
-                                                     : "no chunk fits in shared memory";
+    plan.why = knobs.chunk > 0 || knobs.bt > 0 ? "the forced chunk / tokens per CTA do not fit"
+                                               : "no chunk fits in shared memory";
+    return plan;
+  }
+  const int64_t two_gemm_bytes = elem * (f.k * f.p + 2 * f.k * f.q + f.l * f.s);
+  if (cuda && !knobs.always && best > kMonarchL2Ratio * two_gemm_bytes) {
+    plan.fused = false;
+    plan.why = "the weights each CTA streams from L2 outweigh the activation traffic fusing saves";
     return plan;
   }
   const MonarchIndex<int64_t> ix(f.k, f.q, f.l, f.r, plan.chunk);
   for (int U : {4, 2}) {
     const int64_t smem = monarch_fused_smem(f, plan.bt, plan.chunk, U);
     if (cuda && U * ix.n1() <= 16 * (kMonarchThreads / 32) && U <= ix.units() && smem <= smem_limit &&
-        (units_override <= 0 || U <= units_override)) {
+        (knobs.units <= 0 || U <= knobs.units)) {
       plan.units = U, plan.smem = smem;
       break;
     }

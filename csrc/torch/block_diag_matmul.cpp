@@ -153,23 +153,26 @@ MonarchFused monarch_fused_args(const MonarchShape& m, const Tensor& x, int64_t 
 // THE place that picks monarch_matmul's forward: the fused kernel (on the CPU, its twin) when
 // plan_monarch_fused accepts the shape, dtype, alignment and this device's shared memory, else
 // two block GEMMs with the intermediate in global memory. MMM_MONARCH_FUSED=0 forces the two
-// GEMMs (benchmarks compare both); MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to
-// exercise several chunks), MMM_MONARCH_BT=16|32 the tokens per CTA and MMM_MONARCH_UNITS=1|2|4
-// caps the stage-1 units per pipeline step (tuning knobs);
-// MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
+// GEMMs (benchmarks compare both) and =1 fuses wherever the shape fits (past the plan's L2
+// rule); MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to exercise several chunks),
+// MMM_MONARCH_BT=16|32 the tokens per CTA and MMM_MONARCH_UNITS=1|2|4 caps the stage-1 units per
+// pipeline step (tuning knobs); MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
 MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   MonarchFusedPlan none;  // not fused
   if (env_is("MMM_MONARCH_FUSED", '0')) return none;
-  const char* chunk_env = std::getenv("MMM_MONARCH_CHUNK");
-  const int64_t chunk = chunk_env != nullptr ? std::atoll(chunk_env) : 0;
-  const char* bt_env = std::getenv("MMM_MONARCH_BT");
-  const int64_t bt = bt_env != nullptr ? std::atoll(bt_env) : 0;
-  if (!x.is_cuda()) return plan_monarch_fused(f, kMonarchCpuTwinSmem, /*cuda=*/false, chunk, bt);
+  const auto env_int = [](const char* name) -> int64_t {
+    const char* v = std::getenv(name);
+    return v != nullptr ? std::atoll(v) : 0;
+  };
+  MonarchFusedKnobs knobs;
+  knobs.chunk = env_int("MMM_MONARCH_CHUNK");
+  knobs.bt = env_int("MMM_MONARCH_BT");
+  knobs.units = env_int("MMM_MONARCH_UNITS");
+  knobs.always = env_is("MMM_MONARCH_FUSED", '1');
+  if (!x.is_cuda()) return plan_monarch_fused(f, kMonarchCpuTwinSmem, /*cuda=*/false, knobs);
 #ifdef MMM_WITH_CUDA
   if (env_is("MMM_DISABLE_TENSOR_CORES", '1')) return none;
-  const char* units_env = std::getenv("MMM_MONARCH_UNITS");
-  const int64_t units = units_env != nullptr ? std::atoll(units_env) : 0;
-  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, chunk, bt, units);
+  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, knobs);
 #else
   return none;
 #endif

@@ -127,7 +127,9 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
   Buffer x = random_buffer(rng, t, tokens * f.x_rs), w1 = random_buffer(rng, t, k * q * p), w2 = random_buffer(rng, t, l * s * r);
   Buffer y_cpu(size_t(tokens * f.y_rs) * 2);
   f.x = x.data(); f.w1 = w1.data(); f.w2 = w2.data(); f.y = y_cpu.data();
-  const MonarchFusedPlan plan = plan_monarch_fused(f, monarch_fused_smem_limit(0), true, chunk, bt, units);
+  MonarchFusedKnobs knobs;
+  knobs.chunk = chunk, knobs.bt = bt, knobs.units = units;
+  const MonarchFusedPlan plan = plan_monarch_fused(f, monarch_fused_smem_limit(0), true, knobs);
   if (!plan.fused) { std::printf("BAD monarch %s: not fused: %s\n", name, plan.why); return 1; }
   monarch_fused_cpu(f, plan, 0, monarch_fused_cpu_tasks(f, plan));
   // M2[t][col]: Σ_i |u| |w2| in fp64 (u from fp64 stage 1, unrounded: first order is enough).

@@ -123,7 +123,9 @@ def monarch_forward_plan(x: Tensor, w1: Tensor, w2: Tensor) -> dict:
     "units_per_step": int}``: ``chunk`` is the number of stage-2 blocks whose inputs are kept on
     chip at once (x is read ``l / chunk`` times; once when it equals ``l``); ``units_per_step``
     (CUDA; 1 on the CPU) how many of the first stage's small GEMMs share a pipeline step. The
-    environment variables the op reads are honoured: ``MMM_MONARCH_FUSED=0`` (always two GEMMs),
+    environment variables the op reads are honoured: ``MMM_MONARCH_FUSED=0`` (always two GEMMs)
+    or ``=1`` (fused wherever the shape fits, past the CUDA plan's rule that keeps the two GEMMs
+    when the weights each CTA streams from L2 outweigh the activation traffic fusing saves),
     ``MMM_MONARCH_CHUNK=J`` (force the chunk), ``MMM_MONARCH_BT=16|32``,
     ``MMM_MONARCH_UNITS=1|2|4`` (cap the units per step), ``MMM_DISABLE_TENSOR_CORES=1`` (CUDA: no
     fused kernel).
