@@ -592,8 +592,8 @@ def test_monarch_fused_token_tails(device, monkeypatch, tokens, bt, shapes):
 @pytest.mark.parametrize("shapes", [MONARCH_FUSED[i] for i in (0, 2, 6, 8)], ids=_mid)
 def test_monarch_fused_units_per_step(device, monkeypatch, shapes, cap):
     """On CUDA, stage-1 GEMMs of n1 <= 32 columns go 2 or 4 to a pipeline step (64 / n1, so that
-    each warp has a 16-column tile); MMM_MONARCH_UNITS caps it. Every setting computes the same
-    map. The CPU twin has no pipeline steps: always 1."""
+    each warp has a 16-column tile), stage-2 blocks of s <= 32 likewise; MMM_MONARCH_UNITS caps
+    both. Every setting computes the same map. The CPU twin has no pipeline steps: always 1."""
     (k, q, p), (l, s, r) = shapes
     chunk = _smallest_chunk(shapes)
     _set_chunk(monkeypatch, chunk)
@@ -602,7 +602,8 @@ def test_monarch_fused_units_per_step(device, monkeypatch, shapes, cap):
     plan = monarch_forward_plan(x, w1, w2)
     assert plan["fused"] and plan["chunk"] == chunk, plan
     n1 = (q // l) * chunk if q % l == 0 else q
-    assert plan["units_per_step"] == (1 if device == "cpu" else min(cap, 64 // n1)), plan
+    assert plan["units_per_step"] == (1 if device == "cpu" else min(cap, max(1, 64 // n1))), plan
+    assert plan["blocks_per_step"] == (1 if device == "cpu" else min(cap, max(1, 64 // s))), plan
     check_monarch(x, w1, w2)
 
 

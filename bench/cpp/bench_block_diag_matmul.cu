@@ -11,8 +11,8 @@
 //                monarch_matmul runs when the plan takes the shape, timed wherever the shape
 //                fits (the JSON's "planned": whether the plan's L2 rule keeps it); skipped (with
 //                the plan's reason) where it does not fit                       1 kernel
-//   monarch_fused_fwd_u1  the same plan at one stage-1 unit per pipeline step, where the plan
-//                groups 2 or 4 (what the grouping gains, side by side)         1 kernel
+//   monarch_fused_fwd_u1  the same plan at one GEMM (stage-1 unit, stage-2 block) per pipeline
+//                step, where the plan groups 2 or 4 (what grouping gains, side by side)  1 kernel
 // GEMMs whose output cannot fill the GPU (the dweights) get split-K as the op gives them
 // (block_gemm_cuda_splits; workspace allocated here).
 // Sweep: (features, nblocks) in {(1024, 32), (4096, 64), (8192, 64), (8192, 128)}, square blocks
@@ -273,7 +273,7 @@ int main(int argc, char** argv) {
     };
     if (tensor_cores && plan.fused) {
       ops.push_back({"monarch_fused_fwd", {}, 2 * fl, 2 * X + 2 * W, &plan});
-      if (plan.units > 1) ops.push_back({"monarch_fused_fwd_u1", {}, 2 * fl, 2 * X + 2 * W, &plan_u1});
+      if (plan.units > 1 || plan.blocks > 1) ops.push_back({"monarch_fused_fwd_u1", {}, 2 * fl, 2 * X + 2 * W, &plan_u1});
     } else
       std::printf("%s: monarch_fused_fwd skipped: %s\n", tag.c_str(),
                   tensor_cores ? plan.why : "tensor cores off");
@@ -408,6 +408,7 @@ int main(int argc, char** argv) {
           .integer("fused_tokens_per_cta", op.fused ? op.fused->bt : 0)
           .integer("fused_chunk", op.fused ? op.fused->chunk : 0)
           .integer("fused_units_per_step", op.fused ? op.fused->units : 0)
+          .integer("fused_blocks_per_step", op.fused ? op.fused->blocks : 0)
           .num("useful_flops", op.flops)
           .num("bytes", op.bytes)
           .num("TFLOPs", tflops).num("GBps", gbps).num("pct_copy_bw", pct).str("check", check_str)

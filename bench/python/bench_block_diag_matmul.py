@@ -267,7 +267,7 @@ def forward_path(c: Case, inp: dict[str, Any]) -> str:
     plan = monarch_forward_plan(inp["x"], *inp["ws"])
     if not plan["fused"]:
         return "2 GEMMs"
-    return f"fused J={plan['chunk']} bt={plan['tokens_per_cta']} U={plan['units_per_step']}"
+    return f"fused J={plan['chunk']} bt={plan['tokens_per_cta']} U={plan['units_per_step']} V={plan['blocks_per_step']}"
 
 
 def reference_fn(c: Case) -> Callable[..., torch.Tensor]:

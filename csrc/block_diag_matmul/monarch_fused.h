@@ -86,7 +86,7 @@ constexpr int64_t kMonarchL2Ratio = 3;
 struct MonarchFusedKnobs {
   int64_t chunk = 0;    // force J (tests use it to force chunking)
   int64_t bt = 0;       // force the tokens per CTA (16 or 32)
-  int64_t units = 0;    // cap the stage-1 units per step (1: one a step, the kernel's first form)
+  int64_t units = 0;    // cap the GEMMs per step, stage-1 units and stage-2 blocks (1: one a step)
   bool always = false;  // CUDA: fuse whenever the shape fits, past the L2 rule
 };
 
@@ -95,16 +95,19 @@ struct MonarchFusedPlan {
   int bt = 0;          // tokens per CTA (CUDA) / per task (CPU)
   int chunk = 0;       // J: stage-2 blocks per chunk
   int units = 1;       // CUDA: stage-1 units per pipeline step (1, 2 or 4; see below)
+  int blocks = 1;      // CUDA: stage-2 blocks per pipeline step (1, 2 or 4)
   int64_t smem = 0;    // dynamic shared memory bytes per CTA (CUDA)
   const char* why = "";  // when not fused
 };
 
 // Shared-memory bytes of one CTA: kMonarchStages buffers of U x slices (bt, 64) and a weight
-// slice (max(U*n1, s), 64), the chunk's intermediate z (J*r, bt: stored transposed, swizzled, no
-// padding) and the output staging (bt, 8*s + 8); the +8 pads make every row pitch 16 mod 128
+// slice (max(U*n1, V*s), 64), the chunk's intermediate z (J*r, bt: stored transposed, swizzled,
+// no padding) and the output staging (bt, 8*s + 8); the +8 pads make every row pitch 16 mod 128
 // bytes (conflict-free ldmatrix).
-inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, int64_t U, int64_t elem = 2) {
-  const int64_t n1 = MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1(), nw = U * n1 > f.s ? U * n1 : f.s;
+inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, int64_t U, int64_t V,
+                                  int64_t elem = 2) {
+  const int64_t n1 = MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1();
+  const int64_t nw = U * n1 > V * f.s ? U * n1 : V * f.s;
   return elem * (kMonarchStages * (U * bt + nw) * kMonarchKPitch + J * f.r * bt + bt * (kMonarchYGroup * f.s + 8));
 }
 
@@ -126,10 +129,11 @@ inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 // kernel cannot win (8192 features as 64 blocks of 128: 288 KB a token from L2 against 64 KB
 // from HBM) and keeps 4096 (48 KB against 32 KB) and 8192 as 128 blocks of 64 (144 KB against
 // 64 KB). A guess until measured (bench/cpp times both paths; knobs.always fuses anyway).
-// Then, on CUDA, units per step U: a stage-1 unit of n1 < 64 columns has fewer 16-wide tiles
-// than the CTA has warps, so U = 2 or 4 units share a step (4 / U warps each) where U * n1 <= 64,
+// Then, on CUDA, GEMMs per step: a stage-1 unit of n1 < 64 columns has fewer 16-wide tiles than
+// the CTA has warps, so U = 2 or 4 units share a step (4 / U warps each) where U * n1 <= 64,
 // U <= the units of a chunk and the U x slices still fit: fewer pipeline steps (each a barrier
-// and a dependent MMA chain) for the same shared-memory traffic per MMA; knobs.units caps U.
+// and a dependent MMA chain) for the same shared-memory traffic per MMA. Stage 2 likewise groups
+// V = 2 or 4 blocks where V * s <= 64. knobs.units caps both.
 // Not modelled yet (to measure): occupancy (CTAs per SM) and per-step latency.
 inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
                                            const MonarchFusedKnobs& knobs = {}) {
@@ -158,7 +162,7 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
       if (f.l % J != 0 || (!by_rows && J % f.q != 0)) continue;
       if (MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1() > kMonarchMaxBlock) continue;
       if (knobs.chunk > 0 && J != knobs.chunk) continue;
-      const int64_t smem = monarch_fused_smem(f, bt, J, 1);
+      const int64_t smem = monarch_fused_smem(f, bt, J, 1, 1);
       if (smem > smem_limit) continue;
       const int64_t cost = x_row * (by_rows ? f.l / J : 1) + w_all / bt;
       if (best < 0 || cost < best) {
@@ -178,15 +182,18 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
     plan.why = "the weights each CTA streams from L2 outweigh the activation traffic fusing saves";
     return plan;
   }
+  if (!cuda) return plan;
   const MonarchIndex<int64_t> ix(f.k, f.q, f.l, f.r, plan.chunk);
-  for (int U : {4, 2}) {
-    const int64_t smem = monarch_fused_smem(f, plan.bt, plan.chunk, U);
-    if (cuda && U * ix.n1() <= 16 * (kMonarchThreads / 32) && U <= ix.units() && smem <= smem_limit &&
-        (knobs.units <= 0 || U <= knobs.units)) {
-      plan.units = U, plan.smem = smem;
-      break;
+  const int64_t cols = 16 * (kMonarchThreads / 32);  // one 16-wide tile per warp
+  const auto allowed = [&](int G, int64_t n) { return G * n <= cols && (knobs.units <= 0 || G <= knobs.units); };
+  for (int U : {4, 2, 1})
+    for (int V : {4, 2, 1}) {
+      const int64_t smem = monarch_fused_smem(f, plan.bt, plan.chunk, U, V);
+      if ((U == 1 || (allowed(U, ix.n1()) && U <= ix.units())) && (V == 1 || allowed(V, f.s)) && smem <= smem_limit) {
+        plan.units = U, plan.blocks = V, plan.smem = smem;
+        return plan;
+      }
     }
-  }
   return plan;
 }
 

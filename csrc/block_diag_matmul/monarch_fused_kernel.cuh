@@ -10,7 +10,8 @@
 //       last slice: accumulators -> z[m][z_col(u, e)] (the permutation: a store address)
 //       (U = plan.units: 1, or 2 / 4 when n1 <= 32 / 16, so that every warp has a column tile;
 //       the group's units sit side by side in the step's buffers, 4 / U warps on each)
-//     stage 2, for every jj < J, K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
+//     stage 2, for every group of V blocks jj < J (V = plan.blocks: 2 / 4 when s <= 32 / 16, as
+//     U), K-slices of r:       (kBT, s) += z[:, jj*r + ks..] * w2[j0+jj][:, ks..]^T
 //       last slice: accumulators -> ys[m][t2*8 + jj%8]; after every 8th jj, ys -> y with 16-byte
 //       stores: y[t, t2*l + j0 + 8g .. +8] is contiguous (monarch_y_col). Inside each 16-byte
 //       group the four 32-bit words are XOR-permuted by (t2 / 2) % 4 (ys_slot): the 4 lanes of an
@@ -32,8 +33,8 @@
 //     barrier, then the 16-byte flush to y).
 // x rows past the last token are zero-filled by cp.async (src-size 0) and never stored.
 // Warps split each step's output columns in 16-wide tiles (warp w: tiles w, w+4, w+8, w+12; at
-// most 256 columns; with U units a step, unit w / (4/U), tiles w % (4/U) + (4/U)*i) and all kBT
-// rows: accumulators kMT x 4 x 2 x 4 floats per thread.
+// most 256 columns; with G = U or V GEMMs a step, GEMM w / (4/G), tiles w % (4/G) + (4/G)*i) and
+// all kBT rows: accumulators kMT x 4 x 2 x 4 floats per thread.
 #pragma once
 #include "block_diag_matmul/monarch_fused.h"
 #include "core/cp_async.cuh"
@@ -77,17 +78,18 @@ __device__ __forceinline__ uint4 ys_unpermute(uint4 v, int t2) {
 // on sm_90; it needs ~145 (the accumulators alone are kMT x 32 floats), and one CTA per SM is
 // what the big shapes get anyway (their shared memory).
 template <typename T, int kMT>
-__global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const MonarchFused f, const int J, const int U) {
+__global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const MonarchFused f, const int J, const int U,
+                                                                          const int V) {
   using Tile = MonarchFusedTile<kMT>;
   constexpr int kBT = Tile::kBT, kKS = Tile::kKS, kKP = Tile::kKP, kG = Tile::kG, kTW = Tile::kTilesPerWarp;
   const int k = int(f.k), q = int(f.q), p = int(f.p), l = int(f.l), s = int(f.s), r = int(f.r);
   const MonarchIndex<int> ix(k, q, l, r, J);
-  const int n1 = ix.n1(), nw = U * n1 > s ? U * n1 : s;
+  const int n1 = ix.n1(), nw = max(U * n1, V * s);
   const int yp = kG * s + 8;  // row pitch of ys (16 mod 128 bytes)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kS = kMonarchStages;
   T* xs = reinterpret_cast<T*>(smem_raw);  // (kS, U, kBT, kKP): x K-slices
-  T* ws = xs + kS * U * kBT * kKP;         // (kS, nw, kKP): weight K-slices, [n][k]; unit i's at rows i*n1
+  T* ws = xs + kS * U * kBT * kKP;         // (kS, nw, kKP): weight K-slices, [n][k]; GEMM i's at rows i*n1 / i*s
   T* zs = ws + kS * nw * kKP;              // (J*r, kBT): the chunk's permuted intermediate, transposed
   T* ys = zs + J * r * kBT;                // (kBT, yp): 8 stage-2 blocks' outputs, [m][t2][jj%8]
 
@@ -98,11 +100,11 @@ __global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const
   const int64_t tok0 = int64_t(blockIdx.x) * kBT;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
 
-  // The step sequence: per chunk, ceil(units / U)*P1 stage-1 steps then J*P2 stage-2 steps.
+  // The step sequence: per chunk, ceil(units / U)*P1 stage-1 steps then (J / V)*P2 stage-2 steps.
   const int P1 = (p + kKS - 1) / kKS, P2 = (r + kKS - 1) / kKS, units = ix.units();
-  const int S1 = (units + U - 1) / U * P1, S = S1 + J * P2, G = (l / J) * S;
+  const int S1 = (units + U - 1) / U * P1, S = S1 + J / V * P2, G = (l / J) * S;
   struct Step {
-    int j0, stage, blk, kc, ks, len;  // blk: unit group (units blk*U ..) (stage 1) or jj (stage 2)
+    int j0, stage, blk, kc, ks, len;  // blk: group of units blk*U.. (stage 1) or blocks jj = blk*V.. (stage 2)
   };
   const auto decode = [&](int g) {
     Step st;
@@ -139,12 +141,12 @@ __global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const
         const int64_t row = ix.block(st.j0, u0 + ue / n1) * q + ix.w1_row(st.j0, ue % n1);
         cp_async_16(wdst + ue * kKP + ch * 8, W1 + row * p + st.ks + ch * 8, true);
       }
-    } else {
-      const int64_t blk = st.j0 + st.blk;
-      for (int i = tid; i < s * cpr; i += Tile::kThreads) {
-        int t2, ch;
-        padded_tile_chunk(i, cpr, s, t2, ch);
-        cp_async_16(wdst + t2 * kKP + ch * 8, W2 + (blk * s + t2) * r + st.ks + ch * 8, true);
+    } else {  // the group's V blocks of w2, s rows each, side by side
+      for (int i = tid; i < V * s * cpr; i += Tile::kThreads) {
+        int vt, ch;
+        padded_tile_chunk(i, cpr, V * s, vt, ch);
+        const int64_t row = int64_t(st.j0 + st.blk * V + vt / s) * s + vt % s;
+        cp_async_16(wdst + vt * kKP + ch * 8, W2 + row * r + st.ks + ch * 8, true);
       }
     }
   };
@@ -178,14 +180,15 @@ __global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const
     const Step st = decode(g);
     const int buf = g % kS;
     const int ntiles = (st.stage == 1 ? n1 : s) / 16;
-    // This warp's share: stage 1, unit slot us of the group (unit u) and column tiles wt + wpu*i;
-    // stage 2, column tiles warp + 4*i.
-    const int wpu = st.stage == 1 ? Tile::kWarps / U : Tile::kWarps, us = warp / wpu, wt = warp % wpu;
-    const int u = st.blk * U + us;
+    // This warp's share: GEMM slot us of the step's group (unit u or block jj) and its column
+    // tiles wt + wpu*i.
+    const int wpu = Tile::kWarps / (st.stage == 1 ? U : V), us = warp / wpu, wt = warp % wpu;
+    const int u = st.blk * U + us, jj = st.blk * V + us;
     const T* x_tile = xs + (buf * U + us) * kBT * kKP;
-    const T* b_tile = ws + (buf * nw + (st.stage == 1 ? us * n1 : 0)) * kKP;
-    // A warp with no column tile in this step (n1 < 64 / U, or a group short of U units at the
-    // end of a chunk) skips the step: its A fragments would be ldmatrix traffic for no MMA.
+    const T* b_tile = ws + (buf * nw + us * (st.stage == 1 ? n1 : s)) * kKP;
+    // A warp with no column tile in this step (fewer than 4 / U or 4 / V tiles, or a group short
+    // of U units at the end of a chunk) skips it: its A fragments would be ldmatrix traffic for
+    // no MMA.
     const bool active = wt < ntiles && (st.stage == 2 || u < units);
     for (int kk = 0; kk < (active ? st.len : 0); kk += 16) {
       uint32_t a[kMT][4];
@@ -194,10 +197,10 @@ __global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const
         for (int mi = 0; mi < kMT; ++mi) load_a_frag(a[mi], x_tile, kKP, mi * 16, kk);
       } else {  // A(m, k) = zT[zc][m]: ldmatrix .trans of matrix j at z rows zc0 + 8*(j/2) + lane%8,
                 // tokens mi*16 + 8*(j%2) (core/mma.cuh's A register order: j%2 rows 8-15, j/2 k 8-15)
-        const int j = lane / 8, zc = st.blk * r + st.ks + kk + 8 * (j / 2) + lane % 8;
+        const int j = lane / 8, zc = jj * r + st.ks + kk + 8 * (j / 2) + lane % 8;
 #pragma unroll
         for (int mi = 0; mi < kMT; ++mi)
-          ldmatrix_x4_trans(a[mi], zs + zt_slot<2 * kMT>(zc, st.blk, mi * 16 + 8 * (j % 2)));
+          ldmatrix_x4_trans(a[mi], zs + zt_slot<2 * kMT>(zc, jj, mi * 16 + 8 * (j % 2)));
       }
 #pragma unroll
       for (int i = 0; i < kTW; ++i) {
@@ -231,15 +234,16 @@ __global__ void __launch_bounds__(kMonarchThreads, 1) monarch_fused_kernel(const
                   const int zc = ix.z_col(u, col), jj = ix.z_block(u, col);
                   zs[zt_slot<2 * kMT>(zc, jj, m)] = v;  // known bank conflict at kBT = 16: 2-way (above)
                 } else {
-                  ys[m * yp + ys_slot(col, st.blk % kG)] = v;
+                  ys[m * yp + ys_slot(col, jj % kG)] = v;
                 }
               }
           }
         }
       clear();
-      if (st.stage == 2 && st.blk % kG == kG - 1) {  // CTA-uniform
+      const int last_jj = st.blk * V + V - 1;  // of the step (V divides kG)
+      if (st.stage == 2 && last_jj % kG == kG - 1) {  // CTA-uniform
         __syncthreads();  // every warp's ys columns written
-        const int jg = st.blk - (kG - 1);
+        const int jg = last_jj - (kG - 1);
         for (int i = tid; i < kBT * s; i += Tile::kThreads) {
           const int m = i / s, t2 = i % s;
           if (tok0 + m < f.tokens)

@@ -18,7 +18,7 @@ const char* launch(const MonarchFused& f, const MonarchFusedPlan& plan, cudaStre
   if (err != cudaSuccess) return cudaGetErrorString(err);
   const int64_t ctas = ceil_div(f.tokens, MonarchFusedTile<kMT>::kBT);
   if (ctas > INT_MAX) return "monarch_fused: too many tokens for one launch";
-  kernel<<<unsigned(ctas), kMonarchThreads, size_t(plan.smem), stream>>>(f, plan.chunk, plan.units);
+  kernel<<<unsigned(ctas), kMonarchThreads, size_t(plan.smem), stream>>>(f, plan.chunk, plan.units, plan.blocks);
   err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
@@ -41,7 +41,9 @@ int64_t monarch_fused_smem_limit(int device) {
 const char* launch_monarch_fused(const MonarchFused& f, const MonarchFusedPlan& plan, void* stream_ptr) {
   if (f.tokens == 0) return nullptr;
   if (!plan.fused) return "monarch_fused: launched without a fused plan";
-  if (plan.units != 1 && plan.units != 2 && plan.units != 4) return "monarch_fused: units per step must be 1, 2 or 4";
+  const auto one_two_four = [](int g) { return g == 1 || g == 2 || g == 4; };
+  if (!one_two_four(plan.units) || !one_two_four(plan.blocks))
+    return "monarch_fused: units and blocks per step must be 1, 2 or 4";
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   switch (f.dtype) {
     case DType::kFloat16: return launch_bt<__half>(f, plan, stream);

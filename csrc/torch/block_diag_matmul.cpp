@@ -155,8 +155,8 @@ MonarchFused monarch_fused_args(const MonarchShape& m, const Tensor& x, int64_t 
 // two block GEMMs with the intermediate in global memory. MMM_MONARCH_FUSED=0 forces the two
 // GEMMs (benchmarks compare both) and =1 fuses wherever the shape fits (past the plan's L2
 // rule); MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to exercise several chunks),
-// MMM_MONARCH_BT=16|32 the tokens per CTA and MMM_MONARCH_UNITS=1|2|4 caps the stage-1 units per
-// pipeline step (tuning knobs); MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
+// MMM_MONARCH_BT=16|32 the tokens per CTA and MMM_MONARCH_UNITS=1|2|4 caps the small GEMMs per
+// pipeline step (stage-1 units, stage-2 blocks) (tuning knobs); MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
 MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   MonarchFusedPlan none;  // not fused
   if (env_is("MMM_MONARCH_FUSED", '0')) return none;
@@ -214,7 +214,7 @@ Tensor monarch_matmul(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_
 }
 
 // Which forward monarch_matmul takes for these inputs: [fused, tokens per CTA, chunk, smem bytes,
-// units per step]
+// stage-1 units per step, stage-2 blocks per step]
 // (tests and benchmarks report it; the op itself never needs it).
 std::vector<int64_t> monarch_forward_plan_op(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_in) {
   const char* op = "monarch_forward_plan";
@@ -224,7 +224,7 @@ std::vector<int64_t> monarch_forward_plan_op(const Tensor& x_in, const Tensor& w
   auto [x, x_rs] = glue::as_rows(x_in, m.k * m.p);
   // y is allocated fresh by the op, so 16-byte aligned: stand in an aligned null pointer.
   const MonarchFusedPlan plan = monarch_forward_plan(monarch_fused_args(m, x, x_rs, w1, w2, nullptr), x);
-  return {plan.fused ? 1 : 0, plan.bt, plan.chunk, plan.smem, plan.units};
+  return {plan.fused ? 1 : 0, plan.bt, plan.chunk, plan.smem, plan.units, plan.blocks};
 }
 
 std::tuple<Tensor, Tensor, Tensor> monarch_matmul_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w1_in,

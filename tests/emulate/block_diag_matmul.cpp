@@ -165,8 +165,9 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
     if (mode == 0) first = y;
     const bool same = mode == 0 || first == y;
     const bool ok = !cmp.bad && same && banks.conflict_free();
-    std::printf("%s monarch %-41s %-4s %-5s bt %d J %d U %d smem %" PRId64 " units %.2f%s%s\n", ok ? "OK " : "BAD",
-                name, tname(t), mode == 0 ? "lazy" : "eager", plan.bt, plan.chunk, plan.units, plan.smem, cmp.units,
+    std::printf("%s monarch %-41s %-4s %-5s bt %d J %d U %d V %d smem %" PRId64 " units %.2f%s%s\n",
+                ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", plan.bt, plan.chunk, plan.units,
+                plan.blocks, plan.smem, cmp.units,
                 same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);
     std::printf("    %s\n", banks.summary().c_str());
@@ -188,7 +189,9 @@ int main(int argc, char** argv) {
     bad += run_gemm(block_diag_fwd(nullptr, 64 * 64, nullptr, nullptr, 64 * 64, 256, 64, 64, 64, B),
                     "steady: block_diag fwd 4096 features, 64 blocks, T256");
     bad += run_monarch(64, 64, 64, 64, 64, 64, B, 0, 0, "steady: 4096 features, blocks of 64, T64");
-    bad += run_monarch(64, 64, 64, 64, 64, 64, B, 0, 0, "steady: the same, one unit a step", 1);
+    bad += run_monarch(64, 64, 64, 64, 64, 64, B, 0, 0, "steady: the same, one GEMM a step", 1);
+    bad += run_monarch(64, 32, 32, 32, 32, 32, B, 0, 0, "steady: 1024 features, blocks of 32, T64");
+    bad += run_monarch(64, 32, 32, 32, 32, 32, B, 0, 0, "steady: the same, one GEMM a step", 1);
     std::printf(bad ? "FAILURES: %d\n" : "all ok %d\n", bad);
     return bad != 0;
   }
@@ -242,10 +245,10 @@ int main(int argc, char** argv) {
 
   // Fused Monarch forward.  tokens k q p l s
   bad += run_monarch(45, 8, 64, 16, 32, 16, H, 0, 0, "by rows k8 q64 p16 l32 s16");
-  bad += run_monarch(45, 8, 64, 16, 32, 16, B, 16, 16, "by rows, J16 < l32, bt16 (n1 32: 2 units a step)");
-  bad += run_monarch(45, 8, 64, 16, 32, 16, H, 16, 16, "the same, one unit a step", 1);
+  bad += run_monarch(45, 8, 64, 16, 32, 16, B, 16, 16, "by rows, J16 < l32, bt16 (n1 32, s16: U2 V4)");
+  bad += run_monarch(45, 8, 64, 16, 32, 16, H, 16, 16, "the same, one GEMM a step", 1);
   bad += run_monarch(40, 32, 16, 16, 32, 32, B, 0, 32, "by blocks k32 q16 p16 l32 s32 bt32 (4 units)");
-  bad += run_monarch(40, 32, 16, 16, 32, 32, H, 16, 16, "by blocks J16 bt16, 2 units a step", 2);
+  bad += run_monarch(40, 32, 16, 16, 32, 32, H, 16, 16, "by blocks J16 bt16, 2 GEMMs a step", 2);
   bad += run_monarch(37, 32, 32, 32, 64, 16, B, 32, 32, "by blocks q32 l64 J32 (2 units a step, 2 chunks)");
   bad += run_monarch(33, 16, 80, 80, 16, 16, H, 0, 16, "by rows p80 r80 (2 K slices) bt16");
 

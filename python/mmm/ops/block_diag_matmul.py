@@ -120,19 +120,20 @@ def monarch_forward_plan(x: Tensor, w1: Tensor, w2: Tensor) -> dict:
     """Which forward :func:`monarch_matmul` takes for these inputs on their device.
 
     Returns ``{"fused": bool, "tokens_per_cta": int, "chunk": int, "smem_bytes": int,
-    "units_per_step": int}``: ``chunk`` is the number of stage-2 blocks whose inputs are kept on
-    chip at once (x is read ``l / chunk`` times; once when it equals ``l``); ``units_per_step``
-    (CUDA; 1 on the CPU) how many of the first stage's small GEMMs share a pipeline step. The
+    "units_per_step": int, "blocks_per_step": int}``: ``chunk`` is the number of stage-2 blocks
+    whose inputs are kept on chip at once (x is read ``l / chunk`` times; once when it equals
+    ``l``); ``units_per_step`` and ``blocks_per_step`` (CUDA; 1 on the CPU) how many of the first
+    and the second stage's small GEMMs share a pipeline step. The
     environment variables the op reads are honoured: ``MMM_MONARCH_FUSED=0`` (always two GEMMs)
     or ``=1`` (fused wherever the shape fits, past the CUDA plan's rule that keeps the two GEMMs
     when the weights each CTA streams from L2 outweigh the activation traffic fusing saves),
     ``MMM_MONARCH_CHUNK=J`` (force the chunk), ``MMM_MONARCH_BT=16|32``,
-    ``MMM_MONARCH_UNITS=1|2|4`` (cap the units per step), ``MMM_DISABLE_TENSOR_CORES=1`` (CUDA: no
+    ``MMM_MONARCH_UNITS=1|2|4`` (cap the GEMMs per step), ``MMM_DISABLE_TENSOR_CORES=1`` (CUDA: no
     fused kernel).
     """
-    fused, bt, chunk, smem, units = torch.ops.mmm._monarch_forward_plan(x, w1, w2)
+    fused, bt, chunk, smem, units, blocks = torch.ops.mmm._monarch_forward_plan(x, w1, w2)
     return {"fused": bool(fused), "tokens_per_cta": bt, "chunk": chunk, "smem_bytes": smem,
-            "units_per_step": units}
+            "units_per_step": units, "blocks_per_step": blocks}
 
 
 def _reference_inputs(device, dtype, g, w1_shape, w2_shape):
