@@ -1,6 +1,7 @@
 // The fused Monarch forward's CPU twin (monarch_fused_cpu_impl.h), compiled per instruction set
 // and picked at run time (core/cpu_variants.h).
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 

@@ -1,0 +1,78 @@
+// A register-blocked GEMM micro-kernel for the CPU twins (block_diag_matmul, the fused Monarch
+// forward): out (m x n) = A (m x k) * B, with B packed k-major in panels of kNR columns.
+//
+// Included INSIDE each per-ISA namespace of a CPU kernel (see block_diag_matmul_cpu_impl.h), after
+// <algorithm>, <cstring> and <type_traits>: so it has no include guard and no includes, and
+// MMM_CPU_AVX512 / MMM_CPU_F16C say which vector width this copy is compiled for.
+//
+// Why: a dot product per output (the first form) loads two operands per FMA and ends in a
+// horizontal sum; here a tile of kMR rows x kNR columns stays in vector registers while p runs,
+// so each step loads one kNR-wide row of B and kMR scalars of A for 2*kMR vector FMAs.
+// Summation order of an output, fixed whatever the tiling and the thread count: p in order,
+// kSub at a time into a fresh accumulator, each sub-sum added to the running sum in order (so a
+// long reduction, a weight gradient over all tokens, rounds like kSub-long partial sums).
+
+template <typename C>
+struct CpuGemm {
+#if defined(MMM_CPU_AVX512)
+  static constexpr int kBytes = 64;
+#elif defined(MMM_CPU_F16C)
+  static constexpr int kBytes = 32;
+#else
+  static constexpr int kBytes = 16;
+#endif
+  typedef C V __attribute__((vector_size(kBytes)));
+  typedef C VU __attribute__((vector_size(kBytes), aligned(sizeof(C))));  // an unaligned load
+  static constexpr int kLanes = kBytes / int(sizeof(C));
+  static constexpr int kNR = 2 * kLanes;  // columns per tile: two vectors
+  static constexpr int kMR = 6;           // rows per tile: 12 vector accumulators
+  static constexpr int64_t kSub = 64;
+
+  // Floats of B packed for n columns and k reduction elements.
+  static int64_t packed_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
+  // B(p, j) = b(p, j) for p < k, j < n (zero past n) into `dst` (packed_size(k, n)).
+  template <typename Get>
+  static void pack_b(C* dst, int64_t k, int64_t n, Get b) {
+    for (int64_t j0 = 0; j0 < n; j0 += kNR, dst += k * kNR)
+      for (int64_t p = 0; p < k; ++p)
+        for (int64_t j = 0; j < kNR; ++j) dst[p * kNR + j] = j0 + j < n ? b(p, j0 + j) : C(0);
+  }
+
+  // out[i * ldo + j] = sum_p a[i * lda + p] * B(p, j) for i < m, j < n (accumulate: +=).
+  static void run(const C* a, int64_t lda, int64_t m, int64_t k, const C* bp, int64_t n, C* out, int64_t ldo,
+                  bool accumulate) {
+    for (int64_t j0 = 0; j0 < n; j0 += kNR) {
+      const C* b = bp + j0 / kNR * k * kNR;
+      const int64_t nc = std::min<int64_t>(kNR, n - j0);
+      for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+        const int64_t mr = std::min<int64_t>(kMR, m - i0);
+        const C* arow[kMR];  // rows past m repeat the last one; their results are dropped
+        for (int r = 0; r < kMR; ++r) arow[r] = a + (i0 + std::min<int64_t>(r, mr - 1)) * lda;
+        V sum[kMR][2] = {};
+        for (int64_t p0 = 0; p0 < k; p0 += kSub) {
+          V acc[kMR][2] = {};
+          const int64_t pe = std::min(k, p0 + kSub);
+          for (int64_t p = p0; p < pe; ++p) {
+            const V b0 = *reinterpret_cast<const VU*>(b + p * kNR);
+            const V b1 = *reinterpret_cast<const VU*>(b + p * kNR + kLanes);
+#pragma GCC unroll 6
+            for (int r = 0; r < kMR; ++r) {
+              const C x = arow[r][p];
+              acc[r][0] += x * b0;
+              acc[r][1] += x * b1;
+            }
+          }
+#pragma GCC unroll 6
+          for (int r = 0; r < kMR; ++r) sum[r][0] += acc[r][0], sum[r][1] += acc[r][1];
+        }
+        for (int64_t r = 0; r < mr; ++r) {
+          C row[kNR];
+          std::memcpy(row, &sum[r][0], sizeof(V));
+          std::memcpy(row + kLanes, &sum[r][1], sizeof(V));
+          C* o = out + (i0 + r) * ldo + j0;
+          for (int64_t j = 0; j < nc; ++j) o[j] = accumulate ? o[j] + row[j] : row[j];
+        }
+      }
+    }
+  }
+};
