@@ -1,7 +1,8 @@
 // The block GEMM's CPU algorithm, compiled once per instruction set by block_diag_matmul_cpu.cpp
 // (inside namespace mmm::<isa>; no include guard, no includes on purpose).
 //
-// A task is (block, 32 rows of C). Operands are packed into contiguous panels (A row-wise, B
+// A task is (block, 64 rows of C): a weight gradient's whole block up to 64 wide, so the packing
+// reads each token's run of dy whole (rows 16 KB apart defeat the prefetchers). Operands are packed into contiguous panels (A row-wise, B
 // k-major for core/cpu_gemm.h's micro-kernel, kPanel reduction elements at a time), so the inner
 // loops are unit-stride whatever the strides of the permuted views.
 
@@ -46,16 +47,20 @@ void run(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
         Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return load<C>(Bb + p * g.b_ks + j * g.b_ns); });
         packed_blk = blk, packed_p0 = p0;
       }
-      ap.resize(size_t(rows * kp));
+      // Row pitch: a whole number of cache lines plus one, so that rows of a 4 KB multiple (1024
+      // tokens of fp32) do not all fall into one L1 set when the transposed packing below writes
+      // a column of them at a time.
+      const int64_t lda = (kp + 15) / 16 * 16 + 16;
+      ap.resize(size_t(rows * lda));
       const T* Ab = A + blk * g.a_bs + i0 * g.a_ms + p0 * g.a_ks;
       if (g.a_ms == 1 && g.a_ks != 1) {  // rows contiguous (the backward's transposes): walk them innermost
         for (int64_t p = 0; p < kp; ++p)
-          for (int64_t i = 0; i < rows; ++i) ap[size_t(i * kp + p)] = load<C>(Ab + i + p * g.a_ks);
+          for (int64_t i = 0; i < rows; ++i) ap[size_t(i * lda + p)] = load<C>(Ab + i + p * g.a_ks);
       } else {
         for (int64_t i = 0; i < rows; ++i)
-          for (int64_t p = 0; p < kp; ++p) ap[size_t(i * kp + p)] = load<C>(Ab + i * g.a_ms + p * g.a_ks);
+          for (int64_t p = 0; p < kp; ++p) ap[size_t(i * lda + p)] = load<C>(Ab + i * g.a_ms + p * g.a_ks);
       }
-      Gemm::run(ap.data(), kp, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
+      Gemm::run(ap.data(), lda, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
     }
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < g.n; ++j)

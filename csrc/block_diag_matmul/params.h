@@ -80,7 +80,7 @@ inline BlockGemm monarch_stage2_dw(const void* dy, int64_t dy_rs, const void* u,
 }
 
 // ---- CPU twin (block_diag_matmul_cpu.cpp): tasks so the caller brings its thread pool ------
-constexpr int64_t kBlockGemmCpuRows = 32;  // rows of C per task
+constexpr int64_t kBlockGemmCpuRows = 64;  // rows of C per task
 int64_t block_gemm_cpu_tasks(const BlockGemm& g);
 void block_gemm_cpu(const BlockGemm& g, int64_t task_begin, int64_t task_end);
 

@@ -31,11 +31,16 @@ struct CpuGemm {
   // Floats of B packed for n columns and k reduction elements.
   static int64_t packed_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
   // B(p, j) = b(p, j) for p < k, j < n (zero past n) into `dst` (packed_size(k, n)).
+  // p outermost: a source row (a token, in the weight gradient) is read once, whole.
   template <typename Get>
   static void pack_b(C* dst, int64_t k, int64_t n, Get b) {
-    for (int64_t j0 = 0; j0 < n; j0 += kNR, dst += k * kNR)
-      for (int64_t p = 0; p < k; ++p)
-        for (int64_t j = 0; j < kNR; ++j) dst[p * kNR + j] = j0 + j < n ? b(p, j0 + j) : C(0);
+    const int64_t tiles = (n + kNR - 1) / kNR;
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t t = 0; t < tiles; ++t)
+        for (int64_t j = 0; j < kNR; ++j) {
+          const int64_t col = t * kNR + j;
+          dst[(t * k + p) * kNR + j] = col < n ? b(p, col) : C(0);
+        }
   }
 
   // out[i * ldo + j] = sum_p a[i * lda + p] * B(p, j) for i < m, j < n (accumulate: +=).
