@@ -44,23 +44,28 @@ void run(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
       if (blk != packed_blk || p0 != packed_p0) {
         bp.resize(size_t(Gemm::packed_size(kp, g.n)));
         const T* Bb = B + blk * g.b_bs + p0 * g.b_ks;
-        Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return load<C>(Bb + p * g.b_ks + j * g.b_ns); });
+        if (g.b_ns == 1)  // contiguous columns: the copy vectorises
+          Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return load<C>(Bb + p * g.b_ks + j); });
+        else
+          Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return load<C>(Bb + p * g.b_ks + j * g.b_ns); });
         packed_blk = blk, packed_p0 = p0;
       }
-      // Row pitch: a whole number of cache lines plus one, so that rows of a 4 KB multiple (1024
-      // tokens of fp32) do not all fall into one L1 set when the transposed packing below writes
-      // a column of them at a time.
-      const int64_t lda = (kp + 15) / 16 * 16 + 16;
-      ap.resize(size_t(rows * lda));
+      // A is packed in its own orientation (contiguous copies; the micro-kernel reads it by
+      // scalar broadcasts, any strides): rows of p, or, where rows are contiguous (the weight
+      // gradient's dy), p-major runs of rows.
       const T* Ab = A + blk * g.a_bs + i0 * g.a_ms + p0 * g.a_ks;
-      if (g.a_ms == 1 && g.a_ks != 1) {  // rows contiguous (the backward's transposes): walk them innermost
+      if (g.a_ms == 1 && g.a_ks != 1) {
+        const int64_t ldt = (rows + 15) / 16 * 16;
+        ap.resize(size_t(kp * ldt));
         for (int64_t p = 0; p < kp; ++p)
-          for (int64_t i = 0; i < rows; ++i) ap[size_t(i * lda + p)] = load<C>(Ab + i + p * g.a_ks);
+          for (int64_t i = 0; i < rows; ++i) ap[size_t(p * ldt + i)] = load<C>(Ab + p * g.a_ks + i);
+        Gemm::run(ap.data(), 1, ldt, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
       } else {
+        ap.resize(size_t(rows * kp));
         for (int64_t i = 0; i < rows; ++i)
-          for (int64_t p = 0; p < kp; ++p) ap[size_t(i * lda + p)] = load<C>(Ab + i * g.a_ms + p * g.a_ks);
+          for (int64_t p = 0; p < kp; ++p) ap[size_t(i * kp + p)] = load<C>(Ab + i * g.a_ms + p * g.a_ks);
+        Gemm::run(ap.data(), kp, 1, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
       }
-      Gemm::run(ap.data(), lda, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
     }
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < g.n; ++j)

@@ -54,14 +54,14 @@ void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t ta
       for (int64_t c = 0; c < N; ++c) xt[size_t(m * N + c)] = to_acc<C>(X[(t0 + m) * f.x_rs + c]);
     for (int64_t j0 = 0; j0 < l; j0 += J) {
       for (int64_t u = 0; u < units; ++u) {  // stage 1, stored permuted and rounded to T
-        Gemm::run(xt.data() + ix.block(j0, u) * p, N, rows, p, w1p.data() + (j0 / J * units + u) * pk1, n1,
+        Gemm::run(xt.data() + ix.block(j0, u) * p, N, 1, rows, p, w1p.data() + (j0 / J * units + u) * pk1, n1,
                   out.data(), n1, false);
         for (int64_t m = 0; m < rows; ++m)
           for (int64_t e = 0; e < n1; ++e)
             z[size_t(m * J * r + ix.z_col(u, e))] = to_acc<C>(from_acc<T>(out[size_t(m * n1 + e)]));
       }
       for (int64_t jj = 0; jj < J; ++jj) {  // stage 2 from contiguous runs of z
-        Gemm::run(z.data() + jj * r, J * r, rows, r, w2p.data() + (j0 + jj) * pk2, s, out.data(), s, false);
+        Gemm::run(z.data() + jj * r, J * r, 1, rows, r, w2p.data() + (j0 + jj) * pk2, s, out.data(), s, false);
         for (int64_t m = 0; m < rows; ++m)
           for (int64_t t2 = 0; t2 < s; ++t2)
             Y[(t0 + m) * f.y_rs + monarch_y_col(t2, jj, j0, l)] = from_acc<T>(out[size_t(m * s + t2)]);

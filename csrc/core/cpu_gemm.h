@@ -31,28 +31,38 @@ struct CpuGemm {
   // Floats of B packed for n columns and k reduction elements.
   static int64_t packed_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
   // B(p, j) = b(p, j) for p < k, j < n (zero past n) into `dst` (packed_size(k, n)).
-  // p outermost: a source row (a token, in the weight gradient) is read once, whole.
+  // p outermost: a source row (a token, in the weight gradient) is read once, whole; whole tiles
+  // are plain loops, which vectorise where b reads contiguous columns.
   template <typename Get>
   static void pack_b(C* dst, int64_t k, int64_t n, Get b) {
-    const int64_t tiles = (n + kNR - 1) / kNR;
-    for (int64_t p = 0; p < k; ++p)
-      for (int64_t t = 0; t < tiles; ++t)
-        for (int64_t j = 0; j < kNR; ++j) {
-          const int64_t col = t * kNR + j;
-          dst[(t * k + p) * kNR + j] = col < n ? b(p, col) : C(0);
-        }
+    const int64_t full = n / kNR, tiles = (n + kNR - 1) / kNR;
+    for (int64_t p = 0; p < k; ++p) {
+      for (int64_t t = 0; t < full; ++t)
+        for (int64_t j = 0; j < kNR; ++j) dst[(t * k + p) * kNR + j] = b(p, t * kNR + j);
+      for (int64_t j = 0; full < tiles && j < kNR; ++j)
+        dst[(full * k + p) * kNR + j] = full * kNR + j < n ? b(p, full * kNR + j) : C(0);
+    }
   }
 
-  // out[i * ldo + j] = sum_p a[i * lda + p] * B(p, j) for i < m, j < n (accumulate: +=).
-  static void run(const C* a, int64_t lda, int64_t m, int64_t k, const C* bp, int64_t n, C* out, int64_t ldo,
-                  bool accumulate) {
+  // out[i * ldo + j] = sum_p a[i * a_rs + p * a_ps] * B(p, j) for i < m, j < n (accumulate: +=).
+  static void run(const C* a, int64_t a_rs, int64_t a_ps, int64_t m, int64_t k, const C* bp, int64_t n, C* out,
+                  int64_t ldo, bool accumulate) {
+    if (a_ps == 1) run_tiles<true>(a, a_rs, 1, m, k, bp, n, out, ldo, accumulate);
+    else run_tiles<false>(a, a_rs, a_ps, m, k, bp, n, out, ldo, accumulate);
+  }
+
+ private:
+  template <bool kPUnit>
+  static void run_tiles(const C* a, int64_t a_rs, int64_t a_ps_, int64_t m, int64_t k, const C* bp, int64_t n,
+                        C* out, int64_t ldo, bool accumulate) {
+    const int64_t a_ps = kPUnit ? 1 : a_ps_;
     for (int64_t j0 = 0; j0 < n; j0 += kNR) {
       const C* b = bp + j0 / kNR * k * kNR;
       const int64_t nc = std::min<int64_t>(kNR, n - j0);
       for (int64_t i0 = 0; i0 < m; i0 += kMR) {
         const int64_t mr = std::min<int64_t>(kMR, m - i0);
         const C* arow[kMR];  // rows past m repeat the last one; their results are dropped
-        for (int r = 0; r < kMR; ++r) arow[r] = a + (i0 + std::min<int64_t>(r, mr - 1)) * lda;
+        for (int r = 0; r < kMR; ++r) arow[r] = a + (i0 + std::min<int64_t>(r, mr - 1)) * a_rs;
         V sum[kMR][2] = {};
         for (int64_t p0 = 0; p0 < k; p0 += kSub) {
           V acc[kMR][2] = {};
@@ -62,7 +72,7 @@ struct CpuGemm {
             const V b1 = *reinterpret_cast<const VU*>(b + p * kNR + kLanes);
 #pragma GCC unroll 6
             for (int r = 0; r < kMR; ++r) {
-              const C x = arow[r][p];
+              const C x = arow[r][p * a_ps];
               acc[r][0] += x * b0;
               acc[r][1] += x * b1;
             }
@@ -71,11 +81,17 @@ struct CpuGemm {
           for (int r = 0; r < kMR; ++r) sum[r][0] += acc[r][0], sum[r][1] += acc[r][1];
         }
         for (int64_t r = 0; r < mr; ++r) {
-          C row[kNR];
-          std::memcpy(row, &sum[r][0], sizeof(V));
-          std::memcpy(row + kLanes, &sum[r][1], sizeof(V));
           C* o = out + (i0 + r) * ldo + j0;
-          for (int64_t j = 0; j < nc; ++j) o[j] = accumulate ? o[j] + row[j] : row[j];
+          if (nc == kNR) {  // whole vectors
+            VU* ov = reinterpret_cast<VU*>(o);
+            ov[0] = accumulate ? V(ov[0]) + sum[r][0] : sum[r][0];
+            ov[1] = accumulate ? V(ov[1]) + sum[r][1] : sum[r][1];
+          } else {
+            C row[kNR];
+            std::memcpy(row, &sum[r][0], sizeof(V));
+            std::memcpy(row + kLanes, &sum[r][1], sizeof(V));
+            for (int64_t j = 0; j < nc; ++j) o[j] = accumulate ? o[j] + row[j] : row[j];
+          }
         }
       }
     }
