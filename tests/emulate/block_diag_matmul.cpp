@@ -15,7 +15,9 @@
 // the fused Monarch forward by rows (l | q) and by blocks (q | l), with several K slices per
 // step, forced chunks (J < l) and 16 / 32 tokens per CTA, ragged tokens. Every ldmatrix and every
 // cp.async store must be free of shared-memory bank conflicts (the padded pitches and
-// padded_tile_chunk's claim; counted by ptx_on_cpu.h).
+// padded_tile_chunk's claim; counted by ptx_on_cpu.h). First, on x86-64, every instruction-set
+// copy of the block GEMM's CPU twin this machine runs against an fp64 product
+// (check_cpu_variants): the tests otherwise run only the copy the machine picks.
 //
 // Tolerance. Kernel and twin multiply the same 16-bit inputs exactly and accumulate in fp32; only
 // the summation order differs (and split-K's partials), so the fp32 results differ by ~1e-6 · M
@@ -178,6 +180,62 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
   return bad;
 }
 
+#if defined(__x86_64__)
+namespace mmm {  // the per-ISA copies of the CPU twin (core/cpu_variants.h), each called directly
+namespace base { void run_tasks(const BlockGemm&, int64_t, int64_t); }
+namespace avx2 { void run_tasks(const BlockGemm&, int64_t, int64_t); }
+namespace avx512 { void run_tasks(const BlockGemm&, int64_t, int64_t); }
+}  // namespace mmm
+#include "core/cpu_features.h"
+
+// The twin is the reference above, but only the copy this machine picks runs there: here each
+// instruction-set copy the machine can run (baseline, AVX2, AVX-512: the micro-kernel's vector
+// widths) against an fp64 product, with transposed operands, ragged tiles and a reduction that
+// crosses the packing panel (2048).
+static int check_cpu_variants() {
+  struct Shape { int64_t nb, m, n, k; bool a_km, b_kn; } shapes[] = {
+      {3, 70, 45, 37, false, false}, {2, 64, 32, 3000, true, false}, {4, 13, 100, 64, false, true}, {1, 7, 5, 2049, true, true}};
+  void (*fns[3])(const BlockGemm&, int64_t, int64_t) = {base::run_tasks, avx2::run_tasks, avx512::run_tasks};
+  const bool runs[3] = {true, cpu_has_avx2_fma_f16c(), cpu_has_avx512()};
+  std::normal_distribution<float> nd;
+  int bad = 0;
+  for (const Shape& sh : shapes) {
+    std::vector<float> A(size_t(sh.nb * sh.m * sh.k)), B(size_t(sh.nb * sh.k * sh.n));
+    for (float& v : A) v = nd(rng);
+    for (float& v : B) v = nd(rng);
+    BlockGemm g;
+    g.batch = sh.nb, g.m = sh.m, g.n = sh.n, g.k = sh.k, g.dtype = DType::kFloat32;
+    g.a = A.data(), g.a_bs = sh.m * sh.k, g.a_ms = sh.a_km ? 1 : sh.k, g.a_ks = sh.a_km ? sh.m : 1;
+    g.b = B.data(), g.b_bs = sh.k * sh.n, g.b_ks = sh.b_kn ? sh.n : 1, g.b_ns = sh.b_kn ? 1 : sh.k;
+    g.c_bs = sh.m * sh.n, g.c_ms = sh.n, g.c_ns = 1;
+    for (int v = 0; v < 3; ++v) {
+      if (!runs[v]) continue;
+      std::vector<float> C(size_t(sh.nb * sh.m * sh.n), NAN);
+      g.c = C.data();
+      fns[v](g, 0, block_gemm_cpu_tasks(g));
+      Cmp cmp;
+      for (int64_t b = 0; b < sh.nb; ++b)
+        for (int64_t i = 0; i < sh.m; ++i)
+          for (int64_t j = 0; j < sh.n; ++j) {
+            double ref = 0, m = 0;
+            for (int64_t p = 0; p < sh.k; ++p) {
+              const double t = double(A[size_t(b * g.a_bs + i * g.a_ms + p * g.a_ks)]) * B[size_t(b * g.b_bs + p * g.b_ks + j * g.b_ns)];
+              ref += t, m += std::fabs(t);
+            }
+            cmp.add(C[size_t(c_off(g, b, i, j))], ref, m, 0, 0);
+          }
+      std::printf("%s cpu twin %-6s nb%" PRId64 " m%" PRId64 " n%" PRId64 " k%" PRId64 "%s%s units %.2f\n", cmp.bad ? "BAD" : "OK ",
+                  v == 0 ? "base" : v == 1 ? "avx2" : "avx512", sh.nb, sh.m, sh.n, sh.k, sh.a_km ? " A km" : "",
+                  sh.b_kn ? " B kn" : "", cmp.units);
+      bad += cmp.bad != 0;
+    }
+  }
+  return bad;
+}
+#else
+static int check_cpu_variants() { return 0; }
+#endif
+
 int main(int argc, char** argv) {
   emu::max_block_threads = 256;  // the kernels' __launch_bounds__
   emu::smem_fill = 0xff;         // never-written dynamic shared memory reads as NaN
@@ -195,6 +253,7 @@ int main(int argc, char** argv) {
     std::printf(bad ? "FAILURES: %d\n" : "all ok %d\n", bad);
     return bad != 0;
   }
+  bad += check_cpu_variants();
   // block_diag_matmul: x (tokens, nb*k) -> y (tokens, nb*n) with w (nb, n, k).
   {
     const int64_t T = 150, nb = 3, n = 48, k = 40;

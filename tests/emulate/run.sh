@@ -155,8 +155,10 @@ case "$op" in
     printf '#include "block_diag_matmul/block_diag_matmul_launch.cu"\n' > "$out/block_gemm_launch.cpp"
     printf '#include "block_diag_matmul/monarch_fused_launch.cu"\n' > "$out/monarch_fused_launch.cpp"
     src="$repo/csrc/block_diag_matmul"
-    cached_object "$out/block_gemm_cpu.o" "$src/block_diag_matmul_cpu.cpp" "$src/block_diag_matmul_cpu_impl.h" "$src/params.h"
-    cached_object "$out/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h"
+    cached_object "$out/block_gemm_cpu.o" "$src/block_diag_matmul_cpu.cpp" "$src/block_diag_matmul_cpu_impl.h" "$src/params.h" \
+      "$repo/csrc/core/cpu_gemm.h"
+    cached_object "$out/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h" \
+      "$repo/csrc/core/cpu_gemm.h"
     link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out/block_gemm_launch.cpp" "$out/monarch_fused_launch.cpp" \
       "$here/block_diag_matmul.cpp" "$out/block_gemm_cpu.o" "$out/monarch_fused_cpu.o" ;;
   # Every row shape (warp, 4 and 16 warps, looped), forward, backward, the dweight/dbias column
