@@ -25,13 +25,7 @@
 
 namespace {
 
-#if defined(MMM_CPU_AVX512)
-constexpr int kVecBytes = 64;
-#elif defined(MMM_CPU_F16C)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
+constexpr int kVecBytes = MMM_CPU_VECTOR_BYTES;
 
 template <typename C> struct VecOf;
 template <> struct VecOf<float> {

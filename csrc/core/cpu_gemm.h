@@ -3,7 +3,7 @@
 //
 // Included INSIDE each per-ISA namespace of a CPU kernel (see block_diag_matmul_cpu_impl.h), after
 // <algorithm>, <cstring> and <type_traits>: so it has no include guard and no includes, and
-// MMM_CPU_AVX512 / MMM_CPU_F16C say which vector width this copy is compiled for.
+// MMM_CPU_VECTOR_BYTES (core/cpu_variants.h) is the vector width this copy is compiled for.
 //
 // Why: a dot product per output (the first form) loads two operands per FMA and ends in a
 // horizontal sum; here a tile of kMR rows x kNR columns stays in vector registers while p runs,
@@ -14,13 +14,7 @@
 
 template <typename C>
 struct CpuGemm {
-#if defined(MMM_CPU_AVX512)
-  static constexpr int kBytes = 64;
-#elif defined(MMM_CPU_F16C)
-  static constexpr int kBytes = 32;
-#else
-  static constexpr int kBytes = 16;
-#endif
+  static constexpr int kBytes = MMM_CPU_VECTOR_BYTES;
   typedef C V __attribute__((vector_size(kBytes)));
   typedef C VU __attribute__((vector_size(kBytes), aligned(sizeof(C))));  // an unaligned load
   static constexpr int kLanes = kBytes / int(sizeof(C));

@@ -11,7 +11,8 @@
 // Everything included before this point is compiled for the baseline target only, so no AVX2 or
 // AVX-512 instruction can leak into an inline function the variants share (the linker would
 // keep one copy of it for all). Inside an implementation, MMM_CPU_F16C / MMM_CPU_AVX512 say
-// which intrinsics this copy may use.
+// which intrinsics this copy may use, and MMM_CPU_VECTOR_BYTES its vector register width (64,
+// 32, or 16 for the baseline's SSE2 / NEON), for GCC vector types.
 // No include guard: one use per translation unit.
 #include "core/cpu_features.h"
 #if defined(__x86_64__)
@@ -20,17 +21,21 @@
 
 namespace mmm {
 
+#define MMM_CPU_VECTOR_BYTES 16
 namespace base {
 #include MMM_CPU_IMPL
 }  // namespace base
+#undef MMM_CPU_VECTOR_BYTES
 
 #if defined(__x86_64__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define MMM_CPU_F16C 1
+#define MMM_CPU_VECTOR_BYTES 32
 namespace avx2 {
 #include MMM_CPU_IMPL
 }  // namespace avx2
+#undef MMM_CPU_VECTOR_BYTES
 #undef MMM_CPU_F16C
 #pragma GCC pop_options
 
@@ -40,9 +45,11 @@ namespace avx2 {
 #define MMM_CPU_AVX512 1
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: _mm512_undefined_* in the intrinsics
+#define MMM_CPU_VECTOR_BYTES 64
 namespace avx512 {
 #include MMM_CPU_IMPL
 }  // namespace avx512
+#undef MMM_CPU_VECTOR_BYTES
 #pragma GCC diagnostic pop
 #undef MMM_CPU_AVX512
 #undef MMM_CPU_F16C

@@ -20,13 +20,7 @@ namespace {
 // ISA. vload/vstore convert kW elements of a storage type; vstore also returns what it stored,
 // read back as float (the value rounded to T), without a trip through memory.
 
-#if defined(MMM_CPU_AVX512)
-inline constexpr int kW = 16;
-#elif defined(MMM_CPU_F16C)
-inline constexpr int kW = 8;
-#else
-inline constexpr int kW = 4;
-#endif
+inline constexpr int kW = MMM_CPU_VECTOR_BYTES / int(sizeof(float));
 typedef float VF __attribute__((vector_size(kW * sizeof(float))));
 typedef uint32_t VU __attribute__((vector_size(kW * sizeof(uint32_t))));
 typedef uint16_t VH __attribute__((vector_size(kW * sizeof(uint16_t))));
