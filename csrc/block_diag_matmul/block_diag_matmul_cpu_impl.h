@@ -2,9 +2,10 @@
 // (inside namespace mmm::<isa>; no include guard, no includes on purpose).
 //
 // A task is (block, 64 rows of C): a weight gradient's whole block up to 64 wide, so the packing
-// reads each token's run of dy whole (rows 16 KB apart defeat the prefetchers). Operands are packed into contiguous panels (A row-wise, B
-// k-major for core/cpu_gemm.h's micro-kernel, kPanel reduction elements at a time), so the inner
-// loops are unit-stride whatever the strides of the permuted views.
+// reads each token's run of dy whole (rows 16 KB apart defeat the prefetchers). Operands are
+// packed kPanel reduction elements at a time into contiguous buffers (A in its own orientation,
+// B k-major for core/cpu_gemm.h's micro-kernel), so every loop is unit-stride whatever the
+// strides of the permuted views.
 
 #include "core/cpu_gemm.h"
 
@@ -54,18 +55,18 @@ void run(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
       // scalar broadcasts, any strides): rows of p, or, where rows are contiguous (the weight
       // gradient's dy), p-major runs of rows.
       const T* Ab = A + blk * g.a_bs + i0 * g.a_ms + p0 * g.a_ks;
+      int64_t a_rs = kp, a_ps = 1;  // the packed A's strides
       if (g.a_ms == 1 && g.a_ks != 1) {
-        const int64_t ldt = (rows + 15) / 16 * 16;
-        ap.resize(size_t(kp * ldt));
+        a_rs = 1, a_ps = (rows + 15) / 16 * 16;
+        ap.resize(size_t(kp * a_ps));
         for (int64_t p = 0; p < kp; ++p)
-          for (int64_t i = 0; i < rows; ++i) ap[size_t(p * ldt + i)] = load<C>(Ab + p * g.a_ks + i);
-        Gemm::run(ap.data(), 1, ldt, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
+          for (int64_t i = 0; i < rows; ++i) ap[size_t(p * a_ps + i)] = load<C>(Ab + p * g.a_ks + i);
       } else {
         ap.resize(size_t(rows * kp));
         for (int64_t i = 0; i < rows; ++i)
           for (int64_t p = 0; p < kp; ++p) ap[size_t(i * kp + p)] = load<C>(Ab + i * g.a_ms + p * g.a_ks);
-        Gemm::run(ap.data(), kp, 1, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
       }
+      Gemm::run(ap.data(), a_rs, a_ps, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
     }
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < g.n; ++j)

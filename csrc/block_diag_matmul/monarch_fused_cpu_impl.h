@@ -56,9 +56,11 @@ void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t ta
       for (int64_t u = 0; u < units; ++u) {  // stage 1, stored permuted and rounded to T
         Gemm::run(xt.data() + ix.block(j0, u) * p, N, 1, rows, p, w1p.data() + (j0 / J * units + u) * pk1, n1,
                   out.data(), n1, false);
-        for (int64_t m = 0; m < rows; ++m)
-          for (int64_t e = 0; e < n1; ++e)
-            z[size_t(m * J * r + ix.z_col(u, e))] = to_acc<C>(from_acc<T>(out[size_t(m * n1 + e)]));
+        for (int64_t e = 0; e < n1; ++e) {
+          const int64_t zc = ix.z_col(u, e);  // (its divisions once per column, not per token)
+          for (int64_t m = 0; m < rows; ++m)
+            z[size_t(m * J * r + zc)] = to_acc<C>(from_acc<T>(out[size_t(m * n1 + e)]));
+        }
       }
       for (int64_t jj = 0; jj < J; ++jj) {  // stage 2 from contiguous runs of z
         Gemm::run(z.data() + jj * r, J * r, 1, rows, r, w2p.data() + (j0 + jj) * pk2, s, out.data(), s, false);

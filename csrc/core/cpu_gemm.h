@@ -22,7 +22,7 @@ struct CpuGemm {
   static constexpr int kMR = 6;           // rows per tile: 12 vector accumulators
   static constexpr int64_t kSub = 64;
 
-  // Floats of B packed for n columns and k reduction elements.
+  // Elements of B packed for n columns and k reduction elements.
   static int64_t packed_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
   // B(p, j) = b(p, j) for p < k, j < n (zero past n) into `dst` (packed_size(k, n)).
   // p outermost: a source row (a token, in the weight gradient) is read once, whole; whole tiles

@@ -154,9 +154,10 @@ MonarchFused monarch_fused_args(const MonarchShape& m, const Tensor& x, int64_t 
 // plan_monarch_fused accepts the shape, dtype, alignment and this device's shared memory, else
 // two block GEMMs with the intermediate in global memory. MMM_MONARCH_FUSED=0 forces the two
 // GEMMs (benchmarks compare both) and =1 fuses wherever the shape fits (past the plan's L2
-// rule); MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to exercise several chunks),
-// MMM_MONARCH_BT=16|32 the tokens per CTA and MMM_MONARCH_UNITS=1|2|4 caps the small GEMMs per
-// pipeline step (stage-1 units, stage-2 blocks) (tuning knobs); MMM_DISABLE_TENSOR_CORES=1 also keeps CUDA off the fused kernel.
+// rule). Tuning knobs: MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to exercise
+// several chunks), MMM_MONARCH_BT=16|32 the tokens per CTA, MMM_MONARCH_UNITS=1|2|4 caps the small
+// GEMMs per pipeline step (stage-1 units, stage-2 blocks). MMM_DISABLE_TENSOR_CORES=1 also keeps
+// CUDA off the fused kernel.
 MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   MonarchFusedPlan none;  // not fused
   if (env_is("MMM_MONARCH_FUSED", '0')) return none;
