@@ -38,6 +38,28 @@ const std::complex<T>* stage_twiddles(int log2h) {
   return table[log2h].data();
 }
 
+// The radix-4 DIF pass on blocks of m = 4q points (core/fft_cpu_lanes.h) multiplies its outputs
+// 1, 2, 3 by W_m^j, W_m^2j, W_m^3j: six reals per j < q = 2^log2q, {re, im} of each in that order,
+// built once per (T, q) in long double like stage_twiddles.
+template <class T>
+const T* radix4_twiddles(int log2q) {
+  static std::once_flag once[kMaxLog2];
+  static std::vector<T> table[kMaxLog2];
+  std::call_once(once[log2q], [log2q] {
+    const int64_t q = int64_t(1) << log2q;
+    auto& t = table[log2q];
+    t.resize(size_t(6 * q));
+    const long double pi = 3.141592653589793238462643383279502884L;
+    for (int64_t j = 0; j < q; ++j)
+      for (int64_t e = 1; e <= 3; ++e) {
+        const long double a = pi * static_cast<long double>(e * j) / static_cast<long double>(2 * q);
+        t[size_t(6 * j + 2 * (e - 1))] = static_cast<T>(std::cos(a));
+        t[size_t(6 * j + 2 * (e - 1) + 1)] = static_cast<T>(-std::sin(a));
+      }
+  });
+  return table[log2q].data();
+}
+
 namespace detail {
 
 template <class T>

@@ -1,0 +1,203 @@
+// The CPU FFT of the fft and fftconv ops: core/fft_cpu.h's DIF (natural order in, bit-reversed
+// order out), run on a group of rows at once, one row per vector lane.
+//
+// Included INSIDE each per-ISA namespace of a CPU kernel (see fft/fft_cpu_impl.h), after
+// core/fft_cpu.h, <cstring>, <type_traits>, <utility> and <vector>: so it has no include guard and
+// no includes.
+//
+// Why lanes: pocketfft and MKL vectorise a batch of transforms across transforms, and so do we.
+// A point of the group is {V re, V im} with lane l holding row l's value, so every butterfly of
+// every stage is plain vertical arithmetic with broadcast twiddles at the full vector width (the
+// per-row form needs shuffles for interleaved complex numbers and for the stages narrower than a
+// vector, and ran at a third of torch.fft). Stages go two at a time (radix 4), so each pass over
+// the data does twice the work; a block larger than kCacheBytes gets one radix-4 pass and then
+// its four quarters are transformed one after the other (depth first, the recursion of a DIF),
+// so the passes after the first run in cache whatever the length.
+// The result equals the radix-2 stages' in exact arithmetic; the rounding differs.
+
+template <typename T, int kBytes>
+struct FftLanes {
+  typedef T V __attribute__((vector_size(kBytes)));
+  static constexpr int kLanes = kBytes / int(sizeof(T));
+  struct Point {
+    V re, im;
+  };
+  static constexpr int64_t kCacheBytes = int64_t(256) << 10;  // half of a 512 KB - 1 MB L2
+
+  static V splat(T s) { return V{} + s; }
+
+  // dst[j] = {re, im} of x_l[j] in lane l, for j < count and rows x_l = x + l * row_stride
+  // (l < used; x, row_stride in reals, a row's complex numbers interleaved).
+  static void load(Point* dst, const T* x, int64_t row_stride, int64_t count, int used) {
+    int64_t j = 0;
+    if (used == kLanes) {
+      for (; j + kLanes <= count; j += kLanes) {
+        V re[kLanes], im[kLanes];
+        for (int l = 0; l < kLanes; ++l) {
+          V v0, v1;
+          std::memcpy(&v0, x + l * row_stride + 2 * j, sizeof(V));
+          std::memcpy(&v1, x + l * row_stride + 2 * j + kLanes, sizeof(V));
+          re[l] = __builtin_shuffle(v0, v1, even_mask(kSeq{}));
+          im[l] = __builtin_shuffle(v0, v1, odd_mask(kSeq{}));
+        }
+        transpose(re);
+        transpose(im);
+        for (int c = 0; c < kLanes; ++c) dst[j + c] = Point{re[c], im[c]};
+      }
+    }
+    for (int l = 0; l < used; ++l)
+      for (int64_t i = j; i < count; ++i) {
+        dst[i].re[l] = x[l * row_stride + 2 * i];
+        dst[i].im[l] = x[l * row_stride + 2 * i + 1];
+      }
+  }
+
+  // y_l[k] = scale * src[index ? index[k] : k] in lane l, for k < count (the layout of load).
+  static void store(T* y, int64_t row_stride, const Point* src, const uint32_t* index, int64_t count, int used,
+                    T scale) {
+    int64_t k = 0;
+    if (used == kLanes) {
+      for (; k + kLanes <= count; k += kLanes) {
+        V re[kLanes], im[kLanes];
+        for (int c = 0; c < kLanes; ++c) {
+          const Point& v = src[index ? int64_t(index[k + c]) : k + c];
+          re[c] = v.re * scale;
+          im[c] = v.im * scale;
+        }
+        transpose(re);
+        transpose(im);
+        for (int l = 0; l < kLanes; ++l) {
+          const V v0 = __builtin_shuffle(re[l], im[l], zip_mask(kSeq{}, 0));
+          const V v1 = __builtin_shuffle(re[l], im[l], zip_mask(kSeq{}, kLanes / 2));
+          std::memcpy(y + l * row_stride + 2 * k, &v0, sizeof(V));
+          std::memcpy(y + l * row_stride + 2 * k + kLanes, &v1, sizeof(V));
+        }
+      }
+    }
+    for (int l = 0; l < used; ++l)
+      for (int64_t i = k; i < count; ++i) {
+        const Point& v = src[index ? int64_t(index[i]) : i];
+        y[l * row_stride + 2 * i] = v.re[l] * scale;
+        y[l * row_stride + 2 * i + 1] = v.im[l] * scale;
+      }
+  }
+
+  // Zeroed points aligned for vector loads: std::vector<Point> handed GCC 12's AVX-512 copy
+  // 32-byte aligned storage for 64-byte vectors (a segfault on the first aligned store).
+  struct Buffer {
+    std::vector<char> raw;
+    Point* data;
+    explicit Buffer(int64_t points) : raw(size_t(points) * sizeof(Point) + kBytes) {
+      data = reinterpret_cast<Point*>((reinterpret_cast<uintptr_t>(raw.data()) + kBytes - 1) & ~uintptr_t(kBytes - 1));
+    }
+  };
+
+  // Unnormalised DIF of the 2^log2m points at x, in place (x[p] = X[bit_reverse(p)]).
+  template <bool kInverse>
+  static void dif(Point* x, int log2m) {
+    const int64_t m = int64_t(1) << log2m;
+    if (log2m >= 2 && m * int64_t(sizeof(Point)) > kCacheBytes) {
+      radix4_pass<kInverse>(x, m, log2m - 2);
+      for (int s = 0; s < 4; ++s) dif<kInverse>(x + s * (m / 4), log2m - 2);
+      return;
+    }
+    int l = log2m;
+    for (; l >= 4; l -= 2) radix4_pass<kInverse>(x, m, l - 2);
+    if (l == 3) {
+      radix4_pass<kInverse>(x, m, 1);
+      radix2_last(x, m);
+    } else if (l == 2) {
+      radix4_last<kInverse>(x, m);
+    } else if (l == 1) {
+      radix2_last(x, m);
+    }
+  }
+
+  static void dif(Point* x, int log2m, bool inverse) {
+    if (inverse) dif<true>(x, log2m);
+    else dif<false>(x, log2m);
+  }
+
+ private:
+  // Shuffle masks (GCC's __builtin_shuffle: index i < kLanes picks a[i], else b[i - kLanes]).
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef I M __attribute__((vector_size(kBytes)));
+  using kSeq = std::make_index_sequence<kLanes>;
+  template <size_t... c>
+  static M even_mask(std::index_sequence<c...>) { return M{I(2 * c)...}; }
+  template <size_t... c>
+  static M odd_mask(std::index_sequence<c...>) { return M{I(2 * c + 1)...}; }
+  template <size_t... c>  // a[o], b[o], a[o + 1], b[o + 1], ...
+  static M zip_mask(std::index_sequence<c...>, int o) { return M{I((c % 2 ? kLanes : 0) + o + c / 2)...}; }
+  template <int s, size_t... c>
+  static M lo_mask(std::index_sequence<c...>) { return M{I((c & s) ? kLanes + c - s : c)...}; }
+  template <int s, size_t... c>
+  static M hi_mask(std::index_sequence<c...>) { return M{I((c & s) ? kLanes + c : c + s)...}; }
+
+  // r[l][c] -> r[c][l]: at each step s, rows l and l + s swap their s-wide column blocks.
+  template <int s = kLanes / 2>
+  static void transpose(V* r) {
+    for (int l = 0; l < kLanes; ++l)
+      if (!(l & s)) {
+        const V a = r[l], b = r[l + s];
+        r[l] = __builtin_shuffle(a, b, lo_mask<s>(kSeq{}));
+        r[l + s] = __builtin_shuffle(a, b, hi_mask<s>(kSeq{}));
+      }
+    if constexpr (s > 1) transpose<s / 2>(r);
+  }
+
+  // The DIF stages h = 2q and h = q on each block of 4q points: for a_k = x[j + kq],
+  //   x[j] = (a0 + a2) + (a1 + a3),            x[j + q]  = ((a0 + a2) - (a1 + a3)) W^2j,
+  //   x[j + 2q] = ((a0 - a2) -+ i(a1 - a3)) W^j, x[j + 3q] = ((a0 - a2) +- i(a1 - a3)) W^3j,
+  // W = W_4q (conjugated, and the signs of i swapped, for the inverse).
+  template <bool kInverse>
+  static void radix4_pass(Point* x, int64_t m, int log2q) {
+    const int64_t q = int64_t(1) << log2q;
+    const T* tw = fft_cpu::radix4_twiddles<T>(log2q);
+    const T sg = kInverse ? T(-1) : T(1);
+    for (int64_t b = 0; b < m; b += 4 * q) {
+      Point* p = x + b;
+      for (int64_t j = 0; j < q; ++j) {
+        const Point a0 = p[j], a1 = p[j + q], a2 = p[j + 2 * q], a3 = p[j + 3 * q];
+        const V s02r = a0.re + a2.re, s02i = a0.im + a2.im, d02r = a0.re - a2.re, d02i = a0.im - a2.im;
+        const V s13r = a1.re + a3.re, s13i = a1.im + a3.im, d13r = a1.re - a3.re, d13i = a1.im - a3.im;
+        // -i * d13 = (d13i, -d13r): forward x[j + 2q] takes it, the inverse x[j + 3q].
+        const V mr = d02r + d13i, mi = d02i - d13r, pr = d02r - d13i, pi = d02i + d13r;
+        const V t2r = kInverse ? pr : mr, t2i = kInverse ? pi : mi, t3r = kInverse ? mr : pr, t3i = kInverse ? mi : pi;
+        const V t1r = s02r - s13r, t1i = s02i - s13i;
+        const T* w = tw + 6 * j;
+        const V w1r = splat(w[0]), w1i = splat(sg * w[1]), w2r = splat(w[2]), w2i = splat(sg * w[3]);
+        const V w3r = splat(w[4]), w3i = splat(sg * w[5]);
+        p[j] = Point{s02r + s13r, s02i + s13i};
+        p[j + q] = Point{t1r * w2r - t1i * w2i, t1r * w2i + t1i * w2r};
+        p[j + 2 * q] = Point{t2r * w1r - t2i * w1i, t2r * w1i + t2i * w1r};
+        p[j + 3 * q] = Point{t3r * w3r - t3i * w3i, t3r * w3i + t3i * w3r};
+      }
+    }
+  }
+
+  // radix4_pass at q = 1: every twiddle is 1.
+  template <bool kInverse>
+  static void radix4_last(Point* x, int64_t m) {
+    for (int64_t b = 0; b < m; b += 4) {
+      Point* p = x + b;
+      const Point a0 = p[0], a1 = p[1], a2 = p[2], a3 = p[3];
+      const V s02r = a0.re + a2.re, s02i = a0.im + a2.im, d02r = a0.re - a2.re, d02i = a0.im - a2.im;
+      const V s13r = a1.re + a3.re, s13i = a1.im + a3.im, d13r = a1.re - a3.re, d13i = a1.im - a3.im;
+      const V mr = d02r + d13i, mi = d02i - d13r, pr = d02r - d13i, pi = d02i + d13r;
+      p[0] = Point{s02r + s13r, s02i + s13i};
+      p[1] = Point{s02r - s13r, s02i - s13i};
+      p[2] = kInverse ? Point{pr, pi} : Point{mr, mi};
+      p[3] = kInverse ? Point{mr, mi} : Point{pr, pi};
+    }
+  }
+
+  // The DIF stage h = 1 (twiddle 1).
+  static void radix2_last(Point* x, int64_t m) {
+    for (int64_t b = 0; b < m; b += 2) {
+      const Point a = x[b], c = x[b + 1];
+      x[b] = Point{a.re + c.re, a.im + c.im};
+      x[b + 1] = Point{a.re - c.re, a.im - c.im};
+    }
+  }
+};
