@@ -141,6 +141,15 @@ def test_long_sequences_cpu(n):
     check(make_inputs(1, 2, n, F32, "cpu", seed=n), atol_scale=4.0)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=NAMES.get)
+@pytest.mark.parametrize("b,h,n", [(5, 37, 50), (3, 16, 9), (70, 1, 33)])
+def test_channel_groups_cpu(dtype, b, h, n):
+    # The CPU transforms 16 channels at a time, one per vector lane (the last group padded), and
+    # sums the backward's dk / dbias over batch chunks: several groups, an exact one, and 64
+    # chunks of a single channel.
+    check(make_inputs(b, h, n, dtype, "cpu", seed=h))
+
+
 def test_known_filters(device):
     # k = delta(s): y = u shifted right by s (causal), zeros in front; plus bias * u.
     u = torch.randn(2, 3, 50, device=device)

@@ -26,8 +26,46 @@ struct FftLanes {
 
   static V splat(T s) { return V{} + s; }
 
+  // Real signals (core/fft_cpu.h's rfft_post / irfft_pre, per lane). rfft_post: out[0..n] = the
+  // rfft bins of the packed signal whose DIF is z (bit-reversed): X[k] = E + W_N^k O and
+  // X[n-k] = conj(E - W_N^k O) from Z[k] = z[rev[k]] and conj Z[n-k] (k = n/2 writes one value twice).
+  static void rfft_post(const Point* z, int log2n, Point* out) {
+    const int64_t n = int64_t(1) << log2n;
+    const uint32_t* rev = fft_cpu::bit_reverse_table(log2n);
+    const std::complex<T>* wN = fft_cpu::stage_twiddles<T>(log2n);
+    const Point z0 = z[0];
+    out[0] = Point{z0.re + z0.im, V{}};
+    out[n] = Point{z0.re - z0.im, V{}};
+    for (int64_t k = 1; k <= n / 2; ++k) {
+      const Point zk = z[rev[k]], zn = z[rev[n - k]];  // zn conjugated below
+      const V er = (zk.re + zn.re) * T(0.5), ei = (zk.im - zn.im) * T(0.5);
+      const V orr = (zk.im + zn.im) * T(0.5), oi = (zn.re - zk.re) * T(0.5);  // (Z[k] - conj Z[n-k]) / 2i
+      const V wr = splat(wN[k].real()), wi = splat(wN[k].imag());
+      const V wor = wr * orr - wi * oi, woi = wr * oi + wi * orr;
+      out[k] = Point{er + wor, ei + woi};
+      out[n - k] = Point{er - wor, woi - ei};
+    }
+  }
+
+  // irfft_pre: z[0..n-1] = Z'[k] = (X[k] + conj X[n-k]) + i conj(W_N^k) (X[k] - conj X[n-k]) from
+  // the bins x[0..n]; z may be x.
+  static void irfft_pre(const Point* x, int log2n, Point* z) {
+    const int64_t n = int64_t(1) << log2n;
+    const std::complex<T>* wN = fft_cpu::stage_twiddles<T>(log2n);
+    const V a = x[0].re, c = x[n].re;
+    z[0] = Point{a + c, a - c};
+    for (int64_t k = 1; k <= n / 2; ++k) {
+      const Point xk = x[k], xn = x[n - k];  // xn conjugated below
+      const V sr = xk.re + xn.re, si = xk.im - xn.im, er = xk.re - xn.re, ei = xk.im + xn.im;
+      const V wr = splat(wN[k].real()), wi = splat(-wN[k].imag());
+      const V dr = er * wr - ei * wi, di = er * wi + ei * wr;
+      z[k] = Point{sr - di, si + dr};
+      z[n - k] = Point{sr + di, dr - si};
+    }
+  }
+
   // dst[j] = {re, im} of x_l[j] in lane l, for j < count and rows x_l = x + l * row_stride
-  // (l < used; x, row_stride in reals, a row's complex numbers interleaved).
+  // (l < used, lanes past it zero; x, row_stride in reals, a row's complex numbers interleaved).
   static void load(Point* dst, const T* x, int64_t row_stride, int64_t count, int used) {
     int64_t j = 0;
     if (used == kLanes) {
@@ -45,10 +83,10 @@ struct FftLanes {
         for (int c = 0; c < kLanes; ++c) dst[j + c] = Point{re[c], im[c]};
       }
     }
-    for (int l = 0; l < used; ++l)
+    for (int l = 0; l < kLanes; ++l)
       for (int64_t i = j; i < count; ++i) {
-        dst[i].re[l] = x[l * row_stride + 2 * i];
-        dst[i].im[l] = x[l * row_stride + 2 * i + 1];
+        dst[i].re[l] = l < used ? x[l * row_stride + 2 * i] : T(0);
+        dst[i].im[l] = l < used ? x[l * row_stride + 2 * i + 1] : T(0);
       }
   }
 

@@ -13,9 +13,7 @@ namespace {
 template <typename T, int kBytes>
 struct FftRows {
   using L = FftLanes<T, kBytes>;
-  using V = typename L::V;
   using Point = typename L::Point;
-  using C = std::complex<T>;
   static constexpr int kLanes = L::kLanes;
 
   // Rows [r0, r0 + used), used <= kLanes; buf and out hold n + 1 points each.
@@ -35,37 +33,13 @@ struct FftRows {
       case FftKind::kR2C: {  // x, real, is read as n complex numbers a row
         L::load(buf, static_cast<const T*>(p.x) + r0 * p.x_row_stride, p.x_row_stride, n, used);
         L::dif(buf, log2n, false);
-        // rfft_post from Z[k] = buf[rev[k]] and conj Z[n-k]: X[k] = E + W_N^k O,
-        // X[n-k] = conj(E - W_N^k O); k = n/2 writes the same value twice.
-        const C* wN = fft_cpu::stage_twiddles<T>(log2n);
-        out[0] = Point{buf[0].re + buf[0].im, V{}};
-        out[n] = Point{buf[0].re - buf[0].im, V{}};
-        for (int64_t k = 1; k <= n / 2; ++k) {
-          const Point zk = buf[rev[k]], zn = buf[rev[n - k]];  // zn conjugated below
-          const V er = (zk.re + zn.re) * T(0.5), ei = (zk.im - zn.im) * T(0.5);
-          const V orr = (zk.im + zn.im) * T(0.5), oi = (zn.re - zk.re) * T(0.5);  // (Z[k] - conj Z[n-k]) / 2i
-          const V wr = L::splat(wN[k].real()), wi = L::splat(wN[k].imag());
-          const V wor = wr * orr - wi * oi, woi = wr * oi + wi * orr;
-          out[k] = Point{er + wor, ei + woi};
-          out[n - k] = Point{er - wor, woi - ei};
-        }
+        L::rfft_post(buf, log2n, out);
         L::store(static_cast<T*>(p.y) + r0 * ys, ys, out, nullptr, n + 1, used, scale);
         break;
       }
       case FftKind::kC2R: {  // y, real, is written as n complex numbers a row
         L::load(buf, static_cast<const T*>(p.x) + r0 * xs, xs, n + 1, used);
-        // irfft_pre: Z'[k] = (X[k] + conj X[n-k]) + i conj(W_N^k) (X[k] - conj X[n-k]).
-        const C* wN = fft_cpu::stage_twiddles<T>(log2n);
-        const V a = buf[0].re, c = buf[n].re;
-        buf[0] = Point{a + c, a - c};
-        for (int64_t k = 1; k <= n / 2; ++k) {
-          const Point xk = buf[k], xn = buf[n - k];  // xn conjugated below
-          const V sr = xk.re + xn.re, si = xk.im - xn.im, er = xk.re - xn.re, ei = xk.im + xn.im;
-          const V wr = L::splat(wN[k].real()), wi = L::splat(-wN[k].imag());
-          const V dr = er * wr - ei * wi, di = er * wi + ei * wr;
-          buf[k] = Point{sr - di, si + dr};
-          buf[n - k] = Point{sr + di, dr - si};
-        }
+        L::irfft_pre(buf, log2n, buf);
         L::dif(buf, log2n, true);
         L::store(static_cast<T*>(p.y) + r0 * p.y_row_stride, p.y_row_stride, buf, rev, n, used, scale);
         break;

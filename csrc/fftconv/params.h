@@ -51,17 +51,21 @@ struct FFTConvBwdParams : FFTConvParams {
 };
 
 // ---- CPU (fftconv_cpu.cpp) -------------------------------------------------------------------
-// Real type of the CPU arithmetic: double for fp64 inputs, else float. kspec holds, per channel,
-// the L/2 + 1 bins of rfft(k, L) as interleaved (re, im) pairs of that type.
+// Channels are transformed a group of kFftconvCpuChannels at a time (one per vector lane; the
+// last group padded). Real type of the arithmetic: double for fp64 inputs, else float. kspec
+// holds rfft(k, L)'s L/2 + 1 bins of every channel of every group, in the CPU kernels' own layout.
+constexpr int64_t kFftconvCpuChannels = 16;
+inline int64_t fftconv_cpu_groups(const FFTConvParams& p) { return ceil_div(p.channels, kFftconvCpuChannels); }
 size_t fftconv_cpu_kspec_bytes(const FFTConvParams& p);
-void fftconv_kspec_cpu(const FFTConvParams& p, void* kspec, int64_t h_begin, int64_t h_end);
-void fftconv_fwd_cpu(const FFTConvParams& p, const void* kspec, int64_t row_begin, int64_t row_end);
-// Backward in fixed (channel, batch-chunk) tasks so that dk and dbias do not depend on the
-// thread count: run every task in [0, tasks), then finalize every channel.
-int64_t fftconv_bwd_cpu_chunks(const FFTConvBwdParams& p);  // batch chunks per channel
+void fftconv_kspec_cpu(const FFTConvParams& p, void* kspec, int64_t group_begin, int64_t group_end);
+// Forward tasks b * groups + g: batch row b, channel group g.
+void fftconv_fwd_cpu(const FFTConvParams& p, const void* kspec, int64_t task_begin, int64_t task_end);
+// Backward in fixed (channel group, batch chunk) tasks so that dk and dbias do not depend on the
+// thread count: run every task in [0, tasks), then finalize every channel group.
+int64_t fftconv_bwd_cpu_tasks(const FFTConvBwdParams& p);
 size_t fftconv_bwd_cpu_workspace_bytes(const FFTConvBwdParams& p);
 void fftconv_bwd_cpu_task(const FFTConvBwdParams& p, const void* kspec, void* workspace, int64_t task);
-void fftconv_bwd_cpu_finalize(const FFTConvBwdParams& p, void* workspace, int64_t h_begin, int64_t h_end);
+void fftconv_bwd_cpu_finalize(const FFTConvBwdParams& p, void* workspace, int64_t group_begin, int64_t group_end);
 
 // ---- CUDA (fftconv_launch.cu) ----------------------------------------------------------------
 // Scratch bytes for this call on `device` (k's spectrum, the multi-kernel path's buffers, the

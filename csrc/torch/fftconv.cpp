@@ -113,8 +113,7 @@ Tensor kspec_cpu(const FFTConvParams& p, const Tensor& like) {
   const size_t bytes = fftconv_cpu_kspec_bytes(p);
   Tensor ks = glue::empty_like_shape(like, {int64_t((bytes + 7) / 8)}, ScalarType::Double);
   void* ptr = ks.data_ptr();
-  const int64_t grain = std::max<int64_t>(1, 16384 / p.half());
-  torch::stable::parallel_for(0, p.channels, grain, [&](int64_t b, int64_t e) { fftconv_kspec_cpu(p, ptr, b, e); });
+  torch::stable::parallel_for(0, fftconv_cpu_groups(p), 1, [&](int64_t b, int64_t e) { fftconv_kspec_cpu(p, ptr, b, e); });
   return ks;
 }
 
@@ -162,8 +161,9 @@ Tensor fftconv(const Tensor& u, const Tensor& k, const optional<Tensor>& bias_in
   } else {
     Tensor ks = kspec_cpu(p, u);
     const void* kptr = ks.data_ptr();
-    const int64_t grain = std::max<int64_t>(1, 16384 / p.half());
-    torch::stable::parallel_for(0, p.rows(), grain, [&](int64_t b, int64_t e) { fftconv_fwd_cpu(p, kptr, b, e); });
+    const int64_t tasks = p.batch * fftconv_cpu_groups(p);
+    const int64_t grain = std::max<int64_t>(1, 1024 / p.half());
+    torch::stable::parallel_for(0, tasks, grain, [&](int64_t b, int64_t e) { fftconv_fwd_cpu(p, kptr, b, e); });
   }
   return y;
 }
@@ -216,12 +216,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fftconv_backward(
     const size_t bytes = fftconv_bwd_cpu_workspace_bytes(p);
     Tensor ws = glue::empty_like_shape(u, {int64_t((bytes + 7) / 8)}, ScalarType::Double);
     void* wptr = bytes ? ws.data_ptr() : nullptr;
-    const int64_t tasks = p.channels * fftconv_bwd_cpu_chunks(p);
+    const int64_t tasks = fftconv_bwd_cpu_tasks(p);
     torch::stable::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
       for (int64_t q = b; q < e; ++q) fftconv_bwd_cpu_task(p, kptr, wptr, q);
     });
     if (p.dk || p.dbias)
-      torch::stable::parallel_for(0, p.channels, 1, [&](int64_t b, int64_t e) { fftconv_bwd_cpu_finalize(p, wptr, b, e); });
+      torch::stable::parallel_for(0, fftconv_cpu_groups(p), 1, [&](int64_t b, int64_t e) {
+        fftconv_bwd_cpu_finalize(p, wptr, b, e);
+      });
   }
   return {du, dk, dbias, dpre, dpost};
 }
