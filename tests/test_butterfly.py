@@ -122,6 +122,16 @@ def test_stacks_blocks_pad_trim(device, n_in, inc):
     check(x, random_twiddle(3, 3, 6, F32, device), inc)
 
 
+@pytest.mark.parametrize("batch,nstacks,log_n", [(37, 2, 7), (9, 1, 13), (9, 1, 14)])
+def test_row_lanes_cpu(batch, nstacks, log_n):
+    # The CPU runs real types a vector of rows of one stack at a time (a ragged last vector; 37
+    # rows: several backward chunks), and one row at a time where the backward's buffers would
+    # pass 32 MB (2^14 points; 2^13 still on lanes).
+    torch.manual_seed(log_n)
+    x = torch.randn(batch, nstacks, 1 << log_n)
+    check(x, random_twiddle(nstacks, 1, log_n, F32, "cpu"), inc=log_n % 2 == 1)
+
+
 def test_leading_dims(device):
     tw = random_twiddle(3, 2, 5, F32, device)
     check(torch.randn(2, 3, 3, 32, device=device), tw)

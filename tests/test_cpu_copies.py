@@ -4,7 +4,8 @@ The CPU kernels that vectorise (core/cpu_variants.h) are compiled three times (b
 AVX2, AVX-512) and the best copy the machine runs is called, so the rest of the suite tests only
 that copy. Here the CPU tests of those ops run again in a subprocess with MMM_CPU_ISA capping the
 choice: the baseline copy (16-byte vectors, no FMA: the most different) for every such op, the
-AVX2 copy for the FFT ops, whose vector width changes how rows and channels map to lanes.
+AVX2 copy for the ops that put one row (or channel) per vector lane, where the vector width
+changes how rows map to lanes.
 """
 import os
 import subprocess
@@ -18,9 +19,9 @@ import mmm
 HERE = Path(__file__).resolve().parent
 ORDER = ("baseline", "avx2", "avx512")
 FILES = {
-    "baseline": ["test_fft.py", "test_fftconv.py", "test_block_diag_matmul.py", "test_attention.py",
-                 "test_fused_add_norm.py"],
-    "avx2": ["test_fft.py", "test_fftconv.py"],
+    "baseline": ["test_fft.py", "test_fftconv.py", "test_butterfly.py", "test_block_diag_matmul.py",
+                 "test_attention.py", "test_fused_add_norm.py"],
+    "avx2": ["test_fft.py", "test_fftconv.py", "test_butterfly.py"],
 }
 ENV_NAME = {"baseline": "base", "avx2": "avx2"}
 

@@ -1,30 +1,33 @@
 // The CPU FFT of the fft and fftconv ops: core/fft_cpu.h's DIF (natural order in, bit-reversed
-// order out), run on a group of rows at once, one row per vector lane.
+// order out), run on a group of rows at once, one row per vector lane (core/cpu_lanes.h).
 //
 // Included INSIDE each per-ISA namespace of a CPU kernel (see fft/fft_cpu_impl.h), after
 // core/fft_cpu.h, <cstring>, <type_traits>, <utility> and <vector>: so it has no include guard and
-// no includes.
+// no includes but core/cpu_lanes.h.
 //
-// Why lanes: pocketfft and MKL vectorise a batch of transforms across transforms, and so do we.
-// A point of the group is {V re, V im} with lane l holding row l's value, so every butterfly of
-// every stage is plain vertical arithmetic with broadcast twiddles at the full vector width (the
-// per-row form needs shuffles for interleaved complex numbers and for the stages narrower than a
-// vector, and ran at a third of torch.fft). Stages go two at a time (radix 4), so each pass over
-// the data does twice the work; a block larger than kCacheBytes gets one radix-4 pass and then
-// its four quarters are transformed one after the other (depth first, the recursion of a DIF),
-// so the passes after the first run in cache whatever the length.
-// The result equals the radix-2 stages' in exact arithmetic; the rounding differs.
+// A point of the group is {V re, V im}, so every butterfly of every stage is plain vertical
+// arithmetic with broadcast twiddles at the full vector width (the per-row form needs shuffles for
+// interleaved complex numbers and for the stages narrower than a vector, and ran at a third of
+// torch.fft). Stages go two at a time (radix 4), so each pass over the data does twice the work;
+// a block larger than kCacheBytes gets one radix-4 pass and then its four quarters are transformed
+// one after the other (depth first, the recursion of a DIF), so the passes after the first run in
+// cache whatever the length. The result equals the radix-2 stages' in exact arithmetic; the
+// rounding differs.
+
+#include "core/cpu_lanes.h"
 
 template <typename T, int kBytes>
 struct FftLanes {
-  typedef T V __attribute__((vector_size(kBytes)));
-  static constexpr int kLanes = kBytes / int(sizeof(T));
+  using Lanes = CpuLanes<T, kBytes>;
+  using V = typename Lanes::V;
+  static constexpr int kLanes = Lanes::kLanes;
   struct Point {
     V re, im;
   };
+  using Buffer = typename Lanes::template Buffer<Point>;
   static constexpr int64_t kCacheBytes = int64_t(256) << 10;  // half of a 512 KB - 1 MB L2
 
-  static V splat(T s) { return V{} + s; }
+  static V splat(T s) { return Lanes::splat(s); }
 
   // Real signals (core/fft_cpu.h's rfft_post / irfft_pre, per lane). rfft_post: out[0..n] = the
   // rfft bins of the packed signal whose DIF is z (bit-reversed): X[k] = E + W_N^k O and
@@ -75,11 +78,10 @@ struct FftLanes {
           V v0, v1;
           std::memcpy(&v0, x + l * row_stride + 2 * j, sizeof(V));
           std::memcpy(&v1, x + l * row_stride + 2 * j + kLanes, sizeof(V));
-          re[l] = __builtin_shuffle(v0, v1, even_mask(kSeq{}));
-          im[l] = __builtin_shuffle(v0, v1, odd_mask(kSeq{}));
+          Lanes::deinterleave(v0, v1, re[l], im[l]);
         }
-        transpose(re);
-        transpose(im);
+        Lanes::transpose(re);
+        Lanes::transpose(im);
         for (int c = 0; c < kLanes; ++c) dst[j + c] = Point{re[c], im[c]};
       }
     }
@@ -102,11 +104,11 @@ struct FftLanes {
           re[c] = v.re * scale;
           im[c] = v.im * scale;
         }
-        transpose(re);
-        transpose(im);
+        Lanes::transpose(re);
+        Lanes::transpose(im);
         for (int l = 0; l < kLanes; ++l) {
-          const V v0 = __builtin_shuffle(re[l], im[l], zip_mask(kSeq{}, 0));
-          const V v1 = __builtin_shuffle(re[l], im[l], zip_mask(kSeq{}, kLanes / 2));
+          V v0, v1;
+          Lanes::interleave(re[l], im[l], v0, v1);
           std::memcpy(y + l * row_stride + 2 * k, &v0, sizeof(V));
           std::memcpy(y + l * row_stride + 2 * k + kLanes, &v1, sizeof(V));
         }
@@ -119,16 +121,6 @@ struct FftLanes {
         y[l * row_stride + 2 * i + 1] = v.im[l] * scale;
       }
   }
-
-  // Zeroed points aligned for vector loads: std::vector<Point> handed GCC 12's AVX-512 copy
-  // 32-byte aligned storage for 64-byte vectors (a segfault on the first aligned store).
-  struct Buffer {
-    std::vector<char> raw;
-    Point* data;
-    explicit Buffer(int64_t points) : raw(size_t(points) * sizeof(Point) + kBytes) {
-      data = reinterpret_cast<Point*>((reinterpret_cast<uintptr_t>(raw.data()) + kBytes - 1) & ~uintptr_t(kBytes - 1));
-    }
-  };
 
   // Unnormalised DIF of the 2^log2m points at x, in place (x[p] = X[bit_reverse(p)]).
   template <bool kInverse>
@@ -157,33 +149,6 @@ struct FftLanes {
   }
 
  private:
-  // Shuffle masks (GCC's __builtin_shuffle: index i < kLanes picks a[i], else b[i - kLanes]).
-  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef I M __attribute__((vector_size(kBytes)));
-  using kSeq = std::make_index_sequence<kLanes>;
-  template <size_t... c>
-  static M even_mask(std::index_sequence<c...>) { return M{I(2 * c)...}; }
-  template <size_t... c>
-  static M odd_mask(std::index_sequence<c...>) { return M{I(2 * c + 1)...}; }
-  template <size_t... c>  // a[o], b[o], a[o + 1], b[o + 1], ...
-  static M zip_mask(std::index_sequence<c...>, int o) { return M{I((c % 2 ? kLanes : 0) + o + c / 2)...}; }
-  template <int s, size_t... c>
-  static M lo_mask(std::index_sequence<c...>) { return M{I((c & s) ? kLanes + c - s : c)...}; }
-  template <int s, size_t... c>
-  static M hi_mask(std::index_sequence<c...>) { return M{I((c & s) ? kLanes + c : c + s)...}; }
-
-  // r[l][c] -> r[c][l]: at each step s, rows l and l + s swap their s-wide column blocks.
-  template <int s = kLanes / 2>
-  static void transpose(V* r) {
-    for (int l = 0; l < kLanes; ++l)
-      if (!(l & s)) {
-        const V a = r[l], b = r[l + s];
-        r[l] = __builtin_shuffle(a, b, lo_mask<s>(kSeq{}));
-        r[l + s] = __builtin_shuffle(a, b, hi_mask<s>(kSeq{}));
-      }
-    if constexpr (s > 1) transpose<s / 2>(r);
-  }
-
   // The DIF stages h = 2q and h = q on each block of 4q points: for a_k = x[j + kq],
   //   x[j] = (a0 + a2) + (a1 + a3),            x[j + q]  = ((a0 + a2) - (a1 + a3)) W^2j,
   //   x[j + 2q] = ((a0 - a2) -+ i(a1 - a3)) W^j, x[j + 3q] = ((a0 - a2) +- i(a1 - a3)) W^3j,
