@@ -122,14 +122,15 @@ def test_stacks_blocks_pad_trim(device, n_in, inc):
     check(x, random_twiddle(3, 3, 6, F32, device), inc)
 
 
-@pytest.mark.parametrize("batch,nstacks,log_n", [(37, 2, 7), (9, 1, 13), (9, 1, 14)])
-def test_row_lanes_cpu(batch, nstacks, log_n):
-    # The CPU runs real types a vector of rows of one stack at a time (a ragged last vector; 37
-    # rows: several backward chunks), and one row at a time where the backward's buffers would
-    # pass 32 MB (2^14 points; 2^13 still on lanes).
+@pytest.mark.parametrize("batch,nstacks,log_n,dtype", [(37, 2, 7, F32), (37, 2, 7, C64), (20, 1, 5, C128),
+                                                       (9, 1, 13, F32), (9, 1, 14, F32)])
+def test_row_lanes_cpu(batch, nstacks, log_n, dtype):
+    # The CPU runs a vector of rows of one stack at a time (a ragged last vector; 37 rows: several
+    # backward chunks), and one row at a time where the backward's buffers would pass 32 MB (2^14
+    # fp32 points; 2^13 still on lanes).
     torch.manual_seed(log_n)
-    x = torch.randn(batch, nstacks, 1 << log_n)
-    check(x, random_twiddle(nstacks, 1, log_n, F32, "cpu"), inc=log_n % 2 == 1)
+    x = torch.randn(batch, nstacks, 1 << log_n, dtype=dtype)
+    check(x, random_twiddle(nstacks, 1, log_n, dtype, "cpu"), inc=log_n % 2 == 1)
 
 
 def test_leading_dims(device):

@@ -1,21 +1,21 @@
 // butterfly_multiply's CPU algorithm, compiled once per instruction set by butterfly_cpu.cpp
 // (inside namespace mmm::<isa>; no include guard, no includes on purpose but core/cpu_lanes.h).
 //
-// Real types (fp32 arithmetic for fp32/fp16/bf16 storage, fp64) run a vector of rows of one stack
-// at a time, one row per lane (core/cpu_lanes.h): each factor's 2x2 blocks are vertical
+// A stack's rows run a vector at a time, one row per lane (core/cpu_lanes.h; complex rows as a
+// vector of real parts and one of imaginary parts): each factor's 2x2 blocks are vertical
 // arithmetic with broadcast twiddles at the full vector width, whatever the stride (one row at a
-// time, the strides narrower than a vector do not vectorise). Complex types, batches of fewer
-// rows a stack than half a vector, and backward passes whose per-thread buffers would pass
-// kLanesMaxBytes run one row at a time: the twiddles converted to the compute type in a planar
-// layout (stack, factor, ij, p), so that the inner loop of a factor (over q < stride, consecutive
-// pairs) reads four contiguous twiddle streams and two contiguous halves of the row.
+// time, the strides narrower than a vector do not vectorise). Stacks of fewer rows than half a
+// vector, and backward passes whose per-thread buffers would pass kLanesMaxBytes, run one row at
+// a time (the CUDA kernels' twin). Either way the twiddles are first converted to the compute
+// type in a planar layout (stack, factor, ij, p), so that the inner loop of a factor (over
+// q < stride, consecutive pairs) reads four contiguous twiddle streams and two contiguous halves
+// of the row (or of its lanes).
 // Backward stores the L+1 intermediate rows of the rows it is working on (CPU memory is cheap; the
 // CUDA kernels recompute instead) and accumulates dtwiddle per fixed chunk of rows.
 
 #include "core/cpu_lanes.h"
 
 namespace {
-
 
 template <typename C> struct is_cx : std::false_type {};
 template <typename R> struct is_cx<std::complex<R>> : std::true_type {};
@@ -193,51 +193,84 @@ template <typename C> void backward(const ButterflyParams& p, const CpuParallelF
   });
 }
 
-// ---- A vector of rows at a time (real types) -------------------------------------------------
+// ---- A vector of rows at a time -----------------------------------------------------------------
+
+// A lane vector of compute type C (core/cpu_lanes.h; complex: a vector of real parts and one of
+// imaginary parts) and the arithmetic the factors need on it.
+template <typename C, bool = is_cx<C>::value>
+struct RowLanes {
+  using L = CpuLanes<C, MMM_CPU_VECTOR_BYTES>;
+  using E = typename L::V;
+  static constexpr int kLanes = L::kLanes;
+  static E mul(C t, E a) { return L::splat(t) * a; }  // t broadcast
+  static E add(E a, E b) { return a + b; }
+  static E mul_conj(E d, E a) { return d * a; }  // d conj(a)
+  static C lane(const E& e, int l) { return e[l]; }
+  static void load(E* dst, const C* rows, int64_t n, int used) { L::load(dst, rows, n, n, used); }
+  static void store(C* rows, int64_t n, const E* src, int used) { L::store(rows, n, src, n, used); }
+};
 
 template <typename C>
-using RowLanes = CpuLanes<C, MMM_CPU_VECTOR_BYTES>;
+struct RowLanes<C, true> {
+  using R = typename C::value_type;
+  using L = CpuLanes<R, MMM_CPU_VECTOR_BYTES>;
+  using E = typename L::Complex;
+  static constexpr int kLanes = L::kLanes;
+  static E mul(C t, E a) {
+    const typename L::V tr = L::splat(t.real()), ti = L::splat(t.imag());
+    return E{tr * a.re - ti * a.im, tr * a.im + ti * a.re};
+  }
+  static E add(E a, E b) { return E{a.re + b.re, a.im + b.im}; }
+  static E mul_conj(E d, E a) { return E{d.re * a.re + d.im * a.im, d.im * a.re - d.re * a.im}; }
+  static C lane(const E& e, int l) { return C(e.re[l], e.im[l]); }
+  static void load(E* dst, const C* rows, int64_t n, int used) {
+    L::load_complex(dst, reinterpret_cast<const R*>(rows), 2 * n, n, used);
+  }
+  static void store(C* rows, int64_t n, const E* src, int used) {
+    L::store_complex(reinterpret_cast<R*>(rows), 2 * n, src, nullptr, n, used, R(1));
+  }
+};
 
 // Per-thread buffers of the lanes backward past this fall back to one row at a time.
 constexpr int64_t kLanesMaxBytes = int64_t(32) << 20;
 
 // out <- B in for one factor of stride 2^s (planar twiddles t; out may be in).
 template <typename C>
-void apply_factor_lanes(const typename RowLanes<C>::V* in, typename RowLanes<C>::V* out, const C* __restrict t,
+void apply_factor_lanes(const typename RowLanes<C>::E* in, typename RowLanes<C>::E* out, const C* __restrict t,
                         int64_t n, int s) {
-  using L = RowLanes<C>;
+  using O = RowLanes<C>;
   const int64_t h = n / 2, S = int64_t(1) << s;
   const C *t00 = t, *t01 = t + h, *t10 = t + 2 * h, *t11 = t + 3 * h;
   for (int64_t k = 0; k < n / (2 * S); ++k) {
     const int64_t lo = k * 2 * S, p0 = k * S;
     for (int64_t q = 0; q < S; ++q) {
-      const typename L::V a = in[lo + q], b = in[lo + S + q];
-      out[lo + q] = L::splat(t00[p0 + q]) * a + L::splat(t01[p0 + q]) * b;
-      out[lo + S + q] = L::splat(t10[p0 + q]) * a + L::splat(t11[p0 + q]) * b;
+      const typename O::E a = in[lo + q], b = in[lo + S + q];
+      out[lo + q] = O::add(O::mul(t00[p0 + q], a), O::mul(t01[p0 + q], b));
+      out[lo + S + q] = O::add(O::mul(t10[p0 + q], a), O::mul(t11[p0 + q], b));
     }
   }
 }
 
-// backward_factor on lanes: g (planar vectors, like t) += the twiddle gradient of every lane.
+// backward_factor on lanes: g (planar lane vectors, like t) += the twiddle gradient of every lane.
 template <typename C>
-void backward_factor_lanes(typename RowLanes<C>::V* __restrict d, const typename RowLanes<C>::V* __restrict v,
-                           const C* __restrict t, typename RowLanes<C>::V* __restrict g, int64_t n, int s) {
-  using L = RowLanes<C>;
-  using V = typename L::V;
+void backward_factor_lanes(typename RowLanes<C>::E* __restrict d, const typename RowLanes<C>::E* __restrict v,
+                           const C* __restrict t, typename RowLanes<C>::E* __restrict g, int64_t n, int s) {
+  using O = RowLanes<C>;
+  using E = typename O::E;
   const int64_t h = n / 2, S = int64_t(1) << s;
   const C *t00 = t, *t01 = t + h, *t10 = t + 2 * h, *t11 = t + 3 * h;
-  V *g00 = g, *g01 = g + h, *g10 = g + 2 * h, *g11 = g + 3 * h;
+  E *g00 = g, *g01 = g + h, *g10 = g + 2 * h, *g11 = g + 3 * h;
   for (int64_t k = 0; k < n / (2 * S); ++k) {
     const int64_t lo = k * 2 * S, p0 = k * S;
     for (int64_t q = 0; q < S; ++q) {
       const int64_t pq = p0 + q;
-      const V a = v[lo + q], b = v[lo + S + q], da = d[lo + q], db = d[lo + S + q];
-      g00[pq] += da * a;
-      g01[pq] += da * b;
-      g10[pq] += db * a;
-      g11[pq] += db * b;
-      d[lo + q] = L::splat(t00[pq]) * da + L::splat(t10[pq]) * db;
-      d[lo + S + q] = L::splat(t01[pq]) * da + L::splat(t11[pq]) * db;
+      const E a = v[lo + q], b = v[lo + S + q], da = d[lo + q], db = d[lo + S + q];
+      g00[pq] = O::add(g00[pq], O::mul_conj(da, a));
+      g01[pq] = O::add(g01[pq], O::mul_conj(da, b));
+      g10[pq] = O::add(g10[pq], O::mul_conj(db, a));
+      g11[pq] = O::add(g11[pq], O::mul_conj(db, b));
+      d[lo + q] = O::add(O::mul(conj_(t00[pq]), da), O::mul(conj_(t10[pq]), db));
+      d[lo + S + q] = O::add(O::mul(conj_(t01[pq]), da), O::mul(conj_(t11[pq]), db));
     }
   }
 }
@@ -245,19 +278,19 @@ void backward_factor_lanes(typename RowLanes<C>::V* __restrict d, const typename
 // Rows b0 .. b0 + used - 1 of stack s (row r = b * nstacks + s) from `base` (row stride rs
 // elements of dtype t, len of them read, zero padded to n) into lanes, through `rows`.
 template <typename C>
-void load_lanes(typename RowLanes<C>::V* dst, C* rows, const void* base, DType t, int64_t rs, const ButterflyParams& p,
+void load_lanes(typename RowLanes<C>::E* dst, C* rows, const void* base, DType t, int64_t rs, const ButterflyParams& p,
                 int64_t b0, int64_t s, int used, int64_t len) {
   const int64_t eb = elem_bytes(t);
   for (int l = 0; l < used; ++l)
     load_row(rows + l * p.n, static_cast<const char*>(base) + ((b0 + l) * p.nstacks + s) * rs * eb, t, len, p.n);
-  RowLanes<C>::load(dst, rows, p.n, p.n, used);
+  RowLanes<C>::load(dst, rows, p.n, used);
 }
 
 template <typename C>
-void store_lanes(void* base, DType t, int64_t rs, const typename RowLanes<C>::V* src, C* rows,
+void store_lanes(void* base, DType t, int64_t rs, const typename RowLanes<C>::E* src, C* rows,
                  const ButterflyParams& p, int64_t b0, int64_t s, int used, int64_t len) {
   const int64_t eb = elem_bytes(t);
-  RowLanes<C>::store(rows, p.n, src, p.n, used);
+  RowLanes<C>::store(rows, p.n, src, used);
   for (int l = 0; l < used; ++l)
     store_row(static_cast<char*>(base) + ((b0 + l) * p.nstacks + s) * rs * eb, t, rows + l * p.n, len);
 }
@@ -265,16 +298,16 @@ void store_lanes(void* base, DType t, int64_t rs, const typename RowLanes<C>::V*
 // Tasks g * nstacks + s: batch rows [g kLanes, g kLanes + kLanes) of stack s.
 template <typename C>
 void forward_lanes(const ButterflyParams& p, const CpuParallelFor& pf) {
-  using L = RowLanes<C>;
+  using O = RowLanes<C>;
   const std::vector<C> tw = planar_twiddles<C>(p);
-  const int64_t n = p.n, nL = p.factors(), groups = ceil_div(p.batch, L::kLanes);
-  const int64_t grain = std::max<int64_t>(1, 65536 / (n * nL * L::kLanes));
+  const int64_t n = p.n, nL = p.factors(), groups = ceil_div(p.batch, O::kLanes);
+  const int64_t grain = std::max<int64_t>(1, 65536 / (n * nL * O::kLanes));
   pf(0, groups * p.nstacks, grain, [&](int64_t t0, int64_t t1) {
-    typename L::template Buffer<typename L::V> buf(n);
-    std::vector<C> rows(size_t(L::kLanes * n));
+    typename O::L::template Buffer<typename O::E> buf(n);
+    std::vector<C> rows(size_t(O::kLanes * n));
     for (int64_t task = t0; task < t1; ++task) {
-      const int64_t s = task % p.nstacks, b0 = task / p.nstacks * L::kLanes;
-      const int used = int(std::min<int64_t>(L::kLanes, p.batch - b0));
+      const int64_t s = task % p.nstacks, b0 = task / p.nstacks * O::kLanes;
+      const int used = int(std::min<int64_t>(O::kLanes, p.batch - b0));
       load_lanes<C>(buf.data, rows.data(), p.x, p.x_dtype, p.x_row_stride, p, b0, s, used, p.n_read());
       for (int64_t f = 0; f < nL; ++f)
         apply_factor_lanes<C>(buf.data, buf.data, tw.data() + (s * nL + f) * 2 * n, n, p.stride_log2(f));
@@ -286,31 +319,31 @@ void forward_lanes(const ButterflyParams& p, const CpuParallelFor& pf) {
 template <typename C>
 int64_t lanes_backward_bytes(const ButterflyParams& p) {
   // activations (L + 1 rows of lanes) + the dtwiddle accumulators (nstacks * L * 2n lanes)
-  return ((p.factors() + 1) * p.n + p.nstacks * p.factors() * 2 * p.n) * int64_t(sizeof(typename RowLanes<C>::V));
+  return ((p.factors() + 1) * p.n + p.nstacks * p.factors() * 2 * p.n) * int64_t(sizeof(typename RowLanes<C>::E));
 }
 
 // Fixed chunks of batch indices (every stack), each with its own dtwiddle partial, summed in
 // chunk order: the reduction order depends on the shapes only.
 template <typename C>
 void backward_lanes(const ButterflyParams& p, const CpuParallelFor& pf) {
-  using L = RowLanes<C>;
-  using V = typename L::V;
+  using O = RowLanes<C>;
+  using E = typename O::E;
   const std::vector<C> tw = planar_twiddles<C>(p);
   const int64_t n = p.n, nL = p.factors(), nr = p.n_read();
   const int64_t tw_elems = p.nstacks * nL * 2 * n;  // planar (nstacks, L, 4, n/2)
   // At least 4 vectors of rows a chunk: each chunk ends with a horizontal sum of its accumulators.
   const int64_t chunks = std::clamp<int64_t>(std::min<int64_t>(16, (int64_t(1) << 24) / tw_elems), 1,
-                                             std::max<int64_t>(p.batch / (4 * L::kLanes), 1));
+                                             std::max<int64_t>(p.batch / (4 * O::kLanes), 1));
   std::vector<C> partial(size_t(chunks * tw_elems), C(0));
   pf(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    typename L::template Buffer<V> acts((nL + 1) * n), d(n), gacc(tw_elems);
-    std::vector<C> rows(size_t(L::kLanes * n));
+    typename O::L::template Buffer<E> acts((nL + 1) * n), d(n), gacc(tw_elems);
+    std::vector<C> rows(size_t(O::kLanes * n));
     for (int64_t c = c0; c < c1; ++c) {
-      std::fill(gacc.data, gacc.data + tw_elems, V{});
+      std::fill(gacc.data, gacc.data + tw_elems, E{});
       const int64_t bb = p.batch * c / chunks, be = p.batch * (c + 1) / chunks;
       for (int64_t s = 0; s < p.nstacks; ++s)
-        for (int64_t b0 = bb; b0 < be; b0 += L::kLanes) {
-          const int used = int(std::min<int64_t>(L::kLanes, be - b0));
+        for (int64_t b0 = bb; b0 < be; b0 += O::kLanes) {
+          const int used = int(std::min<int64_t>(O::kLanes, be - b0));
           const C* t = tw.data() + s * nL * 2 * n;
           load_lanes<C>(acts.data, rows.data(), p.x, p.x_dtype, p.x_row_stride, p, b0, s, used, nr);
           for (int64_t f = 0; f < nL; ++f)
@@ -324,7 +357,7 @@ void backward_lanes(const ButterflyParams& p, const CpuParallelFor& pf) {
       C* g = partial.data() + c * tw_elems;
       for (int64_t i = 0; i < tw_elems; ++i) {
         C sum = C(0);
-        for (int l = 0; l < L::kLanes; ++l) sum += gacc.data[i][l];  // lanes past a group's rows are zero
+        for (int l = 0; l < O::kLanes; ++l) sum += O::lane(gacc.data[i], l);  // lanes past a group's rows are zero
         g[i] = sum;
       }
     }
@@ -348,13 +381,13 @@ template <typename C>
 bool use_lanes(const ButterflyParams& p) { return p.batch >= RowLanes<C>::kLanes / 2; }
 
 template <typename C>
-void forward_real(const ButterflyParams& p, const CpuParallelFor& pf) {
+void forward_any(const ButterflyParams& p, const CpuParallelFor& pf) {
   if (use_lanes<C>(p)) forward_lanes<C>(p, pf);
   else forward<C>(p, pf);
 }
 
 template <typename C>
-void backward_real(const ButterflyParams& p, const CpuParallelFor& pf) {
+void backward_any(const ButterflyParams& p, const CpuParallelFor& pf) {
   if (use_lanes<C>(p) && lanes_backward_bytes<C>(p) <= kLanesMaxBytes) backward_lanes<C>(p, pf);
   else backward<C>(p, pf);
 }
@@ -363,18 +396,18 @@ void backward_real(const ButterflyParams& p, const CpuParallelFor& pf) {
 
 inline void forward_cpu(const ButterflyParams& p, const CpuParallelFor& pf) {
   switch (p.x_dtype) {
-    case DType::kFloat64: forward_real<double>(p, pf); break;
-    case DType::kComplex64: forward<std::complex<float>>(p, pf); break;
-    case DType::kComplex128: forward<std::complex<double>>(p, pf); break;
-    default: forward_real<float>(p, pf); break;
+    case DType::kFloat64: forward_any<double>(p, pf); break;
+    case DType::kComplex64: forward_any<std::complex<float>>(p, pf); break;
+    case DType::kComplex128: forward_any<std::complex<double>>(p, pf); break;
+    default: forward_any<float>(p, pf); break;
   }
 }
 
 inline void backward_cpu(const ButterflyParams& p, const CpuParallelFor& pf) {
   switch (p.x_dtype) {
-    case DType::kFloat64: backward_real<double>(p, pf); break;
-    case DType::kComplex64: backward<std::complex<float>>(p, pf); break;
-    case DType::kComplex128: backward<std::complex<double>>(p, pf); break;
-    default: backward_real<float>(p, pf); break;
+    case DType::kFloat64: backward_any<double>(p, pf); break;
+    case DType::kComplex64: backward_any<std::complex<float>>(p, pf); break;
+    case DType::kComplex128: backward_any<std::complex<double>>(p, pf); break;
+    default: backward_any<float>(p, pf); break;
   }
 }

@@ -57,6 +57,66 @@ struct CpuLanes {
       for (int64_t i = j; i < count; ++i) y[l * row_stride + i] = src[i][l];
   }
 
+  // Complex numbers: a vector of real parts and one of imaginary parts.
+  struct Complex {
+    V re, im;
+  };
+
+  // dst[j] = {re, im} of x_l[j] in lane l, for j < count and rows x_l = x + l * row_stride
+  // (l < used, lanes past it zero; x, row_stride in reals, a row's complex numbers interleaved).
+  static void load_complex(Complex* dst, const T* x, int64_t row_stride, int64_t count, int used) {
+    int64_t j = 0;
+    if (used == kLanes) {
+      for (; j + kLanes <= count; j += kLanes) {
+        V re[kLanes], im[kLanes];
+        for (int l = 0; l < kLanes; ++l) {
+          V v0, v1;
+          std::memcpy(&v0, x + l * row_stride + 2 * j, sizeof(V));
+          std::memcpy(&v1, x + l * row_stride + 2 * j + kLanes, sizeof(V));
+          deinterleave(v0, v1, re[l], im[l]);
+        }
+        transpose(re);
+        transpose(im);
+        for (int c = 0; c < kLanes; ++c) dst[j + c] = Complex{re[c], im[c]};
+      }
+    }
+    for (int l = 0; l < kLanes; ++l)
+      for (int64_t i = j; i < count; ++i) {
+        dst[i].re[l] = l < used ? x[l * row_stride + 2 * i] : T(0);
+        dst[i].im[l] = l < used ? x[l * row_stride + 2 * i + 1] : T(0);
+      }
+  }
+
+  // y_l[k] = scale * src[index ? index[k] : k] in lane l, for k < count (the layout of load_complex).
+  static void store_complex(T* y, int64_t row_stride, const Complex* src, const uint32_t* index, int64_t count, int used,
+                            T scale) {
+    int64_t k = 0;
+    if (used == kLanes) {
+      for (; k + kLanes <= count; k += kLanes) {
+        V re[kLanes], im[kLanes];
+        for (int c = 0; c < kLanes; ++c) {
+          const Complex& v = src[index ? int64_t(index[k + c]) : k + c];
+          re[c] = v.re * scale;
+          im[c] = v.im * scale;
+        }
+        transpose(re);
+        transpose(im);
+        for (int l = 0; l < kLanes; ++l) {
+          V v0, v1;
+          interleave(re[l], im[l], v0, v1);
+          std::memcpy(y + l * row_stride + 2 * k, &v0, sizeof(V));
+          std::memcpy(y + l * row_stride + 2 * k + kLanes, &v1, sizeof(V));
+        }
+      }
+    }
+    for (int l = 0; l < used; ++l)
+      for (int64_t i = k; i < count; ++i) {
+        const Complex& v = src[index ? int64_t(index[i]) : i];
+        y[l * row_stride + 2 * i] = v.re[l] * scale;
+        y[l * row_stride + 2 * i + 1] = v.im[l] * scale;
+      }
+  }
+
   // Shuffle masks (GCC's __builtin_shuffle: index i < kLanes picks a[i], else b[i - kLanes]).
   using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
   typedef I M __attribute__((vector_size(kBytes)));

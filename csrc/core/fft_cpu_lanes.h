@@ -17,17 +17,14 @@
 #include "core/cpu_lanes.h"
 
 template <typename T, int kBytes>
-struct FftLanes {
+struct FftLanes : CpuLanes<T, kBytes> {
   using Lanes = CpuLanes<T, kBytes>;
   using V = typename Lanes::V;
-  static constexpr int kLanes = Lanes::kLanes;
-  struct Point {
-    V re, im;
-  };
+  using Lanes::kLanes;
+  using Lanes::splat;
+  using Point = typename Lanes::Complex;
   using Buffer = typename Lanes::template Buffer<Point>;
   static constexpr int64_t kCacheBytes = int64_t(256) << 10;  // half of a 512 KB - 1 MB L2
-
-  static V splat(T s) { return Lanes::splat(s); }
 
   // Real signals (core/fft_cpu.h's rfft_post / irfft_pre, per lane). rfft_post: out[0..n] = the
   // rfft bins of the packed signal whose DIF is z (bit-reversed): X[k] = E + W_N^k O and
@@ -65,61 +62,6 @@ struct FftLanes {
       z[k] = Point{sr - di, si + dr};
       z[n - k] = Point{sr + di, dr - si};
     }
-  }
-
-  // dst[j] = {re, im} of x_l[j] in lane l, for j < count and rows x_l = x + l * row_stride
-  // (l < used, lanes past it zero; x, row_stride in reals, a row's complex numbers interleaved).
-  static void load(Point* dst, const T* x, int64_t row_stride, int64_t count, int used) {
-    int64_t j = 0;
-    if (used == kLanes) {
-      for (; j + kLanes <= count; j += kLanes) {
-        V re[kLanes], im[kLanes];
-        for (int l = 0; l < kLanes; ++l) {
-          V v0, v1;
-          std::memcpy(&v0, x + l * row_stride + 2 * j, sizeof(V));
-          std::memcpy(&v1, x + l * row_stride + 2 * j + kLanes, sizeof(V));
-          Lanes::deinterleave(v0, v1, re[l], im[l]);
-        }
-        Lanes::transpose(re);
-        Lanes::transpose(im);
-        for (int c = 0; c < kLanes; ++c) dst[j + c] = Point{re[c], im[c]};
-      }
-    }
-    for (int l = 0; l < kLanes; ++l)
-      for (int64_t i = j; i < count; ++i) {
-        dst[i].re[l] = l < used ? x[l * row_stride + 2 * i] : T(0);
-        dst[i].im[l] = l < used ? x[l * row_stride + 2 * i + 1] : T(0);
-      }
-  }
-
-  // y_l[k] = scale * src[index ? index[k] : k] in lane l, for k < count (the layout of load).
-  static void store(T* y, int64_t row_stride, const Point* src, const uint32_t* index, int64_t count, int used,
-                    T scale) {
-    int64_t k = 0;
-    if (used == kLanes) {
-      for (; k + kLanes <= count; k += kLanes) {
-        V re[kLanes], im[kLanes];
-        for (int c = 0; c < kLanes; ++c) {
-          const Point& v = src[index ? int64_t(index[k + c]) : k + c];
-          re[c] = v.re * scale;
-          im[c] = v.im * scale;
-        }
-        Lanes::transpose(re);
-        Lanes::transpose(im);
-        for (int l = 0; l < kLanes; ++l) {
-          V v0, v1;
-          Lanes::interleave(re[l], im[l], v0, v1);
-          std::memcpy(y + l * row_stride + 2 * k, &v0, sizeof(V));
-          std::memcpy(y + l * row_stride + 2 * k + kLanes, &v1, sizeof(V));
-        }
-      }
-    }
-    for (int l = 0; l < used; ++l)
-      for (int64_t i = k; i < count; ++i) {
-        const Point& v = src[index ? int64_t(index[i]) : i];
-        y[l * row_stride + 2 * i] = v.re[l] * scale;
-        y[l * row_stride + 2 * i + 1] = v.im[l] * scale;
-      }
   }
 
   // Unnormalised DIF of the 2^log2m points at x, in place (x[p] = X[bit_reverse(p)]).

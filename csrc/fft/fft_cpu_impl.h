@@ -25,23 +25,23 @@ struct FftRows {
     const int64_t xs = 2 * p.x_row_stride, ys = 2 * p.y_row_stride;  // in reals
     switch (p.kind) {
       case FftKind::kC2C: {
-        L::load(buf, static_cast<const T*>(p.x) + r0 * xs, xs, n, used);
+        L::load_complex(buf, static_cast<const T*>(p.x) + r0 * xs, xs, n, used);
         L::dif(buf, log2n, p.inverse);
-        L::store(static_cast<T*>(p.y) + r0 * ys, ys, buf, rev, n, used, scale);
+        L::store_complex(static_cast<T*>(p.y) + r0 * ys, ys, buf, rev, n, used, scale);
         break;
       }
       case FftKind::kR2C: {  // x, real, is read as n complex numbers a row
-        L::load(buf, static_cast<const T*>(p.x) + r0 * p.x_row_stride, p.x_row_stride, n, used);
+        L::load_complex(buf, static_cast<const T*>(p.x) + r0 * p.x_row_stride, p.x_row_stride, n, used);
         L::dif(buf, log2n, false);
         L::rfft_post(buf, log2n, out);
-        L::store(static_cast<T*>(p.y) + r0 * ys, ys, out, nullptr, n + 1, used, scale);
+        L::store_complex(static_cast<T*>(p.y) + r0 * ys, ys, out, nullptr, n + 1, used, scale);
         break;
       }
       case FftKind::kC2R: {  // y, real, is written as n complex numbers a row
-        L::load(buf, static_cast<const T*>(p.x) + r0 * xs, xs, n + 1, used);
+        L::load_complex(buf, static_cast<const T*>(p.x) + r0 * xs, xs, n + 1, used);
         L::irfft_pre(buf, log2n, buf);
         L::dif(buf, log2n, true);
-        L::store(static_cast<T*>(p.y) + r0 * p.y_row_stride, p.y_row_stride, buf, rev, n, used, scale);
+        L::store_complex(static_cast<T*>(p.y) + r0 * p.y_row_stride, p.y_row_stride, buf, rev, n, used, scale);
         break;
       }
     }

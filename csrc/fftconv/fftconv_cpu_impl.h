@@ -74,7 +74,7 @@ struct ConvLanes {
 
   // out[0..half] = rfft(src rows, L) (row l at src + l * n2; lanes >= used zero).
   void rfft(const C* src, int used, Point* out) {
-    L::load(z.data, src, n2, n2 / 2, used);
+    L::load_complex(z.data, src, n2, n2 / 2, used);
     std::fill(z.data + n2 / 2, z.data + half, Point{});
     L::dif(z.data, log2n, false);
     L::rfft_post(z.data, log2n, out);
@@ -83,7 +83,7 @@ struct ConvLanes {
   void irfft(const Point* in, int used, C scale) {
     L::irfft_pre(in, log2n, z.data);
     L::dif(z.data, log2n, true);
-    L::store(rows.data(), n2, z.data, fft_cpu::bit_reverse_table(log2n), n2 / 2, used, scale);
+    L::store_complex(rows.data(), n2, z.data, fft_cpu::bit_reverse_table(log2n), n2 / 2, used, scale);
   }
   // Row l = f(l, t) for t < n (and 0 at n when n is odd).
   template <typename F>
