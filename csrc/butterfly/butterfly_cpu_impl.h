@@ -152,6 +152,22 @@ template <typename C> void forward(const ButterflyParams& p, const CpuParallelFo
   });
 }
 
+// dtwiddle[s, f, q, ij] = the sum over chunks, in chunk order, of the planar partials
+// (chunks, nstacks, L, 4, n/2).
+template <typename C>
+void store_dtwiddle(const ButterflyParams& p, const CpuParallelFor& pf, const std::vector<C>& partial, int64_t chunks) {
+  const int64_t h = p.n / 2, mats = p.nstacks * p.factors(), tw_elems = mats * 2 * p.n;
+  pf(0, mats, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int ij = 0; ij < 4; ++ij)
+        for (int64_t q = 0; q < h; ++q) {
+          C s = C(0);
+          for (int64_t c = 0; c < chunks; ++c) s += partial[size_t(c * tw_elems + (m * 4 + ij) * h + q)];
+          store_one<C>(p.dtwiddle, p.tw_dtype, (m * h + q) * 4 + ij, s);
+        }
+  });
+}
+
 template <typename C> void backward(const ButterflyParams& p, const CpuParallelFor& pf) {
   const std::vector<C> tw = planar_twiddles<C>(p);
   const int64_t n = p.n, L = p.factors(), nr = p.n_read(), rows = p.rows();
@@ -180,17 +196,7 @@ template <typename C> void backward(const ButterflyParams& p, const CpuParallelF
       }
     }
   });
-  // dtwiddle[s, f, q, ij] = sum over chunks, in chunk order.
-  const int64_t h = n / 2, mats = p.nstacks * L;
-  pf(0, mats, 1, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      for (int ij = 0; ij < 4; ++ij)
-        for (int64_t q = 0; q < h; ++q) {
-          C s = C(0);
-          for (int64_t c = 0; c < chunks; ++c) s += partial[size_t(c * tw_elems + (m * 4 + ij) * h + q)];
-          store_one<C>(p.dtwiddle, p.tw_dtype, (m * h + q) * 4 + ij, s);
-        }
-  });
+  store_dtwiddle(p, pf, partial, chunks);
 }
 
 // ---- A vector of rows at a time -----------------------------------------------------------------
@@ -362,17 +368,7 @@ void backward_lanes(const ButterflyParams& p, const CpuParallelFor& pf) {
       }
     }
   });
-  // dtwiddle[s, f, q, ij] = sum over chunks, in chunk order.
-  const int64_t h = n / 2, mats = p.nstacks * nL;
-  pf(0, mats, 1, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      for (int ij = 0; ij < 4; ++ij)
-        for (int64_t q = 0; q < h; ++q) {
-          C s = C(0);
-          for (int64_t c = 0; c < chunks; ++c) s += partial[size_t(c * tw_elems + (m * 4 + ij) * h + q)];
-          store_one<C>(p.dtwiddle, p.tw_dtype, (m * h + q) * 4 + ij, s);
-        }
-  });
+  store_dtwiddle(p, pf, partial, chunks);
 }
 
 // Lanes when a stack has at least half a vector of rows (fewer leave most lanes idle, and one row
