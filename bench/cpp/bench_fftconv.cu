@@ -125,11 +125,13 @@ int main(int argc, char** argv) {
         hp.bias = hb.data(); hp.y = ry.data(); hp.dy = hdy.data();
         hp.du = rdu.data(); hp.dpregate = rdpre.data(); hp.dpostgate = rdpost.data();
         hp.dk = nullptr; hp.dbias = nullptr;
-        std::vector<double> kspec(mmm::fftconv_cpu_kspec_bytes(hp) / sizeof(double) + 1);
-        mmm::fftconv_kspec_cpu(hp, kspec.data(), 0, hc);
-        mmm::fftconv_fwd_cpu(hp, kspec.data(), 0, hc);
-        for (int64_t t = 0; t < hc * mmm::fftconv_bwd_cpu_chunks(hp); ++t)
-          mmm::fftconv_bwd_cpu_task(hp, kspec.data(), nullptr, t);
+        // 64-byte aligned, as the CPU kernels need (params.h); no workspace without dk and dbias.
+        std::vector<double> kspec_raw(mmm::fftconv_cpu_kspec_bytes(hp) / sizeof(double) + 9);
+        double* kspec = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(kspec_raw.data()) + 63) & ~uintptr_t(63));
+        const int64_t groups = mmm::fftconv_cpu_groups(hp);
+        mmm::fftconv_kspec_cpu(hp, kspec, 0, groups);
+        mmm::fftconv_fwd_cpu(hp, kspec, 0, hp.batch * groups);
+        for (int64_t t = 0; t < mmm::fftconv_bwd_cpu_tasks(hp); ++t) mmm::fftconv_bwd_cpu_task(hp, kspec, nullptr, t);
         const double tol = dt == DType::kBFloat16 ? 2e-2 : 4e-3;
         err_fwd = rel_err(to_host(y.get(), cnt * es).data(), ry.data(), cnt, dt);
         err_bwd = std::max({rel_err(to_host(du.get(), cnt * es).data(), rdu.data(), cnt, dt),

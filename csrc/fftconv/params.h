@@ -53,7 +53,8 @@ struct FFTConvBwdParams : FFTConvParams {
 // ---- CPU (fftconv_cpu.cpp) -------------------------------------------------------------------
 // Channels are transformed a group of kFftconvCpuChannels at a time (one per vector lane; the
 // last group padded). Real type of the arithmetic: double for fp64 inputs, else float. kspec
-// holds rfft(k, L)'s L/2 + 1 bins of every channel of every group, in the CPU kernels' own layout.
+// holds rfft(k, L)'s L/2 + 1 bins of every channel of every group, in the CPU kernels' own layout
+// (vectors: kspec and the backward's workspace must be 64-byte aligned, as torch's CPU tensors are).
 constexpr int64_t kFftconvCpuChannels = 16;
 inline int64_t fftconv_cpu_groups(const FFTConvParams& p) { return ceil_div(p.channels, kFftconvCpuChannels); }
 size_t fftconv_cpu_kspec_bytes(const FFTConvParams& p);
