@@ -25,6 +25,8 @@ struct CpuLanes {
     explicit Buffer(int64_t count) : raw(size_t(count) * sizeof(P) + kBytes) {
       data = reinterpret_cast<P*>((reinterpret_cast<uintptr_t>(raw.data()) + kBytes - 1) & ~uintptr_t(kBytes - 1));
     }
+    Buffer(const Buffer&) = delete;  // data points into raw
+    Buffer& operator=(const Buffer&) = delete;
   };
 
   // dst[j] lane l = x[l * row_stride + j] for j < count, l < used; lanes past used are zero.

@@ -57,14 +57,20 @@ struct ConvLanes {
   const int log2n;       // complex FFT size half = L/2 = 2^log2n
   const int64_t half, n;
   const int64_t n2;      // n rounded up to even: the reals of a scratch row
-  typename L::Buffer z, a, b, c;  // half + 1 points each
-  std::vector<C> rows;            // kLanes scratch rows of n2 reals (zero past n)
+  typename L::Buffer z;  // half + 1 points: the transforms' work space
+  std::vector<C> rows;   // kLanes scratch rows of n2 reals (zero past n)
 
   explicit ConvLanes(const FFTConvParams& p)
-      : log2n(p.log2_fft - 1), half(p.half()), n(p.n), n2(p.n + p.n % 2), z(half + 1), a(half + 1), b(half + 1),
-        c(half + 1), rows(size_t(kLanes * n2)) {}
+      : log2n(p.log2_fft - 1), half(p.half()), n(p.n), n2(p.n + p.n % 2), z(half + 1), rows(size_t(kLanes * n2)) {}
 
   C* row(int l) { return rows.data() + l * n2; }
+  // A spectrum of half + 1 points.
+  typename L::Buffer spectrum() const { return typename L::Buffer(half + 1); }
+
+  static Point mul(const Point& x, const Point& y) { return Point{x.re * y.re - x.im * y.im, x.re * y.im + x.im * y.re}; }
+  static Point mul_conj(const Point& x, const Point& y) {  // x conj(y)
+    return Point{x.re * y.re + x.im * y.im, x.im * y.re - x.re * y.im};
+  }
 
   // k's spectrum for the lane group of channel h0 (a multiple of kLanes): half + 1 points.
   static Point* kspec(void* base, int64_t half, int64_t h0) { return static_cast<Point*>(base) + h0 / kLanes * (half + 1); }
@@ -123,6 +129,8 @@ void fwd_impl(const FFTConvParams& p, const void* kspec, int64_t task0, int64_t 
   const T* pre = static_cast<const T*>(p.pregate);
   const T* post = static_cast<const T*>(p.postgate);
   T* y = static_cast<T*>(p.y);
+  const auto spec_buf = w.spectrum();
+  Point* spec = spec_buf.data;
   for (int64_t task = task0; task < task1; ++task) {
     const int64_t bi = task / groups, g = task % groups;
     for (int s = 0; s < W::kSubgroups; ++s) {
@@ -135,13 +143,9 @@ void fwd_impl(const FFTConvParams& p, const void* kspec, int64_t task0, int64_t 
           return load<C>(pre + (r0 + l) * p.pre_rs, t) * load<C>(u + (r0 + l) * p.u_rs, t);
         });
       else w.fill_rows(used, [&](int l, int64_t t) { return load<C>(u + (r0 + l) * p.u_rs, t); });
-      Point* spec = w.a.data;
       w.rfft(w.rows.data(), used, spec);
       const Point* ks = W::kspec(kspec, half, h0);
-      for (int64_t j = 0; j <= half; ++j) {
-        const Point x = spec[j], q = ks[j];
-        spec[j] = Point{x.re * q.re - x.im * q.im, x.re * q.im + x.im * q.re};
-      }
+      for (int64_t j = 0; j <= half; ++j) spec[j] = W::mul(spec[j], ks[j]);
       w.irfft(spec, used, inv);
       for (int l = 0; l < used; ++l) {
         const int64_t r = r0 + l;
@@ -185,6 +189,8 @@ void bwd_task(const FFTConvBwdParams& p, const void* kspec, void* ws, int64_t ta
   const C inv = C(1) / C(p.fft_len());
   const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
   std::vector<C> grows(size_t(W::kLanes * w.n2));  // g = dy * postgate, one row per lane
+  const auto gs_buf = w.spectrum(), vs_buf = w.spectrum(), tmp_buf = w.spectrum();
+  Point *gs = gs_buf.data, *vs = vs_buf.data, *tmp = tmp_buf.data;
   BwdWorkspace<C> bw(p, ws);
   const T* u = static_cast<const T*>(p.u);
   const T* pre = static_cast<const T*>(p.pregate);
@@ -200,7 +206,6 @@ void bwd_task(const FFTConvBwdParams& p, const void* kspec, void* ws, int64_t ta
     const Point* ks = W::kspec(kspec, half, h0);
     C bias[W::kLanes];
     for (int l = 0; l < used; ++l) bias[l] = p.bias ? load_any<C>(p.bias, p.bias_dtype, h0 + l) : C(0);
-    Point *gs = w.a.data, *vs = w.b.data, *tmp = w.c.data;
     for (int64_t bi = b0; bi < b1; ++bi) {
       const int64_t r0 = bi * H + h0;
       for (int l = 0; l < used; ++l) {
@@ -225,16 +230,12 @@ void bwd_task(const FFTConvBwdParams& p, const void* kspec, void* ws, int64_t ta
         w.rfft(w.rows.data(), used, vs);
       }
       if (dk_acc)
-        for (int64_t j = 0; j <= half; ++j) {  // += gs conj(vs)
-          const Point x = gs[j], v = vs[j];
-          dk_acc[j].re += x.re * v.re + x.im * v.im;
-          dk_acc[j].im += x.im * v.re - x.re * v.im;
+        for (int64_t j = 0; j <= half; ++j) {
+          const Point d = W::mul_conj(gs[j], vs[j]);
+          dk_acc[j] = Point{dk_acc[j].re + d.re, dk_acc[j].im + d.im};
         }
       if (need_dv) {
-        for (int64_t j = 0; j <= half; ++j) {  // gs conj(ks)
-          const Point x = gs[j], q = ks[j];
-          tmp[j] = Point{x.re * q.re + x.im * q.im, x.im * q.re - x.re * q.im};
-        }
+        for (int64_t j = 0; j <= half; ++j) tmp[j] = W::mul_conj(gs[j], ks[j]);
         w.irfft(tmp, used, inv);
         for (int l = 0; l < used; ++l) {
           const int64_t r = r0 + l;
@@ -251,10 +252,7 @@ void bwd_task(const FFTConvBwdParams& p, const void* kspec, void* ws, int64_t ta
         }
       }
       if (p.dpostgate) {
-        for (int64_t j = 0; j <= half; ++j) {  // vs ks
-          const Point x = vs[j], q = ks[j];
-          tmp[j] = Point{x.re * q.re - x.im * q.im, x.re * q.im + x.im * q.re};
-        }
+        for (int64_t j = 0; j <= half; ++j) tmp[j] = W::mul(vs[j], ks[j]);
         w.irfft(tmp, used, inv);
         for (int l = 0; l < used; ++l) {
           const int64_t r = r0 + l;
@@ -280,7 +278,8 @@ void bwd_finalize(const FFTConvBwdParams& p, void* ws, int64_t g0, int64_t g1) {
   const int64_t half = p.half(), n = p.n, H = p.channels, chunks = bwd_chunks(p);
   const C inv = C(1) / C(p.fft_len());
   BwdWorkspace<C> bw(p, ws);
-  Point* acc = w.a.data;
+  const auto acc_buf = w.spectrum();
+  Point* acc = acc_buf.data;
   for (int64_t g = g0; g < g1; ++g)
     for (int s = 0; s < W::kSubgroups; ++s) {
       const int64_t h0 = g * kFftconvCpuChannels + s * W::kLanes;
