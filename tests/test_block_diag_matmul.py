@@ -230,6 +230,17 @@ def test_token_counts(device, tokens, nb, k, n, dtype):
     check_bdm(x, w)
 
 
+@pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=_id)
+@pytest.mark.parametrize("k", [2048, 2051, 4100])
+def test_long_reductions(device, k, dtype):
+    """Reductions longer than the CPU kernel's 2048-element panel, odd ones included (its bf16
+    pairs end in half a pair), in all three products: x·wᵀ, dy·w and dyᵀ·x over 70 tokens."""
+    x, w = bdm_inputs((70,), 2, 20, k, dtype, device)
+    check_bdm(x, w)
+    x, w = bdm_inputs((2051,), 1, 5, 3, dtype, device)  # the weight gradient's reduction is long
+    check_bdm(x, w)
+
+
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=_id)
 @pytest.mark.parametrize("shape", [(0, 48), (2, 0, 48), (0, 3, 48)], ids=_id)
 def test_empty_tokens(device, shape, dtype):

@@ -5,7 +5,8 @@ AVX2, AVX-512) and the best copy the machine runs is called, so the rest of the 
 that copy. Here the CPU tests of those ops run again in a subprocess with MMM_CPU_ISA capping the
 choice: the baseline copy (16-byte vectors, no FMA: the most different) for every such op, the
 AVX2 copy for the ops that put one row (or channel) per vector lane, where the vector width
-changes how rows map to lanes.
+changes how rows map to lanes, and, on a CPU with AVX512_BF16, the AVX-512 copy without its bf16
+dot products for the block GEMM (its bf16 operands then go through fp32).
 """
 import os
 import subprocess
@@ -17,13 +18,14 @@ import pytest
 import mmm
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("baseline", "avx2", "avx512")
+ORDER = ("baseline", "avx2", "avx512", "avx512_bf16")
 FILES = {
     "baseline": ["test_fft.py", "test_fftconv.py", "test_butterfly.py", "test_block_diag_matmul.py",
                  "test_attention.py", "test_fused_add_norm.py"],
     "avx2": ["test_fft.py", "test_fftconv.py", "test_butterfly.py"],
+    "avx512": ["test_block_diag_matmul.py"],
 }
-ENV_NAME = {"baseline": "base", "avx2": "avx2"}
+ENV_NAME = {"baseline": "base", "avx2": "avx2", "avx512": "avx512"}
 
 
 def _run(isa, args):
@@ -31,7 +33,7 @@ def _run(isa, args):
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=1200)
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_cpu_copy(isa):
     if os.environ.get("MMM_CPU_ISA"):
         pytest.skip("MMM_CPU_ISA is set for this whole run")

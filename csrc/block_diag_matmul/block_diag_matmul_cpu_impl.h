@@ -3,9 +3,9 @@
 //
 // A task is (block, 64 rows of C): a weight gradient's whole block up to 64 wide, so the packing
 // reads each token's run of dy whole (rows 16 KB apart defeat the prefetchers). Operands are
-// packed kPanel reduction elements at a time into contiguous buffers (A in its own orientation,
-// B k-major for core/cpu_gemm.h's micro-kernel), so every loop is unit-stride whatever the
-// strides of the permuted views.
+// packed kPanel reduction elements at a time into contiguous buffers (A in its own orientation
+// unless it can be read in place, B k-major for core/cpu_gemm.h's micro-kernels), so every loop
+// is unit-stride whatever the strides of the permuted views.
 
 #include "core/cpu_gemm.h"
 
@@ -25,48 +25,71 @@ inline void store(T* p, C v) {
   else *p = from_float<T>(static_cast<float>(v));
 }
 
-template <typename T>
+// kPairs: bf16 on a CPU with AVX512_BF16, whose micro-kernel (CpuGemmBf16) takes the operands as
+// bf16 bits, a pair of reduction elements per step; the packed layouts below are the same with
+// the reduction in steps of kStep elements (a pair, or one).
+template <typename T, bool kPairs = false>
 void run(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
   using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  using Gemm = CpuGemm<C>;
+  using Gemm = std::conditional_t<kPairs, CpuGemmBf16, CpuGemm<C>>;
+  using E = std::conditional_t<kPairs, uint16_t, C>;  // the micro-kernel's operand type
+  constexpr int64_t kStep = kPairs ? 2 : 1;
+  auto operand = [](const T* v) -> E {
+    if constexpr (kPairs) return v->bits;
+    else return load<C>(v);
+  };
   const int64_t row_chunks = ceil_div(g.m, kBlockGemmCpuRows);
   const T* A = static_cast<const T*>(g.a);
   const T* B = static_cast<const T*>(g.b);
   T* Cm = static_cast<T*>(g.c);
-  std::vector<C> bp, ap, acc;
+  std::vector<E> bp, ap;
+  std::vector<C> acc;
   int64_t packed_blk = -1, packed_p0 = -1;  // the B panel in bp: a thread's next task often reuses it
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t blk = task / row_chunks;
     const int64_t i0 = (task % row_chunks) * kBlockGemmCpuRows, i1 = std::min(g.m, i0 + kBlockGemmCpuRows);
     const int64_t rows = i1 - i0;
     acc.resize(size_t(rows * g.n));
-    for (int64_t p0 = 0; p0 < g.k; p0 += kPanel) {
-      const int64_t kp = std::min(kPanel, g.k - p0);
+    for (int64_t p0 = 0; p0 < g.k; p0 += kPanel) {  // kPanel is even: no pair straddles panels
+      const int64_t kp = std::min(kPanel, g.k - p0), kp_padded = (kp + kStep - 1) / kStep * kStep;
       if (blk != packed_blk || p0 != packed_p0) {
         bp.resize(size_t(Gemm::packed_size(kp, g.n)));
         const T* Bb = B + blk * g.b_bs + p0 * g.b_ks;
         if (g.b_ns == 1)  // contiguous columns: the copy vectorises
-          Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return load<C>(Bb + p * g.b_ks + j); });
+          Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return operand(Bb + p * g.b_ks + j); });
         else
-          Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return load<C>(Bb + p * g.b_ks + j * g.b_ns); });
+          Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return operand(Bb + p * g.b_ks + j * g.b_ns); });
         packed_blk = blk, packed_p0 = p0;
       }
-      // A is packed in its own orientation (contiguous copies; the micro-kernel reads it by
-      // scalar broadcasts, any strides): rows of p, or, where rows are contiguous (the weight
-      // gradient's dy), p-major runs of rows.
+      // A is read in place where it is the micro-kernel's type already with a unit-stride
+      // reduction of whole steps; else packed in its own orientation (contiguous copies; the
+      // micro-kernel reads it by broadcasts, any strides): rows of p, or, where rows are
+      // contiguous (the weight gradient's dy), step-major runs of rows. An odd panel's last
+      // pair ends in a zero.
       const T* Ab = A + blk * g.a_bs + i0 * g.a_ms + p0 * g.a_ks;
-      int64_t a_rs = kp, a_ps = 1;  // the packed A's strides
-      if (g.a_ms == 1 && g.a_ks != 1) {
-        a_rs = 1, a_ps = (rows + 15) / 16 * 16;
-        ap.resize(size_t(kp * a_ps));
-        for (int64_t p = 0; p < kp; ++p)
-          for (int64_t i = 0; i < rows; ++i) ap[size_t(p * a_ps + i)] = load<C>(Ab + p * g.a_ks + i);
+      const E* a;
+      int64_t a_rs, a_ps = kStep;
+      if ((kPairs || std::is_same_v<T, C>) && g.a_ks == 1 && kp == kp_padded) {
+        a = reinterpret_cast<const E*>(Ab), a_rs = g.a_ms;
+      } else if (g.a_ms == 1 && g.a_ks != 1) {
+        const int64_t pitch = (rows + 15) / 16 * 16;
+        a_rs = kStep, a_ps = kStep * pitch;
+        ap.assign(size_t(kp_padded * pitch), E(0));
+        for (int64_t p = 0; p < kp; ++p) {
+          E* dst = ap.data() + p / kStep * a_ps + p % kStep;
+          for (int64_t i = 0; i < rows; ++i) dst[i * kStep] = operand(Ab + p * g.a_ks + i);
+        }
+        a = ap.data();
       } else {
-        ap.resize(size_t(rows * kp));
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t p = 0; p < kp; ++p) ap[size_t(i * kp + p)] = load<C>(Ab + i * g.a_ms + p * g.a_ks);
+        a_rs = kp_padded;
+        ap.resize(size_t(rows * kp_padded));
+        for (int64_t i = 0; i < rows; ++i) {
+          for (int64_t p = 0; p < kp; ++p) ap[size_t(i * kp_padded + p)] = operand(Ab + i * g.a_ms + p * g.a_ks);
+          if (kp < kp_padded) ap[size_t(i * kp_padded + kp)] = E(0);
+        }
+        a = ap.data();
       }
-      Gemm::run(ap.data(), a_rs, a_ps, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
+      Gemm::run(a, a_rs, a_ps, rows, kp, bp.data(), g.n, acc.data(), g.n, /*accumulate=*/p0 > 0);
     }
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < g.n; ++j)
@@ -81,7 +104,15 @@ void run_tasks(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
     case DType::kFloat32: run<float>(g, task_begin, task_end); break;
     case DType::kFloat64: run<double>(g, task_begin, task_end); break;
     case DType::kFloat16: run<Half>(g, task_begin, task_end); break;
-    case DType::kBFloat16: run<BFloat16>(g, task_begin, task_end); break;
+    case DType::kBFloat16:
+#if defined(MMM_CPU_AVX512)
+      if (cpu_has_avx512_bf16()) {
+        run<BFloat16, true>(g, task_begin, task_end);
+        break;
+      }
+#endif
+      run<BFloat16>(g, task_begin, task_end);
+      break;
     default: break;  // the glue admits no other dtype
   }
 }

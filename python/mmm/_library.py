@@ -54,6 +54,6 @@ def build_info() -> dict:
         # fused_attention's compiled CUDA head dims; a head dim D runs on the smallest one >= D
         "attention_head_dims": [int(d) for d in getattr(bi, "ATTENTION_HEAD_DIMS", "").split(";") if d],
         "library": load_library(),
-        # the instruction-set copy of the CPU kernels in use (MMM_CPU_ISA=base|avx2 caps it)
-        "cpu_kernels": ("baseline", "avx2", "avx512")[torch.ops.mmm._cpu_variant(torch.empty(0))],
+        # the instruction-set copy of the CPU kernels in use (MMM_CPU_ISA=base|avx2|avx512 caps it)
+        "cpu_kernels": ("baseline", "avx2", "avx512", "avx512_bf16")[torch.ops.mmm._cpu_variant(torch.empty(0))],
     }
