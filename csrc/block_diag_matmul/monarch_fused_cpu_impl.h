@@ -5,7 +5,8 @@
 // plan.bt tokens: stage 1 writes a chunk's intermediate z permuted (MonarchIndex), rounded to
 // x's dtype as the GPU stores it; stage 2 reads z as contiguous runs and writes y through
 // monarch_y_col. Operands are converted to the accumulation type once, and the small GEMMs run
-// on core/cpu_gemm.h's micro-kernel.
+// on core/cpu_gemm.h's micro-kernel; bf16 on a CPU with AVX512_BF16 keeps them bf16 and runs
+// them on its bf16-pair micro-kernel (kPairs: needs even p and r, so no pair straddles blocks).
 
 #include "core/cpu_gemm.h"
 
@@ -23,10 +24,21 @@ inline T from_acc(C v) {
   else return from_float<T>(static_cast<float>(v));
 }
 
-template <typename T>
+template <typename T, bool kPairs = false>
 void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t task_begin, int64_t task_end) {
   using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  using Gemm = CpuGemm<C>;
+  // The micro-kernel and its operand type: C, or bf16 bits taken a pair (a_step) at a time.
+  using Gemm = std::conditional_t<kPairs, CpuGemmBf16, CpuGemm<C>>;
+  using E = std::conditional_t<kPairs, uint16_t, C>;
+  constexpr int64_t a_step = kPairs ? 2 : 1;
+  auto operand = [](T v) -> E {
+    if constexpr (kPairs) return v.bits;
+    else return to_acc<C>(v);
+  };
+  auto rounded = [](C v) -> E {  // z as the GPU stores it, rounded to T
+    if constexpr (kPairs) return from_acc<T>(v).bits;
+    else return to_acc<C>(from_acc<T>(v));
+  };
   const int64_t k = f.k, q = f.q, p = f.p, l = f.l, s = f.s, r = f.r;
   const int64_t J = plan.chunk, bt = plan.bt, N = k * p;
   const MonarchIndex<int64_t> ix(k, q, l, r, J);
@@ -38,32 +50,33 @@ void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t ta
   // The weights packed once per call (a thread's tasks share them) as the micro-kernel's B: per
   // (chunk, unit) the unit's n1 w1 rows, per stage-2 block its s w2 rows, k-major.
   const int64_t pk1 = Gemm::packed_size(p, n1), pk2 = Gemm::packed_size(r, s);
-  std::vector<C> w1p(size_t(l / J * units * pk1)), w2p(size_t(l * pk2));
+  std::vector<E> w1p(size_t(l / J * units * pk1)), w2p(size_t(l * pk2));
   for (int64_t j0 = 0; j0 < l; j0 += J)
     for (int64_t u = 0; u < units; ++u) {
       const T* wb = W1 + ix.block(j0, u) * q * p;
       Gemm::pack_b(w1p.data() + (j0 / J * units + u) * pk1, p, n1,
-                   [&](int64_t c, int64_t e) { return to_acc<C>(wb[ix.w1_row(j0, e) * p + c]); });
+                   [&](int64_t c, int64_t e) { return operand(wb[ix.w1_row(j0, e) * p + c]); });
     }
   for (int64_t j = 0; j < l; ++j)
-    Gemm::pack_b(w2p.data() + j * pk2, r, s, [&](int64_t i, int64_t t2) { return to_acc<C>(W2[(j * s + t2) * r + i]); });
-  std::vector<C> xt(size_t(bt * N)), z(size_t(bt * J * r)), out(size_t(bt * std::max(n1, s)));
+    Gemm::pack_b(w2p.data() + j * pk2, r, s, [&](int64_t i, int64_t t2) { return operand(W2[(j * s + t2) * r + i]); });
+  std::vector<E> xt(size_t(bt * N)), z(size_t(bt * J * r));
+  std::vector<C> out(size_t(bt * std::max(n1, s)));
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t t0 = task * bt, rows = std::min(bt, f.tokens - t0);
     for (int64_t m = 0; m < rows; ++m)
-      for (int64_t c = 0; c < N; ++c) xt[size_t(m * N + c)] = to_acc<C>(X[(t0 + m) * f.x_rs + c]);
+      for (int64_t c = 0; c < N; ++c) xt[size_t(m * N + c)] = operand(X[(t0 + m) * f.x_rs + c]);
     for (int64_t j0 = 0; j0 < l; j0 += J) {
       for (int64_t u = 0; u < units; ++u) {  // stage 1, stored permuted and rounded to T
-        Gemm::run(xt.data() + ix.block(j0, u) * p, N, 1, rows, p, w1p.data() + (j0 / J * units + u) * pk1, n1,
+        Gemm::run(xt.data() + ix.block(j0, u) * p, N, a_step, rows, p, w1p.data() + (j0 / J * units + u) * pk1, n1,
                   out.data(), n1, false);
         for (int64_t e = 0; e < n1; ++e) {
           const int64_t zc = ix.z_col(u, e);  // (its divisions once per column, not per token)
           for (int64_t m = 0; m < rows; ++m)
-            z[size_t(m * J * r + zc)] = to_acc<C>(from_acc<T>(out[size_t(m * n1 + e)]));
+            z[size_t(m * J * r + zc)] = rounded(out[size_t(m * n1 + e)]);
         }
       }
       for (int64_t jj = 0; jj < J; ++jj) {  // stage 2 from contiguous runs of z
-        Gemm::run(z.data() + jj * r, J * r, 1, rows, r, w2p.data() + (j0 + jj) * pk2, s, out.data(), s, false);
+        Gemm::run(z.data() + jj * r, J * r, a_step, rows, r, w2p.data() + (j0 + jj) * pk2, s, out.data(), s, false);
         for (int64_t m = 0; m < rows; ++m)
           for (int64_t t2 = 0; t2 < s; ++t2)
             Y[(t0 + m) * f.y_rs + monarch_y_col(t2, jj, j0, l)] = from_acc<T>(out[size_t(m * s + t2)]);
@@ -79,7 +92,15 @@ void monarch_fused_tasks(const MonarchFused& f, const MonarchFusedPlan& plan, in
     case DType::kFloat32: run_monarch<float>(f, plan, task_begin, task_end); break;
     case DType::kFloat64: run_monarch<double>(f, plan, task_begin, task_end); break;
     case DType::kFloat16: run_monarch<Half>(f, plan, task_begin, task_end); break;
-    case DType::kBFloat16: run_monarch<BFloat16>(f, plan, task_begin, task_end); break;
+    case DType::kBFloat16:
+#if defined(MMM_CPU_AVX512)
+      if (cpu_has_avx512_bf16() && f.p % 2 == 0 && f.r % 2 == 0) {
+        run_monarch<BFloat16, true>(f, plan, task_begin, task_end);
+        break;
+      }
+#endif
+      run_monarch<BFloat16>(f, plan, task_begin, task_end);
+      break;
     default: break;  // the glue admits no other dtype
   }
 }
