@@ -74,6 +74,7 @@ Problem make(const Shape& s, mmm::DType dt, uint64_t seed) {
   fill_random(pr.k.get(), nk, dt, seed + 2);
   fill_random(pr.v.get(), nk, dt, seed + 3);
   fill_random(pr.dout.get(), nq, dt, seed + 4);
+  MMM_CHECK_CUDA(cudaDeviceSynchronize());  // the fills ran on the legacy stream; the timings use another
   mmm::AttentionBwdParams det = pr.bwd(), fast = det;
   det.deterministic = true;
   fast.deterministic = false;
@@ -148,25 +149,21 @@ double check_against_cpu(mmm::DType dt, bool deterministic) {
 int main(int argc, char** argv) {
   const char* usage = "bench_attention [--quick] [--reps N] [--json PATH]\n";
   const Args args = Args::parse(argc, argv, {}, usage);
-  const DeviceInfo dev = device_info();
-  cudaStream_t stream;
-  MMM_CHECK_CUDA(cudaStreamCreate(&stream));
-  const double copy_bps = copy_bandwidth(stream);
-  std::printf("%s (sm_%d%d), copy bandwidth %.0f GB/s\n", dev.prop.name, dev.prop.major, dev.prop.minor, copy_bps / 1e9);
-  std::printf("compiled head dims: %s\n", mmm::attention_compiled_head_dims());
+  BenchDevice bd("bench_attention");
+  auto& [dev, stream, copy_bps, optin, flusher] = bd;
+  bd.print_header(std::string("compiled head dims: ") + mmm::attention_compiled_head_dims());
 
-  bool ok = true;
+  int failures = 0;
   for (mmm::DType dt : {mmm::DType::kBFloat16, mmm::DType::kFloat16})
     for (bool det : {true, false}) {
       std::printf("checking %s against the CPU twin, backward %s\n", dtype_name(dt), det ? "deterministic" : "default");
       const double err = check_against_cpu(dt, det), tol = dt == mmm::DType::kBFloat16 ? 4e-2 : 1e-2;
       if (!(err < tol)) {
         std::printf("  FAILED: %.2e >= %.0e\n", err, tol);
-        ok = false;
+        ++failures;
       }
     }
 
-  L2Flusher flusher(dev.l2_bytes);
   const int reps = args.reps ? args.reps : (args.quick ? 5 : 20);
   std::vector<int64_t> seqlens = args.quick ? std::vector<int64_t>{1024, 4096} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192, 16384};
   Table table({"dtype", "D", "causal", "B", "H", "S", "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s", "det bwd TF/s"});
@@ -212,8 +209,7 @@ int main(int argc, char** argv) {
   }
   table.print();
   std::printf("FLOPs: forward 4*B*H*S*S*D (halved when causal), backward 2.5x forward; cold L2; median.\n");
-  JsonObject extra;
-  extra.boolean("checks_passed", ok);
-  write_json(args.json_path, "attention", dev, copy_bps, records, extra);
-  return ok ? 0 : 1;
+  JsonObject extra = bd.env(reps);
+  extra.boolean("checks_passed", failures == 0);
+  return bd.finish(args.json_path, "attention", records, extra, failures);
 }

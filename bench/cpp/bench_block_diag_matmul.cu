@@ -186,16 +186,10 @@ int main(int argc, char** argv) {
                  : std::vector<std::pair<int64_t, int64_t>>{{1024, 32}, {4096, 64}, {8192, 64}, {8192, 128}};
   if (args.get("--cases", "") != "") shapes = parse_cases(args.get("--cases", ""));
 
-  const DeviceInfo dev = device_info();
-  cudaStream_t stream;
-  MMM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const double copy_bps = copy_bandwidth(stream);
-  L2Flusher flusher(dev.l2_bytes);
-  std::printf("%s (sm_%d%d, %d SMs, L2 %d MB) | copy bandwidth %.0f GB/s | L2 flush %zu MB | "
-              "tensor cores %s | tokens %lld | commit %s\n",
-              dev.prop.name, dev.prop.major, dev.prop.minor, dev.prop.multiProcessorCount,
-              dev.l2_bytes >> 20, copy_bps / 1e9, flusher.bytes() >> 20,
-              tensor_cores ? "on" : "off (simt_only)", tokens, env_or("MMM_COMMIT", "unknown").c_str());
+  BenchDevice bd("bench_block_diag_matmul");
+  auto& [dev, stream, copy_bps, optin, flusher] = bd;
+  bd.print_header(std::string("tensor cores ") + (tensor_cores ? "on" : "off (simt_only)") + " | tokens " +
+                  std::to_string(tokens));
 
   std::vector<Case> cases;
   for (DType dt : dtypes)
@@ -424,9 +418,9 @@ int main(int argc, char** argv) {
               "2*tokens*|w| per needed GEMM (monarch_bwd's recompute of u not counted). GB/s: read "
               "inputs (x or dy, x, weights) once + write outputs (y or dx, weight grads) once; "
               "intermediates u, du not counted.\n", copy_bps / 1e9);
-  JsonObject extra = timing_env(args.reps > 0 ? args.reps : default_reps, flusher);
+  JsonObject extra = bd.env(args.reps > 0 ? args.reps : default_reps);
   extra.boolean("tensor_cores", tensor_cores).integer("tokens", tokens)
       .str("flop_model", "useful: 2*tokens*weight elements per needed GEMM; recompute not counted")
       .str("byte_model", "inputs read once + outputs written once; intermediates not counted");
-  return finish(args.json_path, "block_diag_matmul", dev, copy_bps, records, extra, stream, failures);
+  return bd.finish(args.json_path, "block_diag_matmul", records, extra, failures);
 }

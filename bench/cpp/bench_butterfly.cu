@@ -117,18 +117,9 @@ int main(int argc, char** argv) {
   }
   const int64_t x_bytes = int64_t(args.quick ? 16 : 64) << 20;
 
-  require_device("bench_butterfly");
-  const DeviceInfo dev = device_info();
-  cudaStream_t stream;
-  MMM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const double copy_bps = copy_bandwidth(stream);
-  L2Flusher flusher(dev.l2_bytes);
-  int optin = 0;
-  MMM_CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev.id));
-  std::printf("%s (sm_%d%d, %d SMs, L2 %d MB, %d KB smem/block) | copy bandwidth %.0f GB/s | L2 flush %zu MB | "
-              "commit %s\n",
-              dev.prop.name, dev.prop.major, dev.prop.minor, dev.prop.multiProcessorCount, dev.l2_bytes >> 20,
-              optin >> 10, copy_bps / 1e9, flusher.bytes() >> 20, env_or("MMM_COMMIT", "unknown").c_str());
+  BenchDevice bd("bench_butterfly");
+  auto& [dev, stream, copy_bps, optin, flusher] = bd;
+  bd.print_header();
 
   const mmm::CpuParallelFor serial = [](int64_t b, int64_t e, int64_t,
                                         const std::function<void(int64_t, int64_t)>& fn) {
@@ -268,7 +259,5 @@ int main(int argc, char** argv) {
 
   table.print();
   print_copy_bandwidth(copy_bps);
-  JsonObject extra = timing_env(reps, flusher);
-  extra.integer("smem_optin_bytes", optin);
-  return finish(args.json_path, "butterfly", dev, copy_bps, records, extra, stream, failures);
+  return bd.finish(args.json_path, "butterfly", records, bd.env(reps), failures);
 }

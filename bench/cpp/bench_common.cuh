@@ -475,6 +475,46 @@ inline int finish(const std::string& json_path, const std::string& bench, const 
   return failures ? 1 : 0;
 }
 
+// What every binary sets up first: the GPU (a clear exit where there is none), a non-blocking
+// stream, the copy bandwidth it measures itself, the L2 flusher; then the one header line, and at
+// the end finish().
+struct BenchDevice {
+  DeviceInfo dev;
+  cudaStream_t stream = nullptr;
+  double copy_bps = 0;
+  int smem_optin = 0;  // bytes of shared memory a block may opt in to
+  L2Flusher flusher;
+
+  explicit BenchDevice(const char* prog) : dev((require_device(prog), device_info())), flusher(dev.l2_bytes) {
+    MMM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    copy_bps = copy_bandwidth(stream);
+    MMM_CHECK_CUDA(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev.id));
+  }
+  BenchDevice(const BenchDevice&) = delete;
+  BenchDevice& operator=(const BenchDevice&) = delete;
+
+  // "<GPU> (sm_XY, N SMs, L2 M MB, K KB smem/block) | copy bandwidth | L2 flush | <what> | commit"
+  void print_header(const std::string& what = "") const {
+    std::printf("%s (sm_%d%d, %d SMs, L2 %d MB, %d KB smem/block) | copy bandwidth %.0f GB/s | L2 flush %zu MB | "
+                "%s%scommit %s\n",
+                dev.prop.name, dev.prop.major, dev.prop.minor, dev.prop.multiProcessorCount, dev.l2_bytes >> 20,
+                smem_optin >> 10, copy_bps / 1e9, flusher.bytes() >> 20, what.c_str(), what.empty() ? "" : " | ",
+                env_or("MMM_COMMIT", "unknown").c_str());
+  }
+
+  // The JSON "env" fields of the timing method and the device's shared-memory limit.
+  JsonObject env(int reps) const {
+    JsonObject e = timing_env(reps, flusher);
+    e.integer("smem_optin_bytes", smem_optin);
+    return e;
+  }
+
+  int finish(const std::string& json_path, const std::string& bench, const std::vector<JsonObject>& records,
+             const JsonObject& extra_env, int failures) {
+    return mmm_bench::finish(json_path, bench, dev, copy_bps, records, extra_env, stream, failures);
+  }
+};
+
 // Aligned table: set the headers once, add rows of already formatted cells, print at the end.
 class Table {
  public:

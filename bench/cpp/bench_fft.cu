@@ -68,16 +68,9 @@ int main(int argc, char** argv) {
                     " (powers of two >= 2)");
   const int64_t x_bytes = int64_t(args.quick ? 32 : 128) << 20;
 
-  const DeviceInfo dev = device_info();
-  cudaStream_t stream;
-  MMM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const double copy_bps = copy_bandwidth(stream);
-  L2Flusher flusher(dev.l2_bytes);
-  std::printf("%s (sm_%d%d, %d SMs, L2 %d MB) | copy bandwidth %.0f GB/s | L2 flush %zu MB | one CTA up to %lld "
-              "points | commit %s\n",
-              dev.prop.name, dev.prop.major, dev.prop.minor, dev.prop.multiProcessorCount, dev.l2_bytes >> 20,
-              copy_bps / 1e9, flusher.bytes() >> 20, (long long)mmm::fft_cuda_max_cta_points(dev.id),
-              env_or("MMM_COMMIT", "unknown").c_str());
+  BenchDevice bd("bench_fft");
+  auto& [dev, stream, copy_bps, optin, flusher] = bd;
+  bd.print_header("one CTA up to " + std::to_string(mmm::fft_cuda_max_cta_points(dev.id)) + " points");
 
   std::vector<Case> cases;
   for (int64_t n : ns)
@@ -151,6 +144,5 @@ int main(int argc, char** argv) {
   MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
   table.print();
   print_copy_bandwidth(copy_bps);
-  const JsonObject extra = timing_env(reps, flusher);
-  return finish(args.json_path, "fft", dev, copy_bps, records, extra, stream, failures);
+  return bd.finish(args.json_path, "fft", records, bd.env(reps), failures);
 }

@@ -52,16 +52,9 @@ int main(int argc, char** argv) {
   std::vector<DType> dts = {DType::kBFloat16};
   if (!args.quick) dts.push_back(DType::kFloat16);
 
-  const DeviceInfo dev = device_info();
-  cudaStream_t stream;
-  MMM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const double copy_bps = copy_bandwidth(stream);
-  L2Flusher flusher(dev.l2_bytes);
-  int optin = 0;
-  MMM_CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev.id));
-  std::printf("%s (sm_%d%d, %d SMs, L2 %d MB, %d KB smem/block) | copy bandwidth %.0f GB/s | commit %s\n",
-              dev.prop.name, dev.prop.major, dev.prop.minor, dev.prop.multiProcessorCount, dev.l2_bytes >> 20,
-              optin >> 10, copy_bps / 1e9, env_or("MMM_COMMIT", "unknown").c_str());
+  BenchDevice bd("bench_fftconv");
+  auto& [dev, stream, copy_bps, optin, flusher] = bd;
+  bd.print_header();
 
   const int64_t H = 768;
   Table table({"N", "B", "dtype", "op", "path", "time us", "GB/s", "% copy BW", "check"});
@@ -166,7 +159,5 @@ int main(int argc, char** argv) {
 
   table.print();
   print_copy_bandwidth(copy_bps);
-  JsonObject extra = timing_env(reps, flusher);
-  extra.integer("smem_optin_bytes", optin);
-  return finish(args.json_path, "fftconv", dev, copy_bps, records, extra, stream, failures);
+  return bd.finish(args.json_path, "fftconv", records, bd.env(reps), failures);
 }

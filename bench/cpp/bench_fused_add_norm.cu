@@ -98,16 +98,9 @@ int main(int argc, char** argv) {
                                        : std::vector<int64_t>{256, 1024, 4096, 8192, 16384, 65536};
   if (args.get("--n", "") != "") ns = parse_list(args.get("--n", ""));
 
-  const DeviceInfo dev = device_info();
-  cudaStream_t stream;
-  MMM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const double copy_bps = copy_bandwidth(stream);
-  L2Flusher flusher(dev.l2_bytes);
-  std::printf("%s (sm_%d%d, %d SMs, L2 %d MB) | copy bandwidth %.0f GB/s | L2 flush %zu MB | "
-              "act %s, dropout %g | commit %s\n",
-              dev.prop.name, dev.prop.major, dev.prop.minor, dev.prop.multiProcessorCount,
-              dev.l2_bytes >> 20, copy_bps / 1e9, flusher.bytes() >> 20,
-              args.get("--act", "none").c_str(), dropout_p, env_or("MMM_COMMIT", "unknown").c_str());
+  BenchDevice bd("bench_fused_add_norm");
+  auto& [dev, stream, copy_bps, optin, flusher] = bd;
+  bd.print_header("act " + args.get("--act", "none") + ", dropout " + fmtf("%g", dropout_p));
 
   std::vector<Case> cases;
   for (DType dt : {DType::kBFloat16, DType::kFloat16})
@@ -249,7 +242,7 @@ int main(int argc, char** argv) {
 
   table.print();
   print_copy_bandwidth(copy_bps);
-  JsonObject extra = timing_env(reps, flusher);
+  JsonObject extra = bd.env(reps);
   extra.str("activation", args.get("--act", "none")).num("dropout_p", dropout_p);
-  return finish(args.json_path, "fused_add_norm", dev, copy_bps, records, extra, stream, failures);
+  return bd.finish(args.json_path, "fused_add_norm", records, extra, failures);
 }
