@@ -6,7 +6,8 @@ that copy. Here the CPU tests of those ops run again in a subprocess with MMM_CP
 choice: the baseline copy (16-byte vectors, no FMA: the most different) for every such op, the
 AVX2 copy for the ops that put one row (or channel) per vector lane, where the vector width
 changes how rows map to lanes, and, on a CPU with AVX512_BF16, the AVX-512 copy without its bf16
-dot products for the block GEMM (its bf16 operands then go through fp32).
+dot products for the block GEMM and the attention forward (their bf16 operands then go through
+fp32).
 """
 import os
 import subprocess
@@ -23,7 +24,7 @@ FILES = {
     "baseline": ["test_fft.py", "test_fftconv.py", "test_butterfly.py", "test_block_diag_matmul.py",
                  "test_attention.py", "test_fused_add_norm.py"],
     "avx2": ["test_fft.py", "test_fftconv.py", "test_butterfly.py"],
-    "avx512": ["test_block_diag_matmul.py"],
+    "avx512": ["test_block_diag_matmul.py", "test_attention.py"],
 }
 ENV_NAME = {"baseline": "base", "avx2": "avx2", "avx512": "avx512"}
 

@@ -19,7 +19,8 @@
 // Every product is one register-blocked micro-GEMM, C (6 x 2 vectors) += A·B, with A read
 // through (row, k) strides so that transposed operands (Pᵀ, dSᵀ) need no copy.
 // Arithmetic in fp32 (fp16/bf16/fp32 inputs) or fp64 (fp64 inputs, for gradcheck; natural exp
-// instead of exp2).
+// instead of exp2). The bf16 forward on a CPU with AVX512_BF16 keeps Q, K, V as bf16 and runs
+// both products on vdpbf16ps pairs (micro_pairs): S unscaled, then scaled; P rounded to bf16.
 
 #include "core/cpu_rows.h"
 
@@ -183,6 +184,108 @@ struct Attention {
     if (n < N) gemm_panel<1, kAcc>(M, K, a, ars, aks, b + n, ldb, c + n, ldc);
   }
 
+#if defined(MMM_CPU_AVX512)
+  // ---- bf16 pairs (CPUs with AVX512_BF16, the forward of bf16 inputs) -------------------------
+  // The same products on bf16 operands, a pair of reduction elements per vdpbf16ps (twice an fp32
+  // FMA's work): A's pair q of row r is the two uint16 at a + r·ars + 2q, B's pair-row q holds
+  // columns as [column][2] at b + q·ldb. Sums in fp32, over q in order.
+  static constexpr bool kBf16 = std::is_same_v<T, BFloat16>;
+  static bool use_pairs() { return kBf16 && cpu_has_avx512_bf16(); }
+
+  template <int R, int NV, bool kAcc>
+  __attribute__((target("avx512bf16,avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+  static void micro_pairs(int64_t Q, const uint16_t* __restrict a, int64_t ars, const uint16_t* __restrict b,
+                          int64_t ldb, float* __restrict c, int64_t ldc) {
+    __m512 acc[R][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = kAcc ? _mm512_loadu_ps(c + r * ldc + v * 16) : _mm512_setzero_ps();
+    for (int64_t q = 0; q < Q; ++q) {
+      __m512i bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + q * ldb + v * 32);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int pair;
+        std::memcpy(&pair, a + r * ars + 2 * q, sizeof pair);
+        const __m512i av = _mm512_set1_epi32(pair);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)av, (__m512bh)bv[v]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + v * 16, acc[r][v]);
+  }
+
+  template <int NV, bool kAcc>
+  static void gemm_pairs_panel(int64_t M, int64_t Q, const uint16_t* a, int64_t ars, const uint16_t* b, int64_t ldb,
+                               float* c, int64_t ldc) {
+    int64_t m = 0;
+    for (; m + kMicroRows <= M; m += kMicroRows)
+      micro_pairs<kMicroRows, NV, kAcc>(Q, a + m * ars, ars, b, ldb, c + m * ldc, ldc);
+    const uint16_t* am = a + m * ars;
+    float* cm = c + m * ldc;
+    switch (M - m) {
+      case 5: micro_pairs<5, NV, kAcc>(Q, am, ars, b, ldb, cm, ldc); break;
+      case 4: micro_pairs<4, NV, kAcc>(Q, am, ars, b, ldb, cm, ldc); break;
+      case 3: micro_pairs<3, NV, kAcc>(Q, am, ars, b, ldb, cm, ldc); break;
+      case 2: micro_pairs<2, NV, kAcc>(Q, am, ars, b, ldb, cm, ldc); break;
+      case 1: micro_pairs<1, NV, kAcc>(Q, am, ars, b, ldb, cm, ldc); break;
+      default: break;
+    }
+  }
+
+  // C[M x N] (=|+=) A[M x 2Q] · B[2Q x N], N a multiple of 16 (L).
+  template <bool kAcc>
+  static void gemm_pairs(int64_t M, int64_t N, int64_t Q, const uint16_t* a, int64_t ars, const uint16_t* b,
+                         int64_t ldb, float* c, int64_t ldc) {
+    int64_t n = 0;
+    for (; n + 32 <= N; n += 32) gemm_pairs_panel<2, kAcc>(M, Q, a, ars, b + 2 * n, ldb, c + n, ldc);
+    if (n < N) gemm_pairs_panel<1, kAcc>(M, Q, a, ars, b + 2 * n, ldb, c + n, ldc);
+  }
+
+  // Rows [j0, j0 + n) of a (seq, D) bf16 operand as B pair-rows for S = Q·Kᵀ, pairs over D:
+  // dst[(x / 2) · 2kBlockN + 2j + x % 2] = row j's element x, zero for j in [n, cols) and x >= D.
+  static void pack_pairs_transposed(const T* base, int64_t row_stride, int64_t j0, int64_t n, int64_t cols,
+                                    int64_t D, uint16_t* dst) {
+    const int64_t Dq = round_up(D, 2);
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t x = 0; x < Dq; ++x)
+        dst[x / 2 * 2 * kBlockN + 2 * j + x % 2] = j < n && x < D ? base[(j0 + j) * row_stride + x].bits : 0;
+  }
+  // Rows [j0, j0 + n) of a (seq, D) bf16 operand as B pair-rows for O += P·V, pairs over rows:
+  // dst[(j / 2) · 2ld + 2x + j % 2] = row j's element x, zero for x in [D, ld) and j in [n, n + n % 2).
+  static void pack_pairs_rows(const T* base, int64_t row_stride, int64_t j0, int64_t n, int64_t D, int64_t ld,
+                              uint16_t* dst) {
+    for (int64_t j = 0; j < round_up(n, 2); ++j) {
+      uint16_t* d = dst + j / 2 * 2 * ld + j % 2;
+      for (int64_t x = 0; x < ld; ++x) d[2 * x] = j < n && x < D ? base[(j0 + j) * row_stride + x].bits : 0;
+    }
+  }
+  // 16 floats as bf16 bits at dst: round to nearest even, a NaN stays a (quiet) NaN.
+  static void store_bf16(uint16_t* dst, V v) {
+    typedef uint32_t VU __attribute__((vector_size(kVecBytes)));
+    typedef uint16_t VH __attribute__((vector_size(kVecBytes / 2)));
+    const VU u = (VU)v;
+    const VU rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const VH bits = __builtin_convertvector((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded, VH);
+    std::memcpy(dst, &bits, sizeof bits);
+  }
+  // out (M x np, ld kBlockN) = A·B·mul over D = round_up(D, 2) / 2 pairs: A rows of Dq bits (Q or
+  // dO), B as pack_pairs_transposed left it (Kᵀ or Vᵀ). The forward's and the backward's scores
+  // come from here alike, so the backward's P is the forward's bit for bit.
+  static void scores_pairs(int64_t M, int64_t np, int64_t Dq, const uint16_t* a, const uint16_t* b, C mul, C* out) {
+    gemm_pairs<false>(M, np, Dq / 2, a, Dq, b, 2 * kBlockN, out, kBlockN);
+    if (mul == C(1)) return;
+    const V vm = vsplat(mul);
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < np; c += L) vstore(out + r * kBlockN + c, vload(out + r * kBlockN + c) * vm);
+  }
+#endif
+
   // ---- packing ---------------------------------------------------------------------------------
   // Rows [r0, r0 + rows) of a (seq, D) operand into dst (rows x ld, zero beyond D), times mul.
   static void pack_rows(const T* base, int64_t row_stride, int64_t r0, int64_t rows, int64_t D, int64_t ld,
@@ -206,6 +309,11 @@ struct Attention {
     const int64_t np = round_up(n, L);
     for (int64_t x = 0; x < D; ++x)
       for (int64_t j = n; j < np; ++j) dst[x * kBlockN + j] = C(0);
+  }
+
+  static uint16_t bits_of(T v) {  // a bf16's bits (only bf16 inputs take the pair path)
+    if constexpr (std::is_same_v<T, BFloat16>) return v.bits;
+    else return 0;
   }
 
   static const T* head_ptr(const void* base, const AttentionStrides& s, int64_t b, int64_t h) {
@@ -246,14 +354,28 @@ struct Attention {
   // One query tile of the forward: its packed Q, running output, max and sum.
   struct FwdTile {
     C *Qs, *O, *m, *l;
+    uint16_t* Qb;                 // bf16 pairs: Q's bits (M, round_up(D, 2)), unscaled
     int64_t i0, M, jt_lo, jt_hi;  // rows [i0, i0 + M) visit key tiles [jt_lo, jt_hi)
   };
 
-  // Folds key tile [j0, j0 + n) (packed in Kt, Vp) into one query tile's running state.
+  // The forward's operands as bf16 pairs (use_pairs()): K as Kᵀ pair-rows, V as pair-rows, P's
+  // bits, the query tiles' Q; Q·Kᵀ is scaled after the product instead of through Q.
+  struct FwdPairs {
+    uint16_t *Kp, *Vp, *Pb, *Qb;
+    C qscale;
+  };
+
+  // Folds key tile [j0, j0 + n) (packed in Kt, Vp, or pairs) into one query tile's running state.
   static void fwd_step(const MaskGeom& mg, int64_t D, int64_t Dp, int64_t j0, int64_t n, const C* Kt,
-                       const C* Vp, C* S, const FwdTile& q) {
+                       const C* Vp, C* S, const FwdTile& q, const FwdPairs* pairs) {
     const int64_t np = round_up(n, L);
-    gemm<false>(q.M, np, D, q.Qs, D, 1, Kt, kBlockN, S, kBlockN);  // S = Q·Kᵀ (scaled)
+#if defined(MMM_CPU_AVX512)
+    if constexpr (kBf16) {
+      if (pairs) scores_pairs(q.M, np, round_up(D, 2), q.Qb, pairs->Kp, pairs->qscale, S);  // S = Q·Kᵀ (scaled)
+    }
+    if (!pairs)
+#endif
+      gemm<false>(q.M, np, D, q.Qs, D, 1, Kt, kBlockN, S, kBlockN);  // S = Q·Kᵀ (scaled)
     for (int64_t r = 0; r < q.M; ++r) {
       C* s = S + r * kBlockN;
       const int64_t i = q.i0 + r;
@@ -261,8 +383,14 @@ struct Attention {
       const C mx = mask_row_max(s, np, vlo, vhi);
       const C m_old = q.m[r];
       const C m_new = mx != mx ? mx : std::max(m_old, mx);
+      uint16_t* pb = nullptr;  // this row of P as bf16 (pairs)
+#if defined(MMM_CPU_AVX512)
+      if constexpr (kBf16)
+        if (pairs) pb = pairs->Pb + r * kBlockN;
+#endif
       if (m_new == -kInf) {  // nothing visible to this row yet: P = 0, O and l stay 0
         std::fill(s, s + np, C(0));
+        if (pb) std::fill(pb, pb + np, uint16_t(0));
         continue;
       }
       const V vm = vsplat(m_new);
@@ -270,6 +398,10 @@ struct Attention {
       for (int64_t c = 0; c < np; c += L) {
         const V e = vexp(vload(s + c) - vm);
         vstore(s + c, e);
+#if defined(MMM_CPU_AVX512)
+        if constexpr (kBf16)
+          if (pb) store_bf16(pb + c, e);
+#endif
         sum += e;
       }
       const C alpha = sexp(m_old - m_new);  // 0 when m was -inf
@@ -281,6 +413,14 @@ struct Attention {
         for (int64_t c = 0; c < Dp; c += L) vstore(o + c, vload(o + c) * va);
       }
     }
+#if defined(MMM_CPU_AVX512)
+    if constexpr (kBf16) {
+      if (pairs) {  // O += P·V, P rounded to bf16 as the CUDA kernels do
+        gemm_pairs<true>(q.M, Dp, round_up(n, 2) / 2, pairs->Pb, kBlockN, pairs->Vp, 2 * Dp, q.O, Dp);
+        return;
+      }
+    }
+#endif
     gemm<true>(q.M, Dp, n, S, kBlockN, 1, Vp, Dp, q.O, Dp);  // O += P·V
   }
 
@@ -296,6 +436,22 @@ struct Attention {
     C* const tmp = S + kBlockM * kBlockN;  // (Dp,)
     C* const tiles_buf = tmp + Dp;       // kFwdGroup x [Qs (kBlockM, D), O (kBlockM, Dp), m, l]
     const C qscale = C(p.scale) * kLogBase;
+    // bf16 pairs: Kᵀ (Dq/2 pair-rows of kBlockN), V (kBlockN/2 pair-rows of Dp), P, each tile's Q.
+    FwdPairs pairs_buf{};
+    const FwdPairs* pairs = nullptr;
+    std::vector<uint16_t> pbuf;
+    const int64_t Dq = round_up(D, 2);
+#if defined(MMM_CPU_AVX512)
+    if (use_pairs()) {
+      pbuf.resize(size_t(Dq * kBlockN + kBlockN * Dp + kBlockM * kBlockN + kFwdGroup * kBlockM * Dq));
+      pairs_buf.Kp = pbuf.data();
+      pairs_buf.Vp = pairs_buf.Kp + Dq * kBlockN;
+      pairs_buf.Pb = pairs_buf.Vp + kBlockN * Dp;
+      pairs_buf.Qb = pairs_buf.Pb + kBlockM * kBlockN;
+      pairs_buf.qscale = qscale;
+      pairs = &pairs_buf;
+    }
+#endif
 
     // A thread's tasks are consecutive, so most of its query tiles share a head with their
     // neighbours: up to kFwdGroup of them go through the key tiles together, and each K/V tile is
@@ -322,7 +478,15 @@ struct Attention {
         x.jt_hi = ceil_div(mg.hi(x.i0 + x.M - 1), kBlockN);
         jt_lo = std::min(jt_lo, x.jt_lo);
         jt_hi = std::max(jt_hi, x.jt_hi);
-        pack_rows(qh, p.q_s.row, x.i0, x.M, D, D, qscale, x.Qs);
+        if (pairs) {
+          x.Qb = pairs->Qb + g * kBlockM * Dq;
+          for (int64_t r = 0; r < x.M; ++r) {
+            const T* row = qh + (x.i0 + r) * p.q_s.row;
+            for (int64_t c = 0; c < Dq; ++c) x.Qb[r * Dq + c] = c < D ? bits_of(row[c]) : uint16_t(0);
+          }
+        } else {
+          pack_rows(qh, p.q_s.row, x.i0, x.M, D, D, qscale, x.Qs);
+        }
         std::fill(x.O, x.O + x.M * Dp, C(0));
         std::fill(x.m, x.m + x.M, -kInf);
         std::fill(x.l, x.l + x.M, C(0));
@@ -330,10 +494,20 @@ struct Attention {
 
       for (int64_t jt = jt_lo; jt < jt_hi; ++jt) {
         const int64_t j0 = jt * kBlockN, n = std::min(p.seqlen_k, j0 + kBlockN) - j0;
-        pack_transposed(k, p.k_s.row, j0, n, D, tmp, Kt);
-        pack_rows(v, p.v_s.row, j0, n, D, Dp, C(1), Vp);
+#if defined(MMM_CPU_AVX512)
+        if constexpr (kBf16) {
+          if (pairs) {
+            pack_pairs_transposed(k, p.k_s.row, j0, n, round_up(n, L), D, pairs->Kp);
+            pack_pairs_rows(v, p.v_s.row, j0, n, D, Dp, pairs->Vp);
+          }
+        }
+#endif
+        if (!pairs) {
+          pack_transposed(k, p.k_s.row, j0, n, D, tmp, Kt);
+          pack_rows(v, p.v_s.row, j0, n, D, Dp, C(1), Vp);
+        }
         for (int64_t g = 0; g < G; ++g)
-          if (jt >= q[g].jt_lo && jt < q[g].jt_hi) fwd_step(mg, D, Dp, j0, n, Kt, Vp, S, q[g]);
+          if (jt >= q[g].jt_lo && jt < q[g].jt_hi) fwd_step(mg, D, Dp, j0, n, Kt, Vp, S, q[g], pairs);
       }
 
       T* out = head_ptr(p.out, p.o_s, b, h);
@@ -400,7 +574,20 @@ struct Attention {
   struct BwdBuf {
     std::vector<C> buf;
     C *Kt, *Vt, *Kr, *dKa, *dVa, *Qs, *dO, *S, *dP, *dQl, *lse, *dv, *tmp;
-    BwdBuf(int64_t D, int64_t Dp) {
+    // bf16 pairs (use_pairs()): S and dP as the forward computes S, from Kᵀ, Vᵀ, Q and dO's bits
+    // (Kt and Vt unused); dV, dK and dQ stay on fp32.
+    bool pairs = false;
+    std::vector<uint16_t> pbuf;
+    uint16_t *Kp = nullptr, *Vp = nullptr, *Qb = nullptr, *dOb = nullptr;
+    BwdBuf(int64_t D, int64_t Dp, bool use_pairs) : pairs(use_pairs) {
+      if (pairs) {
+        const int64_t Dq = round_up(D, 2);
+        pbuf.resize(size_t(2 * Dq * kBlockN + 2 * kBlockM * Dq));
+        Kp = pbuf.data();           // (Dq / 2 pair-rows, 2 kBlockN)
+        Vp = Kp + Dq * kBlockN;     // (Dq / 2 pair-rows, 2 kBlockN)
+        Qb = Vp + Dq * kBlockN;     // (kBlockM, Dq)
+        dOb = Qb + kBlockM * Dq;    // (kBlockM, Dq)
+      }
       buf.resize(2 * D * kBlockN + 3 * kBlockN * Dp + 3 * kBlockM * Dp + 2 * kBlockM * kBlockN + 2 * kBlockM + Dp);
       Kt = buf.data();               // (D, kBlockN)   Kᵀ, for S = Q·Kᵀ
       Vt = Kt + D * kBlockN;         // (D, kBlockN)   Vᵀ, for dP = dO·Vᵀ
@@ -423,8 +610,18 @@ struct Attention {
     const int64_t D = f.head_dim, Dp = round_up(D, L);
     const T* k = head_ptr(f.k, f.k_s, b, hk);
     const T* v = head_ptr(f.v, f.v_s, b, hk);
-    pack_transposed(k, f.k_s.row, j0, n, D, w.tmp, w.Kt);
-    pack_transposed(v, f.v_s.row, j0, n, D, w.tmp, w.Vt);
+#if defined(MMM_CPU_AVX512)
+    if constexpr (kBf16) {
+      if (w.pairs) {
+        pack_pairs_transposed(k, f.k_s.row, j0, n, round_up(n, L), D, w.Kp);
+        pack_pairs_transposed(v, f.v_s.row, j0, n, round_up(n, L), D, w.Vp);
+      }
+    }
+#endif
+    if (!w.pairs) {
+      pack_transposed(k, f.k_s.row, j0, n, D, w.tmp, w.Kt);
+      pack_transposed(v, f.v_s.row, j0, n, D, w.tmp, w.Vt);
+    }
     pack_rows(k, f.k_s.row, j0, n, D, Dp, C(1), w.Kr);
   }
 
@@ -433,6 +630,16 @@ struct Attention {
     const int64_t D = f.head_dim, Dp = round_up(D, L);
     pack_rows(head_ptr(f.q, f.q_s, b, h), f.q_s.row, i0, M, D, Dp, C(f.scale) * kLogBase, w.Qs);
     pack_rows(head_ptr(p.dout, p.do_s, b, h), p.do_s.row, i0, M, D, Dp, C(1), w.dO);
+    if (w.pairs) {
+      const int64_t Dq = round_up(D, 2);
+      const T* q = head_ptr(f.q, f.q_s, b, h);
+      const T* dout = head_ptr(p.dout, p.do_s, b, h);
+      for (int64_t r = 0; r < M; ++r)
+        for (int64_t c = 0; c < Dq; ++c) {
+          w.Qb[r * Dq + c] = c < D ? bits_of(q[(i0 + r) * f.q_s.row + c]) : uint16_t(0);
+          w.dOb[r * Dq + c] = c < D ? bits_of(dout[(i0 + r) * p.do_s.row + c]) : uint16_t(0);
+        }
+    }
     const int64_t row0 = (b * f.heads_q + h) * f.seqlen_q + i0;
     const C* lse = lse_ptr(p);
     for (int64_t r = 0; r < M; ++r) {
@@ -445,8 +652,19 @@ struct Attention {
   static void tile_ds(const AttentionBwdParams& p, const MaskGeom& mg, int64_t i0, int64_t M, int64_t j0, int64_t n,
                       BwdBuf& w) {
     const int64_t D = p.fwd.head_dim, Dp = round_up(D, L), np = round_up(n, L);
-    gemm<false>(M, np, D, w.Qs, Dp, 1, w.Kt, kBlockN, w.S, kBlockN);   // S = Q·Kᵀ
-    gemm<false>(M, np, D, w.dO, Dp, 1, w.Vt, kBlockN, w.dP, kBlockN);  // dP = dO·Vᵀ
+#if defined(MMM_CPU_AVX512)
+    if constexpr (kBf16) {
+      if (w.pairs) {
+        const int64_t Dq = round_up(D, 2);
+        scores_pairs(M, np, Dq, w.Qb, w.Kp, C(p.fwd.scale) * kLogBase, w.S);  // S = Q·Kᵀ (scaled)
+        scores_pairs(M, np, Dq, w.dOb, w.Vp, C(1), w.dP);                     // dP = dO·Vᵀ
+      }
+    }
+#endif
+    if (!w.pairs) {
+      gemm<false>(M, np, D, w.Qs, Dp, 1, w.Kt, kBlockN, w.S, kBlockN);   // S = Q·Kᵀ
+      gemm<false>(M, np, D, w.dO, Dp, 1, w.Vt, kBlockN, w.dP, kBlockN);  // dP = dO·Vᵀ
+    }
     for (int64_t r = 0; r < M; ++r) {
       const int64_t i = i0 + r;
       const int64_t vlo = std::max<int64_t>(mg.lo(i) - j0, 0), vhi = std::min<int64_t>(mg.hi(i) - j0, n);
@@ -549,7 +767,11 @@ struct Attention {
     const AttentionFwdParams& f = p.fwd;
     if (phase == 0) return bwd_rowsum(p, t0, t1);
     const int64_t D = f.head_dim, Dp = round_up(D, L), group = f.heads_q / std::max<int64_t>(f.heads_kv, 1);
-    BwdBuf w(D, Dp);
+#if defined(MMM_CPU_AVX512)
+    BwdBuf w(D, Dp, use_pairs());
+#else
+    BwdBuf w(D, Dp, false);
+#endif
     if (phase == 1) {
       const int64_t ktiles = ceil_div(f.seqlen_k, kBlockN);
       for (int64_t t = t0; t < t1; ++t) {
