@@ -485,6 +485,7 @@ struct Attention {
             for (int64_t c = 0; c < Dq; ++c) x.Qb[r * Dq + c] = c < D ? bits_of(row[c]) : uint16_t(0);
           }
         } else {
+          x.Qb = nullptr;
           pack_rows(qh, p.q_s.row, x.i0, x.M, D, D, qscale, x.Qs);
         }
         std::fill(x.O, x.O + x.M * Dp, C(0));

@@ -74,10 +74,13 @@ void run(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
       } else if (g.a_ms == 1 && g.a_ks != 1) {
         const int64_t pitch = (rows + 15) / 16 * 16;
         a_rs = kStep, a_ps = kStep * pitch;
-        ap.assign(size_t(kp_padded * pitch), E(0));
-        for (int64_t p = 0; p < kp; ++p) {
+        ap.resize(size_t(kp_padded * pitch));
+        for (int64_t p = 0; p < kp_padded; ++p) {
           E* dst = ap.data() + p / kStep * a_ps + p % kStep;
-          for (int64_t i = 0; i < rows; ++i) dst[i * kStep] = operand(Ab + p * g.a_ks + i);
+          if (p < kp)
+            for (int64_t i = 0; i < rows; ++i) dst[i * kStep] = operand(Ab + p * g.a_ks + i);
+          else
+            for (int64_t i = 0; i < rows; ++i) dst[i * kStep] = E(0);
         }
         a = ap.data();
       } else {
