@@ -16,13 +16,13 @@ constexpr int64_t kPanel = 2048;  // reduction elements packed at a time: bounds
 template <typename C, typename T>
 inline C load(const T* p) {
   if constexpr (std::is_arithmetic_v<T>) return static_cast<C>(*p);
-  else return static_cast<C>(to_float(*p));
+  else return static_cast<C>(widen(*p));
 }
 
 template <typename T, typename C>
 inline void store(T* p, C v) {
   if constexpr (std::is_arithmetic_v<T>) *p = static_cast<T>(v);
-  else *p = from_float<T>(static_cast<float>(v));
+  else *p = narrow<T>(static_cast<float>(v));
 }
 
 // kPairs: bf16 on a CPU with AVX512_BF16, whose micro-kernel (CpuGemmBf16) takes the operands as

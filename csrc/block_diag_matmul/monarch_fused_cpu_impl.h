@@ -15,13 +15,13 @@ namespace {
 template <typename C, typename T>
 inline C to_acc(T v) {
   if constexpr (std::is_arithmetic_v<T>) return static_cast<C>(v);
-  else return static_cast<C>(to_float(v));
+  else return static_cast<C>(widen(v));
 }
 
 template <typename T, typename C>
 inline T from_acc(C v) {
   if constexpr (std::is_arithmetic_v<T>) return static_cast<T>(v);
-  else return from_float<T>(static_cast<float>(v));
+  else return narrow<T>(static_cast<float>(v));
 }
 
 template <typename T, bool kPairs = false>

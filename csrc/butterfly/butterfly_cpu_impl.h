@@ -37,8 +37,8 @@ template <typename C> inline C load_one(const void* base, DType t, int64_t i) {
     return C(R(v.real()), R(v.imag()));
   } else {
     switch (t) {
-      case DType::kFloat16: return C(to_float(static_cast<const Half*>(base)[i]));
-      case DType::kBFloat16: return C(to_float(static_cast<const BFloat16*>(base)[i]));
+      case DType::kFloat16: return C(widen(static_cast<const Half*>(base)[i]));
+      case DType::kBFloat16: return C(widen(static_cast<const BFloat16*>(base)[i]));
       case DType::kFloat64: return C(static_cast<const double*>(base)[i]);
       default: return C(static_cast<const float*>(base)[i]);
     }
@@ -51,8 +51,8 @@ template <typename C> inline void store_one(void* base, DType t, int64_t i, C v)
     else static_cast<std::complex<double>*>(base)[i] = std::complex<double>(v);
   } else {
     switch (t) {
-      case DType::kFloat16: static_cast<Half*>(base)[i] = from_float<Half>(float(v)); break;
-      case DType::kBFloat16: static_cast<BFloat16*>(base)[i] = from_float<BFloat16>(float(v)); break;
+      case DType::kFloat16: static_cast<Half*>(base)[i] = narrow<Half>(float(v)); break;
+      case DType::kBFloat16: static_cast<BFloat16*>(base)[i] = narrow<BFloat16>(float(v)); break;
       case DType::kFloat64: static_cast<double*>(base)[i] = double(v); break;
       default: static_cast<float*>(base)[i] = float(v); break;
     }

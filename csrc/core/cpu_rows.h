@@ -24,7 +24,7 @@ inline void load_row(const T* __restrict src, C* __restrict dst, int64_t n) {
       for (; j + 8 <= n; j += 8)
         _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
 #endif
-    for (; j < n; ++j) dst[j] = static_cast<C>(::mmm::to_float(src[j]));
+    for (; j < n; ++j) dst[j] = static_cast<C>(widen(src[j]));
   }
 }
 
@@ -48,7 +48,7 @@ inline void store_row(const C* __restrict src, T* __restrict dst, int64_t n) {
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT));
 #endif
-    for (; j < n; ++j) dst[j] = ::mmm::from_float<::mmm::Half>(static_cast<float>(src[j]));
+    for (; j < n; ++j) dst[j] = narrow<::mmm::Half>(static_cast<float>(src[j]));
   }
 }
 

@@ -13,8 +13,13 @@
 // keep one copy of it for all). Inside an implementation, MMM_CPU_F16C / MMM_CPU_AVX512 say
 // which intrinsics this copy may use, and MMM_CPU_VECTOR_BYTES its vector register width (64,
 // 32, or 16 for the baseline's SSE2 / NEON), for GCC vector types.
+// Each copy has its own scalar fp16/bf16 conversions, widen / narrow (core/cpu_convert.h).
 // No include guard: one use per translation unit.
+#include <cstdint>
+#include <type_traits>
+
 #include "core/cpu_features.h"
+#include "core/numeric.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -23,6 +28,7 @@ namespace mmm {
 
 #define MMM_CPU_VECTOR_BYTES 16
 namespace base {
+#include "core/cpu_convert.h"
 #include MMM_CPU_IMPL
 }  // namespace base
 #undef MMM_CPU_VECTOR_BYTES
@@ -33,6 +39,7 @@ namespace base {
 #define MMM_CPU_F16C 1
 #define MMM_CPU_VECTOR_BYTES 32
 namespace avx2 {
+#include "core/cpu_convert.h"
 #include MMM_CPU_IMPL
 }  // namespace avx2
 #undef MMM_CPU_VECTOR_BYTES
@@ -47,6 +54,7 @@ namespace avx2 {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: _mm512_undefined_* in the intrinsics
 #define MMM_CPU_VECTOR_BYTES 64
 namespace avx512 {
+#include "core/cpu_convert.h"
 #include MMM_CPU_IMPL
 }  // namespace avx512
 #undef MMM_CPU_VECTOR_BYTES

@@ -16,12 +16,12 @@ namespace {
 template <typename C, typename T>
 inline C load(const T* p, int64_t i) {
   if constexpr (std::is_arithmetic_v<T>) return static_cast<C>(p[i]);
-  else return static_cast<C>(to_float(p[i]));
+  else return static_cast<C>(widen(p[i]));
 }
 template <typename T, typename C>
 inline void store(T* p, int64_t i, C v) {
   if constexpr (std::is_arithmetic_v<T>) p[i] = static_cast<T>(v);
-  else p[i] = from_float<T>(static_cast<float>(v));
+  else p[i] = narrow<T>(static_cast<float>(v));
 }
 
 template <typename C>

@@ -45,7 +45,7 @@ inline VF vload(const ::mmm::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #else
   VF v;
-  for (int l = 0; l < kW; ++l) v[l] = ::mmm::to_float(p[l]);
+  for (int l = 0; l < kW; ++l) v[l] = widen(p[l]);
   return v;
 #endif
 }
@@ -71,8 +71,8 @@ inline VF vstore(::mmm::Half* p, VF v) {
 #else
   VF r;
   for (int l = 0; l < kW; ++l) {
-    p[l] = ::mmm::from_float<::mmm::Half>(v[l]);
-    r[l] = ::mmm::to_float(p[l]);
+    p[l] = narrow<::mmm::Half>(v[l]);
+    r[l] = widen(p[l]);
   }
   return r;
 #endif
@@ -80,9 +80,9 @@ inline VF vstore(::mmm::Half* p, VF v) {
 
 // The same one element at a time, for the tail of a row.
 template <typename T>
-inline float sload(const T* p) { return ::mmm::to_float(*p); }
+inline float sload(const T* p) { return widen(*p); }
 template <typename T>
-inline float sstore(T* p, float v) { *p = ::mmm::from_float<T>(v); return ::mmm::to_float(*p); }
+inline float sstore(T* p, float v) { *p = narrow<T>(v); return widen(*p); }
 
 // Non-temporal variant of vstore (same rounding, same return) for a block at an address aligned
 // to its size: the line goes to memory without being read first.
