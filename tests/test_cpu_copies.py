@@ -5,7 +5,8 @@ AVX2, AVX-512) and the best copy the machine runs is called, so the rest of the 
 that copy. Here the CPU tests of those ops run again in a subprocess with MMM_CPU_ISA capping the
 choice: the baseline copy (16-byte vectors, no FMA: the most different) for every such op, the
 AVX2 copy for the ops that put one row (or channel) per vector lane, where the vector width
-changes how rows map to lanes, and, on a CPU with AVX512_BF16, the AVX-512 copy without its bf16
+changes how rows map to lanes, and for the Hadamard transform, whose strides below a vector's
+width run inside a vector, and, on a CPU with AVX512_BF16, the AVX-512 copy without its bf16
 dot products for the block GEMM and the attention forward (their bf16 operands then go through
 fp32).
 """
@@ -22,8 +23,8 @@ HERE = Path(__file__).resolve().parent
 ORDER = ("baseline", "avx2", "avx512", "avx512_bf16")
 FILES = {
     "baseline": ["test_fft.py", "test_fftconv.py", "test_butterfly.py", "test_block_diag_matmul.py",
-                 "test_attention.py", "test_fused_add_norm.py"],
-    "avx2": ["test_fft.py", "test_fftconv.py", "test_butterfly.py"],
+                 "test_attention.py", "test_fused_add_norm.py", "test_hadamard.py"],
+    "avx2": ["test_fft.py", "test_fftconv.py", "test_butterfly.py", "test_hadamard.py"],
     "avx512": ["test_block_diag_matmul.py", "test_attention.py"],
 }
 ENV_NAME = {"baseline": "base", "avx2": "avx2", "avx512": "avx512"}

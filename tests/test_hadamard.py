@@ -31,18 +31,18 @@ def sylvester(m: int, dtype=F64, device="cpu") -> torch.Tensor:
     return h
 
 
-def fwht_reference(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """float64 FWHT of the zero-padded last dim, truncated back: O(m log m), any length."""
+def fwht_reference(x: torch.Tensor, scale: float = 1.0, compute=F64) -> torch.Tensor:
+    """FWHT of the zero-padded last dim, truncated back: O(m log m), any length, in `compute`."""
     n = x.shape[-1]
     m = next_pow2(n)
-    v = torch.nn.functional.pad(x.double(), (0, m - n)).reshape(-1, m)
+    v = torch.nn.functional.pad(x.to(compute), (0, m - n)).reshape(-1, m)
     h = 1
     while h < m:
         v = v.reshape(-1, m // (2 * h), 2, h)
         a, b = v[:, :, 0], v[:, :, 1]
         v = torch.stack([a + b, a - b], dim=2).reshape(-1, m)
         h *= 2
-    return (scale * v[:, :n]).reshape(x.shape)
+    return (v[:, :n] * torch.tensor(scale, dtype=compute)).reshape(x.shape)
 
 
 def lowp_reference(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -88,6 +88,20 @@ def test_matches_reference(device, dtype, n):
 def test_long_rows_cpu(rows, n):
     torch.manual_seed(0)
     check(torch.randn(rows, n), scale=0.5)
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, BF16, F64], ids=NAMES.get)
+def test_cpu_adds_in_textbook_order(dtype):
+    """Bitwise the textbook FWHT (strides 1, 2, 4, ... in fp32, fp64 for fp64, then the scale
+    and one rounding) whatever the vector width does with the strides below it: every length up
+    to past two AVX-512 vectors, and longer ones with an odd and an even number of strides past
+    a vector. tests/test_cpu_copies.py reruns it in the other instruction-set copies."""
+    compute = F64 if dtype == F64 else F32
+    torch.manual_seed(1)
+    for n in [*range(1, 40), 63, 64, 65, 127, 1000, 4097, 16384]:
+        x = torch.randn(3, n, dtype=dtype)
+        ref = fwht_reference(x, 0.37, compute).to(dtype)
+        assert torch.equal(mmm.hadamard_transform(x, 0.37), ref), f"n={n}"
 
 
 @pytest.mark.cuda

@@ -178,7 +178,8 @@ case "$op" in
   hadamard)
     rewrite hadamard/hadamard_kernel.cuh hadamard/hadamard_launch.cu
     printf '#include "hadamard/hadamard_launch.cu"\n' > "$out/hadamard_kernels.cpp"
-    cached_object "$out/hadamard_cpu.o" "$repo/csrc/hadamard/hadamard_cpu.cpp" "$repo/csrc/hadamard/params.h"
+    cached_object "$out/hadamard_cpu.o" "$repo/csrc/hadamard/hadamard_cpu.cpp" "$repo/csrc/hadamard/hadamard_cpu_impl.h" \
+      "$repo/csrc/hadamard/params.h"
     link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out/hadamard_kernels.cpp" "$here/hadamard.cpp" \
       "$out/hadamard_cpu.o" ;;
   *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul, fused_add_norm, hadamard)" >&2; exit 2 ;;
