@@ -482,6 +482,17 @@ def test_monarch_token_counts(device, tokens, shapes, dtype):
         assert torch.equal(grads[2], torch.zeros_like(w2))
 
 
+@pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=_id)
+@pytest.mark.parametrize("tokens", [300, 513])
+@pytest.mark.parametrize("shapes", [((2, 37, 3), (37, 3, 2)), ((4, 20, 8), (20, 5, 4))], ids=_mid)
+def test_monarch_block_groups(device, shapes, tokens, dtype):
+    """The second stage's blocks are interleaved element by element, so the CPU takes them 16 at
+    a time (block_gemm_cpu_group): l = 37 and 20 end in a partial group, and the weight
+    gradient's reduction over tokens runs past one 256-token panel of a group, odd and even."""
+    x, w1, w2 = monarch_inputs((tokens,), *shapes, dtype, device)
+    check_monarch(x, w1, w2)
+
+
 @pytest.mark.parametrize("lead", [(), (5,), (2, 3), (2, 3, 4)], ids=_id)
 def test_monarch_leading_dims(device, lead):
     x, w1, w2 = monarch_inputs(lead, *MONARCH_RECT[0], BF16, device)

@@ -13,7 +13,9 @@
 
 namespace mmm {
 
-int64_t block_gemm_cpu_tasks(const BlockGemm& g) { return g.batch * ceil_div(g.m, kBlockGemmCpuRows); }
+int64_t block_gemm_cpu_tasks(const BlockGemm& g) {
+  return ceil_div(g.batch, block_gemm_cpu_group(g)) * ceil_div(g.m, kBlockGemmCpuRows);
+}
 
 void block_gemm_cpu(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
   MMM_CPU_VARIANT(run_tasks, g, task_begin, task_end);

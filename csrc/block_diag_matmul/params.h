@@ -81,6 +81,13 @@ inline BlockGemm monarch_stage2_dw(const void* dy, int64_t dy_rs, const void* u,
 
 // ---- CPU twin (block_diag_matmul_cpu.cpp): tasks so the caller brings its thread pool ------
 constexpr int64_t kBlockGemmCpuRows = 64;  // rows of C per task
+// Blocks per task: 1, or 16 where an operand's blocks are interleaved element by element (block
+// stride 1: Monarch's second stage), so that its reads and writes move runs of 16 elements, not
+// one element per cache line.
+inline int64_t block_gemm_cpu_group(const BlockGemm& g) {
+  const bool interleaved = g.a_bs == 1 || g.b_bs == 1 || g.c_bs == 1;
+  return interleaved && g.batch > 1 ? (g.batch < 16 ? g.batch : 16) : 1;
+}
 int64_t block_gemm_cpu_tasks(const BlockGemm& g);
 void block_gemm_cpu(const BlockGemm& g, int64_t task_begin, int64_t task_end);
 

@@ -24,6 +24,8 @@ struct CpuGemm {
 
   // Elements of B packed for n columns and k reduction elements.
   static int64_t packed_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
+  // Where pack_b puts B(p, j) for k reduction elements.
+  static int64_t packed_index(int64_t k, int64_t p, int64_t j) { return (j / kNR * k + p) * kNR + j % kNR; }
   // B(p, j) = b(p, j) for p < k, j < n (zero past n) into `dst` (packed_size(k, n)).
   // p outermost: a source row (a token, in the weight gradient) is read once, whole; whole tiles
   // are plain loops, which vectorise where b reads contiguous columns.
@@ -115,6 +117,10 @@ struct CpuGemmBf16 {
   static int64_t pairs(int64_t k) { return (k + 1) / 2; }
   // uint16 elements of B packed for n columns and k reduction elements.
   static int64_t packed_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * 2 * pairs(k); }
+  // Where pack_b puts B(p, j) for k reduction elements.
+  static int64_t packed_index(int64_t k, int64_t p, int64_t j) {
+    return (j / kNR * pairs(k) + p / 2) * kNR * 2 + j % kNR * 2 + p % 2;
+  }
   // B(p, j) = b(p, j) (bits) for p < k, j < n (zero past either) into `dst` (packed_size(k, n)).
   template <typename Get>
   static void pack_b(uint16_t* dst, int64_t k, int64_t n, Get b) {
