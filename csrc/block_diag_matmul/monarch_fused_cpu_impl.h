@@ -60,7 +60,11 @@ void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t ta
   for (int64_t j = 0; j < l; ++j)
     Gemm::pack_b(w2p.data() + j * pk2, r, s, [&](int64_t i, int64_t t2) { return operand(W2[(j * s + t2) * r + i]); });
   std::vector<E> xt(size_t(bt * N)), z(size_t(bt * J * r));
-  std::vector<C> out(size_t(bt * std::max(n1, s)));
+  // Stage 2's J outputs one after another, each bt x s at a pitch off 4 KB multiples: y is
+  // written reading across them, and reads 4 KB apart would all fall into one L1 set.
+  const int64_t pitch2 = bt * s + 16;
+  std::vector<C> out(size_t(bt * n1)), out2(size_t(J * pitch2));
+  std::vector<int64_t> zcol(static_cast<size_t>(n1));
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t t0 = task * bt, rows = std::min(bt, f.tokens - t0);
     for (int64_t m = 0; m < rows; ++m)
@@ -69,18 +73,19 @@ void run_monarch(const MonarchFused& f, const MonarchFusedPlan& plan, int64_t ta
       for (int64_t u = 0; u < units; ++u) {  // stage 1, stored permuted and rounded to T
         Gemm::run(xt.data() + ix.block(j0, u) * p, N, a_step, rows, p, w1p.data() + (j0 / J * units + u) * pk1, n1,
                   out.data(), n1, false);
-        for (int64_t e = 0; e < n1; ++e) {
-          const int64_t zc = ix.z_col(u, e);  // (its divisions once per column, not per token)
-          for (int64_t m = 0; m < rows; ++m)
-            z[size_t(m * J * r + zc)] = rounded(out[size_t(m * n1 + e)]);
-        }
-      }
-      for (int64_t jj = 0; jj < J; ++jj) {  // stage 2 from contiguous runs of z
-        Gemm::run(z.data() + jj * r, J * r, a_step, rows, r, w2p.data() + (j0 + jj) * pk2, s, out.data(), s, false);
+        for (int64_t e = 0; e < n1; ++e) zcol[size_t(e)] = ix.z_col(u, e);  // (divisions once per column)
         for (int64_t m = 0; m < rows; ++m)
-          for (int64_t t2 = 0; t2 < s; ++t2)
-            Y[(t0 + m) * f.y_rs + monarch_y_col(t2, jj, j0, l)] = from_acc<T>(out[size_t(m * s + t2)]);
+          for (int64_t e = 0; e < n1; ++e) z[size_t(m * J * r + zcol[size_t(e)])] = rounded(out[size_t(m * n1 + e)]);
       }
+      for (int64_t jj = 0; jj < J; ++jj)  // stage 2 from contiguous runs of z
+        Gemm::run(z.data() + jj * r, J * r, a_step, rows, r, w2p.data() + (j0 + jj) * pk2, s,
+                  out2.data() + jj * pitch2, s, false);
+      // The chunk's J blocks own adjacent columns of y (monarch_y_col): stored as runs of J.
+      for (int64_t m = 0; m < rows; ++m)
+        for (int64_t t2 = 0; t2 < s; ++t2) {
+          T* y = Y + (t0 + m) * f.y_rs + monarch_y_col<int64_t>(t2, 0, j0, l);
+          for (int64_t jj = 0; jj < J; ++jj) y[jj] = from_acc<T>(out2[size_t(jj * pitch2 + m * s + t2)]);
+        }
     }
   }
 }
