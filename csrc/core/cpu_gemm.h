@@ -59,8 +59,10 @@ struct CpuGemm {
         const int64_t mr = std::min<int64_t>(kMR, m - i0);
         const C* arow[kMR];  // rows past m repeat the last one; their results are dropped
         for (int r = 0; r < kMR; ++r) arow[r] = a + (i0 + std::min<int64_t>(r, mr - 1)) * a_rs;
-        V sum[kMR][2] = {};
-        for (int64_t p0 = 0; p0 < k; p0 += kSub) {
+        // The first sub-sum is the sum (k = 0: one empty sub-sum): no zeroed array to add it to,
+        // which AVX2's 16 registers would hold in memory and clear per tile.
+        V sum[kMR][2];
+        for (int64_t p0 = 0; p0 < std::max<int64_t>(k, 1); p0 += kSub) {
           V acc[kMR][2] = {};
           const int64_t pe = std::min(k, p0 + kSub);
           for (int64_t p = p0; p < pe; ++p) {
@@ -74,7 +76,10 @@ struct CpuGemm {
             }
           }
 #pragma GCC unroll 6
-          for (int r = 0; r < kMR; ++r) sum[r][0] += acc[r][0], sum[r][1] += acc[r][1];
+          for (int r = 0; r < kMR; ++r) {
+            sum[r][0] = p0 == 0 ? acc[r][0] : sum[r][0] + acc[r][0];
+            sum[r][1] = p0 == 0 ? acc[r][1] : sum[r][1] + acc[r][1];
+          }
         }
         for (int64_t r = 0; r < mr; ++r) {
           C* o = out + (i0 + r) * ldo + j0;
