@@ -68,8 +68,11 @@ void run(const BlockGemm& g, int64_t task_begin, int64_t task_end) {
               E* dst = bp.data() + Gemm::packed_index(kp, p, j);
               for (int64_t b = 0; b < nb; ++b) dst[b * pkb] = operand(src + b * g.b_bs);
             }
-        } else if (g.b_ns == 1) {  // contiguous columns: the copy vectorises
-          Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return operand(Bb + p * g.b_ks + j); });
+        } else if (g.b_ns == 1) {  // contiguous columns: row copies, or a loop that vectorises
+          if constexpr (std::is_same_v<T, E>)
+            Gemm::pack_b_rows(bp.data(), kp, g.n, Bb, g.b_ks);
+          else
+            Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return operand(Bb + p * g.b_ks + j); });
         } else {
           Gemm::pack_b(bp.data(), kp, g.n, [&](int64_t p, int64_t j) { return operand(Bb + p * g.b_ks + j * g.b_ns); });
         }

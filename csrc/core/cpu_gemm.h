@@ -40,6 +40,18 @@ struct CpuGemm {
     }
   }
 
+  // pack_b of B(p, j) = src[p * ld + j]: a whole tile's row is one copy (GCC leaves the
+  // general form's 16-element rows scalar on AVX2).
+  static void pack_b_rows(C* dst, int64_t k, int64_t n, const C* src, int64_t ld) {
+    const int64_t full = n / kNR;
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t t = 0; t < full; ++t) std::memcpy(dst + (t * k + p) * kNR, src + p * ld + t * kNR, sizeof(C) * kNR);
+    if (full * kNR < n)
+      for (int64_t p = 0; p < k; ++p)
+        for (int64_t j = 0; j < kNR; ++j)
+          dst[(full * k + p) * kNR + j] = full * kNR + j < n ? src[p * ld + full * kNR + j] : C(0);
+  }
+
   // out[i * ldo + j] = sum_p a[i * a_rs + p * a_ps] * B(p, j) for i < m, j < n (accumulate: +=).
   static void run(const C* a, int64_t a_rs, int64_t a_ps, int64_t m, int64_t k, const C* bp, int64_t n, C* out,
                   int64_t ldo, bool accumulate) {
