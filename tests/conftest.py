@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -157,12 +158,19 @@ def emulation_sanitizers() -> list:
     return params
 
 
+_EMULATE_TWIN_DIR = []
+
+
 def run_emulation(op: str, args: list, build_dir: Path, sanitizer: str) -> str:
     """tests/emulate/run.sh OP ARGS under `sanitizer`; fails with the tail of its output unless
     it exits with 0 (a wrong result, an emulation error, a sanitizer report or, under "counts", a
-    kernel line with systematic bank conflicts or uncoalesced accesses all exit non-zero)."""
+    kernel line with systematic bank conflicts or uncoalesced accesses all exit non-zero). The CPU
+    twins' objects, the same under every sanitizer, are built once per session."""
+    if not _EMULATE_TWIN_DIR:
+        _EMULATE_TWIN_DIR.append(tempfile.mkdtemp(prefix="mmm-emulate-twins-"))
     res = subprocess.run(["bash", str(ROOT / "tests" / "emulate" / "run.sh"), op, *args], capture_output=True,
                          text=True, env={**os.environ, "MMM_EMULATE_BUILD_DIR": str(build_dir),
+                                         "MMM_EMULATE_TWIN_DIR": _EMULATE_TWIN_DIR[0],
                                          "MMM_EMULATE_SANITIZE": sanitizer})
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     if sanitizer == "counts":  # the count ran (and said so)

@@ -21,7 +21,8 @@
 # bank conflicts are counted in every mode) and fails the run on a kernel line that is
 # systematically costly and not marked "known bank conflict" / "known uncoalesced".
 # MMM_EMULATE_BUILD_DIR=dir keeps the build there (default: a temporary directory; the CPU twin's
-# object is reused when newer than its sources); CXX picks the compiler. The opt-in tests (MMM_EMULATE=1:
+# object is reused when newer than its sources), MMM_EMULATE_TWIN_DIR=dir the CPU twin's object
+# (default: the build directory); CXX picks the compiler. The opt-in tests (MMM_EMULATE=1:
 # tests/test_{fft,fftconv,butterfly,attention,block_diag_matmul,fused_add_norm,hadamard}.py, -k cpu_threads)
 # call this script.
 set -euo pipefail
@@ -30,7 +31,10 @@ repo="$(cd "$here/../.." && pwd)"
 op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention|block_diag_matmul|fused_add_norm|hadamard [driver arguments...]}"
 shift
 out="${MMM_EMULATE_BUILD_DIR:-$(mktemp -d)}"
-mkdir -p "$out"
+# The CPU twins' objects (no sanitizer: the same in every mode) may live elsewhere, so that the
+# three modes of a test session build them once (tests/conftest.py).
+twins="${MMM_EMULATE_TWIN_DIR:-$out}"
+mkdir -p "$out" "$twins"
 cxx=("${CXX:-g++}" -std=c++20 -I"$here" -I"$repo/csrc")
 # fft_san: what fft and fftconv (no sanitizer by default) are built with.
 case "${MMM_EMULATE_SANITIZE:-address}" in
@@ -141,9 +145,9 @@ case "$op" in
     done
     rewrite core/mma.cuh core/cp_async.cuh attention/attention_smem.cuh attention/attention_fwd_kernel.cuh \
       attention/attention_bwd_kernel.cuh attention/attention_launch_template.cuh attention/attention_launch.cu
-    cached_object "$out/attention_cpu.o" "$repo/csrc/attention/attention_cpu.cpp" "$repo/csrc/attention/attention_cpu_impl.h"
+    cached_object "$twins/attention_cpu.o" "$repo/csrc/attention/attention_cpu.cpp" "$repo/csrc/attention/attention_cpu_impl.h"
     link_driver "${ptx_cxx[@]}" -DMMM_ATTENTION_HEAD_DIMS_MASK=$mask -O1 -g "${san[@]}" -- \
-      "${tus[@]}" "$here/attention.cpp" "$out/attention_cpu.o" ;;
+      "${tus[@]}" "$here/attention.cpp" "$twins/attention_cpu.o" ;;
   # The block GEMM (tensor-core, split-K reduce, fp32 FMA) and the fused Monarch forward.
   block_diag_matmul)
     rewrite core/mma.cuh core/cp_async.cuh block_diag_matmul/block_diag_matmul_kernel.cuh \
@@ -155,33 +159,33 @@ case "$op" in
     printf '#include "block_diag_matmul/block_diag_matmul_launch.cu"\n' > "$out/block_gemm_launch.cpp"
     printf '#include "block_diag_matmul/monarch_fused_launch.cu"\n' > "$out/monarch_fused_launch.cpp"
     src="$repo/csrc/block_diag_matmul"
-    cached_object "$out/block_gemm_cpu.o" "$src/block_diag_matmul_cpu.cpp" "$src/block_diag_matmul_cpu_impl.h" "$src/params.h" \
+    cached_object "$twins/block_gemm_cpu.o" "$src/block_diag_matmul_cpu.cpp" "$src/block_diag_matmul_cpu_impl.h" "$src/params.h" \
       "$repo/csrc/core/cpu_gemm.h"
-    cached_object "$out/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h" \
+    cached_object "$twins/monarch_fused_cpu.o" "$src/monarch_fused_cpu.cpp" "$src/monarch_fused_cpu_impl.h" "$src/monarch_fused.h" \
       "$repo/csrc/core/cpu_gemm.h"
     link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out/block_gemm_launch.cpp" "$out/monarch_fused_launch.cpp" \
-      "$here/block_diag_matmul.cpp" "$out/block_gemm_cpu.o" "$out/monarch_fused_cpu.o" ;;
+      "$here/block_diag_matmul.cpp" "$twins/block_gemm_cpu.o" "$twins/monarch_fused_cpu.o" ;;
   # Every row shape (warp, 4 and 16 warps, looped), forward, backward, the dweight/dbias column
   # and reduce kernels; all three x dtypes (each its own translation unit, as in the build).
   fused_add_norm)
     d=fused_add_norm
     rewrite $d/fused_add_norm_kernel.cuh $d/fused_add_norm_launch_template.cuh $d/fused_add_norm_launch.cu \
       $d/instantiations/fused_add_norm_fp32.cu $d/instantiations/fused_add_norm_bf16.cu $d/instantiations/fused_add_norm_fp16.cu
-    cached_object "$out/fused_add_norm_cpu.o" "$repo/csrc/$d/fused_add_norm_cpu.cpp" "$repo/csrc/$d/fused_add_norm_cpu_impl.h" \
+    cached_object "$twins/fused_add_norm_cpu.o" "$repo/csrc/$d/fused_add_norm_cpu.cpp" "$repo/csrc/$d/fused_add_norm_cpu_impl.h" \
       "$repo/csrc/$d/params.h" "$repo/csrc/$d/activation.h"
     for f in fused_add_norm_launch instantiations/fused_add_norm_fp32 instantiations/fused_add_norm_bf16 \
       instantiations/fused_add_norm_fp16; do printf '#include "%s.cu"\n' "$d/$f" > "$out/fan_${f##*/}.cpp"; done
     link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out"/fan_*.cpp "$here/fused_add_norm.cpp" \
-      "$out/fused_add_norm_cpu.o" ;;
+      "$twins/fused_add_norm_cpu.o" ;;
   # The single-CTA segment kernel (registers only, shared memory, above 48 KB) and, with the
   # opt-in shared memory lowered by the driver, the segment + column two-pass path.
   hadamard)
     rewrite hadamard/hadamard_kernel.cuh hadamard/hadamard_launch.cu
     printf '#include "hadamard/hadamard_launch.cu"\n' > "$out/hadamard_kernels.cpp"
-    cached_object "$out/hadamard_cpu.o" "$repo/csrc/hadamard/hadamard_cpu.cpp" "$repo/csrc/hadamard/hadamard_cpu_impl.h" \
+    cached_object "$twins/hadamard_cpu.o" "$repo/csrc/hadamard/hadamard_cpu.cpp" "$repo/csrc/hadamard/hadamard_cpu_impl.h" \
       "$repo/csrc/hadamard/params.h"
     link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out/hadamard_kernels.cpp" "$here/hadamard.cpp" \
-      "$out/hadamard_cpu.o" ;;
+      "$twins/hadamard_cpu.o" ;;
   *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul, fused_add_norm, hadamard)" >&2; exit 2 ;;
 esac
 exec "$out/$op" "$@"
