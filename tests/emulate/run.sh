@@ -9,6 +9,8 @@
 #     steady: benchmark-like shapes instead of the test cases, for the counts mode's model)
 #   tests/emulate/run.sh fused_add_norm [quick] | hadamard    (warp shuffles and barriers, one
 #     std::thread per CUDA thread; fused_add_norm ~2 min build, ~15 s run; hadamard ~30 s in all)
+#   MMM_EMULATE_SANITIZE=thread tests/emulate/run.sh races ordered|block|warp|phase|cta    (the
+#     emulator's own check: the races TSan must report, tests/test_emulation.py; seconds)
 # MMM_EMULATE_SANITIZE=thread builds with ThreadSanitizer instead of AddressSanitizer/UBSan: a
 # data race between the emulated threads of a block (shared or global memory touched by two
 # threads, one writing, with no __syncthreads or __syncwarp between them; as on the GPU, a
@@ -28,7 +30,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention|block_diag_matmul|fused_add_norm|hadamard [driver arguments...]}"
+op="${1:?usage: tests/emulate/run.sh fft|fftconv|butterfly|attention|block_diag_matmul|fused_add_norm|hadamard|races [driver arguments...]}"
 shift
 out="${MMM_EMULATE_BUILD_DIR:-$(mktemp -d)}"
 # The CPU twins' objects (no sanitizer: the same in every mode) may live elsewhere, so that the
@@ -186,6 +188,9 @@ case "$op" in
       "$repo/csrc/hadamard/params.h"
     link_driver "${ptx_cxx[@]}" -O1 -g "${san[@]}" -- "$out/hadamard_kernels.cpp" "$here/hadamard.cpp" \
       "$twins/hadamard_cpu.o" ;;
-  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul, fused_add_norm, hadamard)" >&2; exit 2 ;;
+  # The emulator's own ordering, no op: which accesses it lets TSan see as races (races.cpp).
+  races)
+    "${CXX:-g++}" -std=c++20 -I"$here" -I"$repo/csrc" -O1 -g -pthread "${san[@]}" "$here/races.cpp" -o "$out/$op" ;;
+  *) echo "run.sh: unknown op '$op' (fft, fftconv, butterfly, attention, block_diag_matmul, fused_add_norm, hadamard, races)" >&2; exit 2 ;;
 esac
 exec "$out/$op" "$@"

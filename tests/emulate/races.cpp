@@ -1,0 +1,76 @@
+// The emulator's own check under ThreadSanitizer: does it order exactly what the GPU orders?
+//   MMM_EMULATE_SANITIZE=thread tests/emulate/run.sh races CASE
+// "ordered" touches shared memory only across __syncthreads / __syncwarp and must run clean.
+// Every other case has a race a GPU could show, and TSan must report it (the run fails):
+//   block  - a thread reads what a thread of another warp wrote, no barrier between
+//   warp   - a lane reads what its neighbour wrote, with only a shuffle between (a shuffle
+//            orders no memory on the GPU)
+//   phase  - both accesses between the same two barriers, the reader slow to leave the first:
+//            the barrier's own synchronisation must not order it after the writer's next arrival
+//   cta    - two blocks write one global word without atomics
+// (tests/test_emulation.py runs them when MMM_EMULATE asks for "thread".)
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "cuda_on_cpu.h"
+
+float global_word;  // external linkage: a store nobody in this file reads is still made
+static thread_local volatile float sink;  // each thread's own: only the shared accesses race
+
+static void ordered() {
+  float* s = static_cast<float*>(emu::smem);
+  const unsigned t = threadIdx.x;
+  s[t] = float(t);
+  __syncthreads();
+  float next = s[(t + 32) % blockDim.x];
+  __syncthreads();  // every read of s[t] above before its owner overwrites it
+  s[t] = next;
+  __syncwarp();
+  sink = s[t ^ 1];
+}
+
+static void block_race() {
+  float* s = static_cast<float*>(emu::smem);
+  const unsigned t = threadIdx.x;
+  s[t] = float(t);
+  sink = s[(t + 32) % blockDim.x];
+}
+
+static void warp_race() {
+  float* s = static_cast<float*>(emu::smem);
+  const unsigned t = threadIdx.x;
+  s[t] = float(t);
+  const float v = __shfl_xor_sync(0xffffffffu, float(t), 1);
+  sink = s[t ^ 1] + v;
+}
+
+static void phase_race() {
+  float* s = static_cast<float*>(emu::smem);
+  const unsigned t = threadIdx.x;
+  __syncthreads();
+  if (t == 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // thread 0 has written and arrived
+    sink = s[0];
+  }
+  if (t == 0) s[0] = 1.f;
+  __syncthreads();
+}
+
+static void cta_race() {
+  if (threadIdx.x == 0) global_word = float(blockIdx.x);
+}
+
+int main(int argc, char** argv) {
+  const std::string which = argc > 1 ? argv[1] : "";
+  void (*kernel)() = which == "ordered" ? ordered : which == "block" ? block_race : which == "warp" ? warp_race
+                   : which == "phase" ? phase_race : which == "cta" ? cta_race : nullptr;
+  if (!kernel) {
+    std::fprintf(stderr, "races: ordered | block | warp | phase | cta\n");
+    return 2;
+  }
+  launch_grid(dim3(which == "cta" ? 2 : 1), 64, 64 * sizeof(float), kernel);
+  std::printf("%s: no race reported\n", which.c_str());
+  return 0;
+}
