@@ -77,7 +77,7 @@ int run_case(int64_t batch, int64_t nstacks, int64_t nblocks, int64_t log_n, int
          (long)batch, (long)nstacks, (long)nblocks, (long)log_n, (long)n_in, inc, int(xt), int(wt), d1, s1, d2, s2, d3, s3);
   return ok ? 0 : 1;
 }
-// "quick" (ThreadSanitizer): every path and dtype, fewer sizes.
+// "quick" (ThreadSanitizer, memory counts): every path and dtype, fewer sizes.
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "quick";
   emu::max_block_threads = 256;  // the kernels' __launch_bounds__
@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
     emu::optin_smem = optin; emu::sms = 3;
     printf("-- optin %d\n", optin);
     for (int log_n : {1, 2, 5, 8, 10}) for (bool inc : {true, false}) {
-      if (quick && (log_n == 2 || log_n == 8)) continue;
+      // At n = 1024 the 1 KB limit splits every path into at least as many passes as 4 KB does.
+      if (quick && (log_n == 2 || log_n == 8 || (log_n == 10 && optin == 4096))) continue;
       const int64_t n = int64_t(1) << log_n;
       bad += run_case(13, 1, 1, log_n, n, inc, F, F, 0);
       bad += run_case(5, 2, 3, log_n, n + 3, inc, F, F, 2);
