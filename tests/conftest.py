@@ -144,16 +144,22 @@ def run_cuda_test(binary: Path) -> None:
 # =thread or =counts runs only one
 # (MMM_FFT_EMULATE=1, the older switch of the fft, fftconv and butterfly drivers, means "address").
 # ---------------------------------------------------------------------------------------------
+def emulation_skip_reason(sanitizer: str):
+    """Why the emulation under `sanitizer` does not run here (None: it runs)."""
+    asked = os.environ.get("MMM_EMULATE", "")
+    on = asked in ("1", sanitizer) or (sanitizer == "address" and os.environ.get("MMM_FFT_EMULATE") == "1")
+    if not on:
+        return f"set MMM_EMULATE=1 (or ={sanitizer}) to run the CUDA kernels on CPU threads"
+    return "g++ not found: cannot build tests/emulate" if shutil.which("g++") is None else None
+
+
 def emulation_sanitizers() -> list:
     """The sanitizer parameters of a test_*_on_cpu_threads test, each skipped unless asked for:
     AddressSanitizer/UBSan, ThreadSanitizer (races inside a block and between blocks), and the
     memory counts (bank conflicts, coalescing)."""
-    asked = os.environ.get("MMM_EMULATE", "")
     params = []
     for sanitizer in ("address", "thread", "counts"):
-        on = asked in ("1", sanitizer) or (sanitizer == "address" and os.environ.get("MMM_FFT_EMULATE") == "1")
-        reason = ("g++ not found: cannot build tests/emulate" if on and shutil.which("g++") is None else
-                  None if on else f"set MMM_EMULATE=1 (or ={sanitizer}) to run the CUDA kernels on CPU threads")
+        reason = emulation_skip_reason(sanitizer)
         params.append(pytest.param(sanitizer, marks=[pytest.mark.skip(reason=reason)] if reason else []))
     return params
 
