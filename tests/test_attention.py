@@ -939,7 +939,7 @@ def test_attention_primitives_cuda(primitives_binary):
 
 # ---------------------------------------------------------------------------------------------
 # The CUDA launcher and kernels (head dims 64 and 96) run on the host: tests/emulate/attention.cpp
-# via tests/emulate/run.sh, one std::thread per CUDA thread, ldmatrix / mma.sync / cp.async
+# via tests/emulate/run.sh, one fiber per CUDA thread, ldmatrix / mma.sync / cp.async
 # modelled from the PTX ISA (tests/emulate/ptx_on_cpu.h), against the CPU twin; under
 # ThreadSanitizer the "quick" subset (every kernel path, fewer shapes). Opt-in (see
 # run_emulation), ~1 min build, ~2-3 min run.

@@ -1181,7 +1181,7 @@ def test_empty_sanitizer_subset():
 # ---------------------------------------------------------------------------------------------
 # The CUDA launchers and kernels (tensor-core block GEMM with split-K, the fp32 FMA kernel, the
 # fused Monarch forward) run on the host: tests/emulate/block_diag_matmul.cpp via
-# tests/emulate/run.sh, one std::thread per CUDA thread, ldmatrix / mma.sync / cp.async modelled
+# tests/emulate/run.sh, one fiber per CUDA thread, ldmatrix / mma.sync / cp.async modelled
 # from the PTX ISA (tests/emulate/ptx_on_cpu.h), against the CPU twins. Opt-in (see
 # run_emulation), ~1.5 min.
 # ---------------------------------------------------------------------------------------------

@@ -344,7 +344,7 @@ def test_sanitizer_subset(log_n):
 
 
 # The CUDA launcher and kernels run on the host (tests/emulate/butterfly.cpp via tests/emulate/run.sh:
-# one std::thread per CUDA thread, with small shared-memory limits that force the multi-pass paths)
+# one fiber per CUDA thread, with small shared-memory limits that force the multi-pass paths)
 # against the CPU twin, under ASan/UBSan, under TSan (races between threads and between CTAs) and
 # with the memory counts (both on the "quick" subset): opt-in (see run_emulation), ~1-2 min each.
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())

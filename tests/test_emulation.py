@@ -3,7 +3,8 @@
 Under ThreadSanitizer it must report exactly the races a GPU could show: tests/emulate/races.cpp
 has one clean kernel and one for each kind of race the op emulations rely on it to catch. A
 barrier that ordered too much (its own locks or atomics seen by TSan) would hide them, and every
-op's "thread" emulation would pass whatever its kernels did.
+op's "thread" emulation would pass whatever its kernels did. And threads that wait at different
+barriers must be reported as a deadlock, not hang.
 """
 from __future__ import annotations
 
@@ -39,3 +40,11 @@ def test_races_are_reported(ordered_run, case, where):
     assert res.returncode != 0, res.stdout + res.stderr[-4000:]
     assert "WARNING: ThreadSanitizer: data race" in res.stderr, res.stderr[-4000:]
     assert f"#0 {where} " in res.stderr, res.stderr[-4000:]  # the race the case has, not another
+
+
+def test_deadlock_is_reported(ordered_run):
+    _, binary = ordered_run
+    res = subprocess.run([str(binary), "deadlock"], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0, res.stdout + res.stderr[-4000:]
+    assert "EMULATION ERROR: a deadlock" in res.stderr, res.stderr[-4000:]
+    assert "thread 0 waits at __syncthreads" in res.stderr, res.stderr[-4000:]

@@ -1024,7 +1024,7 @@ def test_sanitizer_subset(n, dtype):
 # ---------------------------------------------------------------------------------------------
 # The CUDA launcher and kernels (forward and backward, every row shape, dropout, the dweight /
 # dbias reduction) run on the host: tests/emulate/fused_add_norm.cpp via tests/emulate/run.sh,
-# one std::thread per CUDA thread, against the CPU twin; under ThreadSanitizer the "quick" subset
+# one fiber per CUDA thread, against the CPU twin; under ThreadSanitizer the "quick" subset
 # (every row shape still). Opt-in (see run_emulation), ~2 min build, ~15 s run.
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())

@@ -1,6 +1,6 @@
 // Runs launch_attention_fwd / launch_attention_bwd (csrc/attention: the real launcher, kernels
 // and instantiations for head dims 64 and 96, compiled for the host by tests/emulate/run.sh)
-// on CPU threads - one std::thread per CUDA thread, ldmatrix / mma.sync / cp.async modelled by
+// on CPU threads - one fiber per CUDA thread, ldmatrix / mma.sync / cp.async modelled by
 // ptx_on_cpu.h, under ASan/UBSan or ThreadSanitizer - against the CPU twin (attention_fwd_cpu / attention_bwd_cpu)
 // on the same fp16/bf16 inputs.
 //   tests/emulate/run.sh attention [quick]

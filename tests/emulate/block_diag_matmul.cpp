@@ -1,7 +1,7 @@
 // Runs launch_block_gemm (the tensor-core block GEMM with every staging variant, split-K with its
 // reduce kernel, and the fp32 / simt_only FMA kernel) and launch_monarch_fused (the fused
 // Monarch forward) - the real launchers and kernels of csrc/block_diag_matmul, compiled for the
-// host by tests/emulate/run.sh - on CPU threads (one std::thread per CUDA thread; ldmatrix,
+// host by tests/emulate/run.sh - on CPU threads (one fiber per CUDA thread; ldmatrix,
 // mma.sync and cp.async modelled by ptx_on_cpu.h; ASan/UBSan or TSan) against the CPU twins
 // block_gemm_cpu / monarch_fused_cpu, in both cp.async modes.
 //   tests/emulate/run.sh block_diag_matmul

@@ -1,5 +1,5 @@
 // Runs launch_butterfly_forward / launch_butterfly_backward (the CUDA launcher and kernels,
-// compiled for the host through cuda_on_cpu.h, one std::thread per CUDA thread) against the CPU
+// compiled for the host through cuda_on_cpu.h, one fiber per CUDA thread) against the CPU
 // twin on random inputs: every dtype pair,
 // stacks, blocks, padded/trimmed and strided rows, both stride orders, and shared-memory limits
 // of 227 KB, 4 KB and 1 KB (the last two force the multi-pass forward and backward at small n).

@@ -8,10 +8,11 @@
 //   - __global__/__device__/__host__/__forceinline__/__launch_bounds__ compile away; __align__ is
 //     __attribute__((aligned)); __shared__ becomes `static`, and run.sh rewrites a kernel's
 //     `__shared__ T name[...];` into emu::block_static (an array per running block).
-//   - launch_grid(grid (dim3), threads, smem_bytes, body): `threads` std::threads, created once per
-//     launch, run the blocks one after another (blockIdx x fastest), with thread_local threadIdx /
-//     blockIdx (threads == 1: on the calling thread, for drivers that run a block's work in one
-//     "thread"); under ThreadSanitizer two such sets run at once (see concurrent_blocks).
+//   - launch_grid(grid (dim3), threads, smem_bytes, body): `threads` fibers of the calling thread,
+//     created once per launch, run the blocks one after another (blockIdx x fastest); threadIdx /
+//     blockIdx are the running fiber's (thread_state.h) (threads == 1: the calling thread itself,
+//     for drivers that run a block's work in one "thread"); under ThreadSanitizer two such sets
+//     run at once, each on an OS thread of its own (see concurrent_blocks).
 //     Dynamic shared memory is a heap block of exactly smem_bytes per running block (so
 //     AddressSanitizer sees overruns), 128-byte aligned, reached through emu_dynamic_smem() /
 //     emu::smem, filled at each block's start with emu::smem_fill (0; the PTX drivers use 0xff:
@@ -21,8 +22,9 @@
 //     or, above 48 KB, than cudaFuncSetAttribute(MaxDynamicSharedMemorySize) allowed the kernel.
 //   - __syncthreads() = a barrier over the block; __syncwarp() = a barrier over the warp;
 //     __shfl_xor_sync = a warp exchange (any 32/64-bit type, full warps and full masks only);
-//     warp exchanges check that all 32 lanes are in the same collective, and a watchdog aborts
-//     when no barrier completes for emu::deadlock_seconds (a thread or lane that skipped one).
+//     warp exchanges check that all 32 lanes are in the same collective; a wait no thread can end
+//     (a thread or lane that skipped a barrier) is reported at once, and a watchdog aborts when
+//     no barrier completes for emu::hang_seconds (a thread looping forever between barriers).
 //   - float2/float4/uint4, dim3, __half/__nv_bfloat16 and their conversions (the bit-exact CPU
 //     twins of core/numeric.h), __half2/__nv_bfloat162 (.x in the low half) with
 //     __floats2{half,bfloat16}2_rn and __{half2,bfloat162}2float2, sincospif (long double),
@@ -36,7 +38,7 @@
 // however the host scheduled them (a barrier below orders its own participants across one phase
 // only, as on the GPU; TSan remembers the last four accesses per 8 bytes). Inside a warp only __syncwarp and
 // __syncthreads order, as on the GPU (a shuffle, ldmatrix or mma does not: see warp_exchange).
-// Between CTAs: two blocks run at once on their own threads, so TSan also reports two CTAs that
+// Between CTAs: two blocks run at once on OS threads of their own, so TSan also reports two CTAs that
 // touch one location (one writing) without atomics, e.g. aliased per-CTA scratch or overlapping
 // output tiles, for the pairs of blocks that landed in different sets (see block_set: every
 // even-odd neighbour pair, about half the pairs at any other distance).
@@ -64,6 +66,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -71,13 +74,21 @@
 #include <type_traits>
 #include <vector>
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <sched.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__) && !defined(MMM_EMU_COUNTS)  // counts mode: the instrumentation, no runtime
+#define MMM_EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 
 #include "core/numeric.h"
 #include "memory_counts.h"
+#include "thread_state.h"
 
 #define MMM_FFT_HOST_EMULATION  // core/fft.cuh, fft/, fftconv/: skip cuda_runtime.h, use emu_dynamic_smem()
 #define __global__
@@ -95,14 +106,11 @@ struct alignas(8) uint2 { unsigned x, y; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-struct uint3 { unsigned x = 0, y = 0, z = 0; };
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-// Blocks run one after another, each on its own threads (or the calling thread), so the block
-// and thread indices are per thread and the launch shape is global.
-inline thread_local uint3 threadIdx, blockIdx;
+// threadIdx and blockIdx are the running emulated thread's (thread_state.h); the launch shape is global.
 inline dim3 blockDim, gridDim;
 using std::max;
 using std::min;
@@ -115,38 +123,6 @@ namespace emu {
   std::fflush(stderr);
   std::abort();
 }
-
-// The emulation's barrier (under TSan wrapped by Barrier below). Hundreds of threads run on a
-// few cores, so context switches are most of the emulation's time: a participant yields a few
-// times (the others usually arrive within a few time slices), then sleeps on one futex word,
-// which the last arriver wakes once. Butterfly's emulation: 56 -> 44 s against libstdc++'s
-// std::barrier, 155 -> 110 s under TSan against a mutex + condition variable.
-class FutexBarrier {
- public:
-  explicit FutexBarrier(int count) : count_(count) {}
-  uint32_t phase() const { return phase_.load(std::memory_order_relaxed); }
-  void arrive_and_wait() {
-    const uint32_t phase = phase_.load(std::memory_order_acquire);
-    // acq_rel: the last arriver acquires every earlier arriver's writes, and hands them on with
-    // the phase; the reset of the count happens before the phase changes, so before anyone's
-    // next arrival.
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
-      arrived_.store(0, std::memory_order_relaxed);
-      phase_.store(phase + 1, std::memory_order_release);
-      syscall(SYS_futex, &phase_, FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
-    } else {
-      for (int spin = 0; spin < kYields && phase_.load(std::memory_order_acquire) == phase; ++spin) sched_yield();
-      while (phase_.load(std::memory_order_acquire) == phase)
-        syscall(SYS_futex, &phase_, FUTEX_WAIT_PRIVATE, phase, nullptr, nullptr, 0);
-    }
-  }
- private:
-  static_assert(sizeof(std::atomic<uint32_t>) == 4, "a futex word is 32 bits");
-  static constexpr int kYields = 16;
-  const int count_;
-  std::atomic<int> arrived_{0};
-  std::atomic<uint32_t> phase_{0};
-};
 
 #if defined(__SANITIZE_THREAD__)
 // What ThreadSanitizer sees of the emulator's own synchronisation: TsanIgnore makes a scope blind
@@ -174,16 +150,270 @@ struct TsanIgnore {
     AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
   }
 };
+#else
+struct TsanIgnore {};
+#endif
 
+// ---- Fibers: a block's threads on one OS thread --------------------------------------------------
+// As OS threads, hundreds of emulated threads on a few cores spent most of the emulation's time
+// in the kernel's scheduler: every barrier and warp collective put threads to sleep and woke them.
+// So a block's threads are fibers of one OS thread instead: each runs until it waits at a
+// barrier, then the next runnable one runs (round robin), and a barrier's last arriver makes its
+// waiters runnable. A wait that nobody can end is a deadlock, reported at once. Where each thread
+// waits is still decided only by the kernel's barriers, so TSan is told that a switch orders
+// nothing (only a fiber's start and end order it after the launcher and before the join).
+//
+// The switch saves the registers the System V x86-64 ABI preserves across a call, and the SSE and
+// x87 control words, on the old stack, and loads them from the new one. A fiber's mapping is a
+// guard page, its stack, then its ThreadState (so the counts mode sees the record as the thread's
+// own memory, as the stack, not as global memory).
+extern "C" void emu_fiber_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .weak emu_fiber_switch
+  .type emu_fiber_switch, @function
+emu_fiber_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_fiber_switch, .-emu_fiber_switch
+)");
+
+struct Fiber {
+  unsigned index = 0;              // the emulated thread (threadIdx.x)
+  unsigned char* mapping = nullptr;  // guard page, stack, ThreadState
+  unsigned char* stack = nullptr;  // its lowest usable byte
+  size_t stack_bytes = 0;
+  ThreadState* state = nullptr;
+  void* sp = nullptr;  // while switched out
+  bool runnable = true, started = false, done = false;
+  const char* waits_at = nullptr;  // the barrier it waits at, for a deadlock's report
+  void* tsan = nullptr;            // its ThreadSanitizer context
+  void* fake_stack = nullptr;      // AddressSanitizer's, while switched out
+};
+
+class FiberSet;
+inline thread_local FiberSet* running_fibers = nullptr;  // the set this OS thread schedules
+// What a fiber keeps between launches: its mapping and its ThreadSanitizer context.
+struct FiberMemory {
+  unsigned char* mapping;
+  void* tsan;
+};
+inline std::vector<std::vector<FiberMemory>> fiber_pools;  // per block set (launch_grid), see FiberSet
+
+// The threads of one block set (launch_grid): `threads` fibers that each call body(index).
+// Their mappings and TSan contexts come from and go back to `pool`, the set's: mapping them
+// afresh and faulting their pages in (TSan's context alone is over a megabyte) took most of a
+// launch's time. Under TSan they thus pass from one launch's set s to the next one's, along the
+// launch's happens-before chain (fibers, their OS thread, the join, the next launch's OS thread).
+class FiberSet {
+ public:
+  static constexpr size_t kMappingBytes = size_t(4) << 20, kGuardBytes = 4096;
+
+  FiberSet(int threads, std::vector<FiberMemory>& pool, std::function<void(unsigned)> body)
+      : pool_(pool), body_(std::move(body)), fibers_(size_t(threads)) {
+    const size_t state_bytes = (sizeof(ThreadState) + 63) & ~size_t(63);
+    for (int t = 0; t < threads; ++t) {
+      Fiber& f = fibers_[size_t(t)];
+      f.index = unsigned(t);
+      if (!pool_.empty()) {
+        f.mapping = pool_.back().mapping;
+        f.tsan = pool_.back().tsan;
+        pool_.pop_back();
+      } else {
+        void* m = mmap(nullptr, kMappingBytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+        if (m == MAP_FAILED) { std::perror("emulation: a fiber's stack"); std::abort(); }
+        f.mapping = static_cast<unsigned char*>(m);
+        mprotect(f.mapping, kGuardBytes, PROT_NONE);
+#if defined(__SANITIZE_THREAD__)
+        f.tsan = __tsan_create_fiber(0);
+#endif
+      }
+      f.state = new (f.mapping + kMappingBytes - state_bytes) ThreadState;
+      f.stack = f.mapping + kGuardBytes;
+      f.stack_bytes = kMappingBytes - kGuardBytes - state_bytes;
+      f.state->stack_begin = reinterpret_cast<uintptr_t>(f.mapping);
+      f.state->stack_end = reinterpret_cast<uintptr_t>(f.mapping) + kMappingBytes;
+      // The first switch into it "returns" to fiber_entry with the ABI's stack alignment (rsp + 8
+      // a multiple of 16); below the return address, what emu_fiber_switch pops: six registers,
+      // then MXCSR's and the x87 control word's defaults.
+      auto* top = reinterpret_cast<uint64_t*>(f.stack + f.stack_bytes);  // 64-byte aligned
+      top[-1] = 0;
+      top[-2] = reinterpret_cast<uint64_t>(&fiber_entry);
+      for (int r = 3; r <= 8; ++r) top[-r] = 0;
+      top[-9] = 0x1f80u | (uint64_t(0x037fu) << 32);
+      f.sp = &top[-9];
+    }
+  }
+  ~FiberSet() {
+    for (Fiber& f : fibers_) {
+      f.state->~ThreadState();
+#if defined(MMM_EMU_ASAN)
+      // The frames' redzones are not the next user's (ASan clears big ranges by remapping the shadow).
+      __asan_unpoison_memory_region(f.mapping + kGuardBytes, kMappingBytes - kGuardBytes);
+#endif
+      pool_.push_back({f.mapping, f.tsan});
+    }
+  }
+
+  // Runs the fibers until all have finished.
+  void run() {
+    running_fibers = this;
+#if defined(__SANITIZE_THREAD__)
+    tsan_ = __tsan_get_current_fiber();
+#endif
+    for (;;) {
+      bool alive = false, ran = false;
+      for (Fiber& f : fibers_) {
+        if (f.done) continue;
+        alive = true;
+        if (!f.runnable) continue;
+        resume(f);
+        ran = true;
+      }
+      if (!alive) break;
+      if (!ran) report_deadlock();
+    }
+    running_fibers = nullptr;
+  }
+
+  // The running fiber waits in `queue` (a barrier's) until made runnable again.
+  static void wait(std::vector<Fiber*>& queue, const char* at) {
+    FiberSet* set = running_fibers;
+    if (!set || !set->running_) fail("a barrier with more than one participant outside a fiber");
+    Fiber& f = *set->running_;
+    f.runnable = false;
+    f.waits_at = at;
+    queue.push_back(&f);
+    set->switch_to_scheduler(f, false);
+  }
+
+ private:
+  void resume(Fiber& f) {
+    const bool first = !f.started;
+    {
+      const TsanIgnore blind;  // the bookkeeping orders nothing; the switch below states what it orders
+      f.started = true;
+      running_ = &f;
+      current_thread = f.state;
+    }
+#if defined(__SANITIZE_THREAD__)
+    __tsan_switch_to_fiber(f.tsan, first ? 0 : __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(MMM_EMU_ASAN)
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(&fake_stack, f.stack, f.stack_bytes);
+#endif
+    emu_fiber_switch(&sp_, f.sp);
+#if defined(MMM_EMU_ASAN)
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+    (void)first;
+    const TsanIgnore blind;
+    running_ = nullptr;
+    current_thread = nullptr;
+  }
+  void switch_to_scheduler(Fiber& f, bool finished) {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_switch_to_fiber(tsan_, finished ? 0 : __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(MMM_EMU_ASAN)
+    __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, scheduler_stack_, scheduler_stack_bytes_);
+#endif
+    emu_fiber_switch(&f.sp, sp_);
+#if defined(MMM_EMU_ASAN)
+    __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
+#endif
+    (void)finished;
+  }
+  [[noreturn]] static void fiber_entry() noexcept {
+    FiberSet& set = *running_fibers;
+#if defined(MMM_EMU_ASAN)
+    __sanitizer_finish_switch_fiber(nullptr, &set.scheduler_stack_, &set.scheduler_stack_bytes_);
+#endif
+    Fiber& f = *set.running_;
+    set.body_(f.index);
+    {
+      const TsanIgnore blind;
+      f.done = true;
+    }
+    set.switch_to_scheduler(f, true);
+    std::abort();  // never resumed
+  }
+  [[noreturn]] void report_deadlock() {
+    std::fprintf(stderr, "EMULATION ERROR: a deadlock (threads of a block or lanes of a warp wait at different "
+                 "barriers, or some have left the kernel):\n");
+    int shown = 0;
+    for (const Fiber& f : fibers_)
+      if (!f.done && shown++ < 8)
+        std::fprintf(stderr, "  block %u,%u,%u thread %u waits at %s\n", f.state->block_idx.x, f.state->block_idx.y,
+                     f.state->block_idx.z, f.index, f.waits_at);
+    std::fflush(stderr);
+    std::abort();
+  }
+
+  std::vector<FiberMemory>& pool_;
+  std::function<void(unsigned)> body_;
+  std::vector<Fiber> fibers_;
+  Fiber* running_ = nullptr;
+  void* sp_ = nullptr;  // the scheduler's, while a fiber runs
+  void* tsan_ = nullptr;
+  const void* scheduler_stack_ = nullptr;
+  size_t scheduler_stack_bytes_ = 0;
+};
+
+// A barrier of fibers (all of one FiberSet): the last arriver makes the others runnable.
+class FiberBarrier {
+ public:
+  FiberBarrier(int count, const char* name) : count_(count), name_(name) {}
+  uint32_t phase() const { return phase_; }
+  void arrive_and_wait() {
+    if (++arrived_ < count_) {
+      FiberSet::wait(waiting_, name_);
+      return;
+    }
+    arrived_ = 0;
+    ++phase_;
+    for (Fiber* f : waiting_) f->runnable = true;
+    waiting_.clear();
+  }
+ private:
+  const int count_;
+  const char* const name_;
+  int arrived_ = 0;
+  uint32_t phase_ = 0;
+  std::vector<Fiber*> waiting_;
+};
+
+#if defined(__SANITIZE_THREAD__)
 // A barrier that orders memory as a GPU barrier does: what a participant did before arriving at
 // phase p happens before what any participant does after leaving phase p, and nothing more.
-// The futex barrier's own synchronisation is hidden from TSan, which would otherwise see more
+// The fiber barrier's own synchronisation is hidden from TSan, which would otherwise see more
 // (every participant of phase p ordered after every one, through the count and the phase word).
 // Each phase's ordering goes through its own sync object: releases of phase p + 2 (same slot)
 // cannot start before every participant has left phase p.
 class Barrier {
  public:
-  explicit Barrier(int count) : sync_(count) {}
+  Barrier(int count, const char* name) : sync_(count, name) {}
   void arrive_and_wait() {
     const uint32_t phase = sync_.phase();  // stable until this participant arrives
     __tsan_release(&order_[phase & 1]);
@@ -194,14 +424,13 @@ class Barrier {
     __tsan_acquire(&order_[phase & 1]);
   }
  private:
-  FutexBarrier sync_;
+  FiberBarrier sync_;
   char order_[2] = {};
 };
 #else
-struct TsanIgnore {};
-using Barrier = FutexBarrier;
+using Barrier = FiberBarrier;
 #endif
-inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the deadlock watchdog
+inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the hang watchdog
 inline thread_local void* smem = nullptr;  // the running block's dynamic shared memory
 inline thread_local size_t smem_bytes = 0;
 inline size_t max_smem_used = 0;
@@ -215,7 +444,7 @@ inline int64_t grid_yz_limit = 65535;
 // the last block left; 0xff makes a read of never-written shared memory a NaN in fp16, bf16
 // and fp32 alike (the PTX drivers set it; 0 keeps the older drivers' zeroed memory).
 inline int smem_fill = 0;
-inline int deadlock_seconds = 120;  // no barrier completing for this long: a deadlock, abort
+inline int hang_seconds = 120;  // no barrier completing for this long: a hang (Watchdog), abort
 
 // Per-thread hooks the PTX layer (ptx_on_cpu.h) installs: a thread's start and end of each
 // block, and the end of a block on thread 0 after every thread has finished it.
@@ -230,7 +459,6 @@ struct LaneSlot {
   const void* ptr = nullptr;
   uint32_t w[10] = {};
 };
-inline thread_local uint32_t collective_seq = 0;
 
 // What a running block owns: its barriers, warp-exchange slots, dynamic shared memory (exactly
 // smem_bytes, so AddressSanitizer sees overruns; aligned like extern __shared__ __align__(128)),
@@ -246,9 +474,9 @@ inline SharedBytes alloc_shared(size_t bytes) {
 }
 struct BlockState {
   BlockState(int threads, size_t smem_bytes)
-      : barrier(threads), slots{std::vector<LaneSlot>(size_t(threads)), std::vector<LaneSlot>(size_t(threads))},
+      : barrier(threads, "__syncthreads"), slots{std::vector<LaneSlot>(size_t(threads)), std::vector<LaneSlot>(size_t(threads))},
         smem(alloc_shared(smem_bytes)), thread_records(size_t(threads)), access_traces(size_t(threads)) {
-    for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Barrier>(std::min(32, threads - 32 * w)));
+    for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Barrier>(std::min(32, threads - 32 * w), "__syncwarp or a warp collective"));
     std::memset(smem.get(), 0, std::max<size_t>(smem_bytes, 1));
   }
   Barrier barrier;                              // __syncthreads
@@ -284,12 +512,13 @@ using WarpSlots = const LaneSlot*;
 // collective's writes cannot clobber slots a slower lane still reads (writing buffer b again
 // needs the barrier of the collective in between, which every lane reaches only after reading).
 // All 32 lanes must take part in the same collective in the same order: a lane that diverges
-// either deadlocks the barrier (the watchdog reports it) or is caught by the op/seq check.
+// either deadlocks the barrier (FiberSet reports it) or is caught by the op/seq check.
 inline WarpSlots warp_exchange(LaneSlot mine) {
   const TsanIgnore blind;
   const Untraced untraced;
   if (blockDim.x % 32) fail("a warp collective in a block that is not whole warps");
   const unsigned t = threadIdx.x;
+  uint32_t& collective_seq = self().collective_seq;
   std::vector<LaneSlot>& buf = block_state->slots[collective_seq & 1];
   mine.seq = collective_seq++;
   buf[t] = mine;
@@ -311,8 +540,9 @@ inline WarpSlots warp_exchange(LaneSlot mine) {
 #endif
 }
 
-// Aborts the process when no barrier completes for deadlock_seconds (a lane that skipped a
-// __syncthreads / collective the others wait in).
+// Aborts the process when no barrier completes for hang_seconds: a thread that never reaches its
+// next barrier, such as a loop waiting for a flag that another thread of its block would set
+// (fibers switch only at barriers; a deadlock between barriers FiberSet reports at once).
 class Watchdog {
  public:
   Watchdog() : th_([this] { run(); }) {}
@@ -329,9 +559,9 @@ class Watchdog {
     while (!cv_.wait_for(g, std::chrono::seconds(1), [this] { return stop_; })) {
       const uint64_t now = progress.load();
       if (now != last) { last = now; since = std::chrono::steady_clock::now(); continue; }
-      if (std::chrono::steady_clock::now() - since > std::chrono::seconds(deadlock_seconds)) {
-        std::fprintf(stderr, "EMULATION ERROR: no barrier completed for %d s: a deadlock (threads of a block or "
-                     "lanes of a warp wait at different barriers)\n", deadlock_seconds);
+      if (std::chrono::steady_clock::now() - since > std::chrono::seconds(hang_seconds)) {
+        std::fprintf(stderr, "EMULATION ERROR: no barrier completed for %d s: a thread that never reaches its next "
+                     "barrier\n", hang_seconds);
         std::fflush(stderr);
         std::abort();
       }
@@ -382,7 +612,7 @@ T& block_static(Declaration) {
   return *reinterpret_cast<T*>(st.statics.back().second.get());
 }
 
-// Blocks that run at once under ThreadSanitizer. Each has its own threads and BlockState, and
+// Blocks that run at once under ThreadSanitizer. Each has its own OS thread and BlockState, and
 // nothing orders one's memory accesses against another's, so TSan reports two CTAs touching
 // one location (one writing) without atomics: aliased scratch, overlapping output tiles. A
 // block's set is the digit sum of its index in base `sets`, mod sets (for two: the Thue-Morse
@@ -401,9 +631,10 @@ inline int block_set(uint64_t b, int sets) {
 }  // namespace emu
 
 // A kernel launch <<<grid, threads, smem_bytes>>>: body() is the kernel call. The blocks go to
-// emu::concurrent_blocks sets; each set has `threads` std::threads (created once per launch)
-// that run its blocks one after another (blockIdx x fastest), with thread_local threadIdx /
-// blockIdx. threads == 1 and one set: the calling thread runs every block's whole work.
+// emu::concurrent_blocks sets, each run by one OS thread (the calling thread when there is one
+// set): its `threads` emulated threads are fibers (created once per launch) that run the set's
+// blocks one after another (blockIdx x fastest). threads == 1: the OS thread itself runs each
+// block's whole work.
 template <class Body>
 void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
   emu::max_smem_used = std::max(emu::max_smem_used, smem_bytes);
@@ -413,32 +644,30 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
   const int sets = int(std::min<uint64_t>(uint64_t(std::max(emu::concurrent_blocks, 1)), blocks));
   std::vector<std::unique_ptr<emu::BlockState>> states;
   for (int s = 0; s < sets; ++s) states.push_back(std::make_unique<emu::BlockState>(threads, smem_bytes));
-  auto run = [&](int set, unsigned t) {
-    if constexpr (emu::counting_accesses) emu::note_thread_memory();
-    emu::BlockState& st = *states[size_t(set)];
-    emu::block_state = &st;
-    emu::smem = st.smem.get();
-    emu::smem_bytes = smem_bytes;
-    threadIdx = uint3{t, 0, 0};
+  if (emu::fiber_pools.size() < size_t(sets)) emu::fiber_pools.resize(size_t(sets));
+  // One emulated thread: its set's blocks.
+  auto run_thread = [&](emu::BlockState& st, int set, unsigned t) {
+    emu::ThreadState& me = emu::self();
+    me.thread_idx = uint3{t, 0, 0};
     for (uint64_t b = 0; b < blocks; ++b) {
       if (sets > 1 && emu::block_set(b, sets) != set) continue;
-      blockIdx = uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
+      me.block_idx = uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
       if (t == 0 && emu::smem_fill) std::memset(emu::smem, emu::smem_fill, smem_bytes);
-      emu::collective_seq = 0;
+      me.collective_seq = 0;
       __syncthreads();  // the fill (and the previous block's end checks) before anyone starts
       if (emu::thread_block_begin) emu::thread_block_begin();
-      emu::shared_range_count = 0;  // the block's shared memory: dynamic first, then block_static's
+      me.shared_range_count = 0;  // the block's shared memory: dynamic first, then block_static's
       emu::add_shared_range(emu::smem, smem_bytes);
       if (emu::driver_shared.first) emu::add_shared_range(emu::driver_shared.first, emu::driver_shared.second);
-      Body& kernel_call = body;  // read from this thread's heap-held closure before tracing starts
+      Body& kernel_call = body;  // read from the launcher's closure before tracing starts
       if constexpr (emu::counting_accesses) {
-        emu::access_trace = {};
-        emu::tracing = true;
+        me.access_trace = {};
+        me.tracing = true;
       }
       kernel_call();
       if constexpr (emu::counting_accesses) {
-        emu::tracing = false;
-        st.access_traces[t] = std::move(emu::access_trace);
+        me.tracing = false;
+        st.access_traces[t] = std::move(me.access_trace);
       }
       if (emu::thread_block_end) emu::thread_block_end();
       __syncthreads();
@@ -449,14 +678,36 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       }
     }
   };
+  // One set on this OS thread: what its threads share (the block's shared memory and barriers)
+  // is this OS thread's.
+  auto run_set = [&](int set) {
+    emu::BlockState& st = *states[size_t(set)];
+    emu::block_state = &st;
+    emu::smem = st.smem.get();
+    emu::smem_bytes = smem_bytes;
+    const auto os_stack = emu::counting_accesses ? emu::note_thread_memory() : std::pair<uintptr_t, uintptr_t>{};
+    if (threads == 1) {
+      emu::ThreadState me;  // on this stack: the counts mode's local memory
+      me.stack_begin = os_stack.first;
+      me.stack_end = os_stack.second;
+      emu::current_thread = &me;
+      run_thread(st, set, 0);
+      emu::current_thread = nullptr;
+    } else {
+      emu::FiberSet(threads, emu::fiber_pools[size_t(set)], [&](unsigned t) { run_thread(st, set, t); }).run();
+    }
+  };
   if (threads == 1 && sets == 1) {
-    run(0, 0);
+    run_set(0);
   } else {
     emu::Watchdog watchdog;
-    std::vector<std::thread> pool;
-    for (int s = 0; s < sets; ++s)
-      for (int t = 0; t < threads; ++t) pool.emplace_back(run, s, unsigned(t));
-    for (auto& th : pool) th.join();
+    if (sets == 1) {
+      run_set(0);
+    } else {
+      std::vector<std::thread> pool;
+      for (int s = 0; s < sets; ++s) pool.emplace_back(run_set, s);
+      for (auto& th : pool) th.join();
+    }
   }
   if constexpr (emu::counting_accesses) emu::end_launch_cost();
 }
@@ -472,7 +723,7 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
   static_assert(sizeof(V) <= 8 && std::is_trivially_copyable_v<V>, "__shfl_xor_sync: a 32/64-bit value");
   if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only full-warp masks are emulated");
   if constexpr (emu::counting_accesses)
-    if (emu::tracing && threadIdx.x % 32 == 0) ++emu::launch_shuffles;
+    if (emu::self().tracing && threadIdx.x % 32 == 0) ++emu::launch_shuffles;
   const emu::Untraced untraced;  // the exchange slots are the emulator's, not global memory
   emu::LaneSlot s;
   s.op = 100;
@@ -574,7 +825,7 @@ inline int cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset
 
 // kernel<<<grid, threads, smem_bytes>>>(args...) with the block's work done by `block_threads`
 // emulated threads: 1 = the whole block in one thread (every barrier trivially held), 0 = one
-// std::thread per CUDA thread (what warp collectives and the PTX layer need). Checks what the
+// fiber per CUDA thread (what warp collectives and the PTX layer need). Checks what the
 // runtime would refuse: block size, empty or oversized grids, dynamic shared memory above 48 KB
 // without cudaFuncSetAttribute(MaxDynamicSharedMemorySize) for this kernel, or above the opt-in limit.
 template <class K, class... A>

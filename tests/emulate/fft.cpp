@@ -1,5 +1,5 @@
 // Runs the device code of csrc/core/fft.cuh and the op kernels of csrc/fft/fft_kernel.cuh on CPU
-// threads (tests/emulate/cuda_on_cpu.h: one std::thread per CUDA thread, barriers for
+// threads (tests/emulate/cuda_on_cpu.h: one fiber per CUDA thread, barriers for
 // __syncthreads, warp exchanges for __shfl_xor_sync) and checks them against csrc/core/fft_cpu.h.
 // It exercises the index math, the pass schedule, the twiddles and the swizzle of the CUDA code
 // without a GPU (races only under ThreadSanitizer, run.sh; never bank conflicts).

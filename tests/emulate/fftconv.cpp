@@ -1,5 +1,5 @@
 // Runs the fftconv CUDA kernels (csrc/fftconv/fftconv_kernel.cuh, on core/fft.cuh) on CPU threads
-// (tests/emulate/cuda_on_cpu.h: one std::thread per CUDA thread, barriers for __syncthreads, warp
+// (tests/emulate/cuda_on_cpu.h: one fiber per CUDA thread, barriers for __syncthreads, warp
 // exchanges for __shfl_xor_sync, blocks one after another). Checks y and every gradient against a
 // direct O(N^2) convolution in double, through every path the launcher can pick: shared memory,
 // one buffer in global scratch, both in scratch, with small grids so that every grid-stride loop

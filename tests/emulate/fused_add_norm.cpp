@@ -1,6 +1,6 @@
 // Runs launch_fused_add_norm_fwd / launch_fused_add_norm_bwd (csrc/fused_add_norm: the real
 // launcher, kernels and instantiations, compiled for the host by tests/emulate/run.sh) on CPU
-// threads - one std::thread per CUDA thread, warp shuffles and __syncthreads as barriers, under
+// threads - one fiber per CUDA thread, warp shuffles and __syncthreads as barriers, under
 // ASan/UBSan or ThreadSanitizer - against the CPU twin (fused_add_norm_fwd_cpu,
 // fused_add_norm_bwd_cpu_*).
 //   tests/emulate/run.sh fused_add_norm

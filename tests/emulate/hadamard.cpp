@@ -1,5 +1,5 @@
 // Runs launch_hadamard (csrc/hadamard: the real launcher and kernels, compiled for the host by
-// tests/emulate/run.sh) on CPU threads - one std::thread per CUDA thread, warp shuffles and
+// tests/emulate/run.sh) on CPU threads - one fiber per CUDA thread, warp shuffles and
 // __syncthreads as barriers, exact-size dynamic shared memory filled with NaN, under
 // ASan/UBSan or ThreadSanitizer - against the CPU twin hadamard_cpu, for fp32, fp16 and bf16.
 //   tests/emulate/run.sh hadamard

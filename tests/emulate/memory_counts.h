@@ -53,19 +53,9 @@
 #include <link.h>
 #include <pthread.h>
 
-namespace emu {
+#include "thread_state.h"
 
-struct Access {
-  uintptr_t addr;
-  const void* site;  // the instruction after the instrumentation call: names the source line
-  uint32_t bytes;
-  bool global;
-};
-// One emulated thread's accesses in one block, and where its barriers / collectives fell.
-struct AccessTrace {
-  std::vector<Access> accesses;
-  std::vector<size_t> syncs;  // accesses.size() at each
-};
+namespace emu {
 
 #if defined(MMM_EMU_COUNTS)
 inline constexpr bool counting_accesses = true;
@@ -73,16 +63,11 @@ inline constexpr bool counting_accesses = true;
 inline constexpr bool counting_accesses = false;
 #endif
 
-inline thread_local AccessTrace access_trace;
-inline thread_local bool tracing = false;  // inside a kernel body, outside the emulator's own code
-// The block's shared memory, [begin, end) each, kept in every mode (ptx_on_cpu.h's check_shared
-// reads them too), and what is never global: this thread's stack and TLS, every loaded image's
-// segments. Plain arrays, as the callbacks below must not call into instrumented code (GCC
-// inlines nothing into a function that is not instrumented).
-constexpr int kMaxSharedRanges = 16, kMaxImageRanges = 256;
-inline thread_local uintptr_t shared_begin[kMaxSharedRanges], shared_end[kMaxSharedRanges];
-inline thread_local int shared_range_count = 0;
-inline thread_local uintptr_t stack_begin = 0, stack_end = 0, tls_begin = 0, tls_end = 0;
+// What is never global: the running thread's shared memory and stack (its ThreadState), its OS
+// thread's TLS, every loaded image's segments. Plain arrays, as the callbacks below must not call
+// into instrumented code (GCC inlines nothing into a function that is not instrumented).
+constexpr int kMaxImageRanges = 256;
+inline thread_local uintptr_t tls_begin = 0, tls_end = 0;
 inline uintptr_t launcher_stack_begin = 0, launcher_stack_end = 0;  // kernel arguments live there
 inline uintptr_t image_begin[kMaxImageRanges], image_end[kMaxImageRanges];
 inline int image_range_count = 0;
@@ -92,21 +77,23 @@ inline std::pair<const void*, size_t> driver_shared{nullptr, 0};
 // The emulator's own accesses (warp exchanges, barriers, the PTX models, block_static's
 // bookkeeping) are not the kernel's.
 struct Untraced {
-  const bool was = tracing;
-  Untraced() { tracing = false; }
-  ~Untraced() { tracing = was; }
+  ThreadState& me = self();
+  const bool was = me.tracing;
+  Untraced() { me.tracing = false; }
+  ~Untraced() { me.tracing = was; }
 };
 
 inline void add_shared_range(const void* p, size_t bytes) {
   const auto b = reinterpret_cast<uintptr_t>(p);
-  for (int i = 0; i < shared_range_count; ++i)
-    if (shared_begin[i] == b) return;
-  if (shared_range_count == kMaxSharedRanges) {
+  ThreadState& me = self();
+  for (int i = 0; i < me.shared_range_count; ++i)
+    if (me.shared_begin[i] == b) return;
+  if (me.shared_range_count == kMaxSharedRanges) {
     std::fprintf(stderr, "EMULATION ERROR: more than %d shared-memory arrays in a block\n", kMaxSharedRanges);
     std::abort();
   }
-  shared_begin[shared_range_count] = b;
-  shared_end[shared_range_count++] = b + bytes;
+  me.shared_begin[me.shared_range_count] = b;
+  me.shared_end[me.shared_range_count++] = b + bytes;
 }
 
 inline uintptr_t tls_bytes = 0;  // the largest static TLS block of a loaded image
@@ -126,9 +113,10 @@ inline void note_images() {
       },
       nullptr);
 }
-// A thread that runs kernel code: its stack, and its TLS (around one of its thread_locals, as far
-// as the largest TLS block reaches either way).
-inline void note_thread_memory() {
+// An OS thread that runs kernel code: its TLS (around one of its thread_locals, as far as the
+// largest TLS block reaches either way). The first such thread is the launcher, whose stack
+// holds the kernel arguments. Returns the thread's stack, [begin, end).
+inline std::pair<uintptr_t, uintptr_t> note_thread_memory() {
   pthread_attr_t attr;
   void* base = nullptr;
   size_t size = 0;
@@ -136,35 +124,39 @@ inline void note_thread_memory() {
     pthread_attr_getstack(&attr, &base, &size);
     pthread_attr_destroy(&attr);
   }
-  stack_begin = reinterpret_cast<uintptr_t>(base);
-  stack_end = stack_begin + size;
-  if (!launcher_stack_end) launcher_stack_begin = stack_begin, launcher_stack_end = stack_end;  // the main thread's
-  const auto tls = reinterpret_cast<uintptr_t>(&tracing);
+  const auto stack_begin = reinterpret_cast<uintptr_t>(base), stack_end = stack_begin + size;
+  if (!launcher_stack_end) launcher_stack_begin = stack_begin, launcher_stack_end = stack_end;
+  const auto tls = reinterpret_cast<uintptr_t>(&current_thread);
   tls_begin = tls - tls_bytes - 64;
   tls_end = tls + tls_bytes + 64;
+  return {stack_begin, stack_end};
 }
 
 __attribute__((no_sanitize_address)) inline void trace_access(uintptr_t a, uint32_t bytes, const void* site) {
-  if (!tracing) return;
+  ThreadState* const me = current_thread;  // not self(): that is instrumented code
+  if (!me || !me->tracing) return;
   bool global = true;
-  for (int i = 0; i < shared_range_count; ++i)
-    if (a >= shared_begin[i] && a < shared_end[i]) {
+  for (int i = 0; i < me->shared_range_count; ++i)
+    if (a >= me->shared_begin[i] && a < me->shared_end[i]) {
       global = false;
       break;
     }
   if (global) {
-    if ((a >= stack_begin && a < stack_end) || (a >= tls_begin && a < tls_end) ||
+    if ((a >= me->stack_begin && a < me->stack_end) || (a >= tls_begin && a < tls_end) ||
         (a >= launcher_stack_begin && a < launcher_stack_end))
       return;
     for (int i = 0; i < image_range_count; ++i)
       if (a >= image_begin[i] && a < image_end[i]) return;
   }
-  tracing = false;  // push_back's own accesses are instrumented: no recursion
-  access_trace.accesses.push_back({a, site, bytes, global});
-  tracing = true;
+  me->tracing = false;  // push_back's own accesses are instrumented: no recursion
+  me->access_trace.accesses.push_back({a, site, bytes, global});
+  me->tracing = true;
 }
 inline void trace_sync_point() {
-  if (counting_accesses) access_trace.syncs.push_back(access_trace.accesses.size());
+  if (counting_accesses) {
+    AccessTrace& trace = self().access_trace;
+    trace.syncs.push_back(trace.accesses.size());
+  }
 }
 
 // Counts over analysed blocks. Shared: wavefronts against parts (one per served group of lanes).

@@ -53,10 +53,10 @@ extern "C" void __tsan_write_range(void* addr, unsigned long size);
 namespace emu {
 
 // ---- shared-memory address handles ------------------------------------------------------------
-inline thread_local std::vector<const unsigned char*> shared_bases;
 inline size_t cvta_shared(const void* p) {
   const Untraced untraced;  // the handle table is the emulator's
   const auto* c = static_cast<const unsigned char*>(p);
+  std::vector<const unsigned char*>& shared_bases = self().shared_bases;
   for (size_t i = 0; i < shared_bases.size(); ++i)
     if (shared_bases[i] == c) return i << 20;
   if (shared_bases.size() >= 4096) fail("__cvta_generic_to_shared: more than 4096 distinct shared pointers");
@@ -65,6 +65,7 @@ inline size_t cvta_shared(const void* p) {
 }
 inline unsigned char* shared_ptr(uint32_t a) {
   const Untraced untraced;
+  const std::vector<const unsigned char*>& shared_bases = self().shared_bases;
   if ((a >> 20) >= shared_bases.size()) fail("a shared-memory address that no __cvta_generic_to_shared produced");
   return const_cast<unsigned char*>(shared_bases[a >> 20]) + (a & 0xfffffu);
 }
@@ -72,8 +73,10 @@ inline unsigned char* shared_ptr(uint32_t a) {
 // not partly in the dynamic one; a null/garbage address would crash or be caught by ASan anyway.
 inline void check_shared(const void* p, size_t bytes, const char* what) {
   const auto* c = static_cast<const unsigned char*>(p);
-  for (int i = 1; i < shared_range_count; ++i)  // range 0 is the dynamic shared memory
-    if (reinterpret_cast<uintptr_t>(c) >= shared_begin[i] && reinterpret_cast<uintptr_t>(c) + bytes <= shared_end[i]) return;
+  const ThreadState& me = self();
+  for (int i = 1; i < me.shared_range_count; ++i)  // range 0 is the dynamic shared memory
+    if (reinterpret_cast<uintptr_t>(c) >= me.shared_begin[i] && reinterpret_cast<uintptr_t>(c) + bytes <= me.shared_end[i])
+      return;
   const auto* base = static_cast<const unsigned char*>(smem);
   if (base && c >= base - 4096 && c < base + smem_bytes + 4096 && (c < base || c + bytes > base + smem_bytes)) {
     char msg[160];
@@ -239,19 +242,7 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
 }
 
 // ---- cp.async ----------------------------------------------------------------------------------
-inline bool cp_async_lazy = false;
-struct CpCopy {
-  unsigned char* dst;
-  const unsigned char* src;
-  int src_bytes;
-};
-struct CpState {
-  std::vector<CpCopy> open;                 // issued, not yet committed
-  std::deque<std::vector<CpCopy>> pending;  // committed groups, oldest first
-  uint64_t commits = 0, copies = 0;
-  std::vector<uint64_t> group_sizes, dsts;  // this block's groups and destinations, for the bank count
-};
-inline thread_local CpState cp;
+inline bool cp_async_lazy = false;  // each thread's copies (CpState) are in its ThreadState
 inline uint64_t total_copies = 0;
 inline std::mutex stats_mutex;
 
@@ -270,11 +261,13 @@ inline void cp_async_16(void* dst, const void* src, int src_bytes) {
   const CpCopy c{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), src_bytes};
   if (cp_async_lazy) std::memset(c.dst, 0xff, 16);
   else cp_land(c);
+  CpState& cp = self().cp;
   cp.open.push_back(c);
   ++cp.copies;
 }
 inline void cp_async_commit() {
   const Untraced untraced;
+  CpState& cp = self().cp;
   cp.group_sizes.push_back(cp.open.size());
   for (const CpCopy& c : cp.open) cp.dsts.push_back(reinterpret_cast<uintptr_t>(c.dst));
   cp.pending.push_back(std::move(cp.open));
@@ -285,6 +278,7 @@ template <int N>
 inline void cp_async_wait() {
   const Untraced untraced;
   static_assert(N >= 0, "wait_group N >= 0");
+  CpState& cp = self().cp;
   while (cp.pending.size() > size_t(N)) {
     if (cp_async_lazy)
       for (const CpCopy& c : cp.pending.front()) cp_land(c);
@@ -294,14 +288,16 @@ inline void cp_async_wait() {
 }
 
 inline void ptx_thread_begin() {
+  CpState& cp = self().cp;
   cp.open.clear();
   cp.pending.clear();
   cp.commits = cp.copies = 0;
   cp.group_sizes.clear();
   cp.dsts.clear();
-  shared_bases.clear();
+  self().shared_bases.clear();
 }
 inline void ptx_thread_end() {
+  const CpState& cp = self().cp;
   if (!cp.open.empty()) fail("kernel exits with cp.async copies never committed (never waited for)");
   for (const auto& g : cp.pending)
     if (!g.empty()) fail("kernel exits with committed cp.async copies not waited for (wait_group 0 missing)");

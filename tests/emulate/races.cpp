@@ -8,6 +8,8 @@
 //   phase  - both accesses between the same two barriers, the reader slow to leave the first:
 //            the barrier's own synchronisation must not order it after the writer's next arrival
 //   cta    - two blocks write one global word without atomics
+// and "deadlock", where one thread leaves the kernel while the others wait in a __syncthreads:
+// the fiber scheduler must report it at once (in any mode).
 // (tests/test_emulation.py runs them when MMM_EMULATE asks for "thread".)
 #include <chrono>
 #include <cstdio>
@@ -17,7 +19,11 @@
 #include "cuda_on_cpu.h"
 
 float global_word;  // external linkage: a store nobody in this file reads is still made
-static thread_local volatile float sink;  // each thread's own: only the shared accesses race
+// Keeps a value that is never read: on the thread's own stack, so only the shared accesses race.
+static void consume(float v) {
+  volatile float kept = v;
+  (void)kept;
+}
 
 static void ordered() {
   float* s = static_cast<float*>(emu::smem);
@@ -28,14 +34,14 @@ static void ordered() {
   __syncthreads();  // every read of s[t] above before its owner overwrites it
   s[t] = next;
   __syncwarp();
-  sink = s[t ^ 1];
+  consume(s[t ^ 1]);
 }
 
 static void block_race() {
   float* s = static_cast<float*>(emu::smem);
   const unsigned t = threadIdx.x;
   s[t] = float(t);
-  sink = s[(t + 32) % blockDim.x];
+  consume(s[(t + 32) % blockDim.x]);
 }
 
 static void warp_race() {
@@ -43,7 +49,7 @@ static void warp_race() {
   const unsigned t = threadIdx.x;
   s[t] = float(t);
   const float v = __shfl_xor_sync(0xffffffffu, float(t), 1);
-  sink = s[t ^ 1] + v;
+  consume(s[t ^ 1] + v);
 }
 
 static void phase_race() {
@@ -52,7 +58,7 @@ static void phase_race() {
   __syncthreads();
   if (t == 1) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // thread 0 has written and arrived
-    sink = s[0];
+    consume(s[0]);
   }
   if (t == 0) s[0] = 1.f;
   __syncthreads();
@@ -62,12 +68,17 @@ static void cta_race() {
   if (threadIdx.x == 0) global_word = float(blockIdx.x);
 }
 
+static void deadlock() {
+  if (threadIdx.x != 5) __syncthreads();
+}
+
 int main(int argc, char** argv) {
   const std::string which = argc > 1 ? argv[1] : "";
   void (*kernel)() = which == "ordered" ? ordered : which == "block" ? block_race : which == "warp" ? warp_race
-                   : which == "phase" ? phase_race : which == "cta" ? cta_race : nullptr;
+                   : which == "phase" ? phase_race : which == "cta" ? cta_race : which == "deadlock" ? deadlock
+                   : nullptr;
   if (!kernel) {
-    std::fprintf(stderr, "races: ordered | block | warp | phase | cta\n");
+    std::fprintf(stderr, "races: ordered | block | warp | phase | cta | deadlock\n");
     return 2;
   }
   launch_grid(dim3(which == "cta" ? 2 : 1), 64, 64 * sizeof(float), kernel);

@@ -2,14 +2,14 @@
 # Builds and runs one CUDA-on-CPU emulation (tests/emulate/cuda_on_cpu.h says what it can and cannot
 # catch): the op's CUDA kernels compiled by g++ and checked against its CPU twin. No GPU or nvcc.
 #   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++;
-#     butterfly one std::thread per CUDA thread, fft and fftconv as the drivers choose)
+#     butterfly one fiber per CUDA thread, fft and fftconv as the drivers choose)
 #   tests/emulate/run.sh attention [quick|steady] | block_diag_matmul [steady]    (tensor-core kernels: the PTX
-#     modelled by ptx_on_cpu.h, one std::thread per CUDA thread; ~1 min build, 1-3 min run;
+#     modelled by ptx_on_cpu.h, one fiber per CUDA thread; ~1 min build, 1-3 min run;
 #     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more;
 #     steady: benchmark-like shapes instead of the test cases, for the counts mode's model)
 #   tests/emulate/run.sh fused_add_norm [quick] | hadamard    (warp shuffles and barriers, one
-#     std::thread per CUDA thread; fused_add_norm ~2 min build, ~15 s run; hadamard ~30 s in all)
-#   MMM_EMULATE_SANITIZE=thread tests/emulate/run.sh races ordered|block|warp|phase|cta    (the
+#     fiber per CUDA thread; fused_add_norm ~2 min build, ~15 s run; hadamard ~30 s in all)
+#   MMM_EMULATE_SANITIZE=thread tests/emulate/run.sh races ordered|block|warp|phase|cta|deadlock    (the
 #     emulator's own check: the races TSan must report, tests/test_emulation.py; seconds)
 # MMM_EMULATE_SANITIZE=thread builds with ThreadSanitizer instead of AddressSanitizer/UBSan: a
 # data race between the emulated threads of a block (shared or global memory touched by two
@@ -52,7 +52,7 @@ esac
 # The PTX drivers (and fft, fftconv): copies of csrc headers in $out/inc, with (1) each PTX
 # wrapper's definition renamed (`void ldmatrix_x4(` -> `void ldmatrix_x4_ptx(`, never called) so
 # that the kernels' calls reach ptx_on_cpu.h's models, (2) `kernel<<<grid, threads, smem,
-# stream>>>(args);` -> emu_launch(0, ...) (one std::thread per CUDA thread), (3) `extern __shared__
+# stream>>>(args);` -> emu_launch(0, ...) (one fiber per CUDA thread), (3) `extern __shared__
 # T name[]` -> the block's exact-size dynamic shared memory, (4) `__shared__ T name[...];` ->
 # emu::block_static, an array per running block (cuda_on_cpu.h). tests/emulate/shadow stands in
 # for the CUDA headers.
@@ -111,7 +111,7 @@ case "$op" in
   fft | fftconv)
     rewrite core/fft.cuh fft/fft_kernel.cuh fftconv/fftconv_kernel.cuh
     "${CXX:-g++}" -std=c++20 -I"$here" -I"$out/inc" -I"$repo/csrc" -O1 -g1 -pthread "${fft_san[@]}" "$here/$op.cpp" -o "$out/$op" ;;
-  # The real launcher, with its CUDA-only lines rewritten to the emulation's; one std::thread per
+  # The real launcher, with its CUDA-only lines rewritten to the emulation's; one fiber per
   # CUDA thread (shared memory an exact-size heap block per block, so overruns are caught).
   butterfly)
     src="$repo/csrc/butterfly"
