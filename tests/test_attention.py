@@ -20,6 +20,7 @@ bench/gpu_check.sh runs under compute-sanitizer.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -938,13 +939,15 @@ def test_attention_primitives_cuda(primitives_binary):
 
 
 # ---------------------------------------------------------------------------------------------
-# The CUDA launcher and kernels (head dims 64 and 96) run on the host: tests/emulate/attention.cpp
-# via tests/emulate/run.sh, one fiber per CUDA thread, ldmatrix / mma.sync / cp.async
-# modelled from the PTX ISA (tests/emulate/ptx_on_cpu.h), against the CPU twin; under
-# ThreadSanitizer the "quick" subset (every kernel path, fewer shapes). Opt-in (see
-# run_emulation), ~1 min build, ~2-3 min run.
+# The CUDA launcher and kernels (every compiled head dim, each with paths of its own: 32, 64, 96,
+# 128, 192, 256) run on the host: tests/emulate/attention.cpp via tests/emulate/run.sh, one fiber
+# per CUDA thread, ldmatrix / mma.sync / cp.async modelled from the PTX ISA
+# (tests/emulate/ptx_on_cpu.h), against the CPU twin; under ThreadSanitizer and with the memory
+# counts the "quick" subset (every kernel path, fewer shapes). Opt-in (see run_emulation), ~1.5
+# min build, ~2 min run.
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())
-def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
+def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer, monkeypatch):
+    monkeypatch.setenv("MMM_EMULATE_ATTENTION_DIMS", os.environ.get("MMM_EMULATE_ATTENTION_DIMS", "all"))
     out = run_emulation("attention", [] if sanitizer == "address" else ["quick"], tmp_path, sanitizer)
     assert "all ok" in out and "self-test: ok" in out, out[-4000:]

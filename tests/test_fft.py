@@ -313,18 +313,14 @@ def test_sanitizer_subset(n):
 # ------------------------------------------------------------------------------------------- #
 # The CUDA code itself, run on CPU threads (tests/emulate/fft.cpp via tests/emulate/run.sh; opt-in,
 # see run_emulation): core/fft.cuh up to 2^13 (two CTA passes before the warp pass), the op kernels
-# up to 2^12 with the CTA limit at 2^10 (so the four-step path runs with a = 2 and 4). Under
-# ThreadSanitizer, where each of the 60 launches per core-block size pays for starting its threads,
-# the core blocks from 2^6 to 2^10 (one CTA pass, the warp pass's two layouts) and the op kernels
-# one size smaller (the same paths, a = 2 and 4 still). With the memory
+# up to 2^12 with the CTA limit at 2^10 (so the four-step path runs with a = 2 and 4). With the memory
 # counts, the swizzled layout must be free of systematic bank conflicts and the natural one must
 # show its bit-reversal conflicts (the count's own check).
 
 
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())
 def test_cuda_code_on_cpu_threads(tmp_path, sanitizer):
-    run_emulation("fft", ["10", "6", "11", "9"] if sanitizer == "thread" else ["13", "0", "12", "10"], tmp_path,
-                  sanitizer)
+    run_emulation("fft", ["13", "0", "12", "10"], tmp_path, sanitizer)
 
 
 @pytest.mark.cuda

@@ -5,7 +5,7 @@
 #     butterfly one fiber per CUDA thread, fft and fftconv as the drivers choose)
 #   tests/emulate/run.sh attention [quick|steady] | block_diag_matmul [steady]    (tensor-core kernels: the PTX
 #     modelled by ptx_on_cpu.h, one fiber per CUDA thread; ~1 min build, 1-3 min run;
-#     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256: a few minutes more;
+#     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256, as the tests do: ~1 min more;
 #     steady: benchmark-like shapes instead of the test cases, for the counts mode's model)
 #   tests/emulate/run.sh fused_add_norm [quick] | hadamard    (warp shuffles and barriers, one
 #     fiber per CUDA thread; fused_add_norm ~2 min build, ~15 s run; hadamard ~30 s in all)
