@@ -11,8 +11,12 @@
 //                monarch_matmul runs when the plan takes the shape, timed wherever the shape
 //                fits (the JSON's "planned": whether the plan's L2 rule keeps it); skipped (with
 //                the plan's reason) where it does not fit                       1 kernel
-//   monarch_fused_fwd_u1  the same plan at one GEMM (stage-1 unit, stage-2 block) per pipeline
-//                step, where the plan groups 2 or 4 (what grouping gains, side by side)  1 kernel
+//                (on sm_90, for the square shapes of blocks of 32 or 64, the cluster kernel that
+//                holds the weights on chip: the JSON's fused_cluster > 0)
+//   monarch_stream_fwd  where monarch_fused_fwd is the cluster kernel: the streaming fused
+//                kernel on the same shape (what the clusters gain, side by side)  1 kernel
+//   monarch_fused_fwd_u1  the streaming kernel at one GEMM (stage-1 unit, stage-2 block) per
+//                pipeline step, where its plan groups 2 or 4 (what grouping gains)  1 kernel
 // GEMMs whose output cannot fill the GPU (the dweights) get split-K as the op gives them
 // (block_gemm_cuda_splits; workspace allocated here).
 // Sweep: (features, nblocks) in {(1024, 32), (4096, 64), (8192, 64), (8192, 128)}, square blocks
@@ -252,11 +256,14 @@ int main(int argc, char** argv) {
     const int64_t smem_limit = mmm::monarch_fused_smem_limit(device);
     // Timed wherever the shape fits (knobs.always): whether the plan's L2 rule would take it is
     // the JSON's "planned" field.
+    const bool clusters = mmm::monarch_fused_clusters(device);
     mmm::MonarchFusedKnobs knobs;
     knobs.always = true;
-    const mmm::MonarchFusedPlan plan = mmm::plan_monarch_fused(mf, smem_limit, true, knobs);
-    const bool planned = mmm::plan_monarch_fused(mf, smem_limit, true).fused;
-    knobs.chunk = plan.chunk, knobs.bt = plan.bt, knobs.units = 1;
+    const mmm::MonarchFusedPlan plan = mmm::plan_monarch_fused(mf, smem_limit, true, knobs, clusters);
+    const bool planned = mmm::plan_monarch_fused(mf, smem_limit, true, {}, clusters).fused;
+    knobs.no_cluster = true;
+    const mmm::MonarchFusedPlan streaming = mmm::plan_monarch_fused(mf, smem_limit, true, knobs);
+    knobs.chunk = streaming.chunk, knobs.bt = streaming.bt, knobs.units = 1;
     const mmm::MonarchFusedPlan plan_u1 = mmm::plan_monarch_fused(mf, smem_limit, true, knobs);
     const double X = double(T) * F * es, W = double(w_elems) * es, fl = 2.0 * double(T) * w_elems;
     std::vector<Op> ops = {
@@ -267,7 +274,9 @@ int main(int argc, char** argv) {
     };
     if (tensor_cores && plan.fused) {
       ops.push_back({"monarch_fused_fwd", {}, 2 * fl, 2 * X + 2 * W, &plan});
-      if (plan.units > 1 || plan.blocks > 1) ops.push_back({"monarch_fused_fwd_u1", {}, 2 * fl, 2 * X + 2 * W, &plan_u1});
+      if (plan.cluster > 0 && streaming.fused) ops.push_back({"monarch_stream_fwd", {}, 2 * fl, 2 * X + 2 * W, &streaming});
+      if (streaming.fused && plan_u1.fused && (streaming.units > 1 || streaming.blocks > 1))
+        ops.push_back({"monarch_fused_fwd_u1", {}, 2 * fl, 2 * X + 2 * W, &plan_u1});
     } else
       std::printf("%s: monarch_fused_fwd skipped: %s\n", tag.c_str(),
                   tensor_cores ? plan.why : "tensor cores off");
@@ -323,7 +332,7 @@ int main(int argc, char** argv) {
         upd(rel_err(gather_rows(dx.get(), F, es, idx, stream), ref_a, dt, es));
         for (int64_t b : w1_blocks)  // dw[b][i][c] = sum_t dy[t, b*n + i] * x[t, b*k + c]
           upd(block_err(dw1.get(), b, bsz, bsz, dy.get(), F, b * bsz, 1, x.get(), F, b * bsz, 1));
-      } else if (name == "monarch_fused_fwd" || name == "monarch_fused_fwd_u1") {
+      } else if (name == "monarch_fused_fwd" || name == "monarch_stream_fwd" || name == "monarch_fused_fwd_u1") {
         cpu_gemm(mmm::block_diag_fwd(hx.data(), F, hw1.data(), ref_a.data(), kq, kr, nb, q, p, dt));
         cpu_gemm(mmm::monarch_stage2_fwd(ref_a.data(), kq, hw2.data(), ref_b.data(), l * s, kr, l, s, r, dt));
         upd(rel_err(gather_rows(y.get(), l * s, es, idx, stream), ref_b, dt, es));
@@ -391,7 +400,7 @@ int main(int argc, char** argv) {
       const double tflops = op.flops / sec / 1e12, gbps = op.bytes / sec / 1e9;
       const double pct = 100.0 * op.bytes / sec / copy_bps;
       table.add({std::to_string(F), std::to_string(nb), std::to_string(bsz), std::to_string(T),
-                 dtype_name(dt), op.name, op.fused ? std::string("fused") : std::to_string(op.gemms.size()),
+                 dtype_name(dt), op.name, op.fused ? std::string(op.fused->cluster ? "cluster" : "fused") : std::to_string(op.gemms.size()),
                  fmtf("%.1f", t.median_ms * 1e3), fmtf("%.1f", tflops), fmtf("%.0f", gbps),
                  fmtf("%.1f", pct), std::to_string(t.reps), check_str});
       JsonObject j;
@@ -403,6 +412,7 @@ int main(int argc, char** argv) {
           .integer("fused_chunk", op.fused ? op.fused->chunk : 0)
           .integer("fused_units_per_step", op.fused ? op.fused->units : 0)
           .integer("fused_blocks_per_step", op.fused ? op.fused->blocks : 0)
+          .integer("fused_cluster", op.fused ? op.fused->cluster : 0)
           .num("useful_flops", op.flops)
           .num("bytes", op.bytes)
           .num("TFLOPs", tflops).num("GBps", gbps).num("pct_copy_bw", pct).str("check", check_str)

@@ -26,6 +26,13 @@
 // The CUDA kernel (monarch_fused_kernel.cuh) and its CPU twin (monarch_fused_cpu_impl.h) both use
 // these functions; the CPU twin is monarch_matmul's CPU forward for every shape the plan
 // accepts, so the CPU tests check the index map the GPU uses.
+//
+// On sm_90 a square Monarch matrix (k = l = p = q = r = s = B, B = 32 or 64: MonarchLinear(1024)
+// and MonarchLinear(4096) by default) takes another kernel (monarch_cluster_kernel.cuh): a
+// cluster of B / 8 CTAs holds all the weights in shared memory, 8 blocks of w1 and 8 of w2 per
+// CTA, and streams tokens past them; stage 1's outputs go straight to the CTA that owns their
+// stage-2 block (distributed shared memory). No CTA re-reads weights, so every byte from HBM is
+// an activation: the streaming kernel above reads all the weights from L2 per 16-32 tokens.
 #pragma once
 #include <cstdint>
 #include <initializer_list>
@@ -86,6 +93,7 @@ constexpr int64_t kMonarchL2Ratio = 3;
 // Overrides of the plan's choices, for tests and for measuring on a GPU without rebuilding (the
 // torch glue reads them from MMM_MONARCH_* environment variables). 0 / false: the plan decides.
 struct MonarchFusedKnobs {
+  bool no_cluster = false;  // CUDA: never the cluster kernel (to compare the streaming one)
   int64_t chunk = 0;    // force J (tests use it to force chunking)
   int64_t bt = 0;       // force the tokens per CTA (16 or 32)
   int64_t units = 0;    // cap the GEMMs per step, stage-1 units and stage-2 blocks (1: one a step)
@@ -94,6 +102,7 @@ struct MonarchFusedKnobs {
 
 struct MonarchFusedPlan {
   bool fused = false;
+  int cluster = 0;     // CUDA: CTAs per cluster of the resident-weight kernel; 0: the streaming kernel
   int bt = 0;          // tokens per CTA (CUDA) / per task (CPU)
   int chunk = 0;       // J: stage-2 blocks per chunk
   int units = 1;       // CUDA: stage-1 units per pipeline step (1, 2 or 4; see below)
@@ -111,6 +120,20 @@ inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, 
   const int64_t n1 = MonarchIndex<int64_t>(f.k, f.q, f.l, f.r, J).n1();
   const int64_t nw = U * n1 > V * f.s ? U * n1 : V * f.s;
   return elem * (kMonarchStages * (U * bt + nw) * kMonarchKPitch + J * f.r * bt + bt * (kMonarchYGroup * f.s + 8));
+}
+
+// The cluster kernel (sm_90): each CTA owns kMonarchClusterWarps stage-1 and stage-2 blocks, one
+// per warp, and takes kMonarchClusterTokens tokens a step; x streams through kMonarchClusterXStages
+// buffers. Its shared memory: w1's and w2's blocks (pitch B + 8: conflict-free ldmatrix), the x
+// buffers (pitch 8B + 8) and two intermediate buffers (the exchange is double-buffered, so one
+// cluster barrier a step suffices).
+constexpr int kMonarchClusterWarps = 8;
+constexpr int kMonarchClusterTokens = 16;
+constexpr int kMonarchClusterXStages = 3;
+inline int64_t monarch_cluster_smem(int64_t B, int64_t elem = 2) {
+  const int64_t w = kMonarchClusterWarps * B * (B + 8), x = kMonarchClusterTokens * (kMonarchClusterWarps * B + 8),
+                z = kMonarchClusterWarps * B * kMonarchClusterTokens;
+  return elem * (2 * w + kMonarchClusterXStages * x + 2 * z);
 }
 
 inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -137,8 +160,11 @@ inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 // and a dependent MMA chain) for the same shared-memory traffic per MMA. Stage 2 likewise groups
 // V = 2 or 4 blocks where V * s <= 64. knobs.units caps both.
 // Not modelled yet (to measure): occupancy (CTAs per SM) and per-step latency.
+// `clusters` (CUDA, sm_90+): a square Monarch of blocks of 32 or 64 whose cluster kernel fits
+// `smem_limit` takes it (B = 64: 225 KB a CTA, an H100's 227 KB), unless knobs force another
+// path. No L2 rule there: its weights are read once per CTA.
 inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
-                                           const MonarchFusedKnobs& knobs = {}) {
+                                           const MonarchFusedKnobs& knobs = {}, bool clusters = false) {
   MonarchFusedPlan plan;
   const auto no = [&plan](const char* why) { plan.why = why; return plan; };
   const auto fits = [](int64_t v) { return v >= 16 && v % 16 == 0 && v <= kMonarchMaxBlock; };
@@ -154,6 +180,14 @@ inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_l
     if (!monarch_aligned16(f.x) || f.x_rs % 8 != 0 || !monarch_aligned16(f.w1) || !monarch_aligned16(f.w2) ||
         !monarch_aligned16(f.y) || f.y_rs % 8 != 0)
       return no("x, w1, w2 or y rows are not 16-byte aligned");
+  }
+  const int64_t B = f.p;
+  const bool square = f.k == B && f.q == B && f.l == B && f.r == B && f.s == B && (B == 32 || B == 64);
+  if (cuda && clusters && square && !knobs.no_cluster && knobs.chunk <= 0 && knobs.bt <= 0 && knobs.units <= 0 &&
+      monarch_cluster_smem(B) <= smem_limit) {
+    plan.fused = true, plan.cluster = int(B / kMonarchClusterWarps), plan.bt = kMonarchClusterTokens;
+    plan.chunk = int(f.l), plan.smem = monarch_cluster_smem(B);
+    return plan;
   }
   const int64_t elem = 2;
   const int64_t x_row = f.k * f.p * elem, w_all = (f.k * f.q * f.p + f.l * f.s * f.r) * elem;
@@ -208,6 +242,9 @@ void monarch_fused_cpu(const MonarchFused& f, const MonarchFusedPlan& plan, int6
 // ---- CUDA (monarch_fused_launch.cu) ----------------------------------------------------------
 // The opt-in shared memory per block of `device` (what plan_monarch_fused may use); 0 on error.
 int64_t monarch_fused_smem_limit(int device);
+// Whether `device` launches thread-block clusters (compute capability 9.0 or newer, and a build
+// with sm_90 code): plan_monarch_fused's `clusters`.
+bool monarch_fused_clusters(int device);
 // nullptr on success, else a static message. `plan` must come from plan_monarch_fused(cuda=true).
 const char* launch_monarch_fused(const MonarchFused& f, const MonarchFusedPlan& plan, void* stream);
 

@@ -156,8 +156,9 @@ MonarchFused monarch_fused_args(const MonarchShape& m, const Tensor& x, int64_t 
 // GEMMs (benchmarks compare both) and =1 fuses wherever the shape fits (past the plan's L2
 // rule). Tuning knobs: MMM_MONARCH_CHUNK=J forces the chunk size (tests use it to exercise
 // several chunks), MMM_MONARCH_BT=16|32 the tokens per CTA, MMM_MONARCH_UNITS=1|2|4 caps the small
-// GEMMs per pipeline step (stage-1 units, stage-2 blocks). MMM_DISABLE_TENSOR_CORES=1 also keeps
-// CUDA off the fused kernel.
+// GEMMs per pipeline step (stage-1 units, stage-2 blocks); any of them, or MMM_MONARCH_CLUSTER=0,
+// keeps sm_90 on the streaming kernel instead of the cluster one. MMM_DISABLE_TENSOR_CORES=1
+// also keeps CUDA off the fused kernels.
 MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   MonarchFusedPlan none;  // not fused
   if (env_is("MMM_MONARCH_FUSED", '0')) return none;
@@ -170,10 +171,12 @@ MonarchFusedPlan monarch_forward_plan(const MonarchFused& f, const Tensor& x) {
   knobs.bt = env_int("MMM_MONARCH_BT");
   knobs.units = env_int("MMM_MONARCH_UNITS");
   knobs.always = env_is("MMM_MONARCH_FUSED", '1');
+  knobs.no_cluster = env_is("MMM_MONARCH_CLUSTER", '0');
   if (!x.is_cuda()) return plan_monarch_fused(f, kMonarchCpuTwinSmem, /*cuda=*/false, knobs);
 #ifdef MMM_WITH_CUDA
   if (env_is("MMM_DISABLE_TENSOR_CORES", '1')) return none;
-  return plan_monarch_fused(f, monarch_fused_smem_limit(x.get_device_index()), /*cuda=*/true, knobs);
+  const int device = x.get_device_index();
+  return plan_monarch_fused(f, monarch_fused_smem_limit(device), /*cuda=*/true, knobs, monarch_fused_clusters(device));
 #else
   return none;
 #endif
@@ -215,7 +218,7 @@ Tensor monarch_matmul(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_
 }
 
 // Which forward monarch_matmul takes for these inputs: [fused, tokens per CTA, chunk, smem bytes,
-// stage-1 units per step, stage-2 blocks per step]
+// stage-1 units per step, stage-2 blocks per step, CTAs per cluster (0: not the cluster kernel)]
 // (tests and benchmarks report it; the op itself never needs it).
 std::vector<int64_t> monarch_forward_plan_op(const Tensor& x_in, const Tensor& w1_in, const Tensor& w2_in) {
   const char* op = "monarch_forward_plan";
@@ -225,7 +228,7 @@ std::vector<int64_t> monarch_forward_plan_op(const Tensor& x_in, const Tensor& w
   auto [x, x_rs] = glue::as_rows(x_in, m.k * m.p);
   // y is allocated fresh by the op, so 16-byte aligned: stand in an aligned null pointer.
   const MonarchFusedPlan plan = monarch_forward_plan(monarch_fused_args(m, x, x_rs, w1, w2, nullptr), x);
-  return {plan.fused ? 1 : 0, plan.bt, plan.chunk, plan.smem, plan.units, plan.blocks};
+  return {plan.fused ? 1 : 0, plan.bt, plan.chunk, plan.smem, plan.units, plan.blocks, plan.cluster};
 }
 
 std::tuple<Tensor, Tensor, Tensor> monarch_matmul_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w1_in,

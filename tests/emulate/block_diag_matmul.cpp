@@ -120,7 +120,7 @@ static int run_gemm(BlockGemm g, const char* name, int splits = 1) {
 }
 
 static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, DType t, int64_t chunk,
-                       int64_t bt, const char* name, int64_t units = 0) {
+                       int64_t bt, const char* name, int64_t units = 0, bool clusters = false) {
   const int64_t r = k * q / l;
   MonarchFused f;
   f.tokens = tokens; f.k = k; f.q = q; f.p = p; f.l = l; f.s = s; f.r = r; f.dtype = t;
@@ -131,8 +131,9 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
   f.x = x.data(); f.w1 = w1.data(); f.w2 = w2.data(); f.y = y_cpu.data();
   MonarchFusedKnobs knobs;
   knobs.chunk = chunk, knobs.bt = bt, knobs.units = units;
-  const MonarchFusedPlan plan = plan_monarch_fused(f, monarch_fused_smem_limit(0), true, knobs);
+  const MonarchFusedPlan plan = plan_monarch_fused(f, monarch_fused_smem_limit(0), true, knobs, clusters);
   if (!plan.fused) { std::printf("BAD monarch %s: not fused: %s\n", name, plan.why); return 1; }
+  if ((plan.cluster > 0) != clusters) { std::printf("BAD monarch %s: cluster %d\n", name, plan.cluster); return 1; }
   monarch_fused_cpu(f, plan, 0, monarch_fused_cpu_tasks(f, plan));
   // M2[t][col]: Σ_i |u| |w2| in fp64 (u from fp64 stage 1, unrounded: first order is enough).
   std::vector<double> u(size_t(tokens * k * q));
@@ -167,9 +168,9 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
     if (mode == 0) first = y;
     const bool same = mode == 0 || first == y;
     const bool ok = !cmp.bad && same && banks.conflict_free();
-    std::printf("%s monarch %-41s %-4s %-5s bt %d J %d U %d V %d smem %" PRId64 " units %.2f%s%s\n",
+    std::printf("%s monarch %-41s %-4s %-5s bt %d J %d U %d V %d cluster %d smem %" PRId64 " units %.2f%s%s\n",
                 ok ? "OK " : "BAD", name, tname(t), mode == 0 ? "lazy" : "eager", plan.bt, plan.chunk, plan.units,
-                plan.blocks, plan.smem, cmp.units,
+                plan.blocks, plan.cluster, plan.smem, cmp.units,
                 same ? "" : "  MODES DIFFER", cmp.nan ? "  NaN" : "");
     if (cmp.bad) std::printf("    over tolerance: %" PRId64 " (NaN %" PRId64 ")\n", cmp.bad, cmp.nan);
     std::printf("    %s\n", banks.summary().c_str());
@@ -177,6 +178,27 @@ static int run_monarch(int64_t tokens, int64_t k, int64_t q, int64_t p, int64_t 
     bad += !ok;
   }
   emu::cp_async_lazy = false;
+  return bad;
+}
+
+// The cluster kernel (sm_90, square Monarch): clusters of 4 (blocks of 32) and 8 CTAs (blocks of
+// 64), two clusters resident (emu::active_clusters), so each walks over several tiles: the x
+// ring of 3 and the double-buffered exchange wrap around, and the last tile is ragged. quick
+// (for TSan, whose fiber contexts took 8 GB at B = 64: two clusters of 8 x 256 fibers at once)
+// leaves out blocks of 64; the kernel's code is the same template, its races the same.
+static int run_cluster_cases(bool quick) {
+  const DType H = DType::kFloat16, B = DType::kBFloat16;
+  int bad = 0;
+  emu::active_clusters = 2;
+  bad += run_monarch(150, 32, 32, 32, 32, 32, B, 0, 0, "cluster 4: 1024 features, T150 (5 tiles a cluster)", 0, true);
+  bad += run_monarch(7, 32, 32, 32, 32, 32, H, 0, 0, "cluster 4: T7 (one cluster, one ragged tile)", 0, true);
+  if (!quick) {
+    bad += run_monarch(83, 64, 64, 64, 64, 64, H, 0, 0, "cluster 8: 4096 features, T83 (3 tiles a cluster)", 0, true);
+    bad += run_monarch(100, 64, 64, 64, 64, 64, B, 0, 0, "cluster 8: T100 (4 tiles a cluster)", 0, true);
+  }
+  emu::active_clusters = 1;
+  bad += run_monarch(50, 32, 32, 32, 32, 32, H, 0, 0, "cluster 4: one cluster resident, T50", 0, true);
+  emu::active_clusters = 2;
   return bad;
 }
 
@@ -243,6 +265,13 @@ int main(int argc, char** argv) {
   int bad = 0;
   // steady: instead of the cases, the benchmark's 4096-feature shapes (64 blocks of 64) on a few
   // CTAs' worth of tokens, for the counts mode's throughput model; not part of the tests.
+  bool quick = false;  // quick (TSan): the cluster kernel in clusters of 4 only (see run_cluster_cases)
+  for (int i = 1; i < argc; ++i) quick = quick || std::string(argv[i]) == "quick";
+  if (argc > 1 && std::string(argv[1]) == "cluster") {  // only the cluster kernel's cases (development)
+    bad += run_cluster_cases(quick);
+    std::printf(bad ? "FAILURES: %d\n" : "all ok %d\n", bad);
+    return bad != 0;
+  }
   if (argc > 1 && std::string(argv[1]) == "steady") {
     bad += run_gemm(block_diag_fwd(nullptr, 64 * 64, nullptr, nullptr, 64 * 64, 256, 64, 64, 64, B),
                     "steady: block_diag fwd 4096 features, 64 blocks, T256");
@@ -310,6 +339,7 @@ int main(int argc, char** argv) {
   bad += run_monarch(40, 32, 16, 16, 32, 32, H, 16, 16, "by blocks J16 bt16, 2 GEMMs a step", 2);
   bad += run_monarch(37, 32, 32, 32, 64, 16, B, 32, 32, "by blocks q32 l64 J32 (2 units a step, 2 chunks)");
   bad += run_monarch(33, 16, 80, 80, 16, 16, H, 0, 16, "by rows p80 r80 (2 K slices) bt16");
+  bad += run_cluster_cases(quick);
 
   std::printf("max smem used %zu, cp.async copies %" PRIu64 "\n", emu::max_smem_used, emu::total_copies);
   std::printf(bad ? "FAILURES: %d\n" : "all ok %d\n", bad);

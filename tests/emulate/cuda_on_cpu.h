@@ -12,7 +12,11 @@
 //     created once per launch, run the blocks one after another (blockIdx x fastest); threadIdx /
 //     blockIdx are the running fiber's (thread_state.h) (threads == 1: the calling thread itself,
 //     for drivers that run a block's work in one "thread"); under ThreadSanitizer two such sets
-//     run at once, each on an OS thread of its own (see concurrent_blocks).
+//     run at once, each on an OS thread of its own (see concurrent_blocks). Cluster launches
+//     (cudaLaunchKernelEx with a cluster dimension along x, 1-8 CTAs): a cluster's CTAs run
+//     together, their threads fibers of one set, each CTA with its own shared memory and
+//     barriers; ptx_on_cpu.h models the cluster barrier and the stores into another CTA's shared
+//     memory; cudaOccupancyMaxActiveClusters reports emu::active_clusters.
 //     Dynamic shared memory is a heap block of exactly smem_bytes per running block (so
 //     AddressSanitizer sees overruns), 128-byte aligned, reached through emu_dynamic_smem() /
 //     emu::smem, filled at each block's start with emu::smem_fill (0; the PTX drivers use 0xff:
@@ -53,7 +57,9 @@
 //     independent thread scheduling, partial-warp masks, misaligned ordinary loads (UBSan sees
 //     some), register pressure and spills, the hardware's accumulation order and rounding inside
 //     mma, exp2f/log2f ulp differences, and PTX other than ldmatrix .x4, mma.sync m16n8k16
-//     f16/bf16 and cp.async .cg 16: those need tests/cuda/*.cu on a GPU (and compute-sanitizer).
+//     f16/bf16, cp.async .cg 16 and core/cluster.cuh's: those need tests/cuda/*.cu on a GPU (and
+//     compute-sanitizer); whether the hardware fits a cluster at all (the occupancy API's answer
+//     is a driver's setting here).
 #pragma once
 #include <algorithm>
 #include <array>
@@ -212,6 +218,17 @@ struct Fiber {
 
 class FiberSet;
 inline thread_local FiberSet* running_fibers = nullptr;  // the set this OS thread schedules
+struct BlockState;
+// The running fiber's block and its dynamic shared memory (FiberSet::resume sets them from its
+// ThreadState: in a cluster launch one OS thread's fibers run several CTAs).
+inline thread_local BlockState* block_state = nullptr;
+inline thread_local void* smem = nullptr;
+inline thread_local size_t smem_bytes = 0;  // the same for every CTA of a launch
+// Blind to TSan: these are the OS thread's, which sees every fiber as a thread of its own.
+inline void set_running_block(const ThreadState& t) {
+  const TsanIgnore blind;
+  if (t.block) block_state = static_cast<BlockState*>(t.block), smem = t.block_smem;
+}
 // What a fiber keeps between launches: its mapping and its ThreadSanitizer context.
 struct FiberMemory {
   unsigned char* mapping;
@@ -315,6 +332,7 @@ class FiberSet {
       f.started = true;
       running_ = &f;
       current_thread = f.state;
+      set_running_block(*f.state);
     }
 #if defined(__SANITIZE_THREAD__)
     __tsan_switch_to_fiber(f.tsan, first ? 0 : __tsan_switch_to_fiber_no_sync);
@@ -366,7 +384,7 @@ class FiberSet {
     for (const Fiber& f : fibers_)
       if (!f.done && shown++ < 8)
         std::fprintf(stderr, "  block %u,%u,%u thread %u waits at %s\n", f.state->block_idx.x, f.state->block_idx.y,
-                     f.state->block_idx.z, f.index, f.waits_at);
+                     f.state->block_idx.z, f.state->thread_idx.x, f.waits_at);
     std::fflush(stderr);
     std::abort();
   }
@@ -431,8 +449,6 @@ class Barrier {
 using Barrier = FiberBarrier;
 #endif
 inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the hang watchdog
-inline thread_local void* smem = nullptr;  // the running block's dynamic shared memory
-inline thread_local size_t smem_bytes = 0;
 inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
 inline int optin_smem = 232448, sms = 132;  // what cudaDeviceGetAttribute reports (H100)
@@ -488,7 +504,16 @@ struct BlockState {
   std::vector<std::vector<uint64_t>> thread_records;  // written by each thread, read by thread 0
   std::vector<AccessTrace> access_traces;             // the same (MMM_EMULATE_SANITIZE=counts, memory_counts.h)
 };
-inline thread_local BlockState* block_state = nullptr;
+
+// The CTAs of one cluster (a cluster launch, launch_grid's `cluster` > 1), run as fibers of one
+// FiberSet: the cluster barrier and the CTAs' shared memory for the distributed-shared-memory
+// stores (ptx_on_cpu.h's cluster_* models).
+struct ClusterState {
+  ClusterState(int threads, size_t smem_bytes) : barrier(threads, "barrier.cluster"), smem_bytes(smem_bytes) {}
+  Barrier barrier;
+  std::vector<BlockState*> ctas;  // by rank
+  size_t smem_bytes;
+};
 
 inline void warp_wait() {
   const Untraced untraced;
@@ -634,30 +659,59 @@ inline int block_set(uint64_t b, int sets) {
 // emu::concurrent_blocks sets, each run by one OS thread (the calling thread when there is one
 // set): its `threads` emulated threads are fibers (created once per launch) that run the set's
 // blocks one after another (blockIdx x fastest). threads == 1: the OS thread itself runs each
-// block's whole work.
+// block's whole work. A cluster launch (`cluster` > 1 CTAs along x, grid.x a multiple of it):
+// a set runs one cluster at a time, its CTAs' threads all fibers of one FiberSet (the cluster
+// barrier waits for all of them), each CTA with its own BlockState; a cluster starts when every
+// CTA of the set's previous one has finished.
 template <class Body>
-void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
+void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body, int cluster = 1) {
   emu::max_smem_used = std::max(emu::max_smem_used, smem_bytes);
   gridDim = grid;
   blockDim = dim3(unsigned(threads));
-  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
-  const int sets = int(std::min<uint64_t>(uint64_t(std::max(emu::concurrent_blocks, 1)), blocks));
-  std::vector<std::unique_ptr<emu::BlockState>> states;
-  for (int s = 0; s < sets; ++s) states.push_back(std::make_unique<emu::BlockState>(threads, smem_bytes));
+  if (cluster < 1 || grid.x % unsigned(cluster) || (cluster > 1 && threads == 1)) emu::fail("launch_grid: bad cluster");
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z, clusters = blocks / uint64_t(cluster);
+  const int sets = int(std::min<uint64_t>(uint64_t(std::max(emu::concurrent_blocks, 1)), clusters));
+  std::vector<std::unique_ptr<emu::BlockState>> states;  // [set][rank]
+  std::vector<std::unique_ptr<emu::ClusterState>> cluster_states;
+  for (int s = 0; s < sets; ++s) {
+    cluster_states.push_back(std::make_unique<emu::ClusterState>(threads * cluster, smem_bytes));
+    for (int c = 0; c < cluster; ++c) {
+      states.push_back(std::make_unique<emu::BlockState>(threads, smem_bytes));
+      cluster_states.back()->ctas.push_back(states.back().get());
+    }
+  }
   if (emu::fiber_pools.size() < size_t(sets)) emu::fiber_pools.resize(size_t(sets));
-  // One emulated thread: its set's blocks.
-  auto run_thread = [&](emu::BlockState& st, int set, unsigned t) {
+  // One emulated thread (fiber f of its set: CTA rank f / threads, thread f % threads): its
+  // set's clusters.
+  auto run_thread = [&](int set, unsigned f) {
+    const unsigned rank = f / unsigned(threads), t = f % unsigned(threads);
+    emu::BlockState& st = *states[size_t(set * cluster) + rank];
+    emu::ClusterState& cs = *cluster_states[size_t(set)];
     emu::ThreadState& me = emu::self();
     me.thread_idx = uint3{t, 0, 0};
-    for (uint64_t b = 0; b < blocks; ++b) {
-      if (sets > 1 && emu::block_set(b, sets) != set) continue;
+    me.block = &st;
+    me.block_smem = st.smem.get();
+    me.cluster = cluster > 1 ? &cs : nullptr;
+    me.cluster_rank = rank;
+    emu::set_running_block(me);
+    for (uint64_t cl = 0; cl < clusters; ++cl) {
+      if (sets > 1 && emu::block_set(cl, sets) != set) continue;
+      const uint64_t b = cl * uint64_t(cluster) + rank;
       me.block_idx = uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
+      if (cluster > 1) {  // the previous cluster's CTAs have all finished (and may no longer be written)
+        const emu::Untraced untraced;
+        emu::progress.fetch_add(1, std::memory_order_relaxed);
+        cs.barrier.arrive_and_wait();
+      }
       if (t == 0 && emu::smem_fill) std::memset(emu::smem, emu::smem_fill, smem_bytes);
       me.collective_seq = 0;
       __syncthreads();  // the fill (and the previous block's end checks) before anyone starts
       if (emu::thread_block_begin) emu::thread_block_begin();
       me.shared_range_count = 0;  // the block's shared memory: dynamic first, then block_static's
       emu::add_shared_range(emu::smem, smem_bytes);
+      if (emu::counting_accesses)  // the cluster's other CTAs' (stores into them are shared-memory accesses)
+        for (int c = 0; c < cluster; ++c)
+          if (unsigned(c) != rank) emu::add_shared_range(cs.ctas[size_t(c)]->smem.get(), smem_bytes);
       if (emu::driver_shared.first) emu::add_shared_range(emu::driver_shared.first, emu::driver_shared.second);
       Body& kernel_call = body;  // read from the launcher's closure before tracing starts
       if constexpr (emu::counting_accesses) {
@@ -678,12 +732,8 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       }
     }
   };
-  // One set on this OS thread: what its threads share (the block's shared memory and barriers)
-  // is this OS thread's.
+  // One set on this OS thread.
   auto run_set = [&](int set) {
-    emu::BlockState& st = *states[size_t(set)];
-    emu::block_state = &st;
-    emu::smem = st.smem.get();
     emu::smem_bytes = smem_bytes;
     const auto os_stack = emu::counting_accesses ? emu::note_thread_memory() : std::pair<uintptr_t, uintptr_t>{};
     if (threads == 1) {
@@ -691,10 +741,10 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body) {
       me.stack_begin = os_stack.first;
       me.stack_end = os_stack.second;
       emu::current_thread = &me;
-      run_thread(st, set, 0);
+      run_thread(set, 0);
       emu::current_thread = nullptr;
     } else {
-      emu::FiberSet(threads, emu::fiber_pools[size_t(set)], [&](unsigned t) { run_thread(st, set, t); }).run();
+      emu::FiberSet(threads * cluster, emu::fiber_pools[size_t(set)], [&](unsigned f) { run_thread(set, f); }).run();
     }
   };
   if (threads == 1 && sets == 1) {
@@ -787,12 +837,36 @@ enum {
   cudaErrorInvalidValue = 1,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 1,
   cudaDevAttrMultiProcessorCount = 2,
-  cudaFuncAttributeMaxDynamicSharedMemorySize = 3
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 3,
+  cudaDevAttrComputeCapabilityMajor = 4,
+  cudaLaunchAttributeClusterDimension = 5
 };
+namespace emu {
+inline int cc_major = 9;  // what cudaDeviceGetAttribute(ComputeCapabilityMajor) reports (H100)
+inline int active_clusters = 2;  // what cudaOccupancyMaxActiveClusters reports
+}  // namespace emu
 inline int cudaDeviceGetAttribute(int* v, int attr, int) {
-  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? emu::optin_smem : emu::sms;
+  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? emu::optin_smem
+       : attr == cudaDevAttrComputeCapabilityMajor    ? emu::cc_major
+                                                      : emu::sms;
   return cudaSuccess;
 }
+// Every kernel is "compiled" for the emulated device.
+struct cudaFuncAttributes { int binaryVersion = 0, ptxVersion = 0; };
+template <class K> int cudaFuncGetAttributes(cudaFuncAttributes* a, K) {
+  a->binaryVersion = a->ptxVersion = 10 * emu::cc_major;
+  return cudaSuccess;
+}
+// cudaLaunchKernelEx's configuration, the cluster dimension its only attribute.
+struct cudaLaunchAttributeValue { struct { unsigned x, y, z; } clusterDim; };
+struct cudaLaunchAttribute { int id; cudaLaunchAttributeValue val; };
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned numAttrs;
+};
 namespace emu {
 struct FuncAttr { const void* f; size_t max_dynamic_smem; };
 inline std::vector<FuncAttr> func_attrs;
@@ -828,8 +902,9 @@ inline int cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset
 // fiber per CUDA thread (what warp collectives and the PTX layer need). Checks what the
 // runtime would refuse: block size, empty or oversized grids, dynamic shared memory above 48 KB
 // without cudaFuncSetAttribute(MaxDynamicSharedMemorySize) for this kernel, or above the opt-in limit.
+// `cluster`: CTAs per cluster along x (cudaLaunchKernelEx; launch_grid runs a cluster's CTAs together).
 template <class K, class... A>
-void emu_launch(int block_threads, K kernel, dim3 grid, int threads, size_t smem_bytes, A... args) {
+void emu_launch_cluster(int block_threads, int cluster, K kernel, dim3 grid, int threads, size_t smem_bytes, A... args) {
   if (threads % 32 || threads > emu::max_block_threads || threads < 32) {
     std::fprintf(stderr, "emu_launch: bad block size %d\n", threads);
     throw "bad block size";
@@ -849,5 +924,40 @@ void emu_launch(int block_threads, K kernel, dim3 grid, int threads, size_t smem
       throw "dynamic shared memory above 48 KB not allowed";
     }
   }
-  launch_grid(grid, block_threads == 0 ? threads : block_threads, smem_bytes, [&] { kernel(args...); });
+  if (cluster < 1 || cluster > 8 || grid.x % unsigned(cluster) || (cluster > 1 && (block_threads != 0 || emu::cc_major < 9))) {
+    std::fprintf(stderr, "emu_launch: bad cluster of %d CTAs for grid.x %u\n", cluster, grid.x);
+    throw "bad cluster";
+  }
+  launch_grid(grid, block_threads == 0 ? threads : block_threads, smem_bytes, [&] { kernel(args...); }, cluster);
+}
+template <class K, class... A>
+void emu_launch(int block_threads, K kernel, dim3 grid, int threads, size_t smem_bytes, A... args) {
+  emu_launch_cluster(block_threads, 1, kernel, grid, threads, smem_bytes, args...);
+}
+inline int emu_cluster_of(const cudaLaunchConfig_t* config) {
+  int cluster = 1;
+  for (unsigned i = 0; i < config->numAttrs; ++i)
+    if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) {
+      const auto& d = config->attrs[i].val.clusterDim;
+      if (d.y != 1 || d.z != 1) emu::fail("cudaLaunchKernelEx: the emulation takes clusters along x only");
+      cluster = int(d.x);
+    }
+  return cluster;
+}
+// One fiber per CUDA thread; the portable cluster sizes (1-8).
+template <class... P, class... A>
+int cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
+  if (config->blockDim.y != 1 || config->blockDim.z != 1) emu::fail("cudaLaunchKernelEx: 1-D blocks only");
+  emu_launch_cluster(0, emu_cluster_of(config), kernel, config->gridDim, int(config->blockDim.x),
+                     config->dynamicSmemBytes, P(std::forward<A>(args))...);
+  return cudaSuccess;
+}
+// emu::active_clusters when the cluster's shared memory fits the opt-in limit (else 0).
+template <class K> int cudaOccupancyMaxActiveClusters(int* n, K kernel, const cudaLaunchConfig_t* config) {
+  const int cluster = emu_cluster_of(config);
+  const bool fits = config->dynamicSmemBytes <= size_t(emu::optin_smem) &&
+                    (config->dynamicSmemBytes <= 48 * 1024 ||
+                     emu::func_max_dynamic_smem(reinterpret_cast<const void*>(kernel)) >= config->dynamicSmemBytes);
+  *n = fits && cluster <= 8 && emu::cc_major >= 9 ? emu::active_clusters : 0;
+  return cudaSuccess;
 }

@@ -1,6 +1,7 @@
 // The PTX the tensor-core kernels use, as warp collectives on the CPU threads of cuda_on_cpu.h:
-// ldmatrix (.x4, .x4.trans, m8n8 b16), mma.sync m16n8k16 row.col f32.{f16,bf16}, and cp.async
-// (16-byte .cg copies with src-size zero fill, commit_group, wait_group). Each model is written
+// ldmatrix (.x4, .x4.trans, m8n8 b16), mma.sync m16n8k16 row.col f32.{f16,bf16}, cp.async
+// (16-byte .cg copies with src-size zero fill, commit_group, wait_group), and the cluster
+// primitives of core/cluster.cuh (barrier.cluster, mapa + st.shared::cluster, %cluster_ctarank). Each model is written
 // from the PTX ISA's own definitions (9.7.14.5.8 "Matrix Fragments for mma.m16n8k16 with floating
 // point type", 9.7.14.5.15 "ldmatrix", 9.7.9.25 "cp.async" / commit_group / wait_group), NOT
 // from core/mma.cuh, so that the kernels' fragment recipes are checked, not repeated. The
@@ -341,6 +342,36 @@ inline void ptx_block_end() {
     }
   }
 }
+// ---- thread-block clusters (core/cluster.cuh; PTX ISA "barrier.cluster", "mapa", "st" with
+// .shared::cluster, %cluster_ctarank) -----------------------------------------------------------
+// A cluster launch's CTAs are fibers of one set (cuda_on_cpu.h's launch_grid). The barrier is one
+// over all their threads (under TSan it orders memory as barrier.cluster's release / acquire
+// does, and nothing more); a store into CTA `rank`'s shared memory writes that CTA's dynamic
+// shared memory at the offset `local` has in this CTA's. Outside a cluster launch a CTA is a
+// cluster of one, as on the GPU.
+inline unsigned cluster_ctarank() { return self().cluster_rank; }
+inline void cluster_sync() {
+  auto* cs = static_cast<ClusterState*>(self().cluster);
+  if (!cs) {
+    __syncthreads();
+    return;
+  }
+  const Untraced untraced;
+  trace_sync_point();
+  progress.fetch_add(1, std::memory_order_relaxed);
+  cs->barrier.arrive_and_wait();
+}
+inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) {
+  auto* cs = static_cast<ClusterState*>(self().cluster);
+  const auto* base = static_cast<const unsigned char*>(smem);
+  const auto* p = static_cast<const unsigned char*>(local);
+  if (p < base || p + 4 > base + smem_bytes) fail("cluster_store_u32: not in this CTA's dynamic shared memory");
+  if ((p - base) % 4) fail("cluster_store_u32: a misaligned address");
+  if (rank >= (cs ? cs->ctas.size() : 1)) fail("cluster_store_u32: a rank outside the cluster");
+  unsigned char* target = cs ? cs->ctas[rank]->smem.get() : static_cast<unsigned char*>(smem);
+  *reinterpret_cast<uint32_t*>(target + (p - base)) = value;
+}
+
 // Each thread writes its own record after the kernel body; thread 0 reads them all after the
 // block's closing barrier (launch_grid), before the next block's opening one.
 inline const bool ptx_hooks_installed = [] {
@@ -371,4 +402,7 @@ inline void cp_async_16_bytes(void* smem, const void* gmem, int bytes) { emu::cp
 inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() { emu::cp_async_wait<N>(); }
+inline unsigned cluster_ctarank() { return emu::cluster_ctarank(); }
+inline void cluster_sync() { emu::cluster_sync(); }
+inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) { emu::cluster_store_u32(local, rank, value); }
 }  // namespace mmm

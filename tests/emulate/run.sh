@@ -3,7 +3,7 @@
 # catch): the op's CUDA kernels compiled by g++ and checked against its CPU twin. No GPU or nvcc.
 #   tests/emulate/run.sh fft|fftconv|butterfly [driver arguments...]    (~30-70 s each with g++;
 #     butterfly one fiber per CUDA thread, fft and fftconv as the drivers choose)
-#   tests/emulate/run.sh attention [quick|steady] | block_diag_matmul [steady]    (tensor-core kernels: the PTX
+#   tests/emulate/run.sh attention [quick|steady] | block_diag_matmul [quick|steady]    (tensor-core kernels: the PTX
 #     modelled by ptx_on_cpu.h, one fiber per CUDA thread; ~1 min build, 1-3 min run;
 #     MMM_EMULATE_ATTENTION_DIMS=all adds head dims 32, 128, 192, 256, as the tests do: ~1 min more;
 #     steady: benchmark-like shapes instead of the test cases, for the counts mode's model)
@@ -57,13 +57,13 @@ esac
 # emu::block_static, an array per running block (cuda_on_cpu.h). tests/emulate/shadow stands in
 # for the CUDA headers.
 ptx_cxx=("${CXX:-g++}" -std=c++20 -I"$here/shadow" -I"$here" -I"$out/inc" -I"$repo/csrc" -DMMM_EMU_REAL_CUDA_UTILS -pthread)
-ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait'
+ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait|cluster_ctarank|cluster_sync|cluster_store_u32'
 rewrite() {
   local f
   for f in "$@"; do
     mkdir -p "$out/inc/$(dirname "$f")"
     perl -0pe '
-      s/\bvoid ('"$ptx_wrappers"')\(/void $1_ptx(/g;
+      s/\b(void|unsigned) ('"$ptx_wrappers"')\(/$1 $2_ptx(/g;
       s/([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?),\s*([^,;]*),\s*([^,;]*),\s*stream>>>\(([^;]*)\);/emu_launch(0, $1, $2, $3, $4, $5);/g;
       s/extern __shared__ (?:__align__\(\d+\) )?([\w ]*?\w) (\w+)\[\]/$1* $2 = static_cast<$1*>(emu::smem)/g;
       s/\b__shared__ (?:__align__\(\d+\) )?([\w:<>, ]*?\w) (\w+)((?:\[[^\]\n]+\])+);/auto& $2 = emu::block_static<$1$3>([] {});/g;
@@ -153,8 +153,9 @@ case "$op" in
       "${tus[@]}" "$here/attention.cpp" "$twins/attention_cpu.o" ;;
   # The block GEMM (tensor-core, split-K reduce, fp32 FMA) and the fused Monarch forward.
   block_diag_matmul)
-    rewrite core/mma.cuh core/cp_async.cuh block_diag_matmul/block_diag_matmul_kernel.cuh \
-      block_diag_matmul/monarch_fused_kernel.cuh block_diag_matmul/block_diag_matmul_launch.cu \
+    rewrite core/mma.cuh core/cp_async.cuh core/cluster.cuh block_diag_matmul/block_diag_matmul_kernel.cuh \
+      block_diag_matmul/monarch_fused_kernel.cuh block_diag_matmul/monarch_cluster_kernel.cuh \
+      block_diag_matmul/block_diag_matmul_launch.cu \
       block_diag_matmul/monarch_fused_launch.cu
     # The grid's y/z cap, a variable the driver lowers so that CTAs stride over tiles and blocks.
     perl -pi -e 's/\b65535\b/emu::grid_yz_limit/g' "$out/inc/block_diag_matmul/block_diag_matmul_launch.cu"

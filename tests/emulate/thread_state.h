@@ -51,6 +51,13 @@ struct ThreadState {
   uintptr_t shared_begin[kMaxSharedRanges] = {}, shared_end[kMaxSharedRanges] = {};
   int shared_range_count = 0;
   uintptr_t stack_begin = 0, stack_end = 0;
+  // Its block (cuda_on_cpu.h's BlockState, dynamic shared memory) and cluster: the fiber
+  // scheduler makes them the OS thread's emu::block_state / emu::smem at each switch, since the
+  // fibers of one OS thread may run different CTAs of a cluster.
+  void* block = nullptr;
+  void* block_smem = nullptr;
+  void* cluster = nullptr;  // cuda_on_cpu.h's ClusterState; null outside cluster launches
+  unsigned cluster_rank = 0;
   // ptx_on_cpu.h
   CpState cp;
   std::vector<const unsigned char*> shared_bases;  // __cvta_generic_to_shared's handles

@@ -111,7 +111,10 @@ def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
     Forward: when ``l`` divides ``q`` (``l % 16 == 0``) or ``q`` divides ``l`` (``q % 16 == 0``)
     and ``p``, ``r``, ``s`` are multiples of 16 up to 256, one fused kernel (fp16/bf16 on CUDA; on the CPU its twin, any dtype) reads x
     once and writes y once, keeping ``u`` in shared memory (on chip); otherwise, and for fp32 on
-    CUDA, two block GEMMs with ``u`` in global memory. :func:`monarch_forward_plan` says which.
+    CUDA, two block GEMMs with ``u`` in global memory. On sm_90 (H100, H200), a square Monarch of
+    blocks of 32 or 64 (``k = l = p = q = r = s``: ``MonarchLinear(1024)`` and
+    ``MonarchLinear(4096)`` by default) takes a kernel of thread-block clusters instead that keeps
+    all the weights on chip too. :func:`monarch_forward_plan` says which.
     """
     return call_op(torch.ops.mmm.monarch_matmul, x, w1, w2)
 
@@ -120,7 +123,9 @@ def monarch_forward_plan(x: Tensor, w1: Tensor, w2: Tensor) -> dict:
     """Which forward :func:`monarch_matmul` takes for these inputs on their device.
 
     Returns ``{"fused": bool, "tokens_per_cta": int, "chunk": int, "smem_bytes": int,
-    "units_per_step": int, "blocks_per_step": int}``: ``chunk`` is the number of stage-2 blocks
+    "units_per_step": int, "blocks_per_step": int, "cluster": int}``: ``cluster`` is the number
+    of CTAs per thread-block cluster of the sm_90 kernel that holds the weights on chip (0: not
+    that kernel; the streaming one, the CPU twin or two GEMMs); ``chunk`` is the number of stage-2 blocks
     whose inputs are kept on chip at once (x is read ``l / chunk`` times; once when it equals
     ``l``); ``units_per_step`` and ``blocks_per_step`` (CUDA; 1 on the CPU) how many of the first
     and the second stage's small GEMMs share a pipeline step. The
@@ -128,12 +133,13 @@ def monarch_forward_plan(x: Tensor, w1: Tensor, w2: Tensor) -> dict:
     or ``=1`` (fused wherever the shape fits, past the CUDA plan's rule that keeps the two GEMMs
     when the weights each CTA streams from L2 outweigh the activation traffic fusing saves),
     ``MMM_MONARCH_CHUNK=J`` (force the chunk), ``MMM_MONARCH_BT=16|32``,
-    ``MMM_MONARCH_UNITS=1|2|4`` (cap the GEMMs per step), ``MMM_DISABLE_TENSOR_CORES=1`` (CUDA: no
+    ``MMM_MONARCH_UNITS=1|2|4`` (cap the GEMMs per step), ``MMM_MONARCH_CLUSTER=0`` (not the
+    cluster kernel; nor with any of the three before), ``MMM_DISABLE_TENSOR_CORES=1`` (CUDA: no
     fused kernel).
     """
-    fused, bt, chunk, smem, units, blocks = torch.ops.mmm._monarch_forward_plan(x, w1, w2)
+    fused, bt, chunk, smem, units, blocks, cluster = torch.ops.mmm._monarch_forward_plan(x, w1, w2)
     return {"fused": bool(fused), "tokens_per_cta": bt, "chunk": chunk, "smem_bytes": smem,
-            "units_per_step": units, "blocks_per_step": blocks}
+            "units_per_step": units, "blocks_per_step": blocks, "cluster": cluster}
 
 
 def _reference_inputs(device, dtype, g, w1_shape, w2_shape):

@@ -1,0 +1,51 @@
+// Thread-block clusters (sm_90+): a CTA's rank in its cluster, the cluster-wide barrier, and
+// stores into another CTA's shared memory (distributed shared memory). PTX ISA "mapa",
+// "barrier.cluster", "st" with .shared::cluster, special register %cluster_ctarank.
+// A kernel that uses them must be launched with a cluster dimension (cudaLaunchKernelEx with
+// cudaLaunchAttributeClusterDimension); built for an older architecture they trap.
+#pragma once
+#include <cstdint>
+
+#include "core/mma.cuh"
+
+namespace mmm {
+
+// This CTA's rank in its cluster (0 .. cluster size - 1; blockIdx.x % size for 1-D clusters).
+__device__ __forceinline__ unsigned cluster_ctarank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  unsigned rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+  return rank;
+#elif defined(__CUDA_ARCH__)
+  __trap();
+  return 0;
+#else
+  return 0;
+#endif
+}
+
+// Every thread of every CTA of the cluster arrives, then waits: what a thread wrote to any CTA's
+// shared memory (or global memory) before arriving is visible to every thread after its wait
+// (arrive has release, wait acquire semantics). All threads of a warp must execute it together.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+// Stores `value` at the location of CTA `rank`'s shared memory that corresponds to `local` in
+// this CTA's (the same offset in the same variable). `local` must be 4-byte aligned.
+__device__ __forceinline__ void cluster_store_u32(const void* local, unsigned rank, uint32_t value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(remote), "r"(value) : "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+}  // namespace mmm
