@@ -662,7 +662,7 @@ def test_monarch_cluster_kernel(device, monkeypatch, block, tokens, dtype):
     clusters = 0
     if device == "cuda":
         props = torch.cuda.get_device_properties(x.device)
-        need = 2 * (2 * 8 * block * (block + 8) + 3 * 16 * (8 * block + 8) + 2 * 8 * block * 16)
+        need = 2 * (4 * 16 * (8 * block + 8) + 3 * 8 * block * 16)  # monarch_cluster_smem: 113 KB at 64
         if props.major >= 9 and props.shared_memory_per_block_optin >= need:
             clusters = block // 8
     assert plan["fused"] and plan["cluster"] == clusters, plan

@@ -32,7 +32,7 @@ def test_ordered_accesses_are_not_reported(ordered_run):
 
 
 @pytest.mark.parametrize("case,where", [("block", "block_race"), ("warp", "warp_race"), ("phase", "phase_race"),
-                                        ("cta", "cta_race")])
+                                        ("cta", "cta_race"), ("cluster", "cluster_exchange")])
 def test_races_are_reported(ordered_run, case, where):
     _, binary = ordered_run
     res = subprocess.run([str(binary), case], capture_output=True, text=True,

@@ -123,17 +123,17 @@ inline int64_t monarch_fused_smem(const MonarchFused& f, int64_t bt, int64_t J, 
 }
 
 // The cluster kernel (sm_90): each CTA owns kMonarchClusterWarps stage-1 and stage-2 blocks, one
-// per warp, and takes kMonarchClusterTokens tokens a step; x streams through kMonarchClusterXStages
-// buffers. Its shared memory: w1's and w2's blocks (pitch B + 8: conflict-free ldmatrix), the x
-// buffers (pitch 8B + 8) and two intermediate buffers (the exchange is double-buffered, so one
-// cluster barrier a step suffices).
+// per warp (their weights in its registers), and takes kMonarchClusterTokens tokens a step. Its
+// shared memory: kMonarchClusterXStages x buffers (pitch 8B + 8: conflict-free ldmatrix) and
+// kMonarchClusterZBuffers exchange buffers (one cluster barrier a step needs three: see the
+// kernel).
 constexpr int kMonarchClusterWarps = 8;
 constexpr int kMonarchClusterTokens = 16;
-constexpr int kMonarchClusterXStages = 3;
+constexpr int kMonarchClusterXStages = 4;
+constexpr int kMonarchClusterZBuffers = 3;
 inline int64_t monarch_cluster_smem(int64_t B, int64_t elem = 2) {
-  const int64_t w = kMonarchClusterWarps * B * (B + 8), x = kMonarchClusterTokens * (kMonarchClusterWarps * B + 8),
-                z = kMonarchClusterWarps * B * kMonarchClusterTokens;
-  return elem * (2 * w + kMonarchClusterXStages * x + 2 * z);
+  const int64_t x = kMonarchClusterTokens * (kMonarchClusterWarps * B + 8), z = kMonarchClusterWarps * B * kMonarchClusterTokens;
+  return elem * (kMonarchClusterXStages * x + kMonarchClusterZBuffers * z);
 }
 
 inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -161,8 +161,8 @@ inline bool monarch_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 // V = 2 or 4 blocks where V * s <= 64. knobs.units caps both.
 // Not modelled yet (to measure): occupancy (CTAs per SM) and per-step latency.
 // `clusters` (CUDA, sm_90+): a square Monarch of blocks of 32 or 64 whose cluster kernel fits
-// `smem_limit` takes it (B = 64: 225 KB a CTA, an H100's 227 KB), unless knobs force another
-// path. No L2 rule there: its weights are read once per CTA.
+// `smem_limit` takes it (B = 64: 113 KB a CTA), unless knobs force another path. No L2 rule
+// there: its weights are read once per CTA.
 inline MonarchFusedPlan plan_monarch_fused(const MonarchFused& f, int64_t smem_limit, bool cuda,
                                            const MonarchFusedKnobs& knobs = {}, bool clusters = false) {
   MonarchFusedPlan plan;

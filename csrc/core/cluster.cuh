@@ -24,16 +24,28 @@ __device__ __forceinline__ unsigned cluster_ctarank() {
 #endif
 }
 
-// Every thread of every CTA of the cluster arrives, then waits: what a thread wrote to any CTA's
-// shared memory (or global memory) before arriving is visible to every thread after its wait
-// (arrive has release, wait acquire semantics). All threads of a warp must execute it together.
-__device__ __forceinline__ void cluster_sync() {
+// The cluster barrier, split: every thread of every CTA of the cluster arrives, may work on, then
+// waits for all arrivals. What a thread wrote to any CTA's shared memory (or global memory)
+// before arriving is visible to every thread after its wait (arrive has release, wait acquire
+// semantics); what it does between the two is ordered with nobody's. Each thread alternates
+// arrive and wait; all threads of a warp execute each together.
+__device__ __forceinline__ void cluster_arrive() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #elif defined(__CUDA_ARCH__)
   __trap();
 #endif
+}
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
 }
 
 // Stores `value` at the location of CTA `rank`'s shared memory that corresponds to `local` in

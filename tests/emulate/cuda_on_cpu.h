@@ -448,6 +448,52 @@ class Barrier {
 #else
 using Barrier = FiberBarrier;
 #endif
+
+// A split-phase barrier of fibers (barrier.cluster.arrive / .wait): a participant arrives, may work
+// on, then waits for the phase it arrived at to complete. Under ThreadSanitizer it orders as the
+// GPU's does: what a participant did before arriving at phase p happens before what any
+// participant does after its wait for p, and nothing else (work between an arrive and its wait
+// is ordered with nobody's). Two sync objects suffice, as in Barrier: a participant arrives at
+// p + 2 only after every one has waited for p.
+class SplitBarrier {
+ public:
+  SplitBarrier(int count, const char* name) : count_(count), name_(name) {}
+  uint32_t arrive() {
+    uint32_t phase;
+    {
+      const TsanIgnore blind;
+      phase = phase_;
+    }
+#if defined(__SANITIZE_THREAD__)
+    __tsan_release(&order_[phase & 1]);
+#endif
+    const TsanIgnore blind;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++phase_;
+      for (Fiber* f : waiting_) f->runnable = true;
+      waiting_.clear();
+    }
+    return phase;
+  }
+  void wait(uint32_t phase) {
+    {
+      const TsanIgnore blind;
+      while (phase_ == phase) FiberSet::wait(waiting_, name_);
+    }
+#if defined(__SANITIZE_THREAD__)
+    __tsan_acquire(&order_[phase & 1]);
+#endif
+  }
+  void arrive_and_wait() { wait(arrive()); }
+ private:
+  const int count_;
+  const char* const name_;
+  int arrived_ = 0;
+  uint32_t phase_ = 0;
+  std::vector<Fiber*> waiting_;
+  char order_[2] = {};
+};
 inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the hang watchdog
 inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
@@ -510,7 +556,7 @@ struct BlockState {
 // stores (ptx_on_cpu.h's cluster_* models).
 struct ClusterState {
   ClusterState(int threads, size_t smem_bytes) : barrier(threads, "barrier.cluster"), smem_bytes(smem_bytes) {}
-  Barrier barrier;
+  SplitBarrier barrier;
   std::vector<BlockState*> ctas;  // by rank
   size_t smem_bytes;
 };

@@ -296,10 +296,12 @@ inline void ptx_thread_begin() {
   cp.group_sizes.clear();
   cp.dsts.clear();
   self().shared_bases.clear();
+  self().cluster_arrived = false;
 }
 inline void ptx_thread_end() {
   const CpState& cp = self().cp;
   if (!cp.open.empty()) fail("kernel exits with cp.async copies never committed (never waited for)");
+  if (self().cluster_arrived) fail("kernel exits having arrived at the cluster barrier without waiting");
   for (const auto& g : cp.pending)
     if (!g.empty()) fail("kernel exits with committed cp.async copies not waited for (wait_group 0 missing)");
   // The record thread 0 checks: commits, then each group's size, then the destinations.
@@ -347,19 +349,33 @@ inline void ptx_block_end() {
 // A cluster launch's CTAs are fibers of one set (cuda_on_cpu.h's launch_grid). The barrier is one
 // over all their threads (under TSan it orders memory as barrier.cluster's release / acquire
 // does, and nothing more); a store into CTA `rank`'s shared memory writes that CTA's dynamic
-// shared memory at the offset `local` has in this CTA's. Outside a cluster launch a CTA is a
-// cluster of one, as on the GPU.
+// shared memory at the offset `local` has in this CTA's. A thread alternates arrive and wait, and
+// leaves the kernel having waited. (Outside a cluster launch, where the GPU has a cluster of one,
+// the barrier is not modelled: an error.)
 inline unsigned cluster_ctarank() { return self().cluster_rank; }
-inline void cluster_sync() {
+inline ClusterState& running_cluster(const char* what) {
   auto* cs = static_cast<ClusterState*>(self().cluster);
-  if (!cs) {
-    __syncthreads();
-    return;
-  }
+  if (!cs) fail(what);
+  return *cs;
+}
+inline void cluster_arrive() {
+  ThreadState& me = self();
+  ClusterState& cs = running_cluster("barrier.cluster.arrive outside a cluster launch");
+  if (me.cluster_arrived) fail("barrier.cluster.arrive twice without a wait between");
+  const Untraced untraced;
+  progress.fetch_add(1, std::memory_order_relaxed);
+  me.cluster_phase = cs.barrier.arrive();
+  me.cluster_arrived = true;
+}
+inline void cluster_wait() {
+  ThreadState& me = self();
+  ClusterState& cs = running_cluster("barrier.cluster.wait outside a cluster launch");
+  if (!me.cluster_arrived) fail("barrier.cluster.wait without an arrive before it");
   const Untraced untraced;
   trace_sync_point();
   progress.fetch_add(1, std::memory_order_relaxed);
-  cs->barrier.arrive_and_wait();
+  cs.barrier.wait(me.cluster_phase);
+  me.cluster_arrived = false;
 }
 inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) {
   auto* cs = static_cast<ClusterState*>(self().cluster);
@@ -403,6 +419,7 @@ inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() { emu::cp_async_wait<N>(); }
 inline unsigned cluster_ctarank() { return emu::cluster_ctarank(); }
-inline void cluster_sync() { emu::cluster_sync(); }
+inline void cluster_arrive() { emu::cluster_arrive(); }
+inline void cluster_wait() { emu::cluster_wait(); }
 inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) { emu::cluster_store_u32(local, rank, value); }
 }  // namespace mmm

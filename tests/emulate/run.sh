@@ -57,7 +57,7 @@ esac
 # emu::block_static, an array per running block (cuda_on_cpu.h). tests/emulate/shadow stands in
 # for the CUDA headers.
 ptx_cxx=("${CXX:-g++}" -std=c++20 -I"$here/shadow" -I"$here" -I"$out/inc" -I"$repo/csrc" -DMMM_EMU_REAL_CUDA_UTILS -pthread)
-ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait|cluster_ctarank|cluster_sync|cluster_store_u32'
+ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait|cluster_ctarank|cluster_arrive|cluster_wait|cluster_store_u32'
 rewrite() {
   local f
   for f in "$@"; do

@@ -58,6 +58,8 @@ struct ThreadState {
   void* block_smem = nullptr;
   void* cluster = nullptr;  // cuda_on_cpu.h's ClusterState; null outside cluster launches
   unsigned cluster_rank = 0;
+  uint32_t cluster_phase = 0;    // the cluster barrier's phase this thread arrived at
+  bool cluster_arrived = false;  // arrived, not yet waited
   // ptx_on_cpu.h
   CpState cp;
   std::vector<const unsigned char*> shared_bases;  // __cvta_generic_to_shared's handles
