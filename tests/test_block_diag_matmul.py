@@ -1194,6 +1194,19 @@ def test_block_diag_noncontiguous_sanitizer_subset(layout):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("block", [32, 64])
+def test_monarch_cluster_sanitizer_subset(monkeypatch, block):
+    """compute-sanitizer: the sm_90 cluster kernel (skipped where it does not run), several
+    tiles a cluster and a ragged last one."""
+    for name in ("MMM_MONARCH_CHUNK", "MMM_MONARCH_BT", "MMM_MONARCH_UNITS", "MMM_MONARCH_CLUSTER", "MMM_MONARCH_FUSED"):
+        monkeypatch.delenv(name, raising=False)
+    x, w1, w2 = monarch_inputs((1000,), (block,) * 3, (block,) * 3, BF16, "cuda")
+    if monarch_forward_plan(x, w1, w2)["cluster"] == 0:
+        pytest.skip("this device does not run the cluster kernel")
+    check_monarch(x, w1, w2, grad=False)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("shapes", [((16, 16, 16), (16, 16, 16)), MONARCH_RECT[2]], ids=_mid)
 def test_monarch_sanitizer_subset(shapes):
     x, w1, w2 = monarch_inputs((67,), *shapes, BF16, "cuda")

@@ -100,7 +100,9 @@ def test_norm_modes(device, op, norm):
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("n", [8192, 16384, 32768, 65536, 131072])
 def test_long_rows_cuda(op, n):
-    # One CTA per row up to the shared-memory limit, then the four-step path (a = 2 .. 16).
+    # One CTA per row up to the shared-memory limit (fft / ifft / irfft rows that would fill an
+    # SM's shared memory alone, 16384 on an H100 or A100, split over two CTAs), then the
+    # four-step path (a = 2 .. 16).
     torch.manual_seed(1)
     check(op, make_input(op, (3, n), "cuda"), norm="backward")
 
@@ -304,7 +306,7 @@ def test_cpu_equals_cuda():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("n", [2, 64, 512, 4096, 65536])
+@pytest.mark.parametrize("n", [2, 64, 512, 4096, 16384, 65536])
 def test_sanitizer_subset(n):
     for op in OPS:
         check(op, make_input(op, (3, n), "cuda"), grad=False)
@@ -313,7 +315,8 @@ def test_sanitizer_subset(n):
 # ------------------------------------------------------------------------------------------- #
 # The CUDA code itself, run on CPU threads (tests/emulate/fft.cpp via tests/emulate/run.sh; opt-in,
 # see run_emulation): core/fft.cuh up to 2^13 (two CTA passes before the warp pass), the op kernels
-# up to 2^12 with the CTA limit at 2^10 (so the four-step path runs with a = 2 and 4). With the memory
+# up to 2^12 with the CTA limit at 2^10 (so the four-step path runs with a = 2 and 4), and rows of
+# 2^11 and 2^12 split over two CTAs (fft_kernel.cuh's kSplit2). With the memory
 # counts, the swizzled layout must be free of systematic bank conflicts and the natural one must
 # show its bit-reversal conflicts (the count's own check).
 

@@ -15,6 +15,9 @@
 //   rfft  read x (rows * n * 4), write y (rows * (n/2 + 1) * 8)
 // For n beyond one CTA's shared memory the four-step path moves a workspace once more (not
 // counted, so it shows as lower GB/s). "%BW" = GB/s over the copy bandwidth measured here.
+// path: mmm::fft_cuda_path ("cta x2": each row split over two CTAs, which read it twice); where it
+// is "cta x2" the same case also runs with FftParams::split_rows = false (op "fft_1cta"): one CTA
+// per row, what the split gains side by side.
 //
 // Check: after the first run of each case, rows {0, 1, rows-1} are compared with the CPU twin
 // (fft_rows_cpu, the same algorithm in fp32 on the host): max |gpu - cpu| / max |cpu| must be under
@@ -44,6 +47,7 @@ const char* kUsage =
 struct Case {
   FftKind kind;
   int64_t rows, n;  // n: signal length (real length for rfft)
+  bool split_rows = true;
 };
 
 const char* kind_name(FftKind k) { return k == FftKind::kC2C ? "fft" : "rfft"; }
@@ -74,8 +78,13 @@ int main(int argc, char** argv) {
 
   std::vector<Case> cases;
   for (int64_t n : ns)
-    for (FftKind k : {FftKind::kC2C, FftKind::kR2C})
+    for (FftKind k : {FftKind::kC2C, FftKind::kR2C}) {
       cases.push_back({k, x_bytes / (n * (k == FftKind::kC2C ? 8 : 4)), n});
+      mmm::FftParams probe;
+      probe.kind = k;
+      probe.log2n = ilog2(k == FftKind::kR2C ? n / 2 : n);
+      if (std::string(mmm::fft_cuda_path(probe, dev.id)) == "cta x2") cases.push_back({k, cases.back().rows, n, false});
+    }
 
   Table table({"op", "n", "rows", "time us", "GB/s", "% copy BW", "path", "check"});
   std::vector<JsonObject> records;
@@ -96,9 +105,11 @@ int main(int argc, char** argv) {
     p.y = y.get();
     p.y_row_stride = out_c;
     p.scale = 1.0;
+    p.split_rows = c.split_rows;
     const size_t wsb = mmm::fft_cuda_workspace_bytes(p, dev.id);
     ws.resize(std::max<size_t>(wsb, 16));
-    const std::string tag = std::string(kind_name(c.kind)) + " n=" + std::to_string(c.n);
+    const std::string op = std::string(kind_name(c.kind)) + (c.split_rows ? "" : "_1cta");
+    const std::string tag = op + " n=" + std::to_string(c.n);
     auto run = [&] { MMM_CHECK_LAUNCH(mmm::launch_fft(p, ws.get(), stream), tag); };
     run();
     MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
@@ -131,11 +142,11 @@ int main(int argc, char** argv) {
     const double bytes = real ? double(c.rows) * (c.n * 4 + out_c * 8) : 2.0 * c.rows * c.n * 8;
     const Timing t = time_median(run, stream, &flusher, reps, 5);
     const double gbps = bytes / (t.median_ms * 1e-3) / 1e9, pct = 100.0 * bytes / (t.median_ms * 1e-3) / copy_bps;
-    const char* path = p.log2n <= 9 ? "warp" : (wsb ? "four-step" : "cta");
-    table.add({kind_name(c.kind), std::to_string(c.n), std::to_string(c.rows), fmtf("%.1f", t.median_ms * 1e3),
+    const char* path = mmm::fft_cuda_path(p, dev.id);
+    table.add({op, std::to_string(c.n), std::to_string(c.rows), fmtf("%.1f", t.median_ms * 1e3),
                fmtf("%.0f", gbps), fmtf("%.1f", pct), path, check});
     JsonObject j;
-    j.str("op", kind_name(c.kind)).integer("n", c.n).integer("rows", c.rows).str("path", path).num("bytes", bytes)
+    j.str("op", op).integer("n", c.n).integer("rows", c.rows).str("path", path).num("bytes", bytes)
         .num("GBps", gbps).num("pct_copy_bw", pct).str("check", check)
         .num("check_rel_err", err);
     add_timing(j, t);

@@ -13,6 +13,15 @@
 //                      and the twiddle W_n^(i2*k1), writing ws[row][k1][i2] (coalesced both ways);
 //                      then fft_cta_kernel transforms each ws[row][k1] (length b) and stores bin
 //                      k1 + a*k2 (the four-step transpose folded into the store).
+//   fft_cta_kernel<..., kSplit2>  a row that fits one CTA but would fill an SM's shared memory
+//                      alone (16384 points on an H100: 128 KB) goes to two CTAs of half the
+//                      size: the four-step with a = 2, its column pass fused into their loads
+//                      (CTA k1 of the row loads x[j] and x[j + n/2], takes their sum, k1 = 0, or
+//                      difference times W_n^j, k1 = 1, and stores bins k1 + 2k). Two or three CTAs
+//                      then share an SM and one's loads overlap another's passes and stores; the
+//                      row is read twice, by two CTAs launched side by side (the second read
+//                      mostly from L2), and each CTA writes every other bin (8 bytes of each
+//                      16, which the row's other CTA completes in L2).
 //   rfft_post_kernel   the rfft post-processing of the two-pass path, in place on the output.
 // Real signals ride on the complex transform (core/fft.cuh): rfft reads the real row as n
 // complex pairs; irfft applies irfft_pre while loading and stores the complex result as pairs.
@@ -122,8 +131,10 @@ __global__ void __launch_bounds__(FftTile::kWarpKernelWarps * 32)
 // One CTA per transform ("sub-row") s of n = 2^log2n points: input x + s*xs; output row s / a,
 // bin k stored at y[(s / a) * ys + (s % a) + a*k] (a = 1: the plain row; a > 1: the four-step's
 // second pass). kRealPost (a = 1 only): store the n + 1 rfft bins instead of the n points.
+// kSplit2 (a = 2): sub-row s is half k1 = s % 2 of row s / 2 of x, a row of 2n points (x + row*xs),
+// its radix-2 column pass done on load (header comment).
 // Dynamic shared memory: n float2 (core/fft.cuh swizzled layout).
-template <FftKind kLoad, bool kInverse, bool kRealPost>
+template <FftKind kLoad, bool kInverse, bool kRealPost, bool kSplit2 = false>
 __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
     fft_cta_kernel(const float2* __restrict__ x, int64_t xs, float2* __restrict__ y, int64_t ys, int64_t subrows,
                    int a, int log2n, float scale) {
@@ -132,6 +143,7 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
 #else
   extern __shared__ float2 smem[];  // (n,) swizzled
 #endif
+  static_assert(!(kSplit2 && kRealPost), "a split row stores complex bins (rfft's post-processing needs them all)");
   const int n = 1 << log2n;
   for (int64_t s = blockIdx.x; s < subrows; s += gridDim.x) {
     const int64_t row = s / a;
@@ -140,8 +152,22 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
     // per thread, where one CTA fills an SM at the largest n): no pass that only copies.
     fft::cta_fft_dif_load<kInverse, true>(smem, log2n, [=](int base, int stride, auto& v) {
       constexpr int kN = sizeof(v) / sizeof(v[0]);
+      if constexpr (kSplit2) {
+        // Both halves' loads first: 2 x kN in flight per thread.
+        float2 hi[kN];
 #pragma unroll
-      for (int m = 0; m < kN; ++m) v[m] = load_point<kLoad>(x, xs, s, base + m * stride, log2n);
+        for (int m = 0; m < kN; ++m) {
+          v[m] = load_point<kLoad>(x, xs, row, base + m * stride, log2n + 1);
+          hi[m] = load_point<kLoad>(x, xs, row, base + m * stride + n, log2n + 1);
+        }
+#pragma unroll
+        for (int m = 0; m < kN; ++m)  // j * 1 < 2n <= 2^24: the twiddle index is exact
+          v[m] = k1 == 0 ? fft::cadd(v[m], hi[m])
+                         : fft::cmul(fft::csub(v[m], hi[m]), fft::twiddle_dir<kInverse>(base + m * stride, log2n + 1));
+      } else {
+#pragma unroll
+        for (int m = 0; m < kN; ++m) v[m] = load_point<kLoad>(x, xs, s, base + m * stride, log2n);
+      }
     });  // ends with __syncthreads()
     float2* out = y + row * ys + k1;
     if constexpr (kRealPost) {

@@ -1,6 +1,7 @@
 // Entry points of the FFT on CUDA: the warp kernel for n <= 512, one CTA per row up to what one
-// CTA's shared memory holds (16384 points with 128 KB per block, 8192 on GPUs with 99 KB), and
-// the two-pass four-step path (column pass into a workspace, then per-CTA rows) beyond that.
+// CTA's shared memory holds (16384 points with 128 KB per block, 8192 on GPUs with 99 KB; two
+// CTAs per row where one would fill an SM's shared memory alone), and the two-pass four-step
+// path (column pass into a workspace, then per-CTA rows) beyond that.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +20,17 @@ int max_cta_log2(int device) {
   return l;
 }
 
+// Whether a row of 2^log2n points that one CTA holds goes to two CTAs instead: when its CTA
+// would leave no room on the SM for a second one (16384 points on an H100 or A100, 8192 on GPUs
+// with 100 KB per SM), so that nothing overlaps its loads with another row's work. rfft stays
+// whole (its post-processing pairs bins k and n - k).
+bool split_row(const FftParams& p, int device) {
+  if (!p.split_rows || p.kind == FftKind::kR2C || p.log2n - 1 <= fft::kWarpLog2) return false;
+  int per_sm = 0;
+  cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  return 2 * (int64_t(sizeof(float2)) << p.log2n) > per_sm;
+}
+
 unsigned grid_for(int64_t work, int64_t per_block) {
   return unsigned(std::clamp<int64_t>(ceil_div(work, per_block), 1, int64_t(1) << 20));
 }
@@ -31,12 +43,12 @@ cudaError_t launch_warp(const FftParams& p, const float2* x, int64_t xs, float2*
   return cudaGetLastError();
 }
 
-template <FftKind kLoad, bool kInverse, bool kRealPost>
+template <FftKind kLoad, bool kInverse, bool kRealPost, bool kSplit2 = false>
 cudaError_t launch_cta(const float2* x, int64_t xs, float2* y, int64_t ys, int64_t subrows, int a, int log2n, float scale,
                        cudaStream_t stream) {
   const int threads = int(std::clamp<int64_t>((int64_t(1) << log2n) / FftTile::kPointsPerThread, 32, FftTile::kMaxThreads));
   const size_t smem = sizeof(float2) << log2n;
-  auto kernel = fft_cta_kernel<kLoad, kInverse, kRealPost>;
+  auto kernel = fft_cta_kernel<kLoad, kInverse, kRealPost, kSplit2>;
   if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
@@ -68,6 +80,10 @@ cudaError_t run(const FftParams& p, const float2* x, int64_t xs, float2* y, int6
   if (p.log2n <= fft::kWarpLog2) return launch_warp<kKind, kInverse>(p, x, xs, y, ys, stream);
   const int lmax = max_cta_log2(device);
   constexpr bool kPost = kKind == FftKind::kR2C;
+  if constexpr (!kPost) {
+    if (p.log2n <= lmax && split_row(p, device))  // CTAs 2r, 2r + 1: row r's halves, side by side
+      return launch_cta<kKind, kInverse, false, true>(x, xs, y, ys, p.rows * 2, 2, p.log2n - 1, scale, stream);
+  }
   if (p.log2n <= lmax) return launch_cta<kKind, kInverse, kPost>(x, xs, y, ys, p.rows, 1, p.log2n, scale, stream);
   // Four-step: n = a * b with b = the CTA maximum.
   const int log2a = p.log2n - lmax;
@@ -87,6 +103,12 @@ cudaError_t run(const FftParams& p, const float2* x, int64_t xs, float2* y, int6
 int64_t fft_cuda_max_cta_points(int device) { return int64_t(1) << max_cta_log2(device); }
 
 int64_t fft_cuda_max_points(int device) { return fft_cuda_max_cta_points(device) << FftTile::kMaxLog2Columns; }
+
+const char* fft_cuda_path(const FftParams& p, int device) {
+  if (p.log2n <= fft::kWarpLog2) return "warp";
+  if (p.log2n > max_cta_log2(device)) return "four-step";
+  return split_row(p, device) ? "cta x2" : "cta";
+}
 
 size_t fft_cuda_workspace_bytes(const FftParams& p, int device) {
   return p.log2n <= max_cta_log2(device) ? 0 : size_t(p.rows) * (size_t(sizeof(float2)) << p.log2n);

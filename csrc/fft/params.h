@@ -26,6 +26,9 @@ struct FftParams {
   void* y = nullptr;       int64_t y_row_stride = 0;
   bool fp64 = false;       // complex128 / float64 (CPU only) instead of complex64 / float32
   double scale = 1.0;
+  // CUDA: a row that fits one CTA but would fill an SM's shared memory alone goes to two CTAs
+  // (fft_kernel.cuh's kSplit2; fft and irfft, not rfft). false keeps one CTA, for measuring.
+  bool split_rows = true;
 };
 
 // CPU twin (fft_cpu.cpp): rows [row_begin, row_end).
@@ -38,5 +41,7 @@ const char* launch_fft(const FftParams& p, void* workspace, void* stream);
 // Longest complex transform one CTA holds on this device, and the longest the op supports.
 int64_t fft_cuda_max_cta_points(int device);
 int64_t fft_cuda_max_points(int device);
+// The path launch_fft takes: "warp", "cta", "cta x2" (a row split over two CTAs) or "four-step".
+const char* fft_cuda_path(const FftParams& p, int device);
 
 }  // namespace mmm

@@ -101,10 +101,11 @@ double run_case(Mode mode, int log2n, int threads, std::mt19937& gen) {
 }
 
 // ---- The op kernels (csrc/fft/fft_kernel.cuh) on a small grid, mirroring fft_launch.cu's paths
-// with a configurable CTA limit so the four-step path runs at small n.
+// with a configurable CTA limit so the four-step path runs at small n; `split`: a row the CTA
+// limit admits goes to two CTAs (fft_launch.cu's split_row; not rfft).
 template <mmm::FftKind kKind, bool kInverse>
 void emu_run(int log2n, int64_t rows, const float2* x, int64_t xs, float2* y, int64_t ys, float2* ws, int lmax,
-             float scale) {
+             float scale, bool split = false) {
   using mmm::FftKind;
   using mmm::FftTile;
   constexpr bool kPost = kKind == FftKind::kR2C;
@@ -115,6 +116,14 @@ void emu_run(int log2n, int64_t rows, const float2* x, int64_t xs, float2* y, in
     return;
   }
   auto cta_threads = [](int l) { return std::min(std::max((1 << l) / FftTile::kPointsPerThread, 32), FftTile::kMaxThreads); };
+  if constexpr (!kPost) {
+    if (split && log2n <= lmax) {
+      launch_grid(grid, cta_threads(log2n - 1), sizeof(float2) << (log2n - 1), [&] {
+        mmm::fft_cta_kernel<kKind, kInverse, false, true>(x, xs, y, ys, rows * 2, 2, log2n - 1, scale);
+      });
+      return;
+    }
+  }
   if (log2n <= lmax) {
     launch_grid(grid, cta_threads(log2n), sizeof(float2) << log2n,
                 [&] { mmm::fft_cta_kernel<kKind, kInverse, kPost>(x, xs, y, ys, rows, 1, log2n, scale); });
@@ -138,7 +147,7 @@ void emu_run(int log2n, int64_t rows, const float2* x, int64_t xs, float2* y, in
 
 // One op case against fft_cpu in double; returns the relative error.
 template <mmm::FftKind kKind, bool kInverse>
-double op_case(int log2n, int64_t rows, int lmax, std::mt19937& gen) {
+double op_case(int log2n, int64_t rows, int lmax, std::mt19937& gen, bool split = false) {
   using mmm::FftKind;
   std::normal_distribution<double> nd;
   const int64_t n = int64_t(1) << log2n;
@@ -149,7 +158,7 @@ double op_case(int log2n, int64_t rows, int lmax, std::mt19937& gen) {
   const int64_t xs = in_len + 3, ys = out_len;
   std::vector<float2> x(size_t(rows * xs)), y(size_t(rows * ys), {-7.f, -7.f}), ws(size_t(rows * n));
   for (auto& v : x) v = {float(nd(gen)), float(nd(gen))};
-  emu_run<kKind, kInverse>(log2n, rows, x.data(), xs, y.data(), ys, ws.data(), lmax, scale);
+  emu_run<kKind, kInverse>(log2n, rows, x.data(), xs, y.data(), ys, ws.data(), lmax, scale, split);
   double num = 0, den = 0;
   std::vector<C> ref(size_t(n) + 1);
   for (int64_t r = 0; r < rows; ++r) {
@@ -185,6 +194,20 @@ int op_tests(int max_log2, int lmax, std::mt19937& gen, double& worst) {
       ++failures;
       std::printf("FAIL op kernels n=%d (cta limit 2^%d): fft %.2e ifft %.2e rfft %.2e irfft %.2e > %.1e\n", 1 << log2n,
                   lmax, e[0], e[1], e[2], e[3], tol);
+    }
+  }
+  // Rows split over two CTAs, from the shortest whose half still takes the CTA kernel (an odd row
+  // count: the grid of 2 strides over 2 x 5 sub-rows).
+  for (int log2n = mmm::fft::kWarpLog2 + 2; log2n <= std::max(max_log2, mmm::fft::kWarpLog2 + 2); ++log2n) {
+    const double e[3] = {op_case<FftKind::kC2C, false>(log2n, 5, log2n, gen, true),
+                         op_case<FftKind::kC2C, true>(log2n, 5, log2n, gen, true),
+                         op_case<FftKind::kC2R, true>(log2n, 5, log2n, gen, true)};
+    const double tol = 3e-7 * (log2n + 2);
+    for (double v : e) worst = std::max(worst, v);
+    if (!(e[0] <= tol && e[1] <= tol && e[2] <= tol)) {
+      ++failures;
+      std::printf("FAIL op kernels n=%d split over two CTAs: fft %.2e ifft %.2e irfft %.2e > %.1e\n", 1 << log2n, e[0],
+                  e[1], e[2], tol);
     }
   }
   return failures;
