@@ -399,21 +399,27 @@ class FiberSet {
   size_t scheduler_stack_bytes_ = 0;
 };
 
-// A barrier of fibers (all of one FiberSet): the last arriver makes the others runnable.
+// A barrier of fibers (all of one FiberSet), split-phase as barrier.cluster is: arrive() returns
+// the phase arrived at, wait(phase) returns once that phase has completed (its last arriver makes
+// the waiters runnable); __syncthreads and the warp barriers are arrive_and_wait.
 class FiberBarrier {
  public:
   FiberBarrier(int count, const char* name) : count_(count), name_(name) {}
   uint32_t phase() const { return phase_; }
-  void arrive_and_wait() {
-    if (++arrived_ < count_) {
-      FiberSet::wait(waiting_, name_);
-      return;
+  uint32_t arrive() {
+    const uint32_t phase = phase_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++phase_;
+      for (Fiber* f : waiting_) f->runnable = true;
+      waiting_.clear();
     }
-    arrived_ = 0;
-    ++phase_;
-    for (Fiber* f : waiting_) f->runnable = true;
-    waiting_.clear();
+    return phase;
   }
+  void wait(uint32_t phase) {
+    while (phase_ == phase) FiberSet::wait(waiting_, name_);
+  }
+  void arrive_and_wait() { wait(arrive()); }
  private:
   const int count_;
   const char* const name_;
@@ -424,23 +430,33 @@ class FiberBarrier {
 
 #if defined(__SANITIZE_THREAD__)
 // A barrier that orders memory as a GPU barrier does: what a participant did before arriving at
-// phase p happens before what any participant does after leaving phase p, and nothing more.
-// The fiber barrier's own synchronisation is hidden from TSan, which would otherwise see more
-// (every participant of phase p ordered after every one, through the count and the phase word).
-// Each phase's ordering goes through its own sync object: releases of phase p + 2 (same slot)
-// cannot start before every participant has left phase p.
+// phase p happens before what any participant does after its wait for p, and nothing more (in
+// the split form, work between an arrive and its wait is ordered with nobody's). The fiber
+// barrier's own synchronisation is hidden from TSan, which would otherwise see more (every
+// participant of phase p ordered after every one, through the count and the phase word). Each
+// phase's ordering goes through its own sync object: releases of phase p + 2 (same slot) cannot
+// start before every participant has waited for phase p (it arrives at p + 1 only after).
 class Barrier {
  public:
   Barrier(int count, const char* name) : sync_(count, name) {}
-  void arrive_and_wait() {
-    const uint32_t phase = sync_.phase();  // stable until this participant arrives
-    __tsan_release(&order_[phase & 1]);
+  uint32_t arrive() {
+    uint32_t phase;
     {
       const TsanIgnore blind;
-      sync_.arrive_and_wait();
+      phase = sync_.phase();  // stable until this participant arrives
+    }
+    __tsan_release(&order_[phase & 1]);
+    const TsanIgnore blind;
+    return sync_.arrive();
+  }
+  void wait(uint32_t phase) {
+    {
+      const TsanIgnore blind;
+      sync_.wait(phase);
     }
     __tsan_acquire(&order_[phase & 1]);
   }
+  void arrive_and_wait() { wait(arrive()); }
  private:
   FiberBarrier sync_;
   char order_[2] = {};
@@ -448,52 +464,6 @@ class Barrier {
 #else
 using Barrier = FiberBarrier;
 #endif
-
-// A split-phase barrier of fibers (barrier.cluster.arrive / .wait): a participant arrives, may work
-// on, then waits for the phase it arrived at to complete. Under ThreadSanitizer it orders as the
-// GPU's does: what a participant did before arriving at phase p happens before what any
-// participant does after its wait for p, and nothing else (work between an arrive and its wait
-// is ordered with nobody's). Two sync objects suffice, as in Barrier: a participant arrives at
-// p + 2 only after every one has waited for p.
-class SplitBarrier {
- public:
-  SplitBarrier(int count, const char* name) : count_(count), name_(name) {}
-  uint32_t arrive() {
-    uint32_t phase;
-    {
-      const TsanIgnore blind;
-      phase = phase_;
-    }
-#if defined(__SANITIZE_THREAD__)
-    __tsan_release(&order_[phase & 1]);
-#endif
-    const TsanIgnore blind;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++phase_;
-      for (Fiber* f : waiting_) f->runnable = true;
-      waiting_.clear();
-    }
-    return phase;
-  }
-  void wait(uint32_t phase) {
-    {
-      const TsanIgnore blind;
-      while (phase_ == phase) FiberSet::wait(waiting_, name_);
-    }
-#if defined(__SANITIZE_THREAD__)
-    __tsan_acquire(&order_[phase & 1]);
-#endif
-  }
-  void arrive_and_wait() { wait(arrive()); }
- private:
-  const int count_;
-  const char* const name_;
-  int arrived_ = 0;
-  uint32_t phase_ = 0;
-  std::vector<Fiber*> waiting_;
-  char order_[2] = {};
-};
 inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the hang watchdog
 inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
@@ -556,7 +526,7 @@ struct BlockState {
 // stores (ptx_on_cpu.h's cluster_* models).
 struct ClusterState {
   ClusterState(int threads, size_t smem_bytes) : barrier(threads, "barrier.cluster"), smem_bytes(smem_bytes) {}
-  SplitBarrier barrier;
+  Barrier barrier;
   std::vector<BlockState*> ctas;  // by rank
   size_t smem_bytes;
 };
