@@ -19,7 +19,8 @@ Implementations ("impls")
     einsum   torch.einsum("tbk,bnk->tbn", x.view(T, nb, k), w).reshape(T, nb*n).
   monarch cases
     mmm      mmm.monarch_matmul(x, w1, w2): the fused forward where its plan takes the shape
-             (the "path" column: "fused J=<chunk> bt=<tokens per CTA>", else "2 GEMMs"; see
+             (the "path" column: "cluster of C" for the sm_90 kernel that keeps the weights on
+             chip, "fused J=<chunk> bt=<tokens per CTA>" for the streaming one, else "2 GEMMs"; see
              mmm.ops.block_diag_matmul.monarch_forward_plan), backward always block GEMMs.
     mmm_unfused  the same with MMM_MONARCH_FUSED=0: the two block GEMMs with the intermediate in
              global memory; "fused x" = its time / mmm's (not a peer).
@@ -267,6 +268,8 @@ def forward_path(c: Case, inp: dict[str, Any]) -> str:
     plan = monarch_forward_plan(inp["x"], *inp["ws"])
     if not plan["fused"]:
         return "2 GEMMs"
+    if plan["cluster"]:
+        return f"cluster of {plan['cluster']} (weights on chip)"
     return f"fused J={plan['chunk']} bt={plan['tokens_per_cta']} U={plan['units_per_step']} V={plan['blocks_per_step']}"
 
 
