@@ -3,7 +3,8 @@
 - The dropout mask of every op is Philox4x32-10 keyed by the seed and counted by element index:
   checked against an independent NumPy Philox that itself reproduces Random123's known answers.
 - tests/cuda/test_core_primitives.cu checks each device primitive (Philox, fp16/bf16
-  conversions, 128-bit chunk loads/stores, row reductions) against its CPU twin. It is compiled
+  conversions, 128-bit chunk loads/stores, row reductions, ldmatrix/mma/cp.async, and on sm_90
+  the thread-block-cluster primitives) against its CPU twin. It is compiled
   wherever nvcc is (CI proves it builds) and run where there is a GPU.
 """
 from __future__ import annotations

@@ -8,11 +8,14 @@
 //   mma         ldmatrix fragments + mma.sync m16n8k16 (fp16, bf16) == a host matmul, exactly,
 //               with B stored [n][k] (ldmatrix) and [k][n] (ldmatrix .trans), and P·V-style A
 //               operands packed from accumulators; cp.async copies and zero-fills
+//   cluster     (sm_90 only) %cluster_ctarank, the split cluster barrier and cluster_store_u32:
+//               each CTA of a cluster of 4 stores into the next one's shared memory
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "core/cluster.cuh"
 #include "core/cuda_utils.cuh"
 #include "core/cp_async.cuh"
 #include "core/mma.cuh"
@@ -366,6 +369,57 @@ static void test_mma(const char* name) {
   check(bad == 0, name);
 }
 
+// ---- clusters (sm_90) --------------------------------------------------------------------------
+// CTA rank r stores r * 1000 + t into word t of CTA (r + 1) % 4's shared array, then (after the
+// barrier) reports its own array and its rank: word t must be ((r + 3) % 4) * 1000 + t.
+constexpr int kClusterCtas = 4, kClusterThreads = 128;
+__global__ void cluster_kernel(unsigned* out) {
+  __shared__ unsigned words[kClusterThreads];
+  const unsigned rank = cluster_ctarank(), t = threadIdx.x;
+  words[t] = 0xffffffffu;
+  cluster_sync();  // every CTA runs (and has initialised its words) before anyone stores into it
+  cluster_store_u32(&words[t], (rank + 1) % kClusterCtas, rank * 1000 + t);
+  cluster_arrive();
+  cluster_wait();
+  out[(blockIdx.x * kClusterThreads + t) * 2] = words[t];
+  out[(blockIdx.x * kClusterThreads + t) * 2 + 1] = rank;
+  cluster_sync();  // nobody exits while another CTA could still store into it (none does here)
+}
+
+void test_cluster() {
+  int device = 0, major = 0;
+  CUDA_OK(cudaGetDevice(&device));
+  CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) {
+    std::printf("SKIP cluster primitives (compute capability %d < 9)\n", major);
+    return;
+  }
+  const int blocks = 2 * kClusterCtas;
+  DeviceBuffer<unsigned> out(size_t(blocks) * kClusterThreads * 2);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kClusterCtas;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kClusterThreads);
+  config.attrs = attr;
+  config.numAttrs = 1;
+  CUDA_OK(cudaLaunchKernelEx(&config, cluster_kernel, out.ptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<unsigned> h = out.download();
+  bool ranks = true, values = true;
+  for (int b = 0; b < blocks; ++b)
+    for (int t = 0; t < kClusterThreads; ++t) {
+      const unsigned r = unsigned(b % kClusterCtas), i = unsigned(b * kClusterThreads + t) * 2;
+      ranks = ranks && h[i + 1] == r;
+      values = values && h[i] == ((r + kClusterCtas - 1) % kClusterCtas) * 1000 + unsigned(t);
+    }
+  check(ranks, "cluster_ctarank == blockIdx.x % cluster size");
+  check(values, "cluster_store_u32 into the next CTA + cluster barrier: every word from the previous rank");
+}
+
 int main() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -385,6 +439,7 @@ int main() {
   test_mma<__nv_bfloat16>("ldmatrix + mma.sync m16n8k16 bf16 == host matmul");
   test_mma_kn<__half>("ldmatrix.trans B[k][n] + accumulators as A (P.V path), fp16");
   test_mma_kn<__nv_bfloat16>("ldmatrix.trans B[k][n] + accumulators as A (P.V path), bf16");
+  test_cluster();
   CUDA_OK(cudaDeviceSynchronize());
   return summary();
 }
