@@ -303,7 +303,8 @@ def test_sanitizer_subset(n):
 
 # The CUDA kernels themselves, run on CPU threads (tests/emulate/fftconv.cpp via
 # tests/emulate/run.sh) against a direct convolution in double, through all three shared-memory /
-# scratch paths: opt-in (see run_emulation), ~1 min each.
+# scratch paths and the forward split over clusters of two CTAs: opt-in (see run_emulation),
+# ~1 min each.
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())
 def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):
     run_emulation("fftconv", ["1000"], tmp_path, sanitizer)

@@ -14,6 +14,8 @@
 //   fwd  read u, pregate, postgate, k; write y                      4*E*s + K
 //   bwd  read dy, u, pregate, postgate, k; write du, dpre, dpost, dk   7*E*s + 2K
 // "%BW" = GB/s over the copy bandwidth measured here (cudaMemcpyAsync D2D of 1 GiB, read+write).
+// path "smem x2": the forward's rows split over clusters of two CTAs (sm_90, N = 16384); those
+// cases also time op "fwd_1cta", the same with FFTConvParams::split_rows = false.
 //
 // Check: after the first forward and backward, the rows (b = 0, h = 0, 1) of y, du, dpregate and
 // dpostgate are compared with the CPU twin (fftconv_*_cpu) on copies of the same rows:
@@ -96,7 +98,12 @@ int main(int argc, char** argv) {
       auto fwd = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_fwd(fp, workspace.get(), stream), "fwd " + tag); };
       auto bwd = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_bwd(p, workspace.get(), stream), "bwd " + tag); };
       const size_t buf = size_t(1) << (p.log2_fft - 1) << 3;  // one row's buffer: L/2 float2
-      const std::string path_fwd = buf + 1024 <= size_t(optin) ? "smem" : "scratch";
+      const bool splits = mmm::fftconv_cuda_fwd_splits(fp, dev.id);
+      const std::string path_fwd = splits ? "smem x2" : buf + 1024 <= size_t(optin) ? "smem" : "scratch";
+      mmm::FFTConvParams fp1 = fp;  // one CTA per row, for fwd_1cta
+      fp1.split_rows = false;
+      auto fwd_1cta = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_fwd(fp1, workspace.get(), stream), "fwd_1cta " + tag); };
+      const std::string path_1cta = "smem";
       const std::string path_bwd = 2 * buf + 1024 <= size_t(optin) ? "smem" : buf + 1024 <= size_t(optin)
                                                                                 ? "smem+scratch" : "scratch";
 
@@ -138,11 +145,15 @@ int main(int argc, char** argv) {
       const double e = double(E), s = double(es), kb = double(H * N) * s;
       const Timing tf = time_median(fwd, stream, &flusher, reps, 3);
       const Timing tb = time_median(bwd, stream, &flusher, reps, 3);
+      const Timing t1 = splits ? time_median(fwd_1cta, stream, &flusher, reps, 3) : tf;
       struct Row { const char* op; const Timing& t; double bytes; const std::string& path; const std::string& check;
                    double err; };
+      const std::string unchecked = "-";
       const Row rows[] = {{"fwd", tf, 4 * e * s + kb, path_fwd, check_fwd, err_fwd},
-                          {"bwd", tb, 7 * e * s + 2 * kb, path_bwd, check_bwd, err_bwd}};
+                          {"bwd", tb, 7 * e * s + 2 * kb, path_bwd, check_bwd, err_bwd},
+                          {"fwd_1cta", t1, 4 * e * s + kb, path_1cta, unchecked, NAN}};
       for (const Row& r : rows) {
+        if (std::string(r.op) == "fwd_1cta" && !splits) continue;
         const double gbps = r.bytes / (r.t.median_ms * 1e-3) / 1e9;
         const double pct = 100.0 * r.bytes / (r.t.median_ms * 1e-3) / copy_bps;
         table.add({std::to_string(N), std::to_string(B), dtype_name(dt), r.op, r.path,

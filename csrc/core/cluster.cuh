@@ -60,4 +60,21 @@ __device__ __forceinline__ void cluster_store_u32(const void* local, unsigned ra
 #endif
 }
 
+// Loads the 8 bytes at the location of CTA `rank`'s shared memory that corresponds to `local` in
+// this CTA's. `local` must be 8-byte aligned.
+__device__ __forceinline__ uint64_t cluster_load_u64(const void* local, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t remote;
+  uint64_t value;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("ld.shared::cluster.u64 %0, [%1];\n" : "=l"(value) : "r"(remote) : "memory");
+  return value;
+#elif defined(__CUDA_ARCH__)
+  __trap();
+  return 0;
+#else
+  return 0;
+#endif
+}
+
 }  // namespace mmm

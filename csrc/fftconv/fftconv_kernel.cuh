@@ -17,6 +17,9 @@
 //   fftconv_kspec_kernel     one CTA per channel: rfft(k, L) -> kspec (H, n + 1) float2, natural
 //   fftconv_fwd_kernel       one CTA per row (b, h), rows visited channel-major so that the B rows
 //                            of a channel share kspec[h] in L2
+//   fftconv_fwd_split_kernel (sm_90) a row whose buffer would fill an SM's shared memory alone
+//                            (N = 16384: 128 KB) on a cluster of two CTAs of half the buffer each,
+//                            so that two rows' CTAs share an SM (see the kernel)
 //   fftconv_bwd_kernel       one CTA per (channel, batch chunk): per row rfft(g) and rfft(v) in two
 //                            buffers; du / dpregate from irfft(G conj K), dpostgate from
 //                            irfft(V K); G conj V summed over the chunk's rows into the CTA's own
@@ -30,6 +33,7 @@
 #else
 #define MMM_FFTCONV_DYNAMIC_SMEM(name) float2* name = emu_dynamic_smem()
 #endif
+#include "core/cluster.cuh"
 #include "core/fft.cuh"
 #include "fftconv/params.h"
 
@@ -42,6 +46,10 @@ struct FFTConvTile {
     int64_t t = n / 16;
     return int(t < 32 ? 32 : t > kMaxThreads ? kMaxThreads : t);
   }
+  // fftconv_fwd_split_kernel (a half row of b points): at most 256 threads of <= 128 registers, so
+  // that two CTAs (2 x 64 KB at N = 16384) share an SM, which is the point of splitting.
+  static constexpr int kSplitThreads = 256;
+  static int split_threads(int64_t b) { return threads(b) < kSplitThreads ? threads(b) : kSplitThreads; }
 };
 
 namespace fftconv_detail {
@@ -253,6 +261,93 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       }
     });
     __syncthreads();  // the next row's load overwrites buf
+  }
+}
+
+// y for every row as fftconv_fwd_kernel computes it, a row's n-point transforms split over a
+// cluster of two CTAs (fftconv_launch: where one row's buffer would fill an SM's shared memory
+// alone, nothing overlaps its loads with another row's work). The four-step with a = 2:
+//   DIF   CTA k1 transforms the b = n/2 points z[j] W_n^(j k1), j < b (z[j + b] = 0: the signal's
+//         N <= n real values pack into j < N/2 <= b), which gives the full transform's bins
+//         k = 2k' + k1 (local bin k' at bin_slot(k', log2 b)).
+//   pointwise  a bin pair (k, n - k) has one parity: both in the same CTA (k1 = 0: local (k', b - k'),
+//         k' = 0 the DC / Nyquist pair; k1 = 1: (k', b - 1 - k')), unpacked, multiplied, repacked.
+//   DIT   each CTA inverts its bins: A_k1[j] (natural order, unnormalised), j < b.
+//   cluster barrier, then the packed output point j < b (all the causal part needs) is
+//         A_0[j] + W_n^-j A_1[j]: CTA k1 produces j in [k1 b/2, (k1 + 1) b/2), reading the other
+//         CTA's A through distributed shared memory (cluster_load_u64), and applies the epilogue.
+//   cluster barrier: the other CTA has read this one's buffer before the next row overwrites it.
+// The row's inputs are read by both CTAs (the second read mostly from L2: they run together).
+template <typename T>
+__global__ void __launch_bounds__(FFTConvTile::kSplitThreads, 2)
+    fftconv_fwd_split_kernel(const FFTConvParams p, const float2* __restrict__ kspec) {
+  using namespace fftconv_detail;
+  const int log2n = p.log2_fft - 1, n = 1 << log2n, log2b = log2n - 1, b = n / 2;
+  const float inv_len = 1.f / float(p.fft_len());
+  float2* buf = buffer<true>(nullptr, log2b);
+  const unsigned k1 = cluster_ctarank();
+  const T* __restrict__ u = static_cast<const T*>(p.u);
+  const T* __restrict__ pre = static_cast<const T*>(p.pregate);
+  const T* __restrict__ post = static_cast<const T*>(p.postgate);
+  T* __restrict__ y = static_cast<T*>(p.y);
+  const int64_t rows = p.rows();
+  for (int64_t q = blockIdx.x / 2; q < rows; q += gridDim.x / 2) {
+    const int64_t h = q / p.batch, bt = q % p.batch, r = bt * p.channels + h;
+    const T* ur = u + r * p.u_rs;
+    const auto half = [=](auto load) {  // the DIF's load for half k1
+      return [=](int base, int stride, auto& v) {
+        load(base, stride, v);
+        constexpr int kN = sizeof(v) / sizeof(v[0]);
+        if (k1)
+#pragma unroll
+          for (int m = 0; m < kN; ++m) v[m] = cmul(v[m], fft::twiddle(base + m * stride, log2n));
+      };
+    };
+    if (pre) {
+      const T* pr = pre + r * p.pre_rs;
+      const auto v_at = [=](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); };
+      fft::cta_fft_dif_load<false, true>(buf, log2b, half(packed_load(p.n, v_at)));
+    } else {
+      const auto v_at = [=](int64_t t) { return to_f(ur[t]); };
+      fft::cta_fft_dif_load<false, true>(buf, log2b, half(packed_load(p.n, v_at)));
+    }
+    const float2* ks = kspec + h * (n + 1);
+    for (int kp = threadIdx.x; kp <= (k1 ? b / 2 - 1 : b / 2); kp += blockDim.x) {
+      const int k = 2 * kp + int(k1);
+      if (k == 0) {
+        const float2 x = unpack_dc(buf[0]);
+        buf[0] = pack_dc(x.x * ks[0].x, x.y * ks[n].x);
+      } else {
+        const int sk = bin_slot<true>(kp, log2b), sm = bin_slot<true>(k1 ? b - 1 - kp : b - kp, log2b);
+        const float2 w = fft::twiddle(k, p.log2_fft);
+        float2 xk, xm, zk, zm;
+        unpack_pair(buf[sk], buf[sm], w, xk, xm);  // known bank conflict: 2-way (bin_slot)
+        pack_pair(cmul(xk, ks[k]), cmul(xm, ks[n - k]), w, zk, zm);
+        buf[sk] = zk;
+        if (sm != sk) buf[sm] = zm;  // known bank conflict: 2-way (bin_slot)
+      }
+    }
+    fft::cta_fft_dit<true, true>(buf, log2b);
+    cluster_sync();  // both halves inverted
+    const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
+    const T* qr = post ? post + r * p.post_rs : nullptr;
+    T* yr = y + r * p.n;
+    const int j_end = int((p.n + 1) / 2) < b ? int((p.n + 1) / 2) : b;  // packed points holding t < N
+    for (int j = int(k1) * (b / 2) + threadIdx.x; j < (int(k1) + 1) * (b / 2) && j < j_end; j += blockDim.x) {
+      float2* mine = buf + slot<true>(j, log2b);
+      const uint64_t bits = cluster_load_u64(mine, k1 ^ 1u);
+      const float2 own = *mine, other = *reinterpret_cast<const float2*>(&bits);
+      const float2 v = cadd(k1 ? other : own, cmul(k1 ? own : other, fft::twiddle_dir<true>(j, log2n)));
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t t = 2 * int64_t(j) + e;
+        if (t < p.n) {
+          const float skip = bias != 0.f ? bias * to_f(ur[t]) : 0.f, gate = qr ? to_f(qr[t]) : 1.f;
+          yr[t] = from_f<T>(((e ? v.y : v.x) * inv_len + skip) * gate);
+        }
+      }
+    }
+    cluster_sync();  // the other CTA's reads of this buffer are done before the next row's load
   }
 }
 

@@ -104,6 +104,8 @@ size_t fftconv_cuda_fwd_workspace_bytes(const FFTConvParams& p, int device) {
   return p.rows() == 0 ? 0 : Plan(p, device, false, false, false).total();
 }
 
+bool fftconv_cuda_fwd_splits(const FFTConvParams& p, int device) { return Plan(p, device, false, false, false).split; }
+
 const char* launch_fftconv_fwd(const FFTConvParams& p, void* workspace, void* stream_ptr) {
   if (p.rows() == 0) return nullptr;
   if (p.log2_fft > 21) return "fftconv: sequence too long";

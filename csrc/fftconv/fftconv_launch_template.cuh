@@ -19,6 +19,7 @@ struct Plan {
   int64_t n = 1, channels = 0, rows = 0, chunks = 0, slots = 1;
   bool smem1 = false;  // one buffer (4L bytes) fits shared memory
   bool smem2 = false;  // two buffers fit
+  bool split = false;  // forward: each row on a cluster of two CTAs (fftconv_fwd_split_kernel)
   size_t kspec_bytes = 0, dk_part_bytes = 0, scratch_bytes = 0, dbias_part_bytes = 0;
   int sms = 1;
 
@@ -35,6 +36,17 @@ struct Plan {
     smem1 = buf + kStaticSmem <= size_t(optin);
     smem2 = 2 * buf + kStaticSmem <= size_t(optin);
     slots = std::max<int64_t>(1, std::min<int64_t>(int64_t(4) * sms, int64_t(kScratchBudget / (2 * buf))));
+    if (!backward && p.split_rows && smem1 && n >= 64) {
+      // Where one row's buffer leaves no room on the SM for a second CTA, and the device runs
+      // clusters with this build's sm_90 code (else the kernel would trap).
+      int per_sm = 0, major = 0;
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+      cudaFuncAttributes attrs;
+      split = 2 * buf > size_t(per_sm) && major >= 9 &&
+              cudaFuncGetAttributes(&attrs, fftconv_fwd_split_kernel<float>) == cudaSuccess && attrs.binaryVersion >= 90 &&
+              attrs.ptxVersion >= 90;
+    }
     kspec_bytes = size_t(channels) * size_t(n + 1) * sizeof(float2);
     if (backward) {
       chunks = fftconv_bwd_chunks(p.batch, p.channels);
@@ -69,6 +81,25 @@ template <typename T>
 cudaError_t launch_rows_fwd(const FFTConvParams& p, const Plan& pl, const float2* kspec, float2* scratch,
                             cudaStream_t s) {
   const size_t smem = size_t(pl.n) * sizeof(float2);
+  if (pl.split) {  // a cluster of two CTAs per row, half the buffer each; pairs of CTAs loop over rows
+    const auto kernel = fftconv_fwd_split_kernel<T>;
+    cudaError_t err = allow_smem(kernel, smem / 2);
+    if (err != cudaSuccess) return err;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 2;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(2 * unsigned(std::min<int64_t>(pl.rows, int64_t(1) << 24)));
+    config.blockDim = dim3(unsigned(FFTConvTile::split_threads(pl.n / 2)));
+    config.dynamicSmemBytes = smem / 2;
+    config.stream = s;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    err = cudaLaunchKernelEx(&config, kernel, p, kspec);
+    return err != cudaSuccess ? err : cudaGetLastError();
+  }
   if (pl.smem1) {
     cudaError_t err = allow_smem(fftconv_fwd_kernel<T, true>, smem);
     if (err != cudaSuccess) return err;

@@ -2,8 +2,10 @@
 // (tests/emulate/cuda_on_cpu.h: one fiber per CUDA thread, barriers for __syncthreads, warp
 // exchanges for __shfl_xor_sync, blocks one after another). Checks y and every gradient against a
 // direct O(N^2) convolution in double, through every path the launcher can pick: shared memory,
-// one buffer in global scratch, both in scratch, with small grids so that every grid-stride loop
-// and scratch slot is reused, and enough channels that a backward chunk accumulates several rows.
+// one buffer in global scratch, both in scratch, and the forward split over clusters of two CTAs
+// (fftconv_fwd_split_kernel: the cluster barrier and the distributed-shared-memory loads modelled
+// by ptx_on_cpu.h), with small grids so that every grid-stride loop and scratch slot is reused,
+// and enough channels that a backward chunk accumulates several rows.
 // It sees index math, pairing, scaling and the order of barriers; races under ThreadSanitizer,
 // bank conflicts and coalescing with the memory counts (run.sh).
 //   tests/emulate/run.sh fftconv [max_N [min_N]]
@@ -11,7 +13,7 @@
 #include <cstdlib>
 #include <random>
 
-#include "cuda_on_cpu.h"
+#include "ptx_on_cpu.h"
 #include "fftconv/fftconv_kernel.cuh"
 
 using Vec = std::vector<float>;
@@ -25,7 +27,8 @@ static double rel_err(const Vec& got, const std::vector<double>& want) {
   return std::sqrt(num / (den > 0 ? den : 1));
 }
 
-// path: 0 = everything in shared memory, 1 = backward's second buffer in scratch, 2 = all scratch.
+// path: 0 = everything in shared memory, 1 = backward's second buffer in scratch, 2 = all scratch,
+// 3 = as 0 with the forward's rows split over clusters of two CTAs (two clusters: rows loop).
 // Memory counts of the scratch paths (1, 2), whose FFT passes run on global memory, kept apart: the
 // shared-memory path (0) runs every kernel with the judged layout.
 static emu::AccessStats scratch_counts;
@@ -57,12 +60,17 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
   const int slots = 2;  // scratch paths: two CTAs, so loops wrap
   std::vector<float2> kspec(size_t(H * (n + 1))), dk_part(size_t(H * chunks * (n + 1))), scratch(size_t(slots * 2 * n));
   Vec dbias_part(size_t(H * chunks));
-  const bool s1 = path < 2, s2 = path == 0;
-  emu::access_stats = path ? &scratch_counts : &emu::all_accesses;
+  const bool split = path == 3, s1 = path < 2 || split, s2 = path == 0 || split;
+  emu::access_stats = path == 1 || path == 2 ? &scratch_counts : &emu::all_accesses;
   const int g_ch = s1 ? int(H) : slots, g_rows = s1 ? int(R) : slots;
   if (s1) launch_grid(g_ch, threads, n * sizeof(float2), [&] { mmm::fftconv_kspec_kernel<true>(p, kspec.data(), nullptr); });
   else launch_grid(g_ch, threads, 0, [&] { mmm::fftconv_kspec_kernel<false>(p, kspec.data(), scratch.data()); });
-  if (s1) launch_grid(g_rows, threads, n * sizeof(float2), [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
+  if (split)
+    // Half the launcher's threads (at least a warp): the loops then take 2 items a thread, as at
+    // N = 16384 on a GPU, where the split kernel's 256 threads are below FFTConvTile::threads.
+    launch_grid(4, std::max(32, mmm::FFTConvTile::split_threads(n / 2) / 2), n / 2 * sizeof(float2),
+                [&] { mmm::fftconv_fwd_split_kernel<float>(p, kspec.data()); }, 2);
+  else if (s1) launch_grid(g_rows, threads, n * sizeof(float2), [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
   else launch_grid(g_rows, threads, 0, [&] { mmm::fftconv_fwd_kernel<float, false>(p, kspec.data(), scratch.data()); });
   const int tasks = int(H * chunks);
   if (s2)
@@ -135,7 +143,8 @@ int main(int argc, char** argv) {
   const int64_t lengths[] = {1, 2, 3, 17, 64, 100, 257, 1000, 2000, 4096};
   for (int64_t N : lengths) {
     if (N > max_n || N < min_n) continue;
-    for (int path = 0; path < 3; ++path) {
+    for (int path = 0; path < 4; ++path) {
+      if (path == 3 && N < 33) continue;  // a split row: n >= 64 (fftconv_launch splits only long ones)
       ok &= run_case(3, 2, N, true, true, path, gen);
       if (path == 0) ok &= run_case(2, 1, N, false, false, path, gen);
     }

@@ -377,15 +377,22 @@ inline void cluster_wait() {
   cs.barrier.wait(me.cluster_phase);
   me.cluster_arrived = false;
 }
-inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) {
+// The address in CTA `rank`'s dynamic shared memory of `local` (in this CTA's), `bytes` wide.
+inline unsigned char* cluster_address(const void* local, unsigned rank, size_t bytes, const char* what) {
   auto* cs = static_cast<ClusterState*>(self().cluster);
   const auto* base = static_cast<const unsigned char*>(smem);
   const auto* p = static_cast<const unsigned char*>(local);
-  if (p < base || p + 4 > base + smem_bytes) fail("cluster_store_u32: not in this CTA's dynamic shared memory");
-  if ((p - base) % 4) fail("cluster_store_u32: a misaligned address");
-  if (rank >= (cs ? cs->ctas.size() : 1)) fail("cluster_store_u32: a rank outside the cluster");
+  if (p < base || p + bytes > base + smem_bytes) fail(what);  // not in this CTA's dynamic shared memory
+  if ((p - base) % bytes) fail(what);                          // misaligned
+  if (rank >= (cs ? cs->ctas.size() : 1)) fail(what);          // a rank outside the cluster
   unsigned char* target = cs ? cs->ctas[rank]->smem.get() : static_cast<unsigned char*>(smem);
-  *reinterpret_cast<uint32_t*>(target + (p - base)) = value;
+  return target + (p - base);
+}
+inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) {
+  *reinterpret_cast<uint32_t*>(cluster_address(local, rank, 4, "cluster_store_u32: a bad address or rank")) = value;
+}
+inline uint64_t cluster_load_u64(const void* local, unsigned rank) {
+  return *reinterpret_cast<const uint64_t*>(cluster_address(local, rank, 8, "cluster_load_u64: a bad address or rank"));
 }
 
 // Each thread writes its own record after the kernel body; thread 0 reads them all after the
@@ -422,4 +429,5 @@ inline unsigned cluster_ctarank() { return emu::cluster_ctarank(); }
 inline void cluster_arrive() { emu::cluster_arrive(); }
 inline void cluster_wait() { emu::cluster_wait(); }
 inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) { emu::cluster_store_u32(local, rank, value); }
+inline uint64_t cluster_load_u64(const void* local, unsigned rank) { return emu::cluster_load_u64(local, rank); }
 }  // namespace mmm
