@@ -1,9 +1,11 @@
 // Thread-block clusters (sm_90+): a CTA's rank in its cluster, the cluster-wide barrier, and
 // stores into another CTA's shared memory (distributed shared memory). PTX ISA "mapa",
 // "barrier.cluster", "st" with .shared::cluster, special register %cluster_ctarank.
-// A kernel that uses them must be launched with a cluster dimension (cudaLaunchKernelEx with
-// cudaLaunchAttributeClusterDimension); built for an older architecture they trap.
+// A kernel that uses them must be launched with a cluster dimension (ClusterLaunch below);
+// built for an older architecture they trap.
 #pragma once
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 #include "core/mma.cuh"
@@ -76,5 +78,27 @@ __device__ __forceinline__ uint64_t cluster_load_u64(const void* local, unsigned
   return 0;
 #endif
 }
+
+// cudaLaunchKernelEx's configuration for a 1-D grid of `ctas` CTAs in clusters of `cluster` along x
+// (ctas a multiple of it): cudaLaunchKernelEx(&launch.config, kernel, args...), or
+// cudaOccupancyMaxActiveClusters(&n, kernel, &launch.config). Not copyable: config points at attr.
+struct ClusterLaunch {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t config;
+  ClusterLaunch(unsigned ctas, unsigned threads, size_t smem, cudaStream_t stream, unsigned cluster) : config{} {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.gridDim = dim3(ctas);
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
 
 }  // namespace mmm

@@ -85,19 +85,9 @@ cudaError_t launch_rows_fwd(const FFTConvParams& p, const Plan& pl, const float2
     const auto kernel = fftconv_fwd_split_kernel<T>;
     cudaError_t err = allow_smem(kernel, smem / 2);
     if (err != cudaSuccess) return err;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 2;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(2 * unsigned(std::min<int64_t>(pl.rows, int64_t(1) << 24)));
-    config.blockDim = dim3(unsigned(FFTConvTile::split_threads(pl.n / 2)));
-    config.dynamicSmemBytes = smem / 2;
-    config.stream = s;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    err = cudaLaunchKernelEx(&config, kernel, p, kspec);
+    const ClusterLaunch launch(2 * unsigned(std::min<int64_t>(pl.rows, int64_t(1) << 24)),
+                               unsigned(FFTConvTile::split_threads(pl.n / 2)), smem / 2, s, 2);
+    err = cudaLaunchKernelEx(&launch.config, kernel, p, kspec);
     return err != cudaSuccess ? err : cudaGetLastError();
   }
   if (pl.smem1) {

@@ -396,17 +396,8 @@ void test_cluster() {
   }
   const int blocks = 2 * kClusterCtas;
   DeviceBuffer<unsigned> out(size_t(blocks) * kClusterThreads * 2);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kClusterCtas;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(kClusterThreads);
-  config.attrs = attr;
-  config.numAttrs = 1;
-  CUDA_OK(cudaLaunchKernelEx(&config, cluster_kernel, out.ptr));
+  const ClusterLaunch launch(blocks, kClusterThreads, 0, nullptr, kClusterCtas);
+  CUDA_OK(cudaLaunchKernelEx(&launch.config, cluster_kernel, out.ptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<unsigned> h = out.download();
   bool ranks = true, values = true;
