@@ -29,9 +29,9 @@
 //
 // On sm_90 a square Monarch matrix (k = l = p = q = r = s = B, B = 32 or 64: MonarchLinear(1024)
 // and MonarchLinear(4096) by default) takes another kernel (monarch_cluster_kernel.cuh): a
-// cluster of B / 8 CTAs holds all the weights in shared memory, 8 blocks of w1 and 8 of w2 per
-// CTA, and streams tokens past them; stage 1's outputs go straight to the CTA that owns their
-// stage-2 block (distributed shared memory). No CTA re-reads weights, so every byte from HBM is
+// cluster of B / 8 CTAs holds all the weights on chip, 8 blocks of w1 and 8 of w2 per CTA (one of
+// each per warp, in registers), and streams tokens past them; stage 1's outputs go straight to
+// the CTA that owns their stage-2 block (distributed shared memory). No CTA re-reads weights, so every byte from HBM is
 // an activation: the streaming kernel above reads all the weights from L2 per 16-32 tokens.
 #pragma once
 #include <cstdint>

@@ -79,6 +79,16 @@ __device__ __forceinline__ uint64_t cluster_load_u64(const void* local, unsigned
 #endif
 }
 
+// Whether `kernel` runs its sm_90 code on `device`: compute capability 9 or newer, and a binary
+// built with sm_90 code (a build for older architectures only has the trapping stubs above).
+template <class Kernel>
+bool runs_cluster_code(Kernel kernel, int device) {
+  int major = 0;
+  cudaFuncAttributes attrs;
+  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
+         cudaFuncGetAttributes(&attrs, kernel) == cudaSuccess && attrs.binaryVersion >= 90 && attrs.ptxVersion >= 90;
+}
+
 // cudaLaunchKernelEx's configuration for a 1-D grid of `ctas` CTAs in clusters of `cluster` along x
 // (ctas a multiple of it): cudaLaunchKernelEx(&launch.config, kernel, args...), or
 // cudaOccupancyMaxActiveClusters(&n, kernel, &launch.config). Not copyable: config points at attr.

@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(FftTile::kMaxThreads, 2)
           hi[m] = load_point<kLoad>(x, xs, row, base + m * stride + n, log2n + 1);
         }
 #pragma unroll
-        for (int m = 0; m < kN; ++m)  // j * 1 < 2n <= 2^24: the twiddle index is exact
+        for (int m = 0; m < kN; ++m)  // j < n <= 2^23: the twiddle index is exact
           v[m] = k1 == 0 ? fft::cadd(v[m], hi[m])
                          : fft::cmul(fft::csub(v[m], hi[m]), fft::twiddle_dir<kInverse>(base + m * stride, log2n + 1));
       } else {

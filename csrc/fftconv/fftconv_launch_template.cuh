@@ -39,13 +39,9 @@ struct Plan {
     if (!backward && p.split_rows && smem1 && n >= 64) {
       // Where one row's buffer leaves no room on the SM for a second CTA, and the device runs
       // clusters with this build's sm_90 code (else the kernel would trap).
-      int per_sm = 0, major = 0;
+      int per_sm = 0;
       cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-      cudaFuncAttributes attrs;
-      split = 2 * buf > size_t(per_sm) && major >= 9 &&
-              cudaFuncGetAttributes(&attrs, fftconv_fwd_split_kernel<float>) == cudaSuccess && attrs.binaryVersion >= 90 &&
-              attrs.ptxVersion >= 90;
+      split = 2 * buf > size_t(per_sm) && runs_cluster_code(fftconv_fwd_split_kernel<float>, device);
     }
     kspec_bytes = size_t(channels) * size_t(n + 1) * sizeof(float2);
     if (backward) {

@@ -525,10 +525,9 @@ struct BlockState {
 // FiberSet: the cluster barrier and the CTAs' shared memory for the distributed-shared-memory
 // stores (ptx_on_cpu.h's cluster_* models).
 struct ClusterState {
-  ClusterState(int threads, size_t smem_bytes) : barrier(threads, "barrier.cluster"), smem_bytes(smem_bytes) {}
+  explicit ClusterState(int threads) : barrier(threads, "barrier.cluster") {}
   Barrier barrier;
   std::vector<BlockState*> ctas;  // by rank
-  size_t smem_bytes;
 };
 
 inline void warp_wait() {
@@ -690,7 +689,7 @@ void launch_grid(dim3 grid, int threads, size_t smem_bytes, Body body, int clust
   std::vector<std::unique_ptr<emu::BlockState>> states;  // [set][rank]
   std::vector<std::unique_ptr<emu::ClusterState>> cluster_states;
   for (int s = 0; s < sets; ++s) {
-    cluster_states.push_back(std::make_unique<emu::ClusterState>(threads * cluster, smem_bytes));
+    cluster_states.push_back(std::make_unique<emu::ClusterState>(threads * cluster));
     for (int c = 0; c < cluster; ++c) {
       states.push_back(std::make_unique<emu::BlockState>(threads, smem_bytes));
       cluster_states.back()->ctas.push_back(states.back().get());

@@ -1,7 +1,8 @@
 // The PTX the tensor-core kernels use, as warp collectives on the CPU threads of cuda_on_cpu.h:
 // ldmatrix (.x4, .x4.trans, m8n8 b16), mma.sync m16n8k16 row.col f32.{f16,bf16}, cp.async
 // (16-byte .cg copies with src-size zero fill, commit_group, wait_group), and the cluster
-// primitives of core/cluster.cuh (barrier.cluster, mapa + st.shared::cluster, %cluster_ctarank). Each model is written
+// primitives of core/cluster.cuh (barrier.cluster, mapa + st / ld.shared::cluster,
+// %cluster_ctarank). Each model is written
 // from the PTX ISA's own definitions (9.7.14.5.8 "Matrix Fragments for mma.m16n8k16 with floating
 // point type", 9.7.14.5.15 "ldmatrix", 9.7.9.25 "cp.async" / commit_group / wait_group), NOT
 // from core/mma.cuh, so that the kernels' fragment recipes are checked, not repeated. The
