@@ -126,8 +126,26 @@ def test_fp32_kernel_and_bias_with_lowp_u(device, dtype):
 @pytest.mark.parametrize("b,h,n", [(2, 3, 8192), (2, 2, 16384), (1, 3, 16383), (2, 2, 16385), (1, 2, 32768),
                                    (1, 2, 65536), (1, 1, 100000), (1, 1, 1 << 20)])
 def test_long_sequences_cuda(dtype, b, h, n):
-    # Up to 16384 one CTA per row (where shared memory allows), beyond it the multi-kernel path.
+    # Up to 16384 one CTA per row where shared memory allows (on sm_90 a cluster of two where one
+    # CTA would be alone on its SM), beyond it the multi-kernel path.
     check(make_inputs(b, h, n, dtype, "cuda", seed=n), atol_scale=4.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mask", [None, (True, False, False, False, False), (False, True, True, False, False),
+                                  (False, False, False, False, True)])
+def test_split_backward_cuda(mask):
+    # On sm_90 the backward at N = 8192 runs on clusters of two CTAs (fftconv_bwd_split_kernel):
+    # 512 channels make 2 batch chunks, so each task sums dk and dbias over 2 rows; each partial
+    # set of gradients takes its own branches (no v, no inverse of g, no epilogue).
+    args = make_inputs(4, 512, 8192, F32, "cuda", seed=5)
+    check(args, grad_mask=mask, atol_scale=4.0)
+    if mask is None:
+        dy = torch.randn_like(args[0])
+        _, g1 = run_with_grads(mmm.fftconv, args, dy)
+        _, g2 = run_with_grads(mmm.fftconv, args, dy)
+        for a, b in zip(g1, g2):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.cuda
@@ -296,14 +314,14 @@ def test_cpu_equals_cuda():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("n", [1, 7, 300, 4096, 16384, 40000])
+@pytest.mark.parametrize("n", [1, 7, 300, 4096, 8192, 16384, 40000])
 def test_sanitizer_subset(n):
     check(make_inputs(2, 2, n, F32, "cuda"), atol_scale=4.0)
 
 
 # The CUDA kernels themselves, run on CPU threads (tests/emulate/fftconv.cpp via
 # tests/emulate/run.sh) against a direct convolution in double, through all three shared-memory /
-# scratch paths and the forward split over clusters of two CTAs: opt-in (see run_emulation),
+# scratch paths and rows split over clusters of two CTAs: opt-in (see run_emulation),
 # ~1 min each.
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())
 def test_cuda_kernels_on_cpu_threads(tmp_path, sanitizer):

@@ -2,7 +2,7 @@
 //
 //   y = postgate * (irfft(rfft(pregate * u, L) * rfft(k, L))[..., :N] + bias * u),  u (B, H, N)
 //
-// Sweep: H = 768, N in {256, 1024, 4096, 16384, 32768} (32768 is beyond one CTA's shared memory
+// Sweep: H = 768, N in {256, 1024, 4096, 8192, 16384, 32768} (32768 is beyond one CTA's shared memory
 // on every GPU: the scratch path), B = max(1, 2^25 / (H * N)) (u ~ 64 MB in bf16), dtype bf16
 // and fp16, gated with bias; forward and backward (all five gradients). Flags: see --help.
 //
@@ -14,13 +14,15 @@
 //   fwd  read u, pregate, postgate, k; write y                      4*E*s + K
 //   bwd  read dy, u, pregate, postgate, k; write du, dpre, dpost, dk   7*E*s + 2K
 // "%BW" = GB/s over the copy bandwidth measured here (cudaMemcpyAsync D2D of 1 GiB, read+write).
-// path "smem x2": the forward's rows split over clusters of two CTAs (sm_90, N = 16384); those
-// cases also time op "fwd_1cta", the same with FFTConvParams::split_rows = false.
+// path "smem x2": rows split over clusters of two CTAs (sm_90: on an H100 the forward at
+// N = 16384, the backward at 8192 and 16384); those cases also time op "fwd_1cta" / "bwd_1cta",
+// the same with FFTConvParams::split_rows = false.
 //
 // Check: after the first forward and backward, the rows (b = 0, h = 0, 1) of y, du, dpregate and
 // dpostgate are compared with the CPU twin (fftconv_*_cpu) on copies of the same rows:
 // max |gpu - cpu| / max |cpu| under 2e-2 (bf16) or 4e-3 (fp16). dk and dbias (sums over the
 // batch) are not checked here. A failed check or any CUDA error exits with status 1.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -49,7 +51,7 @@ int main(int argc, char** argv) {
   const bool do_check = args.get("--no-check", "0") == "0";
   const int reps = args.reps > 0 ? args.reps : (args.quick ? 10 : 30);
   std::vector<int64_t> ns = args.quick ? std::vector<int64_t>{1024, 16384}
-                                       : std::vector<int64_t>{256, 1024, 4096, 16384, 32768};
+                                       : std::vector<int64_t>{256, 1024, 4096, 8192, 16384, 32768};
   if (args.get("--n", "") != "") ns = parse_list(args.get("--n", ""));
   std::vector<DType> dts = {DType::kBFloat16};
   if (!args.quick) dts.push_back(DType::kFloat16);
@@ -91,21 +93,27 @@ int main(int argc, char** argv) {
       p.dy = dy.get(); p.dy_rs = N;
       p.du = du.get(); p.dpregate = dpre.get(); p.dpostgate = dpost.get(); p.dk = dk.get(); p.dbias = dbias.get();
       const mmm::FFTConvParams& fp = p;
-      const size_t ws = std::max(mmm::fftconv_cuda_fwd_workspace_bytes(fp, dev.id),
-                                 mmm::fftconv_cuda_bwd_workspace_bytes(p, dev.id));
+      mmm::FFTConvBwdParams unsplit = p;  // bwd_1cta's scratch, which the split backward does not need
+      unsplit.split_rows = false;
+      const size_t ws = std::max({mmm::fftconv_cuda_fwd_workspace_bytes(fp, dev.id),
+                                  mmm::fftconv_cuda_bwd_workspace_bytes(p, dev.id),
+                                  mmm::fftconv_cuda_bwd_workspace_bytes(unsplit, dev.id)});
       workspace.resize(std::max<size_t>(ws, 16));
       const std::string tag = std::string(dtype_name(dt)) + " N=" + std::to_string(N);
       auto fwd = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_fwd(fp, workspace.get(), stream), "fwd " + tag); };
       auto bwd = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_bwd(p, workspace.get(), stream), "bwd " + tag); };
       const size_t buf = size_t(1) << (p.log2_fft - 1) << 3;  // one row's buffer: L/2 float2
-      const bool splits = mmm::fftconv_cuda_fwd_splits(fp, dev.id);
+      const bool splits = mmm::fftconv_cuda_fwd_splits(fp, dev.id), bwd_splits = mmm::fftconv_cuda_bwd_splits(p, dev.id);
       const std::string path_fwd = splits ? "smem x2" : buf + 1024 <= size_t(optin) ? "smem" : "scratch";
-      mmm::FFTConvParams fp1 = fp;  // one CTA per row, for fwd_1cta
-      fp1.split_rows = false;
+      mmm::FFTConvBwdParams p1 = p;  // one CTA per row (per task), for fwd_1cta / bwd_1cta
+      p1.split_rows = false;
+      const mmm::FFTConvParams& fp1 = p1;
       auto fwd_1cta = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_fwd(fp1, workspace.get(), stream), "fwd_1cta " + tag); };
+      auto bwd_1cta = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_bwd(p1, workspace.get(), stream), "bwd_1cta " + tag); };
       const std::string path_1cta = "smem";
-      const std::string path_bwd = 2 * buf + 1024 <= size_t(optin) ? "smem" : buf + 1024 <= size_t(optin)
-                                                                                ? "smem+scratch" : "scratch";
+      const std::string path_bwd_1cta = 2 * buf + 1024 <= size_t(optin) ? "smem"
+                                        : buf + 1024 <= size_t(optin)  ? "smem+scratch" : "scratch";
+      const std::string path_bwd = bwd_splits ? "smem x2" : path_bwd_1cta;
 
       fwd();
       bwd();
@@ -146,14 +154,17 @@ int main(int argc, char** argv) {
       const Timing tf = time_median(fwd, stream, &flusher, reps, 3);
       const Timing tb = time_median(bwd, stream, &flusher, reps, 3);
       const Timing t1 = splits ? time_median(fwd_1cta, stream, &flusher, reps, 3) : tf;
+      const Timing tb1 = bwd_splits ? time_median(bwd_1cta, stream, &flusher, reps, 3) : tb;
       struct Row { const char* op; const Timing& t; double bytes; const std::string& path; const std::string& check;
                    double err; };
       const std::string unchecked = "-";
       const Row rows[] = {{"fwd", tf, 4 * e * s + kb, path_fwd, check_fwd, err_fwd},
                           {"bwd", tb, 7 * e * s + 2 * kb, path_bwd, check_bwd, err_bwd},
-                          {"fwd_1cta", t1, 4 * e * s + kb, path_1cta, unchecked, NAN}};
+                          {"fwd_1cta", t1, 4 * e * s + kb, path_1cta, unchecked, NAN},
+                          {"bwd_1cta", tb1, 7 * e * s + 2 * kb, path_bwd_1cta, unchecked, NAN}};
       for (const Row& r : rows) {
         if (std::string(r.op) == "fwd_1cta" && !splits) continue;
+        if (std::string(r.op) == "bwd_1cta" && !bwd_splits) continue;
         const double gbps = r.bytes / (r.t.median_ms * 1e-3) / 1e9;
         const double pct = 100.0 * r.bytes / (r.t.median_ms * 1e-3) / copy_bps;
         table.add({std::to_string(N), std::to_string(B), dtype_name(dt), r.op, r.path,

@@ -24,6 +24,8 @@
 //                            buffers; du / dpregate from irfft(G conj K), dpostgate from
 //                            irfft(V K); G conj V summed over the chunk's rows into the CTA's own
 //                            fp32 slot of global memory (same thread, same bin, fixed order)
+//   fftconv_bwd_split_kernel (sm_90) the same with a row's two buffers split over a cluster of two
+//                            CTAs, where they would leave one CTA alone on an SM (see the kernel)
 //   fftconv_bwd_finalize     one CTA per channel: sum the chunks' slots in order, irfft -> dk;
 //                            dbias from the chunks' partial sums
 #pragma once
@@ -144,11 +146,54 @@ __device__ __forceinline__ auto packed_load(int64_t N, F f) {
   };
 }
 
+// The sum of every thread's v, in thread 0 (a fixed-shape tree: the same bits every run). red:
+// a float per warp in shared memory; the caller puts a barrier between this and red's next use.
+__device__ __forceinline__ float cta_sum(float v, float* red) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < nw ? red[lane] : 0.f;
+    v = warp_sum(v);
+  }
+  return v;
+}
+
 // Shared memory, or the CTA's slot of global scratch (n float2 per CTA).
 template <bool kSmem> __device__ __forceinline__ float2* buffer(float2* scratch, int log2n) {
   MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
   if constexpr (kSmem) return smem_fftconv;
   else return scratch + (int64_t(blockIdx.x) << log2n);
+}
+
+// The split kernels (a row's n-point transforms on a cluster of two CTAs, the four-step with
+// a = 2) share these three steps.
+// DIF input of CTA k1: the packed points z[j] W_n^(j k1), j < n/2 (z[j + n/2] = 0: the signal's
+// N <= n real values pack into j < N/2 <= n/2), which gives the full transform's bins 2k' + k1
+// (local bin k' at bin_slot(k', log2n - 1)).
+template <class Load>
+__device__ __forceinline__ auto split_dif_load(Load load, unsigned k1, int log2n) {
+  return [=](int base, int stride, auto& v) {
+    load(base, stride, v);
+    constexpr int kN = sizeof(v) / sizeof(v[0]);
+    if (k1)
+#pragma unroll
+      for (int m = 0; m < kN; ++m) v[m] = cmul(v[m], fft::twiddle(base + m * stride, log2n));
+  };
+}
+// A bin pair (k, n - k) has one parity, so both are CTA k1's: local pairs kp = 0 .. pairs - 1 hold
+// k = 2 kp + k1 and its partner at local bin split_partner (k1 = 0: (kp, b - kp), kp = 0 the DC /
+// Nyquist pair, kp = b/2 its own partner; k1 = 1: (kp, b - 1 - kp)), b = n/2.
+__device__ __forceinline__ int split_pairs(unsigned k1, int b) { return k1 ? b / 2 : b / 2 + 1; }
+__device__ __forceinline__ int split_partner(unsigned k1, int b, int kp) { return k1 ? b - 1 - kp : b - kp; }
+// Packed output point j < b of the row's inverse, A_0[j] + W_n^-j A_1[j], from this CTA's A_k1[j]
+// at `mine` and the other CTA's at the same offset (distributed shared memory). Both CTAs must
+// have finished their inverse (a cluster barrier) before.
+__device__ __forceinline__ float2 split_inverse_point(const float2* mine, unsigned k1, int j, int log2n) {
+  const uint64_t bits = cluster_load_u64(mine, k1 ^ 1u);
+  const float2 own = *mine, other = *reinterpret_cast<const float2*>(&bits);
+  return cadd(k1 ? other : own, cmul(k1 ? own : other, fft::twiddle_dir<true>(j, log2n)));
 }
 
 }  // namespace fftconv_detail
@@ -267,15 +312,15 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
 // y for every row as fftconv_fwd_kernel computes it, a row's n-point transforms split over a
 // cluster of two CTAs (fftconv_launch: where one row's buffer would fill an SM's shared memory
 // alone, nothing overlaps its loads with another row's work). The four-step with a = 2:
-//   DIF   CTA k1 transforms the b = n/2 points z[j] W_n^(j k1), j < b (z[j + b] = 0: the signal's
-//         N <= n real values pack into j < N/2 <= b), which gives the full transform's bins
-//         k = 2k' + k1 (local bin k' at bin_slot(k', log2 b)).
-//   pointwise  a bin pair (k, n - k) has one parity: both in the same CTA (k1 = 0: local (k', b - k'),
-//         k' = 0 the DC / Nyquist pair; k1 = 1: (k', b - 1 - k')), unpacked, multiplied, repacked.
+//   DIF   CTA k1 transforms the b = n/2 points z[j] W_n^(j k1) (split_dif_load): the full
+//         transform's bins k = 2k' + k1.
+//   pointwise  a bin pair (k, n - k) has one parity, so it is one CTA's (split_pairs): unpacked,
+//         multiplied, repacked.
 //   DIT   each CTA inverts its bins: A_k1[j] (natural order, unnormalised), j < b.
 //   cluster barrier, then the packed output point j < b (all the causal part needs) is
-//         A_0[j] + W_n^-j A_1[j]: CTA k1 produces j in [k1 b/2, (k1 + 1) b/2), reading the other
-//         CTA's A through distributed shared memory (cluster_load_u64), and applies the epilogue.
+//         A_0[j] + W_n^-j A_1[j] (split_inverse_point, reading the other CTA's A through
+//         distributed shared memory): the CTAs take alternate chunks of blockDim.x points, so
+//         each gets half of any N, and apply the epilogue.
 //   cluster barrier: the other CTA has read this one's buffer before the next row overwrites it.
 // The row's inputs are read by both CTAs (the second read mostly from L2: they run together).
 template <typename T>
@@ -294,31 +339,22 @@ __global__ void __launch_bounds__(FFTConvTile::kSplitThreads, 2)
   for (int64_t q = blockIdx.x / 2; q < rows; q += gridDim.x / 2) {
     const int64_t h = q / p.batch, bt = q % p.batch, r = bt * p.channels + h;
     const T* ur = u + r * p.u_rs;
-    const auto half = [=](auto load) {  // the DIF's load for half k1
-      return [=](int base, int stride, auto& v) {
-        load(base, stride, v);
-        constexpr int kN = sizeof(v) / sizeof(v[0]);
-        if (k1)
-#pragma unroll
-          for (int m = 0; m < kN; ++m) v[m] = cmul(v[m], fft::twiddle(base + m * stride, log2n));
-      };
-    };
     if (pre) {
       const T* pr = pre + r * p.pre_rs;
       const auto v_at = [=](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); };
-      fft::cta_fft_dif_load<false, true>(buf, log2b, half(packed_load(p.n, v_at)));
+      fft::cta_fft_dif_load<false, true>(buf, log2b, split_dif_load(packed_load(p.n, v_at), k1, log2n));
     } else {
       const auto v_at = [=](int64_t t) { return to_f(ur[t]); };
-      fft::cta_fft_dif_load<false, true>(buf, log2b, half(packed_load(p.n, v_at)));
+      fft::cta_fft_dif_load<false, true>(buf, log2b, split_dif_load(packed_load(p.n, v_at), k1, log2n));
     }
     const float2* ks = kspec + h * (n + 1);
-    for (int kp = threadIdx.x; kp <= (k1 ? b / 2 - 1 : b / 2); kp += blockDim.x) {
+    for (int kp = threadIdx.x; kp < split_pairs(k1, b); kp += blockDim.x) {
       const int k = 2 * kp + int(k1);
       if (k == 0) {
         const float2 x = unpack_dc(buf[0]);
         buf[0] = pack_dc(x.x * ks[0].x, x.y * ks[n].x);
       } else {
-        const int sk = bin_slot<true>(kp, log2b), sm = bin_slot<true>(k1 ? b - 1 - kp : b - kp, log2b);
+        const int sk = bin_slot<true>(kp, log2b), sm = bin_slot<true>(split_partner(k1, b, kp), log2b);
         const float2 w = fft::twiddle(k, p.log2_fft);
         float2 xk, xm, zk, zm;
         unpack_pair(buf[sk], buf[sm], w, xk, xm);  // known bank conflict: 2-way (bin_slot)
@@ -333,17 +369,31 @@ __global__ void __launch_bounds__(FFTConvTile::kSplitThreads, 2)
     const T* qr = post ? post + r * p.post_rs : nullptr;
     T* yr = y + r * p.n;
     const int j_end = int((p.n + 1) / 2) < b ? int((p.n + 1) / 2) : b;  // packed points holding t < N
-    for (int j = int(k1) * (b / 2) + threadIdx.x; j < (int(k1) + 1) * (b / 2) && j < j_end; j += blockDim.x) {
-      float2* mine = buf + slot<true>(j, log2b);
-      const uint64_t bits = cluster_load_u64(mine, k1 ^ 1u);
-      const float2 own = *mine, other = *reinterpret_cast<const float2*>(&bits);
-      const float2 v = cadd(k1 ? other : own, cmul(k1 ? own : other, fft::twiddle_dir<true>(j, log2n)));
+    constexpr int kB = kLoadBatch / 2;  // points whose inputs are loaded before any store (kLoadBatch)
+    const int step = 2 * int(blockDim.x);  // this CTA's chunks of points alternate with the other's
+    for (int j0 = int(k1 * blockDim.x + threadIdx.x); j0 < j_end; j0 += kB * step) {
+      float2 v[kB];
+      float skip[kB][2], gate[kB][2];  // bias * u and the postgate
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t t = 2 * int64_t(j) + e;
-        if (t < p.n) {
-          const float skip = bias != 0.f ? bias * to_f(ur[t]) : 0.f, gate = qr ? to_f(qr[t]) : 1.f;
-          yr[t] = from_f<T>(((e ? v.y : v.x) * inv_len + skip) * gate);
+      for (int i = 0; i < kB; ++i) {
+        const int j = j0 + i * step;
+        const bool in = j < j_end;
+        v[i] = in ? split_inverse_point(buf + slot<true>(j, log2b), k1, j, log2n) : make_float2(0.f, 0.f);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = 2 * int64_t(j) + e;
+          skip[i][e] = in && bias != 0.f && t < p.n ? bias * to_f(ur[t]) : 0.f;
+          gate[i][e] = in && qr && t < p.n ? to_f(qr[t]) : 1.f;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kB; ++i) {
+        const int j = j0 + i * step;
+        if (j >= j_end) break;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = 2 * int64_t(j) + e;
+          if (t < p.n) yr[t] = from_f<T>(((e ? v[i].y : v[i].x) * inv_len + skip[i][e]) * gate[i][e]);
         }
       }
     }
@@ -501,17 +551,171 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       }
       __syncthreads();  // the next row's loads overwrite A and B
     }
-    if (p.dbias) {  // fixed-shape tree: the same sum every run
-      dbias = warp_sum(dbias);
-      const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-      if (lane == 0) red[warp] = dbias;
+    if (p.dbias) {
+      const float s = cta_sum(dbias, red);
+      if (threadIdx.x == 0) dbias_part[task] = s;
       __syncthreads();
-      if (warp == 0) {
-        float s = lane < nw ? red[lane] : 0.f;
-        s = warp_sum(s);
-        if (lane == 0) dbias_part[task] = s;
+    }
+  }
+}
+
+// fftconv_bwd_kernel with a row's two buffers split over a cluster of two CTAs (fftconv_launch:
+// where the row's two buffers would leave its CTA alone on an SM, or would not fit at all: on an
+// H100, N = 8192 and 16384), the four-step of fftconv_fwd_split_kernel on both: CTA k1 holds bins
+// 2k + k1 of g's and of v's spectrum (A and B, b = n/2 float2 each), so the pointwise products,
+// G conj V into dk's partial sums included, stay local (each CTA writes its bins' slots of
+// dk_part). After both inverses and a cluster barrier, each CTA produces the row gradients at
+// alternate chunks of the points from both CTAs' halves (split_inverse_point). dbias: each CTA
+// sums g u over its own chunks of the points; at the end of the task CTA 0 adds CTA 1's sum, read
+// through distributed shared memory (the same order every run).
+template <typename T>
+__global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
+    fftconv_bwd_split_kernel(const FFTConvBwdParams p, const float2* __restrict__ kspec,
+                             float2* __restrict__ dk_part, float* __restrict__ dbias_part) {
+  using namespace fftconv_detail;
+  __shared__ float red[FFTConvTile::kMaxThreads / 32];
+  const int log2n = p.log2_fft - 1, n = 1 << log2n, log2b = log2n - 1, b = n / 2;
+  const float inv_len = 1.f / float(p.fft_len());
+  MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
+  float2* A = smem_fftconv;      // g's bins, then dv's points
+  float2* B = smem_fftconv + b;  // v's bins, then z's points
+  const unsigned k1 = cluster_ctarank();
+  const T* __restrict__ u = static_cast<const T*>(p.u);
+  const T* __restrict__ pre = static_cast<const T*>(p.pregate);
+  const T* __restrict__ post = static_cast<const T*>(p.postgate);
+  const T* __restrict__ dy = static_cast<const T*>(p.dy);
+  const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
+  const int j_end = int((p.n + 1) / 2) < b ? int((p.n + 1) / 2) : b;  // packed points holding t < N
+  const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
+  for (int64_t task = blockIdx.x / 2; task < p.channels * chunks; task += gridDim.x / 2) {
+    const int64_t h = task / chunks, c = task % chunks;
+    const int64_t b0 = c * p.batch / chunks, b1 = (c + 1) * p.batch / chunks;
+    const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
+    const float2* ks = kspec + h * (n + 1);
+    float2* acc = p.dk ? dk_part + task * (n + 1) : nullptr;
+    float dbias = 0.f;
+    for (int64_t bt = b0; bt < b1; ++bt) {
+      const int64_t r = bt * p.channels + h;
+      const T* ur = u + r * p.u_rs;
+      const T* pr = pre ? pre + r * p.pre_rs : nullptr;
+      const T* qr = post ? post + r * p.post_rs : nullptr;
+      const T* dyr = dy + r * p.dy_rs;
+      const auto g_at = [=](int64_t t) { return qr ? to_f(dyr[t]) * to_f(qr[t]) : to_f(dyr[t]); };
+      const auto v_at = [=](int64_t t) { return pr ? to_f(pr[t]) * to_f(ur[t]) : to_f(ur[t]); };
+      fft::cta_fft_dif_load<false, true>(A, log2b, split_dif_load(packed_load(p.n, g_at), k1, log2n));
+      if (need_v) fft::cta_fft_dif_load<false, true>(B, log2b, split_dif_load(packed_load(p.n, v_at), k1, log2n));
+      if (p.dbias)
+        for (int64_t t = k1 * blockDim.x + threadIdx.x; t < p.n; t += 2 * blockDim.x) dbias += g_at(t) * to_f(ur[t]);
+      const bool first = bt == b0;
+      // Four global values per bin pair below, and per element in the epilogue, loaded for kBatch
+      // items before any store (kLoadBatch).
+      constexpr int kBatch = kLoadBatch / 2;
+      const float2 zero = make_float2(0.f, 0.f);
+      const int pairs = split_pairs(k1, b);
+      for (int kp0 = threadIdx.x; kp0 < pairs; kp0 += kBatch * blockDim.x) {
+        float2 kk[kBatch], km[kBatch], ck[kBatch], cm[kBatch];  // k's spectrum, the task's G conj V sums
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int kp = kp0 + i * blockDim.x, k = 2 * kp + int(k1);
+          const bool in = kp < pairs;
+          kk[i] = in ? ks[k] : zero;
+          km[i] = in ? ks[n - k] : zero;
+          ck[i] = in && acc && !first ? acc[k] : zero;
+          cm[i] = in && acc && !first ? acc[n - k] : zero;
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int kp = kp0 + i * blockDim.x, k = 2 * kp + int(k1), m = n - k;
+          if (kp >= pairs) break;
+          if (k == 0) {
+            const float2 g = unpack_dc(A[0]);
+            const float2 v = need_v ? unpack_dc(B[0]) : zero;
+            if (acc) {
+              const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
+              acc[0] = first ? a0 : cadd(ck[i], a0);
+              acc[n] = first ? an : cadd(cm[i], an);
+            }
+            if (need_dv) A[0] = pack_dc(g.x * kk[i].x, g.y * km[i].x);
+            if (p.dpostgate) B[0] = pack_dc(v.x * kk[i].x, v.y * km[i].x);
+            continue;
+          }
+          const int sk = bin_slot<true>(kp, log2b), sm = bin_slot<true>(split_partner(k1, b, kp), log2b);
+          const float2 w = fft::twiddle(k, p.log2_fft);
+          float2 gk, gm, vk = zero, vm = zero, zk, zm;
+          unpack_pair(A[sk], A[sm], w, gk, gm);  // known bank conflict: 2-way (bin_slot)
+          if (need_v) unpack_pair(B[sk], B[sm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
+          if (acc) {
+            const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
+            acc[k] = first ? pk : cadd(ck[i], pk);
+            if (m != k) acc[m] = first ? pm : cadd(cm[i], pm);
+          }
+          if (need_dv) {
+            pack_pair(cmul(gk, cconj(kk[i])), cmul(gm, cconj(km[i])), w, zk, zm);
+            A[sk] = zk;
+            if (sm != sk) A[sm] = zm;  // known bank conflict: 2-way (bin_slot)
+          }
+          if (p.dpostgate) {
+            pack_pair(cmul(vk, kk[i]), cmul(vm, km[i]), w, zk, zm);
+            B[sk] = zk;
+            if (sm != sk) B[sm] = zm;  // known bank conflict: 2-way (bin_slot)
+          }
+        }
       }
-      __syncthreads();
+      if (need_dv) fft::cta_fft_dit<true, true>(A, log2b);
+      if (p.dpostgate) fft::cta_fft_dit<true, true>(B, log2b);
+      cluster_sync();  // both CTAs' inverses done (without an inverse: the pointwise writes)
+      T* dur = p.du ? static_cast<T*>(p.du) + r * p.n : nullptr;
+      T* dpr = p.dpregate ? static_cast<T*>(p.dpregate) + r * p.n : nullptr;
+      T* dqr = p.dpostgate ? static_cast<T*>(p.dpostgate) + r * p.n : nullptr;
+      const int step = 2 * int(blockDim.x);  // this CTA's chunks of points alternate with the other's
+      for (int j0 = int(k1 * blockDim.x + threadIdx.x); (need_dv || dqr) && j0 < j_end; j0 += kBatch * step) {
+        float2 a[kBatch], z[kBatch];  // dv and z at point j (both CTAs' halves)
+        float uu[kBatch][2], pg[kBatch][2], dd[kBatch][2], gg[kBatch][2];  // u, pregate, dy, g
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int j = j0 + i * step;
+          const bool in = j < j_end;
+          const int sj = slot<true>(in ? j : 0, log2b);
+          a[i] = in && need_dv ? split_inverse_point(A + sj, k1, j, log2n) : zero;
+          z[i] = in && dqr ? split_inverse_point(B + sj, k1, j, log2n) : zero;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = 2 * int64_t(j) + e;
+            const bool here = in && t < p.n;
+            uu[i][e] = here ? to_f(ur[t]) : 0.f;
+            pg[i][e] = here && pr ? to_f(pr[t]) : 1.f;
+            dd[i][e] = here ? to_f(dyr[t]) : 0.f;
+            gg[i][e] = here && qr ? dd[i][e] * to_f(qr[t]) : dd[i][e];
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int j = j0 + i * step;
+          if (j >= j_end) break;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = 2 * int64_t(j) + e;
+            if (t >= p.n) break;
+            if (need_dv) {
+              const float dv = (e ? a[i].y : a[i].x) * inv_len;
+              if (dur) dur[t] = from_f<T>(pg[i][e] * dv + bias * gg[i][e]);
+              if (dpr) dpr[t] = from_f<T>(uu[i][e] * dv);
+            }
+            if (dqr) dqr[t] = from_f<T>(dd[i][e] * ((e ? z[i].y : z[i].x) * inv_len + bias * uu[i][e]));
+          }
+        }
+      }
+      cluster_sync();  // the other CTA's reads of A and B are done before the next row's loads
+    }
+    if (p.dbias) {
+      const float s = cta_sum(dbias, red);
+      if (k1 == 1 && threadIdx.x == 0) A[0] = make_float2(s, 0.f);  // A is free: behind the row's last barrier
+      cluster_sync();
+      if (k1 == 0 && threadIdx.x == 0) {
+        const uint64_t bits = cluster_load_u64(A, 1);
+        dbias_part[task] = s + reinterpret_cast<const float2*>(&bits)->x;
+      }
+      cluster_sync();  // CTA 0 has read CTA 1's A[0] (and red is free) before the next task
     }
   }
 }

@@ -7,6 +7,9 @@
 //             memory; correct for every N up to 2^20, slower).
 //   backward  two buffers per row (g and v): both in shared memory up to 8L bytes, else the
 //             first in shared memory and the second in global scratch, else both in scratch.
+//   On sm_90 a row whose buffers would leave its CTA alone on an SM, or would not fit at all,
+//   runs on a cluster of two CTAs holding half of them each (fftconv_{fwd,bwd}_split_kernel):
+//   the forward at N = 16384, the backward at 8192 and 16384 on an H100.
 // Launches: kspec (one CTA per channel), then fwd (one CTA per row) or bwd (one CTA per
 // (channel, batch chunk)) + finalize (one CTA per channel: dk, dbias).
 #include <cuda_runtime.h>
@@ -32,6 +35,41 @@ extern template cudaError_t launch_rows_bwd<__half>(const FFTConvBwdParams&, con
                                                     float*, float2*, cudaStream_t);
 extern template cudaError_t launch_rows_bwd<__nv_bfloat16>(const FFTConvBwdParams&, const Plan&, const float2*,
                                                            float2*, float*, float2*, cudaStream_t);
+
+Plan::Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool need_dbias) {
+  int optin = 0;
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  log2n = p.log2_fft - 1;
+  n = int64_t(1) << log2n;
+  threads = FFTConvTile::threads(n);
+  channels = p.channels;
+  rows = p.rows();
+  const size_t buf = size_t(n) * sizeof(float2);
+  smem1 = buf + kStaticSmem <= size_t(optin);
+  smem2 = 2 * buf + kStaticSmem <= size_t(optin);
+  slots = std::max<int64_t>(1, std::min<int64_t>(int64_t(4) * sms, int64_t(kScratchBudget / (2 * buf))));
+  if (p.split_rows && smem1 && n >= 64) {
+    // Where one row's buffers (forward one, backward two) leave no room on the SM for a second
+    // CTA, or do not fit at all, while a split CTA's half of them (buf bytes at most) does, and
+    // the device runs clusters with this build's sm_90 code (else the kernel would trap; every
+    // fftconv kernel is built for the same architectures, so the kspec kernel, compiled in this
+    // file anyway, answers for the split kernels).
+    int per_sm = 0;
+    cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    const size_t row_bytes = backward ? 2 * buf : buf;
+    split = 2 * row_bytes > size_t(per_sm) && runs_cluster_code(fftconv_kspec_kernel<true>, device);
+  }
+  kspec_bytes = size_t(channels) * size_t(n + 1) * sizeof(float2);
+  if (backward) {
+    chunks = fftconv_bwd_chunks(p.batch, p.channels);
+    dk_part_bytes = need_dk ? size_t(channels * chunks) * size_t(n + 1) * sizeof(float2) : 0;
+    dbias_part_bytes = need_dbias ? size_t(channels * chunks) * sizeof(float) : 0;
+    scratch_bytes = smem2 || split ? 0 : size_t(slots) * 2 * buf;
+  } else {
+    scratch_bytes = smem1 ? 0 : size_t(slots) * buf;
+  }
+}
 
 cudaError_t launch_kspec(const FFTConvParams& p, const Plan& pl, float2* kspec, float2* scratch, cudaStream_t s) {
   const size_t smem = size_t(pl.n) * sizeof(float2);
@@ -105,6 +143,10 @@ size_t fftconv_cuda_fwd_workspace_bytes(const FFTConvParams& p, int device) {
 }
 
 bool fftconv_cuda_fwd_splits(const FFTConvParams& p, int device) { return Plan(p, device, false, false, false).split; }
+
+bool fftconv_cuda_bwd_splits(const FFTConvBwdParams& p, int device) {
+  return Plan(p, device, true, p.dk != nullptr, p.dbias != nullptr).split;
+}
 
 const char* launch_fftconv_fwd(const FFTConvParams& p, void* workspace, void* stream_ptr) {
   if (p.rows() == 0) return nullptr;

@@ -19,40 +19,13 @@ struct Plan {
   int64_t n = 1, channels = 0, rows = 0, chunks = 0, slots = 1;
   bool smem1 = false;  // one buffer (4L bytes) fits shared memory
   bool smem2 = false;  // two buffers fit
-  bool split = false;  // forward: each row on a cluster of two CTAs (fftconv_fwd_split_kernel)
+  bool split = false;  // each row on a cluster of two CTAs (fftconv_{fwd,bwd}_split_kernel)
   size_t kspec_bytes = 0, dk_part_bytes = 0, scratch_bytes = 0, dbias_part_bytes = 0;
   int sms = 1;
 
-  Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool need_dbias) {
-    int optin = 0;
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    log2n = p.log2_fft - 1;
-    n = int64_t(1) << log2n;
-    threads = FFTConvTile::threads(n);
-    channels = p.channels;
-    rows = p.rows();
-    const size_t buf = size_t(n) * sizeof(float2);
-    smem1 = buf + kStaticSmem <= size_t(optin);
-    smem2 = 2 * buf + kStaticSmem <= size_t(optin);
-    slots = std::max<int64_t>(1, std::min<int64_t>(int64_t(4) * sms, int64_t(kScratchBudget / (2 * buf))));
-    if (!backward && p.split_rows && smem1 && n >= 64) {
-      // Where one row's buffer leaves no room on the SM for a second CTA, and the device runs
-      // clusters with this build's sm_90 code (else the kernel would trap).
-      int per_sm = 0;
-      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-      split = 2 * buf > size_t(per_sm) && runs_cluster_code(fftconv_fwd_split_kernel<float>, device);
-    }
-    kspec_bytes = size_t(channels) * size_t(n + 1) * sizeof(float2);
-    if (backward) {
-      chunks = fftconv_bwd_chunks(p.batch, p.channels);
-      dk_part_bytes = need_dk ? size_t(channels * chunks) * size_t(n + 1) * sizeof(float2) : 0;
-      dbias_part_bytes = need_dbias ? size_t(channels * chunks) * sizeof(float) : 0;
-      scratch_bytes = smem2 ? 0 : size_t(slots) * 2 * buf;
-    } else {
-      scratch_bytes = smem1 ? 0 : size_t(slots) * buf;
-    }
-  }
+  // Defined in fftconv_launch.cu: it names a kernel, which would otherwise be compiled again in
+  // every instantiation file.
+  Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool need_dbias);
   size_t total() const { return kspec_bytes + dk_part_bytes + scratch_bytes + dbias_part_bytes; }
   // Grid for `work` independent items: everything at once from shared memory, else one CTA per
   // scratch slot.
@@ -103,6 +76,15 @@ cudaError_t launch_rows_bwd(const FFTConvBwdParams& p, const Plan& pl, const flo
   cudaError_t err = cudaSuccess;
   const size_t buf = size_t(pl.n) * sizeof(float2);
   const int64_t tasks = pl.channels * pl.chunks;
+  if (pl.split) {  // a cluster of two CTAs per task, half of both buffers each
+    const auto kernel = fftconv_bwd_split_kernel<T>;
+    err = allow_smem(kernel, buf);
+    if (err != cudaSuccess) return err;
+    const ClusterLaunch launch(2 * unsigned(std::min<int64_t>(tasks, int64_t(1) << 24)),
+                               unsigned(FFTConvTile::threads(pl.n / 2)), buf, s, 2);
+    err = cudaLaunchKernelEx(&launch.config, kernel, p, kspec, dk_part, dbias_part);
+    return err != cudaSuccess ? err : cudaGetLastError();
+  }
   if (pl.smem2) {
     err = allow_smem(fftconv_bwd_kernel<T, true, true>, 2 * buf);
     if (err != cudaSuccess) return err;

@@ -30,8 +30,9 @@ struct FFTConvParams {
   const void* bias = nullptr;  // (channels,) contiguous, or nullptr
   DType bias_dtype = DType::kFloat32;
   void* y = nullptr;  // (rows, n) contiguous, forward only
-  // CUDA forward: a row whose buffer would fill an SM's shared memory alone goes to a cluster of
-  // two CTAs on sm_90 (fftconv_fwd_split_kernel). false keeps one CTA, for measuring.
+  // CUDA: a row whose buffers (forward one, backward two) would fill an SM's shared memory alone
+  // goes to a cluster of two CTAs on sm_90 (fftconv_{fwd,bwd}_split_kernel). false keeps one
+  // CTA, for measuring.
   bool split_rows = true;
 
   MMM_HD int64_t rows() const { return batch * channels; }
@@ -75,9 +76,10 @@ void fftconv_bwd_cpu_finalize(const FFTConvBwdParams& p, void* workspace, int64_
 // Scratch bytes for this call on `device` (k's spectrum, the multi-kernel path's buffers, the
 // backward's per-chunk dk spectra), then the launch; nullptr on success, else a static message.
 size_t fftconv_cuda_fwd_workspace_bytes(const FFTConvParams& p, int device);
-// Whether the CUDA forward splits each row over a cluster of two CTAs (split_rows, sm_90, rows
-// whose buffer would fill an SM's shared memory alone).
+// Whether the CUDA forward / backward splits each row over a cluster of two CTAs (split_rows,
+// sm_90, rows whose buffers would fill an SM's shared memory alone).
 bool fftconv_cuda_fwd_splits(const FFTConvParams& p, int device);
+bool fftconv_cuda_bwd_splits(const FFTConvBwdParams& p, int device);
 const char* launch_fftconv_fwd(const FFTConvParams& p, void* workspace, void* stream);
 size_t fftconv_cuda_bwd_workspace_bytes(const FFTConvBwdParams& p, int device);
 const char* launch_fftconv_bwd(const FFTConvBwdParams& p, void* workspace, void* stream);

@@ -2,9 +2,9 @@
 // (tests/emulate/cuda_on_cpu.h: one fiber per CUDA thread, barriers for __syncthreads, warp
 // exchanges for __shfl_xor_sync, blocks one after another). Checks y and every gradient against a
 // direct O(N^2) convolution in double, through every path the launcher can pick: shared memory,
-// one buffer in global scratch, both in scratch, and the forward split over clusters of two CTAs
-// (fftconv_fwd_split_kernel: the cluster barrier and the distributed-shared-memory loads modelled
-// by ptx_on_cpu.h), with small grids so that every grid-stride loop and scratch slot is reused,
+// one buffer in global scratch, both in scratch, and rows split over clusters of two CTAs
+// (fftconv_{fwd,bwd}_split_kernel: the cluster barrier and the distributed-shared-memory loads
+// modelled by ptx_on_cpu.h), with small grids so that every grid-stride loop and scratch slot is reused,
 // and enough channels that a backward chunk accumulates several rows.
 // It sees index math, pairing, scaling and the order of barriers; races under ThreadSanitizer,
 // bank conflicts and coalescing with the memory counts (run.sh).
@@ -28,7 +28,7 @@ static double rel_err(const Vec& got, const std::vector<double>& want) {
 }
 
 // path: 0 = everything in shared memory, 1 = backward's second buffer in scratch, 2 = all scratch,
-// 3 = as 0 with the forward's rows split over clusters of two CTAs (two clusters: rows loop).
+// 3 = rows split over clusters of two CTAs, forward and backward (two clusters: rows and tasks loop).
 // Memory counts of the scratch paths (1, 2), whose FFT passes run on global memory, kept apart: the
 // shared-memory path (0) runs every kernel with the judged layout.
 static emu::AccessStats scratch_counts;
@@ -65,15 +65,20 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
   const int g_ch = s1 ? int(H) : slots, g_rows = s1 ? int(R) : slots;
   if (s1) launch_grid(g_ch, threads, n * sizeof(float2), [&] { mmm::fftconv_kspec_kernel<true>(p, kspec.data(), nullptr); });
   else launch_grid(g_ch, threads, 0, [&] { mmm::fftconv_kspec_kernel<false>(p, kspec.data(), scratch.data()); });
+  // Split kernels: half the launcher's threads (at least a warp), so that the loops take 2 items a
+  // thread, as at N = 16384 on a GPU, where the forward's 256 threads are below FFTConvTile::threads.
+  const int split_threads = std::max(32, mmm::FFTConvTile::threads(n / 2) / 2);
   if (split)
-    // Half the launcher's threads (at least a warp): the loops then take 2 items a thread, as at
-    // N = 16384 on a GPU, where the split kernel's 256 threads are below FFTConvTile::threads.
-    launch_grid(4, std::max(32, mmm::FFTConvTile::split_threads(n / 2) / 2), n / 2 * sizeof(float2),
+    launch_grid(4, std::min(split_threads, mmm::FFTConvTile::kSplitThreads), n / 2 * sizeof(float2),
                 [&] { mmm::fftconv_fwd_split_kernel<float>(p, kspec.data()); }, 2);
   else if (s1) launch_grid(g_rows, threads, n * sizeof(float2), [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
   else launch_grid(g_rows, threads, 0, [&] { mmm::fftconv_fwd_kernel<float, false>(p, kspec.data(), scratch.data()); });
   const int tasks = int(H * chunks);
-  if (s2)
+  if (split)
+    launch_grid(4, split_threads, n * sizeof(float2), [&] {
+      mmm::fftconv_bwd_split_kernel<float>(p, kspec.data(), dk_part.data(), dbias_part.data());
+    }, 2);
+  else if (s2)
     launch_grid(tasks, threads, 2 * n * sizeof(float2), [&] {
       mmm::fftconv_bwd_kernel<float, true, true>(p, kspec.data(), dk_part.data(), dbias_part.data(), nullptr);
     });
@@ -146,13 +151,16 @@ int main(int argc, char** argv) {
     for (int path = 0; path < 4; ++path) {
       if (path == 3 && N < 33) continue;  // a split row: n >= 64 (fftconv_launch splits only long ones)
       ok &= run_case(3, 2, N, true, true, path, gen);
-      if (path == 0) ok &= run_case(2, 1, N, false, false, path, gen);
+      if (path == 0 || path == 3) ok &= run_case(2, 1, N, false, false, path, gen);
     }
   }
   // Enough channels that a backward chunk holds several rows (fftconv_bwd_chunks: the 6 rows of
   // a channel in 4 chunks): the dk partial sums then accumulate across rows.
   if (min_n <= 17 && max_n >= 17)
     for (int path : {0, 2}) ok &= run_case(6, 300, 17, true, true, path, gen);
+  // The split backward with several rows per task (dk's partial sums over rows in one CTA pair)
+  // and a dbias sum over several rows: 1024 channels, so each task is a channel's 2 rows.
+  if (min_n <= 50 && max_n >= 50) ok &= run_case(2, 1024, 50, true, true, 3, gen);
   if (emu::counting_accesses)
     emu::report_accesses(stdout, "the scratch paths (the FFT in global memory: uncoalesced by design, not judged)",
                          scratch_counts);
