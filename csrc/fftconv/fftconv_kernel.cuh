@@ -146,6 +146,111 @@ __device__ __forceinline__ auto packed_load(int64_t N, F f) {
   };
 }
 
+// The backward's pointwise step, for one row: bin pair (k, m = n - k), k <= n/2, at slots ak, am
+// of A (g's spectrum) and bk, bm of B (v's). dk's running sums acc[k], acc[m] become ck, cm (the
+// sums so far; ignored when first) + G conj V; then, in place, A takes dv's spectrum G conj K
+// (need_dv) and B z's, V K (need_z). k = 0 is the DC / Nyquist pair, X[0] + i X[n] in one slot.
+struct BwdSpectra {
+  float2* A;
+  float2* B;
+  float2* acc;  // nullptr: dk not asked for
+  int n, log2_fft;
+  bool first, need_v, need_dv, need_z;
+
+  __device__ __forceinline__ void pair(int k, int ak, int am, int bk, int bm, float2 kk, float2 km, float2 ck,
+                                       float2 cm) const {
+    const int m = n - k;
+    if (k == 0) {
+      const float2 g = unpack_dc(A[ak]);
+      const float2 v = need_v ? unpack_dc(B[bk]) : make_float2(0.f, 0.f);
+      if (acc) {
+        const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
+        acc[0] = first ? a0 : cadd(ck, a0);
+        acc[n] = first ? an : cadd(cm, an);
+      }
+      if (need_dv) A[ak] = pack_dc(g.x * kk.x, g.y * km.x);
+      if (need_z) B[bk] = pack_dc(v.x * kk.x, v.y * km.x);
+      return;
+    }
+    const float2 w = fft::twiddle(k, log2_fft);
+    float2 gk, gm, vk = make_float2(0.f, 0.f), vm = vk, zk, zm;
+    unpack_pair(A[ak], A[am], w, gk, gm);  // known bank conflict: 2-way (bin_slot)
+    if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
+    if (acc) {
+      const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
+      acc[k] = first ? pk : cadd(ck, pk);
+      if (m != k) acc[m] = first ? pm : cadd(cm, pm);
+    }
+    if (need_dv) {
+      pack_pair(cmul(gk, cconj(kk)), cmul(gm, cconj(km)), w, zk, zm);
+      A[ak] = zk;
+      if (am != ak) A[am] = zm;  // known bank conflict: 2-way (bin_slot)
+    }
+    if (need_z) {
+      pack_pair(cmul(vk, kk), cmul(vm, km), w, zk, zm);
+      B[bk] = zk;
+      if (bm != bk) B[bm] = zm;  // known bank conflict: 2-way (bin_slot)
+    }
+  }
+};
+
+// Backward task q (channel-major): channel h = q / chunks, the rows b in [b0, b1) of batch chunk
+// q % chunks, k's spectrum and the task's slot of dk's partial sums (fftconv_bwd_chunks).
+struct BwdTask {
+  int64_t h, b0, b1;
+  float bias;
+  const float2* ks;
+  float2* acc;  // nullptr: dk not asked for
+
+  __device__ __forceinline__ BwdTask(const FFTConvBwdParams& p, int64_t q, int64_t chunks, int n,
+                                     const float2* kspec, float2* dk_part)
+      : h(q / chunks),
+        b0(q % chunks * p.batch / chunks),
+        b1((q % chunks + 1) * p.batch / chunks),
+        bias(p.bias ? load_any(p.bias, p.bias_dtype, q / chunks) : 0.f),
+        ks(kspec + q / chunks * (n + 1)),
+        acc(p.dk ? dk_part + q * (n + 1) : nullptr) {}
+};
+
+// The backward's epilogue for one row: its inputs at element t (load), and from them and the
+// unnormalised inverses at t (a: dv's, z: z's) the row gradients asked for (store).
+template <typename T>
+struct BwdRow {
+  const T* u;
+  const T* pre;   // nullptr: no pregate
+  const T* post;  // nullptr: no postgate
+  const T* dy;
+  T* du;  // nullptr: not asked for, and likewise
+  T* dpre;
+  T* dpost;
+  float bias, inv_len;
+  struct In { float u, pre, dy, g; };
+
+  __device__ __forceinline__ float g(int64_t t) const { return post ? to_f(dy[t]) * to_f(post[t]) : to_f(dy[t]); }
+  __device__ __forceinline__ float v(int64_t t) const { return pre ? to_f(pre[t]) * to_f(u[t]) : to_f(u[t]); }
+  __device__ __forceinline__ In load(int64_t t, bool in) const {
+    In v;
+    v.u = in ? to_f(u[t]) : 0.f;
+    v.pre = in && pre ? to_f(pre[t]) : 1.f;
+    v.dy = in ? to_f(dy[t]) : 0.f;
+    v.g = in && post ? v.dy * to_f(post[t]) : v.dy;
+    return v;
+  }
+  __device__ __forceinline__ void store(int64_t t, const In& v, float a, float z) const {
+    const float dv = a * inv_len;
+    if (du) du[t] = from_f<T>(v.pre * dv + bias * v.g);
+    if (dpre) dpre[t] = from_f<T>(v.u * dv);
+    if (dpost) dpost[t] = from_f<T>(v.dy * (z * inv_len + bias * v.u));
+  }
+};
+template <typename T>
+__device__ __forceinline__ BwdRow<T> bwd_row(const FFTConvBwdParams& p, int64_t r, float bias, float inv_len) {
+  const auto in = [r](const void* base, int64_t rs) { return base ? static_cast<const T*>(base) + r * rs : nullptr; };
+  const auto out = [r, &p](void* base) { return base ? static_cast<T*>(base) + r * p.n : nullptr; };
+  return {in(p.u, p.u_rs), in(p.pregate, p.pre_rs), in(p.postgate, p.post_rs), in(p.dy, p.dy_rs),
+          out(p.du),       out(p.dpregate),         out(p.dpostgate),         bias, inv_len};
+}
+
 // The sum of every thread's v, in thread 0 (a fixed-shape tree: the same bits every run). red:
 // a float per warp in shared memory; the caller puts a barrier between this and red's next use.
 __device__ __forceinline__ float cta_sum(float v, float* red) {
@@ -424,37 +529,24 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
   float2* A = kSmemA ? smem_fftconv : scratch + (int64_t(blockIdx.x) * 2) * n;
   float2* B = kSmemB ? smem_fftconv + n : scratch + (int64_t(blockIdx.x) * 2 + 1) * n;
-  const T* __restrict__ u = static_cast<const T*>(p.u);
-  const T* __restrict__ pre = static_cast<const T*>(p.pregate);
-  const T* __restrict__ post = static_cast<const T*>(p.postgate);
-  const T* __restrict__ dy = static_cast<const T*>(p.dy);
   const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
   const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
   for (int64_t task = blockIdx.x; task < p.channels * chunks; task += gridDim.x) {
-    const int64_t h = task / chunks, c = task % chunks;
-    const int64_t b0 = c * p.batch / chunks, b1 = (c + 1) * p.batch / chunks;
-    const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
-    const float2* ks = kspec + h * (n + 1);
-    float2* acc = p.dk ? dk_part + task * (n + 1) : nullptr;
+    const BwdTask tk(p, task, chunks, n, kspec, dk_part);
+    const float2* ks = tk.ks;
+    float2* acc = tk.acc;
     float dbias = 0.f;
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r = b * p.channels + h;
-      const T* ur = u + r * p.u_rs;
-      const T* pr = pre ? pre + r * p.pre_rs : nullptr;
-      const T* qr = post ? post + r * p.post_rs : nullptr;
-      const T* dyr = dy + r * p.dy_rs;
-      auto g_at = [&](int64_t t) { return qr ? to_f(dyr[t]) * to_f(qr[t]) : to_f(dyr[t]); };
-      load_packed<kSmemA>(A, log2n, p.n, g_at);
+    for (int64_t b = tk.b0; b < tk.b1; ++b) {
+      const BwdRow<T> row = bwd_row<T>(p, b * p.channels + tk.h, tk.bias, inv_len);
+      load_packed<kSmemA>(A, log2n, p.n, [&](int64_t t) { return row.g(t); });
       if (p.dbias)
 #pragma unroll 8
-        for (int64_t t = threadIdx.x; t < p.n; t += blockDim.x) dbias += g_at(t) * to_f(ur[t]);
-      if (need_v) {
-        if (pr) load_packed<kSmemB>(B, log2n, p.n, [&](int64_t t) { return to_f(pr[t]) * to_f(ur[t]); });
-        else load_packed<kSmemB>(B, log2n, p.n, [&](int64_t t) { return to_f(ur[t]); });
-      }
+        for (int64_t t = threadIdx.x; t < p.n; t += blockDim.x) dbias += row.g(t) * to_f(row.u[t]);
+      if (need_v) load_packed<kSmemB>(B, log2n, p.n, [&](int64_t t) { return row.v(t); });
       fft::cta_fft_dif<false, kSmemA>(A, log2n);
       if (need_v) fft::cta_fft_dif<false, kSmemB>(B, log2n);
-      const bool first = b == b0;
+      const bool first = b == tk.b0;
+      const BwdSpectra spectra{A, B, acc, n, p.log2_fft, first, need_v, need_dv, p.dpostgate != nullptr};
       // Four global values per bin pair below, and per element in the epilogue: half batches.
       constexpr int kBatch = kLoadBatch / 2;
       for (int k0 = threadIdx.x; k0 <= n / 2; k0 += kBatch * blockDim.x) {
@@ -474,60 +566,21 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         for (int i = 0; i < kBatch; ++i) {
           const int k = k0 + i * blockDim.x;
           if (k > n / 2) break;
-          if (k == 0) {
-            const float2 g = unpack_dc(A[0]);
-            const float2 v = need_v ? unpack_dc(B[0]) : make_float2(0.f, 0.f);
-            if (acc) {
-              const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
-              acc[0] = first ? a0 : cadd(ck[i], a0);
-              acc[n] = first ? an : cadd(cm[i], an);
-            }
-            if (need_dv) A[0] = pack_dc(g.x * kk[i].x, g.y * km[i].x);
-            if (p.dpostgate) B[0] = pack_dc(v.x * kk[i].x, v.y * km[i].x);
-            continue;
-          }
-          const int m = n - k;
-          const float2 w = fft::twiddle(k, p.log2_fft);
-          const int ak = bin_slot<kSmemA>(k, log2n), am = bin_slot<kSmemA>(m, log2n);
-          const int bk = bin_slot<kSmemB>(k, log2n), bm = bin_slot<kSmemB>(m, log2n);
-          float2 gk, gm, vk = make_float2(0.f, 0.f), vm = vk, zk, zm;
-          unpack_pair(A[ak], A[am], w, gk, gm);  // known bank conflict: 2-way (bin_slot)
-          if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
-          if (acc) {
-            const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
-            acc[k] = first ? pk : cadd(ck[i], pk);
-            if (m != k) acc[m] = first ? pm : cadd(cm[i], pm);
-          }
-          if (need_dv) {
-            pack_pair(cmul(gk, cconj(kk[i])), cmul(gm, cconj(km[i])), w, zk, zm);
-            A[ak] = zk;
-            if (am != ak) A[am] = zm;  // known bank conflict: 2-way (bin_slot)
-          }
-          if (p.dpostgate) {
-            pack_pair(cmul(vk, kk[i]), cmul(vm, km[i]), w, zk, zm);
-            B[bk] = zk;
-            if (bm != bk) B[bm] = zm;  // known bank conflict: 2-way (bin_slot)
-          }
+          spectra.pair(k, bin_slot<kSmemA>(k, log2n), bin_slot<kSmemA>(n - k, log2n), bin_slot<kSmemB>(k, log2n),
+                       bin_slot<kSmemB>(n - k, log2n), kk[i], km[i], ck[i], cm[i]);
         }
       }
       if (need_dv) fft::cta_fft_dit<true, kSmemA>(A, log2n);
       if (p.dpostgate) fft::cta_fft_dit<true, kSmemB>(B, log2n);
       __syncthreads();  // without either inverse, the pointwise writes above still need a barrier
-      T* dur = p.du ? static_cast<T*>(p.du) + r * p.n : nullptr;
-      T* dpr = p.dpregate ? static_cast<T*>(p.dpregate) + r * p.n : nullptr;
-      T* dqr = p.dpostgate ? static_cast<T*>(p.dpostgate) + r * p.n : nullptr;
-      for (int j0 = threadIdx.x; (need_dv || dqr) && 2 * int64_t(j0) < p.n; j0 += kBatch * blockDim.x) {
-        float uu[kBatch][2], pg[kBatch][2], dd[kBatch][2], gg[kBatch][2];  // u, pregate, dy, g: loaded first
+      for (int j0 = threadIdx.x; (need_dv || row.dpost) && 2 * int64_t(j0) < p.n; j0 += kBatch * blockDim.x) {
+        typename BwdRow<T>::In in[kBatch][2];  // loaded first
 #pragma unroll
         for (int i = 0; i < kBatch; ++i)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int64_t t = 2 * int64_t(j0 + i * blockDim.x) + e;
-            const bool in = t < p.n;
-            uu[i][e] = in ? to_f(ur[t]) : 0.f;
-            pg[i][e] = in && pr ? to_f(pr[t]) : 1.f;
-            dd[i][e] = in ? to_f(dyr[t]) : 0.f;
-            gg[i][e] = in && qr ? dd[i][e] * to_f(qr[t]) : dd[i][e];
+            in[i][e] = row.load(t, t < p.n);
           }
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
@@ -535,18 +588,10 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
           const int64_t t0 = 2 * int64_t(j);
           if (t0 >= p.n) break;
           const float2 a = need_dv ? A[slot<kSmemA>(j, log2n)] : make_float2(0.f, 0.f);
-          const float2 z = p.dpostgate ? B[slot<kSmemB>(j, log2n)] : make_float2(0.f, 0.f);
+          const float2 z = row.dpost ? B[slot<kSmemB>(j, log2n)] : make_float2(0.f, 0.f);
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t t = t0 + e;
-            if (t >= p.n) break;
-            if (need_dv) {
-              const float dv = (e ? a.y : a.x) * inv_len;
-              if (dur) dur[t] = from_f<T>(pg[i][e] * dv + bias * gg[i][e]);
-              if (dpr) dpr[t] = from_f<T>(uu[i][e] * dv);
-            }
-            if (dqr) dqr[t] = from_f<T>(dd[i][e] * ((e ? z.y : z.x) * inv_len + bias * uu[i][e]));
-          }
+          for (int e = 0; e < 2; ++e)
+            if (t0 + e < p.n) row.store(t0 + e, in[i][e], e ? a.y : a.x, e ? z.y : z.x);
         }
       }
       __syncthreads();  // the next row's loads overwrite A and B
@@ -580,33 +625,24 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   float2* A = smem_fftconv;      // g's bins, then dv's points
   float2* B = smem_fftconv + b;  // v's bins, then z's points
   const unsigned k1 = cluster_ctarank();
-  const T* __restrict__ u = static_cast<const T*>(p.u);
-  const T* __restrict__ pre = static_cast<const T*>(p.pregate);
-  const T* __restrict__ post = static_cast<const T*>(p.postgate);
-  const T* __restrict__ dy = static_cast<const T*>(p.dy);
   const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
   const int j_end = int((p.n + 1) / 2) < b ? int((p.n + 1) / 2) : b;  // packed points holding t < N
   const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
   for (int64_t task = blockIdx.x / 2; task < p.channels * chunks; task += gridDim.x / 2) {
-    const int64_t h = task / chunks, c = task % chunks;
-    const int64_t b0 = c * p.batch / chunks, b1 = (c + 1) * p.batch / chunks;
-    const float bias = p.bias ? load_any(p.bias, p.bias_dtype, h) : 0.f;
-    const float2* ks = kspec + h * (n + 1);
-    float2* acc = p.dk ? dk_part + task * (n + 1) : nullptr;
+    const BwdTask tk(p, task, chunks, n, kspec, dk_part);
+    const float2* ks = tk.ks;
+    float2* acc = tk.acc;
     float dbias = 0.f;
-    for (int64_t bt = b0; bt < b1; ++bt) {
-      const int64_t r = bt * p.channels + h;
-      const T* ur = u + r * p.u_rs;
-      const T* pr = pre ? pre + r * p.pre_rs : nullptr;
-      const T* qr = post ? post + r * p.post_rs : nullptr;
-      const T* dyr = dy + r * p.dy_rs;
-      const auto g_at = [=](int64_t t) { return qr ? to_f(dyr[t]) * to_f(qr[t]) : to_f(dyr[t]); };
-      const auto v_at = [=](int64_t t) { return pr ? to_f(pr[t]) * to_f(ur[t]) : to_f(ur[t]); };
+    for (int64_t bt = tk.b0; bt < tk.b1; ++bt) {
+      const BwdRow<T> row = bwd_row<T>(p, bt * p.channels + tk.h, tk.bias, inv_len);
+      const auto g_at = [=](int64_t t) { return row.g(t); };
+      const auto v_at = [=](int64_t t) { return row.v(t); };
       fft::cta_fft_dif_load<false, true>(A, log2b, split_dif_load(packed_load(p.n, g_at), k1, log2n));
       if (need_v) fft::cta_fft_dif_load<false, true>(B, log2b, split_dif_load(packed_load(p.n, v_at), k1, log2n));
       if (p.dbias)
-        for (int64_t t = k1 * blockDim.x + threadIdx.x; t < p.n; t += 2 * blockDim.x) dbias += g_at(t) * to_f(ur[t]);
-      const bool first = bt == b0;
+        for (int64_t t = k1 * blockDim.x + threadIdx.x; t < p.n; t += 2 * blockDim.x) dbias += row.g(t) * to_f(row.u[t]);
+      const bool first = bt == tk.b0;
+      const BwdSpectra spectra{A, B, acc, n, p.log2_fft, first, need_v, need_dv, p.dpostgate != nullptr};
       // Four global values per bin pair below, and per element in the epilogue, loaded for kBatch
       // items before any store (kLoadBatch).
       constexpr int kBatch = kLoadBatch / 2;
@@ -625,67 +661,30 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
         }
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
-          const int kp = kp0 + i * blockDim.x, k = 2 * kp + int(k1), m = n - k;
+          const int kp = kp0 + i * blockDim.x;
           if (kp >= pairs) break;
-          if (k == 0) {
-            const float2 g = unpack_dc(A[0]);
-            const float2 v = need_v ? unpack_dc(B[0]) : zero;
-            if (acc) {
-              const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
-              acc[0] = first ? a0 : cadd(ck[i], a0);
-              acc[n] = first ? an : cadd(cm[i], an);
-            }
-            if (need_dv) A[0] = pack_dc(g.x * kk[i].x, g.y * km[i].x);
-            if (p.dpostgate) B[0] = pack_dc(v.x * kk[i].x, v.y * km[i].x);
-            continue;
-          }
           const int sk = bin_slot<true>(kp, log2b), sm = bin_slot<true>(split_partner(k1, b, kp), log2b);
-          const float2 w = fft::twiddle(k, p.log2_fft);
-          float2 gk, gm, vk = zero, vm = zero, zk, zm;
-          unpack_pair(A[sk], A[sm], w, gk, gm);  // known bank conflict: 2-way (bin_slot)
-          if (need_v) unpack_pair(B[sk], B[sm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
-          if (acc) {
-            const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
-            acc[k] = first ? pk : cadd(ck[i], pk);
-            if (m != k) acc[m] = first ? pm : cadd(cm[i], pm);
-          }
-          if (need_dv) {
-            pack_pair(cmul(gk, cconj(kk[i])), cmul(gm, cconj(km[i])), w, zk, zm);
-            A[sk] = zk;
-            if (sm != sk) A[sm] = zm;  // known bank conflict: 2-way (bin_slot)
-          }
-          if (p.dpostgate) {
-            pack_pair(cmul(vk, kk[i]), cmul(vm, km[i]), w, zk, zm);
-            B[sk] = zk;
-            if (sm != sk) B[sm] = zm;  // known bank conflict: 2-way (bin_slot)
-          }
+          spectra.pair(2 * kp + int(k1), sk, sm, sk, sm, kk[i], km[i], ck[i], cm[i]);
         }
       }
       if (need_dv) fft::cta_fft_dit<true, true>(A, log2b);
       if (p.dpostgate) fft::cta_fft_dit<true, true>(B, log2b);
       cluster_sync();  // both CTAs' inverses done (without an inverse: the pointwise writes)
-      T* dur = p.du ? static_cast<T*>(p.du) + r * p.n : nullptr;
-      T* dpr = p.dpregate ? static_cast<T*>(p.dpregate) + r * p.n : nullptr;
-      T* dqr = p.dpostgate ? static_cast<T*>(p.dpostgate) + r * p.n : nullptr;
       const int step = 2 * int(blockDim.x);  // this CTA's chunks of points alternate with the other's
-      for (int j0 = int(k1 * blockDim.x + threadIdx.x); (need_dv || dqr) && j0 < j_end; j0 += kBatch * step) {
+      for (int j0 = int(k1 * blockDim.x + threadIdx.x); (need_dv || row.dpost) && j0 < j_end; j0 += kBatch * step) {
         float2 a[kBatch], z[kBatch];  // dv and z at point j (both CTAs' halves)
-        float uu[kBatch][2], pg[kBatch][2], dd[kBatch][2], gg[kBatch][2];  // u, pregate, dy, g
+        typename BwdRow<T>::In in[kBatch][2];
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
           const int j = j0 + i * step;
-          const bool in = j < j_end;
-          const int sj = slot<true>(in ? j : 0, log2b);
-          a[i] = in && need_dv ? split_inverse_point(A + sj, k1, j, log2n) : zero;
-          z[i] = in && dqr ? split_inverse_point(B + sj, k1, j, log2n) : zero;
+          const bool here = j < j_end;
+          const int sj = slot<true>(here ? j : 0, log2b);
+          a[i] = here && need_dv ? split_inverse_point(A + sj, k1, j, log2n) : zero;
+          z[i] = here && row.dpost ? split_inverse_point(B + sj, k1, j, log2n) : zero;
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int64_t t = 2 * int64_t(j) + e;
-            const bool here = in && t < p.n;
-            uu[i][e] = here ? to_f(ur[t]) : 0.f;
-            pg[i][e] = here && pr ? to_f(pr[t]) : 1.f;
-            dd[i][e] = here ? to_f(dyr[t]) : 0.f;
-            gg[i][e] = here && qr ? dd[i][e] * to_f(qr[t]) : dd[i][e];
+            in[i][e] = row.load(t, here && t < p.n);
           }
         }
 #pragma unroll
@@ -693,16 +692,8 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
           const int j = j0 + i * step;
           if (j >= j_end) break;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t t = 2 * int64_t(j) + e;
-            if (t >= p.n) break;
-            if (need_dv) {
-              const float dv = (e ? a[i].y : a[i].x) * inv_len;
-              if (dur) dur[t] = from_f<T>(pg[i][e] * dv + bias * gg[i][e]);
-              if (dpr) dpr[t] = from_f<T>(uu[i][e] * dv);
-            }
-            if (dqr) dqr[t] = from_f<T>(dd[i][e] * ((e ? z[i].y : z[i].x) * inv_len + bias * uu[i][e]));
-          }
+          for (int e = 0; e < 2; ++e)
+            if (2 * int64_t(j) + e < p.n) row.store(2 * int64_t(j) + e, in[i][e], e ? a[i].y : a[i].x, e ? z[i].y : z[i].x);
         }
       }
       cluster_sync();  // the other CTA's reads of A and B are done before the next row's loads
