@@ -147,9 +147,10 @@ __device__ __forceinline__ auto packed_load(int64_t N, F f) {
 }
 
 // The backward's pointwise step, for one row: bin pair (k, m = n - k), k <= n/2, at slots ak, am
-// of A (g's spectrum) and bk, bm of B (v's). dk's running sums acc[k], acc[m] become ck, cm (the
-// sums so far; ignored when first) + G conj V; then, in place, A takes dv's spectrum G conj K
-// (need_dv) and B z's, V K (need_z). k = 0 is the DC / Nyquist pair, X[0] + i X[n] in one slot.
+// of A (g's spectrum) and bk, bm of B (v's). dk's running sums of the pair, acc[ik] and acc[im],
+// become ck, cm (the sums so far; ignored when first) + G conj V; then, in place, A takes dv's
+// spectrum G conj K (need_dv) and B z's, V K (need_z). k = 0 is the DC / Nyquist pair, X[0] + i X[n]
+// in one slot (its sums at ik and im too).
 struct BwdSpectra {
   float2* A;
   float2* B;
@@ -157,16 +158,16 @@ struct BwdSpectra {
   int n, log2_fft;
   bool first, need_v, need_dv, need_z;
 
-  __device__ __forceinline__ void pair(int k, int ak, int am, int bk, int bm, float2 kk, float2 km, float2 ck,
-                                       float2 cm) const {
+  __device__ __forceinline__ void pair(int k, int ak, int am, int bk, int bm, int ik, int im, float2 kk, float2 km,
+                                       float2 ck, float2 cm) const {
     const int m = n - k;
     if (k == 0) {
       const float2 g = unpack_dc(A[ak]);
       const float2 v = need_v ? unpack_dc(B[bk]) : make_float2(0.f, 0.f);
       if (acc) {
         const float2 a0 = make_float2(g.x * v.x, 0.f), an = make_float2(g.y * v.y, 0.f);
-        acc[0] = first ? a0 : cadd(ck, a0);
-        acc[n] = first ? an : cadd(cm, an);
+        acc[ik] = first ? a0 : cadd(ck, a0);
+        acc[im] = first ? an : cadd(cm, an);
       }
       if (need_dv) A[ak] = pack_dc(g.x * kk.x, g.y * km.x);
       if (need_z) B[bk] = pack_dc(v.x * kk.x, v.y * km.x);
@@ -178,8 +179,8 @@ struct BwdSpectra {
     if (need_v) unpack_pair(B[bk], B[bm], w, vk, vm);  // known bank conflict: 2-way (bin_slot)
     if (acc) {
       const float2 pk = cmul(gk, cconj(vk)), pm = cmul(gm, cconj(vm));
-      acc[k] = first ? pk : cadd(ck, pk);
-      if (m != k) acc[m] = first ? pm : cadd(cm, pm);
+      acc[ik] = first ? pk : cadd(ck, pk);
+      if (im != ik) acc[im] = first ? pm : cadd(cm, pm);
     }
     if (need_dv) {
       pack_pair(cmul(gk, cconj(kk)), cmul(gm, cconj(km)), w, zk, zm);
@@ -200,7 +201,7 @@ struct BwdTask {
   int64_t h, b0, b1;
   float bias;
   const float2* ks;
-  float2* acc;  // nullptr: dk not asked for
+  float2* dk;  // n + 1 sums; nullptr: dk not asked for
 
   __device__ __forceinline__ BwdTask(const FFTConvBwdParams& p, int64_t q, int64_t chunks, int n,
                                      const float2* kspec, float2* dk_part)
@@ -209,7 +210,7 @@ struct BwdTask {
         b1((q % chunks + 1) * p.batch / chunks),
         bias(p.bias ? load_any(p.bias, p.bias_dtype, q / chunks) : 0.f),
         ks(kspec + q / chunks * (n + 1)),
-        acc(p.dk ? dk_part + q * (n + 1) : nullptr) {}
+        dk(p.dk ? dk_part + q * (n + 1) : nullptr) {}
 };
 
 // The backward's epilogue for one row: its inputs at element t (load), and from them and the
@@ -516,10 +517,13 @@ MMM_HD int64_t fftconv_bwd_chunks(int64_t batch, int64_t channels) {
 
 // Task q (channel-major) = (h = q / chunks, chunk c = q % chunks): rows b in [c B / chunks,
 // (c + 1) B / chunks). dk_part: (H * chunks, n + 1) float2; dbias_part: (H * chunks,) float.
+// acc_smem: the task's running G conj V sums in shared memory after A and B (n + 1 float2 more),
+// written to its dk_part slot once at the end of the task; else they are that slot, read and
+// written for every row (16 bytes a bin a row: as much traffic as the row's own data).
 template <typename T, bool kSmemA, bool kSmemB>
 __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
     fftconv_bwd_kernel(const FFTConvBwdParams p, const float2* __restrict__ kspec, float2* __restrict__ dk_part,
-                       float* __restrict__ dbias_part, float2* scratch) {
+                       float* __restrict__ dbias_part, float2* scratch, bool acc_smem) {
   using namespace fftconv_detail;
   __shared__ float red[FFTConvTile::kMaxThreads / 32];
   const int log2n = p.log2_fft - 1, n = 1 << log2n;
@@ -534,7 +538,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   for (int64_t task = blockIdx.x; task < p.channels * chunks; task += gridDim.x) {
     const BwdTask tk(p, task, chunks, n, kspec, dk_part);
     const float2* ks = tk.ks;
-    float2* acc = tk.acc;
+    float2* acc = tk.dk && acc_smem ? smem_fftconv + 2 * n : tk.dk;
     float dbias = 0.f;
     for (int64_t b = tk.b0; b < tk.b1; ++b) {
       const BwdRow<T> row = bwd_row<T>(p, b * p.channels + tk.h, tk.bias, inv_len);
@@ -567,7 +571,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
           const int k = k0 + i * blockDim.x;
           if (k > n / 2) break;
           spectra.pair(k, bin_slot<kSmemA>(k, log2n), bin_slot<kSmemA>(n - k, log2n), bin_slot<kSmemB>(k, log2n),
-                       bin_slot<kSmemB>(n - k, log2n), kk[i], km[i], ck[i], cm[i]);
+                       bin_slot<kSmemB>(n - k, log2n), k, n - k, kk[i], km[i], ck[i], cm[i]);
         }
       }
       if (need_dv) fft::cta_fft_dit<true, kSmemA>(A, log2n);
@@ -596,6 +600,8 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       }
       __syncthreads();  // the next row's loads overwrite A and B
     }
+    if (acc != tk.dk)  // the sums leave shared memory once; the next task's DIF barriers protect them
+      for (int k = threadIdx.x; k <= n; k += blockDim.x) tk.dk[k] = acc[k];
     if (p.dbias) {
       const float s = cta_sum(dbias, red);
       if (threadIdx.x == 0) dbias_part[task] = s;
@@ -608,8 +614,9 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
 // where the row's two buffers would leave its CTA alone on an SM, or would not fit at all: on an
 // H100, N = 8192 and 16384), the four-step of fftconv_fwd_split_kernel on both: CTA k1 holds bins
 // 2k + k1 of g's and of v's spectrum (A and B, b = n/2 float2 each), so the pointwise products,
-// G conj V into dk's partial sums included, stay local (each CTA writes its bins' slots of
-// dk_part). After both inverses and a cluster barrier, each CTA produces the row gradients at
+// G conj V into dk's running sums included, stay local: those sums of its bins (local index
+// (k - k1) / 2, b + 1 float2 after B) stay in its shared memory over the task's rows, and go to
+// the task's dk_part slot at its end. After both inverses and a cluster barrier, each CTA produces the row gradients at
 // alternate chunks of the points from both CTAs' halves (split_inverse_point). dbias: each CTA
 // sums g u over its own chunks of the points; at the end of the task CTA 0 adds CTA 1's sum, read
 // through distributed shared memory (the same order every run).
@@ -624,6 +631,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   MMM_FFTCONV_DYNAMIC_SMEM(smem_fftconv);
   float2* A = smem_fftconv;      // g's bins, then dv's points
   float2* B = smem_fftconv + b;  // v's bins, then z's points
+  float2* acc = p.dk ? smem_fftconv + 2 * b : nullptr;  // dk's running sums of this CTA's bins
   const unsigned k1 = cluster_ctarank();
   const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
   const int j_end = int((p.n + 1) / 2) < b ? int((p.n + 1) / 2) : b;  // packed points holding t < N
@@ -631,7 +639,6 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   for (int64_t task = blockIdx.x / 2; task < p.channels * chunks; task += gridDim.x / 2) {
     const BwdTask tk(p, task, chunks, n, kspec, dk_part);
     const float2* ks = tk.ks;
-    float2* acc = tk.acc;
     float dbias = 0.f;
     for (int64_t bt = tk.b0; bt < tk.b1; ++bt) {
       const BwdRow<T> row = bwd_row<T>(p, bt * p.channels + tk.h, tk.bias, inv_len);
@@ -656,15 +663,16 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
           const bool in = kp < pairs;
           kk[i] = in ? ks[k] : zero;
           km[i] = in ? ks[n - k] : zero;
-          ck[i] = in && acc && !first ? acc[k] : zero;
-          cm[i] = in && acc && !first ? acc[n - k] : zero;
+          ck[i] = in && acc && !first ? acc[kp] : zero;
+          cm[i] = in && acc && !first ? acc[split_partner(k1, b, kp)] : zero;
         }
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
           const int kp = kp0 + i * blockDim.x;
           if (kp >= pairs) break;
-          const int sk = bin_slot<true>(kp, log2b), sm = bin_slot<true>(split_partner(k1, b, kp), log2b);
-          spectra.pair(2 * kp + int(k1), sk, sm, sk, sm, kk[i], km[i], ck[i], cm[i]);
+          const int partner = split_partner(k1, b, kp);
+          const int sk = bin_slot<true>(kp, log2b), sm = bin_slot<true>(partner, log2b);
+          spectra.pair(2 * kp + int(k1), sk, sm, sk, sm, kp, partner, kk[i], km[i], ck[i], cm[i]);
         }
       }
       if (need_dv) fft::cta_fft_dit<true, true>(A, log2b);
@@ -698,6 +706,8 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       }
       cluster_sync();  // the other CTA's reads of A and B are done before the next row's loads
     }
+    if (acc)  // this CTA's bins k1, k1 + 2, ..., n; the next task's DIF barriers protect the sums
+      for (int i = threadIdx.x; i < (k1 ? b : b + 1); i += blockDim.x) tk.dk[2 * i + k1] = acc[i];
     if (p.dbias) {
       const float s = cta_sum(dbias, red);
       if (k1 == 1 && threadIdx.x == 0) A[0] = make_float2(s, 0.f);  // A is free: behind the row's last barrier

@@ -6,7 +6,9 @@
 //             (the multi-kernel path: k's spectrum, the rows, each through L2 instead of shared
 //             memory; correct for every N up to 2^20, slower).
 //   backward  two buffers per row (g and v): both in shared memory up to 8L bytes, else the
-//             first in shared memory and the second in global scratch, else both in scratch.
+//             first in shared memory and the second in global scratch, else both in scratch;
+//             a task's running dk sums (4L + 8 bytes) in shared memory too where they fit after
+//             both buffers, else in its dk_part slot (read and written for every row).
 //   On sm_90 a row whose buffers would leave its CTA alone on an SM, or would not fit at all,
 //   runs on a cluster of two CTAs holding half of them each (fftconv_{fwd,bwd}_split_kernel):
 //   the forward at N = 16384, the backward at 8192 and 16384 on an H100.
@@ -49,9 +51,12 @@ Plan::Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool
   smem1 = buf + kStaticSmem <= size_t(optin);
   smem2 = 2 * buf + kStaticSmem <= size_t(optin);
   slots = std::max<int64_t>(1, std::min<int64_t>(int64_t(4) * sms, int64_t(kScratchBudget / (2 * buf))));
-  if (p.split_rows && smem1 && n >= 64) {
+  // dk's running sums (n + 1 float2; a split CTA's bins: n/2 + 1) and a split CTA's bytes.
+  const size_t acc = backward && need_dk ? size_t(n + 1) * sizeof(float2) : 0;
+  const size_t split_bytes = backward ? buf + (need_dk ? size_t(n / 2 + 1) * sizeof(float2) : 0) : buf / 2;
+  if (p.split_rows && n >= 64 && split_bytes + kStaticSmem <= size_t(optin) && smem1) {
     // Where one row's buffers (forward one, backward two) leave no room on the SM for a second
-    // CTA, or do not fit at all, while a split CTA's half of them (buf bytes at most) does, and
+    // CTA, or do not fit at all, while a split CTA's half of them (and of dk's sums) does, and
     // the device runs clusters with this build's sm_90 code (else the kernel would trap; every
     // fftconv kernel is built for the same architectures, so the kspec kernel, compiled in this
     // file anyway, answers for the split kernels).
@@ -66,6 +71,8 @@ Plan::Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool
     dk_part_bytes = need_dk ? size_t(channels * chunks) * size_t(n + 1) * sizeof(float2) : 0;
     dbias_part_bytes = need_dbias ? size_t(channels * chunks) * sizeof(float) : 0;
     scratch_bytes = smem2 || split ? 0 : size_t(slots) * 2 * buf;
+    acc_smem = need_dk && (split || 2 * buf + acc + kStaticSmem <= size_t(optin));
+    bwd_smem = split ? split_bytes : smem2 ? 2 * buf + (acc_smem ? acc : 0) : smem1 ? buf : 0;
   } else {
     scratch_bytes = smem1 ? 0 : size_t(slots) * buf;
   }

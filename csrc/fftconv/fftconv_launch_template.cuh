@@ -20,6 +20,10 @@ struct Plan {
   bool smem1 = false;  // one buffer (4L bytes) fits shared memory
   bool smem2 = false;  // two buffers fit
   bool split = false;  // each row on a cluster of two CTAs (fftconv_{fwd,bwd}_split_kernel)
+  // Backward: dk's running sums in shared memory, n + 1 float2 after the two buffers (and, split,
+  // each CTA's half after its halves), whenever dk is asked for and they fit.
+  bool acc_smem = false;
+  size_t bwd_smem = 0;  // the backward row kernel's dynamic shared memory
   size_t kspec_bytes = 0, dk_part_bytes = 0, scratch_bytes = 0, dbias_part_bytes = 0;
   int sms = 1;
 
@@ -78,26 +82,26 @@ cudaError_t launch_rows_bwd(const FFTConvBwdParams& p, const Plan& pl, const flo
   const int64_t tasks = pl.channels * pl.chunks;
   if (pl.split) {  // a cluster of two CTAs per task, half of both buffers each
     const auto kernel = fftconv_bwd_split_kernel<T>;
-    err = allow_smem(kernel, buf);
+    err = allow_smem(kernel, pl.bwd_smem);
     if (err != cudaSuccess) return err;
     const ClusterLaunch launch(2 * unsigned(std::min<int64_t>(tasks, int64_t(1) << 24)),
-                               unsigned(FFTConvTile::threads(pl.n / 2)), buf, s, 2);
+                               unsigned(FFTConvTile::threads(pl.n / 2)), pl.bwd_smem, s, 2);
     err = cudaLaunchKernelEx(&launch.config, kernel, p, kspec, dk_part, dbias_part);
     return err != cudaSuccess ? err : cudaGetLastError();
   }
   if (pl.smem2) {
-    err = allow_smem(fftconv_bwd_kernel<T, true, true>, 2 * buf);
+    err = allow_smem(fftconv_bwd_kernel<T, true, true>, pl.bwd_smem);
     if (err != cudaSuccess) return err;
-    fftconv_bwd_kernel<T, true, true><<<pl.grid(tasks, true), pl.threads, 2 * buf, s>>>(p, kspec, dk_part, dbias_part,
-                                                                                        nullptr);
+    fftconv_bwd_kernel<T, true, true><<<pl.grid(tasks, true), pl.threads, pl.bwd_smem, s>>>(
+        p, kspec, dk_part, dbias_part, nullptr, pl.acc_smem);
   } else if (pl.smem1) {
     err = allow_smem(fftconv_bwd_kernel<T, true, false>, buf);
     if (err != cudaSuccess) return err;
     fftconv_bwd_kernel<T, true, false><<<pl.grid(tasks, false), pl.threads, buf, s>>>(p, kspec, dk_part, dbias_part,
-                                                                                     scratch);
+                                                                                     scratch, false);
   } else {
     fftconv_bwd_kernel<T, false, false><<<pl.grid(tasks, false), pl.threads, 0, s>>>(p, kspec, dk_part, dbias_part,
-                                                                                    scratch);
+                                                                                    scratch, false);
   }
   return cudaGetLastError();
 }

@@ -27,8 +27,9 @@ static double rel_err(const Vec& got, const std::vector<double>& want) {
   return std::sqrt(num / (den > 0 ? den : 1));
 }
 
-// path: 0 = everything in shared memory, 1 = backward's second buffer in scratch, 2 = all scratch,
-// 3 = rows split over clusters of two CTAs, forward and backward (two clusters: rows and tasks loop).
+// path: 0 = everything in shared memory (the backward's dk sums too), 1 = backward's second buffer
+// in scratch, 2 = all scratch, 3 = rows split over clusters of two CTAs, forward and backward (two
+// clusters: rows and tasks loop), 4 = as 0 with the dk sums in global memory (where they do not fit).
 // Memory counts of the scratch paths (1, 2), whose FFT passes run on global memory, kept apart: the
 // shared-memory path (0) runs every kernel with the judged layout.
 static emu::AccessStats scratch_counts;
@@ -60,7 +61,7 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
   const int slots = 2;  // scratch paths: two CTAs, so loops wrap
   std::vector<float2> kspec(size_t(H * (n + 1))), dk_part(size_t(H * chunks * (n + 1))), scratch(size_t(slots * 2 * n));
   Vec dbias_part(size_t(H * chunks));
-  const bool split = path == 3, s1 = path < 2 || split, s2 = path == 0 || split;
+  const bool split = path == 3, s1 = path != 2, s2 = path == 0 || split || path == 4;
   emu::access_stats = path == 1 || path == 2 ? &scratch_counts : &emu::all_accesses;
   const int g_ch = s1 ? int(H) : slots, g_rows = s1 ? int(R) : slots;
   if (s1) launch_grid(g_ch, threads, n * sizeof(float2), [&] { mmm::fftconv_kspec_kernel<true>(p, kspec.data(), nullptr); });
@@ -74,21 +75,25 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
   else if (s1) launch_grid(g_rows, threads, n * sizeof(float2), [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
   else launch_grid(g_rows, threads, 0, [&] { mmm::fftconv_fwd_kernel<float, false>(p, kspec.data(), scratch.data()); });
   const int tasks = int(H * chunks);
-  if (split)
-    launch_grid(4, split_threads, n * sizeof(float2), [&] {
+  if (split)  // A and B halves, then this CTA's dk sums (n/2 + 1 float2)
+    launch_grid(4, split_threads, (n + n / 2 + 1) * sizeof(float2), [&] {
       mmm::fftconv_bwd_split_kernel<float>(p, kspec.data(), dk_part.data(), dbias_part.data());
     }, 2);
-  else if (s2)
-    launch_grid(tasks, threads, 2 * n * sizeof(float2), [&] {
-      mmm::fftconv_bwd_kernel<float, true, true>(p, kspec.data(), dk_part.data(), dbias_part.data(), nullptr);
+  else if (s2) {
+    const bool acc_smem = path == 0;
+    launch_grid(tasks, threads, (2 * n + (acc_smem ? n + 1 : 0)) * sizeof(float2), [&] {
+      mmm::fftconv_bwd_kernel<float, true, true>(p, kspec.data(), dk_part.data(), dbias_part.data(), nullptr,
+                                                 acc_smem);
     });
-  else if (s1)
+  } else if (s1)
     launch_grid(slots, threads, n * sizeof(float2), [&] {
-      mmm::fftconv_bwd_kernel<float, true, false>(p, kspec.data(), dk_part.data(), dbias_part.data(), scratch.data());
+      mmm::fftconv_bwd_kernel<float, true, false>(p, kspec.data(), dk_part.data(), dbias_part.data(), scratch.data(),
+                                                  false);
     });
   else
     launch_grid(slots, threads, 0, [&] {
-      mmm::fftconv_bwd_kernel<float, false, false>(p, kspec.data(), dk_part.data(), dbias_part.data(), scratch.data());
+      mmm::fftconv_bwd_kernel<float, false, false>(p, kspec.data(), dk_part.data(), dbias_part.data(), scratch.data(),
+                                                   false);
     });
   if (s1)
     launch_grid(g_ch, threads, n * sizeof(float2), [&] {
@@ -148,7 +153,7 @@ int main(int argc, char** argv) {
   const int64_t lengths[] = {1, 2, 3, 17, 64, 100, 257, 1000, 2000, 4096};
   for (int64_t N : lengths) {
     if (N > max_n || N < min_n) continue;
-    for (int path = 0; path < 4; ++path) {
+    for (int path = 0; path < 5; ++path) {
       if (path == 3 && N < 33) continue;  // a split row: n >= 64 (fftconv_launch splits only long ones)
       ok &= run_case(3, 2, N, true, true, path, gen);
       if (path == 0 || path == 3) ok &= run_case(2, 1, N, false, false, path, gen);
@@ -157,7 +162,7 @@ int main(int argc, char** argv) {
   // Enough channels that a backward chunk holds several rows (fftconv_bwd_chunks: the 6 rows of
   // a channel in 4 chunks): the dk partial sums then accumulate across rows.
   if (min_n <= 17 && max_n >= 17)
-    for (int path : {0, 2}) ok &= run_case(6, 300, 17, true, true, path, gen);
+    for (int path : {0, 2, 4}) ok &= run_case(6, 300, 17, true, true, path, gen);
   // The split backward with several rows per task (dk's partial sums over rows in one CTA pair)
   // and a dbias sum over several rows: 1024 channels, so each task is a channel's 2 rows.
   if (min_n <= 50 && max_n >= 50) ok &= run_case(2, 1024, 50, true, true, 3, gen);
