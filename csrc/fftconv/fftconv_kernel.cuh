@@ -508,7 +508,8 @@ __global__ void __launch_bounds__(FFTConvTile::kSplitThreads, 2)
 }
 
 // Batch chunks per channel for the backward's dk / dbias partial sums: a function of the
-// shapes only, so the summation order (and the result, bit for bit) does not depend on the GPU.
+// shapes only, so the summation order does not depend on the GPU's size (the bits still depend on
+// the path fftconv_launch picks for the device: split rows transform in another order).
 MMM_HD int64_t fftconv_bwd_chunks(int64_t batch, int64_t channels) {
   if (batch == 0) return 0;
   const int64_t want = (1024 + channels - 1) / channels;
