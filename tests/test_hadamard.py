@@ -200,8 +200,8 @@ def test_sanitizer_subset(n):
 
 
 # ---------------------------------------------------------------------------------------------
-# The CUDA launcher and kernels (one-CTA segments and the two-pass workspace path, fp32 / fp16 /
-# bf16) run on the host: tests/emulate/hadamard.cpp via tests/emulate/run.sh, one fiber per
+# The CUDA launcher and kernels (one-CTA segments, rows on clusters of two CTAs and the two-pass
+# workspace path, fp32 / fp16 / bf16) run on the host: tests/emulate/hadamard.cpp via tests/emulate/run.sh, one fiber per
 # CUDA thread, bitwise against the CPU twin. Opt-in (see run_emulation), ~30 s build and run.
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sanitizer", emulation_sanitizers())

@@ -8,8 +8,10 @@
 // of up to 32768 elements (fp32 in shared memory: 128 KB) is one CTA's segment on GPUs with
 // >= 128 KB of shared memory per block (A100, H100); longer rows (65536 everywhere) take the
 // two-pass path: the segment pass into an fp32 workspace of rows * m * 4 bytes (the size
-// hadamard_cuda_workspace_bytes asks for, allocated here) and the column pass. The table's
-// "path" column says which ran (1-pass / 2-pass: the workspace size decides). Flags: see --help.
+// hadamard_cuda_workspace_bytes asks for, allocated here) and the column pass. On sm_90 a row
+// of 32768 goes to a cluster of two CTAs (its one CTA would fill an SM alone); those cases also
+// run with HadamardParams::split_rows = false (op "hadamard_1cta"). The table's "path" column
+// says which ran (hadamard_cuda_path: 1 CTA, cluster x2, 2-pass). Flags: see --help.
 //
 // Method: inputs filled on the device by a hash-based kernel (untimed); before each timed run the
 // L2 is flushed by a cudaMemsetAsync of 4x the L2 size; each run is bracketed by CUDA events on
@@ -93,7 +95,7 @@ int main(int argc, char** argv) {
   auto& [dev, stream, copy_bps, optin, flusher] = bd;
   bd.print_header();
 
-  Table table({"dtype", "n", "rows", "time us", "GB/s", "% copy BW", "path", "check"});
+  Table table({"op", "dtype", "n", "rows", "time us", "GB/s", "% copy BW", "path", "check"});
   std::vector<JsonObject> records;
   int failures = 0;
   uint64_t seed = 1;
@@ -149,18 +151,27 @@ int main(int argc, char** argv) {
       failures += err <= tol ? 0 : 1;
     }
     const double bytes = 2.0 * double(e) * double(es);
-    const Timing t = time_median(run, stream, &flusher, reps, 5);
-    const double gbps = bytes / (t.median_ms * 1e-3) / 1e9, pct = 100.0 * bytes / (t.median_ms * 1e-3) / copy_bps;
-    const char* path = wsb ? "2-pass" : "1-pass";
-    table.add({dtype_name(c.dt), std::to_string(c.n), std::to_string(rows), fmtf("%.1f", t.median_ms * 1e3),
-               fmtf("%.0f", gbps), fmtf("%.1f", pct), path, check});
-    JsonObject j;
-    j.str("op", "hadamard").str("dtype", dtype_name(c.dt)).integer("n", c.n).integer("n_pow2", m)
-        .integer("rows", rows).str("path", path).integer("workspace_bytes", (long long)wsb).num("bytes", bytes)
-        .num("GBps", gbps).num("pct_copy_bw", pct).str("check", check)
-        .num("check_rel_err", err);
-    add_timing(j, t);
-    records.push_back(j);
+    mmm::HadamardParams p1 = p;  // one CTA per row, for hadamard_1cta
+    p1.split_rows = false;
+    const bool pairs = std::string(mmm::hadamard_cuda_path(p, dev.id)) == "cluster x2";
+    auto run_1cta = [&] { MMM_CHECK_LAUNCH(mmm::launch_hadamard(p1, ws.get(), stream), tag + " (1 CTA)"); };
+    for (int variant = 0; variant < (pairs ? 2 : 1); ++variant) {
+      const mmm::HadamardParams& pv = variant ? p1 : p;
+      const Timing t = variant ? time_median(run_1cta, stream, &flusher, reps, 5) : time_median(run, stream, &flusher, reps, 5);
+      const double gbps = bytes / (t.median_ms * 1e-3) / 1e9, pct = 100.0 * bytes / (t.median_ms * 1e-3) / copy_bps;
+      const char* op = variant ? "hadamard_1cta" : "hadamard";
+      const char* path = mmm::hadamard_cuda_path(pv, dev.id);
+      const std::string chk = variant ? "-" : check;
+      table.add({op, dtype_name(c.dt), std::to_string(c.n), std::to_string(rows), fmtf("%.1f", t.median_ms * 1e3),
+                 fmtf("%.0f", gbps), fmtf("%.1f", pct), path, chk});
+      JsonObject j;
+      j.str("op", op).str("dtype", dtype_name(c.dt)).integer("n", c.n).integer("n_pow2", m)
+          .integer("rows", rows).str("path", path).integer("workspace_bytes", (long long)wsb).num("bytes", bytes)
+          .num("GBps", gbps).num("pct_copy_bw", pct).str("check", chk)
+          .num("check_rel_err", variant ? NAN : err);
+      add_timing(j, t);
+      records.push_back(j);
+    }
   }
   MMM_CHECK_CUDA(cudaStreamSynchronize(stream));
   table.print();

@@ -1,6 +1,6 @@
 // Thread-block clusters (sm_90+): a CTA's rank in its cluster, the cluster-wide barrier, and
 // stores into another CTA's shared memory (distributed shared memory). PTX ISA "mapa",
-// "barrier.cluster", "st" with .shared::cluster, special register %cluster_ctarank.
+// "barrier.cluster", "ld" / "st" with .shared::cluster, special register %cluster_ctarank.
 // A kernel that uses them must be launched with a cluster dimension (ClusterLaunch below);
 // built for an older architecture they trap.
 #pragma once
@@ -76,6 +76,26 @@ __device__ __forceinline__ uint64_t cluster_load_u64(const void* local, unsigned
   return 0;
 #else
   return 0;
+#endif
+}
+
+// The 16 bytes (four floats) at the location of CTA `rank`'s shared memory that corresponds to
+// `local` in this CTA's. `local` must be 16-byte aligned.
+__device__ __forceinline__ float4 cluster_load_f4(const float* local, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t remote;
+  float4 v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+#elif defined(__CUDA_ARCH__)
+  __trap();
+  return make_float4(0.f, 0.f, 0.f, 0.f);
+#else
+  return make_float4(0.f, 0.f, 0.f, 0.f);
 #endif
 }
 

@@ -10,7 +10,12 @@
 //   hadamard_columns_kernel  rows longer than one CTA's shared memory: H_m = H_a (x) H_b, so after
 //                            the segment kernel has applied H_b to each of the a segments, a
 //                            thread per (row, column) applies H_a across them in registers.
+//   kPair (sm_90)            a row whose segment would fill an SM alone (32768 elements: 128 KB
+//                            and 1024 threads) on a cluster of two CTAs, each the segment kernel
+//                            on one half, then the top stride (H_2) between the halves through
+//                            distributed shared memory: two rows' CTAs share an SM.
 #pragma once
+#include "core/cluster.cuh"
 #include "core/cuda_utils.cuh"
 
 namespace mmm {
@@ -77,8 +82,12 @@ __device__ __forceinline__ void hadamard_warp_strides(float* smem, int warp, int
   for (int j = 0; j < kP; ++j) smem[base + jpart(j)] = t[j];
 }
 
-template <typename TI, typename TO>
-__global__ void __launch_bounds__(HadamardTile::kMaxThreads)
+// kPair: segs_per_row = 2 on clusters of two CTAs (rank = the segment's half of the row, as
+// gridDim.x is even); the halves' transforms meet in shared memory for the top stride, each CTA
+// producing both outputs (a0 + a1, a0 - a1) of its half of the positions, in the order the CPU
+// twin adds them (so still bit-identical). 512 threads of at most 64 registers: two CTAs an SM.
+template <typename TI, typename TO, bool kPair = false>
+__global__ void __launch_bounds__(kPair ? HadamardTile::kMaxThreads / 2 : HadamardTile::kMaxThreads, kPair ? 2 : 1)
     hadamard_segment_kernel(const TI* in, int64_t in_rs, int64_t in_n, TO* out, int64_t out_rs, int64_t out_n,
                             int64_t rows, int64_t seg_len, int64_t segs_per_row, float scale, bool vec_in,
                             bool vec_out) {
@@ -168,12 +177,49 @@ __global__ void __launch_bounds__(HadamardTile::kMaxThreads)
             v[k + kb][i] = a - b;
           }
     }
-    TO* dst = out + row * out_rs + base;
+    if constexpr (kPair) {
+      // The halves' top stride: both transforms in shared memory (natural layout), then CTA
+      // `half` takes chunks [half, half + 1] * 2 nthreads of both halves.
 #pragma unroll
-    for (int k = 0; k < kK; ++k) {
+      for (int k = 0; k < kK; ++k) {
+        const int e0 = (k * nthreads + tid) * kC;
+        *reinterpret_cast<float4*>(smem + hadamard_slot(e0)) = make_float4(v[k][0], v[k][1], v[k][2], v[k][3]);
+        *reinterpret_cast<float4*>(smem + hadamard_slot(e0 + 4)) = make_float4(v[k][4], v[k][5], v[k][6], v[k][7]);
+      }
+      cluster_sync();
+      const unsigned half = unsigned(seg % 2);
+      TO* dst = out + row * out_rs;
+      const int lo_len = int(out_n < seg_len ? out_n : seg_len), hi_len = int(out_n - seg_len < 0 ? 0 : out_n - seg_len);
 #pragma unroll
-      for (int i = 0; i < kC; ++i) v[k][i] *= scale;
-      store_chunk<kC>(dst, v[k], (k * nthreads + tid) * kC, out_len, vec_out);
+      for (int k = 2 * int(half); k < 2 * int(half) + 2; ++k) {
+        const int e0 = (k * nthreads + tid) * kC;
+        float a[2][kC];  // [half of the row][element of the chunk]
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int slot = hadamard_slot(e0 + 4 * q);
+          const float4 own = *reinterpret_cast<const float4*>(smem + slot), other = cluster_load_f4(smem + slot, half ^ 1u);
+          const float4 first = half ? other : own, second = half ? own : other;
+          a[0][4 * q] = first.x, a[0][4 * q + 1] = first.y, a[0][4 * q + 2] = first.z, a[0][4 * q + 3] = first.w;
+          a[1][4 * q] = second.x, a[1][4 * q + 1] = second.y, a[1][4 * q + 2] = second.z, a[1][4 * q + 3] = second.w;
+        }
+        float lo[kC], hi[kC];
+#pragma unroll
+        for (int i = 0; i < kC; ++i) {
+          lo[i] = (a[0][i] + a[1][i]) * scale;
+          hi[i] = (a[0][i] - a[1][i]) * scale;
+        }
+        store_chunk<kC>(dst, lo, e0, lo_len, vec_out);
+        store_chunk<kC>(dst + seg_len, hi, e0, hi_len, vec_out);
+      }
+      cluster_sync();  // the other CTA's reads of this one's shared memory are done before the next row
+    } else {
+      TO* dst = out + row * out_rs + base;
+#pragma unroll
+      for (int k = 0; k < kK; ++k) {
+#pragma unroll
+        for (int i = 0; i < kC; ++i) v[k][i] *= scale;
+        store_chunk<kC>(dst, v[k], (k * nthreads + tid) * kC, out_len, vec_out);
+      }
     }
   }
 }

@@ -13,6 +13,9 @@ struct HadamardParams {
   void* y = nullptr;       int64_t y_row_stride = 0;
   DType dtype = DType::kFloat32;  // of x and y; arithmetic in fp32 (fp64 for fp64)
   double scale = 1.0;
+  // CUDA: a row whose segment would fill an SM alone goes to a cluster of two CTAs on sm_90
+  // (hadamard_segment_kernel's kPair). false keeps one CTA, for measuring.
+  bool split_rows = true;
 };
 
 // CPU twin (hadamard_cpu.cpp): a range of rows.
@@ -22,5 +25,7 @@ void hadamard_cpu(const HadamardParams& p, int64_t row_begin, int64_t row_end);
 // memory (0 otherwise), then the launch; nullptr on success, else a static message.
 size_t hadamard_cuda_workspace_bytes(const HadamardParams& p, int device);
 const char* launch_hadamard(const HadamardParams& p, void* workspace, void* stream);
+// Which path launch_hadamard takes: "1 CTA", "cluster x2" (kPair) or "2-pass".
+const char* hadamard_cuda_path(const HadamardParams& p, int device);
 
 }  // namespace mmm

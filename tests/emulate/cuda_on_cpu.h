@@ -34,7 +34,7 @@
 //     __floats2{half,bfloat16}2_rn and __{half2,bfloat162}2float2, sincospif (long double),
 //     __brev, min/max, atomicAdd (std::atomic_ref), warp_sum/to_f/from_f of core/cuda_utils.cuh
 //     (or, with MMM_EMU_REAL_CUDA_UTILS, the real header), and the few runtime calls a launcher
-//     makes (device attributes from emu::optin_smem / emu::sms, occupancy from
+//     makes (device attributes from emu::optin_smem / sm_smem / sms / cc_major, occupancy from
 //     emu::blocks_per_sm, so a driver can shrink shared memory or the grid to force other
 //     paths), rsqrtf (1/sqrt, rounded once).
 // Races: built with ThreadSanitizer (run.sh, MMM_EMULATE_SANITIZE=thread), two accesses to one
@@ -468,10 +468,13 @@ inline std::atomic<uint64_t> progress{0};  // barrier arrivals, for the hang wat
 inline size_t max_smem_used = 0;
 inline int max_block_threads = 1024;  // a driver may lower it to its kernels' __launch_bounds__
 inline int optin_smem = 232448, sms = 132;  // what cudaDeviceGetAttribute reports (H100)
+inline int sm_smem = 233472;                 // and for the shared memory per SM
 inline int blocks_per_sm = 1;  // what cudaOccupancyMaxActiveBlocksPerMultiprocessor reports
 // The grid y/z size a launcher may use, where run.sh substitutes it for the hardware's 65535
 // (block_diag_matmul): lowered, the kernels' grid-stride loops run with test-sized shapes.
 inline int64_t grid_yz_limit = 65535;
+// Likewise for a launcher's cap on the CTAs of a grid-stride kernel (hadamard's clusters).
+inline int64_t grid_x_limit = int64_t(1) << 30;
 // The byte every block's dynamic shared memory starts as. Real shared memory starts as whatever
 // the last block left; 0xff makes a read of never-written shared memory a NaN in fp16, bf16
 // and fp32 alike (the PTX drivers set it; 0 keeps the older drivers' zeroed memory).
@@ -854,16 +857,18 @@ enum {
   cudaDevAttrMultiProcessorCount = 2,
   cudaFuncAttributeMaxDynamicSharedMemorySize = 3,
   cudaDevAttrComputeCapabilityMajor = 4,
-  cudaLaunchAttributeClusterDimension = 5
+  cudaLaunchAttributeClusterDimension = 5,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 6
 };
 namespace emu {
 inline int cc_major = 9;  // what cudaDeviceGetAttribute(ComputeCapabilityMajor) reports (H100)
 inline int active_clusters = 2;  // what cudaOccupancyMaxActiveClusters reports
 }  // namespace emu
 inline int cudaDeviceGetAttribute(int* v, int attr, int) {
-  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? emu::optin_smem
-       : attr == cudaDevAttrComputeCapabilityMajor    ? emu::cc_major
-                                                      : emu::sms;
+  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin       ? emu::optin_smem
+       : attr == cudaDevAttrMaxSharedMemoryPerMultiprocessor ? emu::sm_smem
+       : attr == cudaDevAttrComputeCapabilityMajor          ? emu::cc_major
+                                                            : emu::sms;
   return cudaSuccess;
 }
 // Every kernel is "compiled" for the emulated device.

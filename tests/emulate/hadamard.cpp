@@ -8,7 +8,8 @@
 // Cases: n = 1, 2, 3, 5, 17 (padding to the next power of two, segments shorter than one chunk
 // per lane), register-only segments (<= 1024: one warp, 1, 2 or 4 chunks per lane),
 // shared-memory segments of every warp count (2048 .. 32768: W = 1 .. 5), one above 48 KB (the
-// cudaFuncSetAttribute opt-in) and the largest (32768: 1024 threads); then, with the reported
+// cudaFuncSetAttribute opt-in) and the largest (32768: 1024 threads); rows of 32768 on clusters
+// of two CTAs (kPair), ragged and whole; then, with the reported
 // opt-in shared memory lowered to 8 KB (segments of 2048) and 4 KB (segments of 1024, no shared
 // memory), the two-pass path: the segment kernel into the fp32 workspace and the column kernel
 // for a = 2 .. 32 segments per row; and a row too long for that (an error).
@@ -34,7 +35,7 @@ static std::mt19937 rng(3);
 static int failures = 0;
 
 
-static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_error = false) {
+static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_error = false, bool split = true) {
   int64_t m = 1;
   while (m < n) m *= 2;
   emu::optin_smem = optin;
@@ -42,6 +43,7 @@ static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_er
   p.rows = rows; p.n = n; p.n_pow2 = m; p.dtype = t;
   p.x_row_stride = n + 3; p.y_row_stride = n + 5;
   p.scale = 1.0 / std::sqrt(double(m));
+  p.split_rows = split;
   const size_t es = esz(t);
   const Buffer x = random_buffer(rng, t, rows * p.x_row_stride);
   Buffer y_t(size_t(rows * p.y_row_stride) * es, 0x7f), y_k(y_t.bytes, 0x7f);
@@ -52,8 +54,8 @@ static void run_case(DType t, int64_t rows, int64_t n, int optin, bool expect_er
   std::vector<float> ws(wsb / 4 + 1, NAN);
   p.y = y_k.data();
   const char* err = launch_hadamard(p, wsb ? ws.data() : nullptr, nullptr);
-  std::printf("%-4s rows %" PRId64 " n %6" PRId64 " (m %6" PRId64 ") opt-in smem %6d: %s", tname(t), rows, n, m, optin,
-              wsb ? "two-pass" : "one CTA ");
+  std::printf("%-4s rows %" PRId64 " n %6" PRId64 " (m %6" PRId64 ") opt-in smem %6d: %-10s", tname(t), rows, n, m, optin,
+              hadamard_cuda_path(p, 0));
   if (expect_error) {
     std::printf(" %s error: %s\n", err ? "ok " : "BAD", err ? err : "none");
     failures += !err;
@@ -87,7 +89,14 @@ int main() {
   run_case(H, 3, 1000, full);
   run_case(H, 2, 8000, full);   // m = 8192: W = 3
   run_case(F, 2, 16384, full);  // 64 KB: above 48 KB
-  run_case(B, 2, 20000, full);  // m = 32768: 1024 threads, 128 KB
+  run_case(B, 2, 20000, full, false, false);  // m = 32768 in one CTA: 1024 threads, 128 KB
+  // m = 32768 on clusters of two: ragged (the second half's output cut at 3616) and whole rows,
+  // with the grid capped at one cluster (2 CTAs) so that it loops over the rows.
+  emu::grid_x_limit = 2;
+  run_case(B, 2, 20000, full);
+  run_case(F, 3, 32768, full);
+  emu::grid_x_limit = int64_t(1) << 30;
+  run_case(H, 1, 16385, full);
   // Two-pass: segments of 2048 (8 KB of shared memory) ...
   run_case(F, 2, 2049, 8192);   // a = 2
   run_case(B, 3, 9000, 8192);   // a = 8

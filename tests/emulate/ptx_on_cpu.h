@@ -395,6 +395,9 @@ inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) 
 inline uint64_t cluster_load_u64(const void* local, unsigned rank) {
   return *reinterpret_cast<const uint64_t*>(cluster_address(local, rank, 8, "cluster_load_u64: a bad address or rank"));
 }
+inline float4 cluster_load_f4(const float* local, unsigned rank) {
+  return *reinterpret_cast<const float4*>(cluster_address(local, rank, 16, "cluster_load_f4: a bad address or rank"));
+}
 
 // Each thread writes its own record after the kernel body; thread 0 reads them all after the
 // block's closing barrier (launch_grid), before the next block's opening one.
@@ -431,4 +434,5 @@ inline void cluster_arrive() { emu::cluster_arrive(); }
 inline void cluster_wait() { emu::cluster_wait(); }
 inline void cluster_store_u32(const void* local, unsigned rank, uint32_t value) { emu::cluster_store_u32(local, rank, value); }
 inline uint64_t cluster_load_u64(const void* local, unsigned rank) { return emu::cluster_load_u64(local, rank); }
+inline float4 cluster_load_f4(const float* local, unsigned rank) { return emu::cluster_load_f4(local, rank); }
 }  // namespace mmm

@@ -57,13 +57,13 @@ esac
 # emu::block_static, an array per running block (cuda_on_cpu.h). tests/emulate/shadow stands in
 # for the CUDA headers.
 ptx_cxx=("${CXX:-g++}" -std=c++20 -I"$here/shadow" -I"$here" -I"$out/inc" -I"$repo/csrc" -DMMM_EMU_REAL_CUDA_UTILS -pthread)
-ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait|cluster_ctarank|cluster_arrive|cluster_wait|cluster_store_u32|cluster_load_u64'
+ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait|cluster_ctarank|cluster_arrive|cluster_wait|cluster_store_u32|cluster_load_u64|cluster_load_f4'
 rewrite() {
   local f
   for f in "$@"; do
     mkdir -p "$out/inc/$(dirname "$f")"
     perl -0pe '
-      s/\b(void|unsigned|uint64_t) ('"$ptx_wrappers"')\(/$1 $2_ptx(/g;
+      s/\b(void|unsigned|uint64_t|float4) ('"$ptx_wrappers"')\(/$1 $2_ptx(/g;
       s/([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?),\s*([^,;]*),\s*([^,;]*),\s*stream>>>\(([^;]*)\);/emu_launch(0, $1, $2, $3, $4, $5);/g;
       s/extern __shared__ (?:__align__\(\d+\) )?([\w ]*?\w) (\w+)\[\]/$1* $2 = static_cast<$1*>(emu::smem)/g;
       s/\b__shared__ (?:__align__\(\d+\) )?([\w:<>, ]*?\w) (\w+)((?:\[[^\]\n]+\])+);/auto& $2 = emu::block_static<$1$3>([] {});/g;
@@ -184,10 +184,14 @@ case "$op" in
       instantiations/fused_add_norm_fp16; do printf '#include "%s.cu"\n' "$d/$f" > "$out/fan_${f##*/}.cpp"; done
     link_driver "${ptx_cxx[@]}" -O1 -g1 "${san[@]}" -- "$out"/fan_*.cpp "$here/fused_add_norm.cpp" \
       "$twins/fused_add_norm_cpu.o" ;;
-  # The single-CTA segment kernel (registers only, shared memory, above 48 KB) and, with the
-  # opt-in shared memory lowered by the driver, the segment + column two-pass path.
+  # The single-CTA segment kernel (registers only, shared memory, above 48 KB), its rows split
+  # over clusters of two (core/cluster.cuh's wrappers renamed: ptx_on_cpu.h models them) and, with
+  # the opt-in shared memory lowered by the driver, the segment + column two-pass path.
   hadamard)
-    rewrite hadamard/hadamard_kernel.cuh hadamard/hadamard_launch.cu
+    rewrite core/mma.cuh core/cluster.cuh hadamard/hadamard_kernel.cuh hadamard/hadamard_launch.cu
+    # The clusters' grid cap, a variable the driver lowers so that a cluster loops over rows.
+    perl -pi -e 's/\(int64_t\(1\) << 30\)/(emu::grid_x_limit)/g' "$out/inc/hadamard/hadamard_launch.cu"
+    grep -q 'emu::grid_x_limit' "$out/inc/hadamard/hadamard_launch.cu"
     printf '#include "hadamard/hadamard_launch.cu"\n' > "$out/hadamard_kernels.cpp"
     cached_object "$twins/hadamard_cpu.o" "$repo/csrc/hadamard/hadamard_cpu.cpp" "$repo/csrc/hadamard/hadamard_cpu_impl.h" \
       "$repo/csrc/hadamard/params.h"
