@@ -8,8 +8,9 @@
 //   mma         ldmatrix fragments + mma.sync m16n8k16 (fp16, bf16) == a host matmul, exactly,
 //               with B stored [n][k] (ldmatrix) and [k][n] (ldmatrix .trans), and P·V-style A
 //               operands packed from accumulators; cp.async copies and zero-fills
-//   cluster     (sm_90 only) %cluster_ctarank, the split cluster barrier and cluster_store_u32:
-//               each CTA of a cluster of 4 stores into the next one's shared memory
+//   cluster     (sm_90 only) %cluster_ctarank, the split cluster barrier, cluster_store_u32,
+//               cluster_load_u64 and cluster_load_f4: each CTA of a cluster of 4 stores into the
+//               next one's shared memory, then reads it back from there
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
@@ -371,19 +372,27 @@ static void test_mma(const char* name) {
 
 // ---- clusters (sm_90) --------------------------------------------------------------------------
 // CTA rank r stores r * 1000 + t into word t of CTA (r + 1) % 4's shared array, then (after the
-// barrier) reports its own array and its rank: word t must be ((r + 3) % 4) * 1000 + t.
-constexpr int kClusterCtas = 4, kClusterThreads = 128;
+// barrier) reports its own array, its rank, and word t of the next CTA's array read back as
+// part of 8 bytes (cluster_load_u64) and of 16 (cluster_load_f4): ((r + 3) % 4) * 1000 + t for
+// its own word, r * 1000 + t for the next CTA's.
+constexpr int kClusterCtas = 4, kClusterThreads = 128, kClusterOut = 4;
 __global__ void cluster_kernel(unsigned* out) {
-  __shared__ unsigned words[kClusterThreads];
-  const unsigned rank = cluster_ctarank(), t = threadIdx.x;
+  __shared__ __align__(16) unsigned words[kClusterThreads];
+  const unsigned rank = cluster_ctarank(), t = threadIdx.x, next = (rank + 1) % kClusterCtas;
   words[t] = 0xffffffffu;
   cluster_sync();  // every CTA runs (and has initialised its words) before anyone stores into it
-  cluster_store_u32(&words[t], (rank + 1) % kClusterCtas, rank * 1000 + t);
+  cluster_store_u32(&words[t], next, rank * 1000 + t);
   cluster_arrive();
   cluster_wait();
-  out[(blockIdx.x * kClusterThreads + t) * 2] = words[t];
-  out[(blockIdx.x * kClusterThreads + t) * 2 + 1] = rank;
-  cluster_sync();  // nobody exits while another CTA could still store into it (none does here)
+  unsigned* o = out + (blockIdx.x * kClusterThreads + t) * kClusterOut;
+  o[0] = words[t];
+  o[1] = rank;
+  const uint64_t pair = cluster_load_u64(&words[t & ~1u], next);
+  o[2] = unsigned(pair >> (32 * (t & 1)));
+  const float4 quad = cluster_load_f4(reinterpret_cast<const float*>(&words[t & ~3u]), next);
+  const float q[4] = {quad.x, quad.y, quad.z, quad.w};
+  o[3] = __float_as_uint(q[t & 3]);
+  cluster_sync();  // nobody exits while another CTA could still read or store its memory
 }
 
 void test_cluster() {
@@ -395,20 +404,24 @@ void test_cluster() {
     return;
   }
   const int blocks = 2 * kClusterCtas;
-  DeviceBuffer<unsigned> out(size_t(blocks) * kClusterThreads * 2);
+  DeviceBuffer<unsigned> out(size_t(blocks) * kClusterThreads * kClusterOut);
   const ClusterLaunch launch(blocks, kClusterThreads, 0, nullptr, kClusterCtas);
   CUDA_OK(cudaLaunchKernelEx(&launch.config, cluster_kernel, out.ptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<unsigned> h = out.download();
-  bool ranks = true, values = true;
+  bool ranks = true, values = true, loads8 = true, loads16 = true;
   for (int b = 0; b < blocks; ++b)
     for (int t = 0; t < kClusterThreads; ++t) {
-      const unsigned r = unsigned(b % kClusterCtas), i = unsigned(b * kClusterThreads + t) * 2;
+      const unsigned r = unsigned(b % kClusterCtas), i = unsigned(b * kClusterThreads + t) * kClusterOut;
       ranks = ranks && h[i + 1] == r;
       values = values && h[i] == ((r + kClusterCtas - 1) % kClusterCtas) * 1000 + unsigned(t);
+      loads8 = loads8 && h[i + 2] == r * 1000 + unsigned(t);
+      loads16 = loads16 && h[i + 3] == r * 1000 + unsigned(t);
     }
   check(ranks, "cluster_ctarank == blockIdx.x % cluster size");
   check(values, "cluster_store_u32 into the next CTA + cluster barrier: every word from the previous rank");
+  check(loads8, "cluster_load_u64 from the next CTA: the words this CTA stored there");
+  check(loads16, "cluster_load_f4 from the next CTA: the words this CTA stored there");
 }
 
 int main() {
