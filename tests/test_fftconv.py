@@ -136,8 +136,9 @@ def test_long_sequences_cuda(dtype, b, h, n):
                                   (False, False, False, False, True)])
 def test_split_backward_cuda(mask):
     # On sm_90 the backward at N = 8192 runs on clusters of two CTAs (fftconv_bwd_split_kernel):
-    # 512 channels make 2 batch chunks, so each task sums dk and dbias over 2 rows; each partial
-    # set of gradients takes its own branches (no v, no inverse of g, no epilogue).
+    # 512 channels make one batch chunk (fftconv_bwd_chunks), so each task sums dk and dbias over
+    # the 4 rows; each partial set of gradients takes its own branches (no v, no inverse of g, no
+    # epilogue).
     args = make_inputs(4, 512, 8192, F32, "cuda", seed=5)
     check(args, grad_mask=mask, atol_scale=4.0)
     if mask is None:

@@ -155,12 +155,11 @@ struct BwdSpectra {
   float2* A;
   float2* B;
   float2* acc;  // nullptr: dk not asked for
-  int n, log2_fft;
+  int log2_fft;
   bool first, need_v, need_dv, need_z;
 
   __device__ __forceinline__ void pair(int k, int ak, int am, int bk, int bm, int ik, int im, float2 kk, float2 km,
                                        float2 ck, float2 cm) const {
-    const int m = n - k;
     if (k == 0) {
       const float2 g = unpack_dc(A[ak]);
       const float2 v = need_v ? unpack_dc(B[bk]) : make_float2(0.f, 0.f);
@@ -507,13 +506,17 @@ __global__ void __launch_bounds__(FFTConvTile::kSplitThreads, 2)
   }
 }
 
-// Batch chunks per channel for the backward's dk / dbias partial sums: a function of the
-// shapes only, so the summation order does not depend on the GPU's size (the bits still depend on
-// the path fftconv_launch picks for the device: split rows transform in another order).
-MMM_HD int64_t fftconv_bwd_chunks(int64_t batch, int64_t channels) {
-  if (batch == 0) return 0;
-  const int64_t want = (1024 + channels - 1) / channels;
-  return want < 1 ? 1 : want > batch ? batch : want;
+// Batch chunks per channel for the backward's dk / dbias partial sums: as few as give about 1024
+// (channel, chunk) tasks, enough CTAs for a large GPU; 256 from n = 4096 points up, whose tasks'
+// CTAs have 256 threads or more, and where each chunk's partial spectrum (8n bytes, written once
+// and read again by the finalize) costs about as much traffic as a row. A function of the shapes
+// only, so the summation order does not depend on the GPU's size (the bits still depend on the
+// path fftconv_launch picks for the device: split rows transform in another order).
+MMM_HD int64_t fftconv_bwd_chunks(const FFTConvParams& p) {
+  if (p.batch == 0) return 0;
+  const int64_t tasks = p.log2_fft - 1 >= 12 ? 256 : 1024;
+  const int64_t want = (tasks + p.channels - 1) / p.channels;
+  return want < 1 ? 1 : want > p.batch ? p.batch : want;
 }
 
 // Task q (channel-major) = (h = q / chunks, chunk c = q % chunks): rows b in [c B / chunks,
@@ -535,7 +538,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   float2* A = kSmemA ? smem_fftconv : scratch + (int64_t(blockIdx.x) * 2) * n;
   float2* B = kSmemB ? smem_fftconv + n : scratch + (int64_t(blockIdx.x) * 2 + 1) * n;
   const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
-  const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
+  const int64_t chunks = fftconv_bwd_chunks(p);
   for (int64_t task = blockIdx.x; task < p.channels * chunks; task += gridDim.x) {
     const BwdTask tk(p, task, chunks, n, kspec, dk_part);
     const float2* ks = tk.ks;
@@ -551,7 +554,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       fft::cta_fft_dif<false, kSmemA>(A, log2n);
       if (need_v) fft::cta_fft_dif<false, kSmemB>(B, log2n);
       const bool first = b == tk.b0;
-      const BwdSpectra spectra{A, B, acc, n, p.log2_fft, first, need_v, need_dv, p.dpostgate != nullptr};
+      const BwdSpectra spectra{A, B, acc, p.log2_fft, first, need_v, need_dv, p.dpostgate != nullptr};
       // Four global values per bin pair below, and per element in the epilogue: half batches.
       constexpr int kBatch = kLoadBatch / 2;
       for (int k0 = threadIdx.x; k0 <= n / 2; k0 += kBatch * blockDim.x) {
@@ -636,7 +639,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   const unsigned k1 = cluster_ctarank();
   const bool need_v = p.dk || p.dpostgate, need_dv = p.du || p.dpregate;
   const int j_end = int((p.n + 1) / 2) < b ? int((p.n + 1) / 2) : b;  // packed points holding t < N
-  const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
+  const int64_t chunks = fftconv_bwd_chunks(p);
   for (int64_t task = blockIdx.x / 2; task < p.channels * chunks; task += gridDim.x / 2) {
     const BwdTask tk(p, task, chunks, n, kspec, dk_part);
     const float2* ks = tk.ks;
@@ -650,7 +653,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       if (p.dbias)
         for (int64_t t = k1 * blockDim.x + threadIdx.x; t < p.n; t += 2 * blockDim.x) dbias += row.g(t) * to_f(row.u[t]);
       const bool first = bt == tk.b0;
-      const BwdSpectra spectra{A, B, acc, n, p.log2_fft, first, need_v, need_dv, p.dpostgate != nullptr};
+      const BwdSpectra spectra{A, B, acc, p.log2_fft, first, need_v, need_dv, p.dpostgate != nullptr};
       // Four global values per bin pair below, and per element in the epilogue, loaded for kBatch
       // items before any store (kLoadBatch).
       constexpr int kBatch = kLoadBatch / 2;
@@ -730,7 +733,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
   using namespace fftconv_detail;
   const int log2n = p.log2_fft - 1, n = 1 << log2n;
   const float inv_len = 1.f / float(p.fft_len());
-  const int64_t chunks = fftconv_bwd_chunks(p.batch, p.channels);
+  const int64_t chunks = fftconv_bwd_chunks(p);
   float2* buf = buffer<kSmem>(scratch, log2n);
   for (int64_t h = blockIdx.x; h < p.channels; h += gridDim.x) {
     if (p.dbias && threadIdx.x == 0) {

@@ -67,7 +67,7 @@ Plan::Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool
   }
   kspec_bytes = size_t(channels) * size_t(n + 1) * sizeof(float2);
   if (backward) {
-    chunks = fftconv_bwd_chunks(p.batch, p.channels);
+    chunks = fftconv_bwd_chunks(p);
     dk_part_bytes = need_dk ? size_t(channels * chunks) * size_t(n + 1) * sizeof(float2) : 0;
     dbias_part_bytes = need_dbias ? size_t(channels * chunks) * sizeof(float) : 0;
     scratch_bytes = smem2 || split ? 0 : size_t(slots) * 2 * buf;

@@ -57,7 +57,7 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
   const int log2n = p.log2_fft - 1;
   const int64_t n = int64_t(1) << log2n;
   const int threads = mmm::FFTConvTile::threads(n);
-  const int64_t chunks = mmm::fftconv_bwd_chunks(B, H);
+  const int64_t chunks = mmm::fftconv_bwd_chunks(p);
   const int slots = 2;  // scratch paths: two CTAs, so loops wrap
   std::vector<float2> kspec(size_t(H * (n + 1))), dk_part(size_t(H * chunks * (n + 1))), scratch(size_t(slots * 2 * n));
   Vec dbias_part(size_t(H * chunks));
