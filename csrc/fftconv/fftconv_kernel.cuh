@@ -48,8 +48,9 @@ struct FFTConvTile {
     int64_t t = n / 16;
     return int(t < 32 ? 32 : t > kMaxThreads ? kMaxThreads : t);
   }
-  // fftconv_fwd_split_kernel (a half row of b points): at most 256 threads of <= 128 registers, so
-  // that two CTAs (2 x 64 KB at N = 16384) share an SM, which is the point of splitting.
+  // The forward's CTAs where two fit an SM's shared memory (fftconv_fwd_split_kernel's half rows,
+  // 2 x 64 KB at N = 16384, and fftconv_fwd_kernel's rows up to N = 8192): at most 256 threads of
+  // <= 128 registers, so that two CTAs share an SM's register file too.
   static constexpr int kSplitThreads = 256;
   static int split_threads(int64_t b) { return threads(b) < kSplitThreads ? threads(b) : kSplitThreads; }
 };

@@ -51,6 +51,9 @@ Plan::Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool
   smem1 = buf + kStaticSmem <= size_t(optin);
   smem2 = 2 * buf + kStaticSmem <= size_t(optin);
   slots = std::max<int64_t>(1, std::min<int64_t>(int64_t(4) * sms, int64_t(kScratchBudget / (2 * buf))));
+  int per_sm = 0;
+  cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  fwd_threads = 2 * buf <= size_t(per_sm) ? std::min(threads, FFTConvTile::kSplitThreads) : threads;
   // dk's running sums (n + 1 float2; a split CTA's bins: n/2 + 1) and a split CTA's bytes.
   const size_t acc = backward && need_dk ? size_t(n + 1) * sizeof(float2) : 0;
   const size_t split_bytes = backward ? buf + (need_dk ? size_t(n / 2 + 1) * sizeof(float2) : 0) : buf / 2;
@@ -60,8 +63,6 @@ Plan::Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool
     // the device runs clusters with this build's sm_90 code (else the kernel would trap; every
     // fftconv kernel is built for the same architectures, so the kspec kernel, compiled in this
     // file anyway, answers for the split kernels).
-    int per_sm = 0;
-    cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
     const size_t row_bytes = backward ? 2 * buf : buf;
     split = 2 * row_bytes > size_t(per_sm) && runs_cluster_code(fftconv_kspec_kernel<true>, device);
   }

@@ -16,6 +16,11 @@ constexpr int kStaticSmem = 1024;                    // margin for the kernels' 
 
 struct Plan {
   int log2n = 0, threads = 32;
+  // The forward's CTAs (fftconv_fwd_kernel): at most FFTConvTile::kSplitThreads (256) threads
+  // where two rows' buffers fit an SM's shared memory, so that two CTAs of <= 128 registers share
+  // its register file (512 threads of 128 registers would fill it: at N = 8192 one row per SM,
+  // nothing to overlap its loads with another's work; fft_cta_kernel keeps the same bound).
+  int fwd_threads = 32;
   int64_t n = 1, channels = 0, rows = 0, chunks = 0, slots = 1;
   bool smem1 = false;  // one buffer (4L bytes) fits shared memory
   bool smem2 = false;  // two buffers fit
@@ -66,7 +71,7 @@ cudaError_t launch_rows_fwd(const FFTConvParams& p, const Plan& pl, const float2
   if (pl.smem1) {
     cudaError_t err = allow_smem(fftconv_fwd_kernel<T, true>, smem);
     if (err != cudaSuccess) return err;
-    fftconv_fwd_kernel<T, true><<<pl.grid(pl.rows, true), pl.threads, smem, s>>>(p, kspec, nullptr);
+    fftconv_fwd_kernel<T, true><<<pl.grid(pl.rows, true), pl.fwd_threads, smem, s>>>(p, kspec, nullptr);
   } else {
     fftconv_fwd_kernel<T, false><<<pl.grid(pl.rows, false), pl.threads, 0, s>>>(p, kspec, scratch);
   }

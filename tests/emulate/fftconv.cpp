@@ -29,7 +29,8 @@ static double rel_err(const Vec& got, const std::vector<double>& want) {
 
 // path: 0 = everything in shared memory (the backward's dk sums too), 1 = backward's second buffer
 // in scratch, 2 = all scratch, 3 = rows split over clusters of two CTAs, forward and backward (two
-// clusters: rows and tasks loop), 4 = as 0 with the dk sums in global memory (where they do not fit).
+// clusters: rows and tasks loop), 4 = as 0 with the dk sums in global memory (where they do not fit)
+// and the forward on half the threads (fftconv_launch's fwd_threads cap: 2 items a thread).
 // Memory counts of the scratch paths (1, 2), whose FFT passes run on global memory, kept apart: the
 // shared-memory path (0) runs every kernel with the judged layout.
 static emu::AccessStats scratch_counts;
@@ -72,7 +73,9 @@ static bool run_case(int64_t B, int64_t H, int64_t N, bool gates, bool bias_on, 
   if (split)
     launch_grid(4, std::min(split_threads, mmm::FFTConvTile::kSplitThreads), n / 2 * sizeof(float2),
                 [&] { mmm::fftconv_fwd_split_kernel<float>(p, kspec.data()); }, 2);
-  else if (s1) launch_grid(g_rows, threads, n * sizeof(float2), [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
+  else if (s1)
+    launch_grid(g_rows, path == 4 ? std::max(32, threads / 2) : threads, n * sizeof(float2),
+                [&] { mmm::fftconv_fwd_kernel<float, true>(p, kspec.data(), nullptr); });
   else launch_grid(g_rows, threads, 0, [&] { mmm::fftconv_fwd_kernel<float, false>(p, kspec.data(), scratch.data()); });
   const int tasks = int(H * chunks);
   if (split)  // A and B halves, then this CTA's dk sums (n/2 + 1 float2)
