@@ -179,7 +179,8 @@ __global__ void __launch_bounds__(kPair ? HadamardTile::kMaxThreads / 2 : Hadama
     }
     if constexpr (kPair) {
       // The halves' top stride: both transforms in shared memory (natural layout), then CTA
-      // `half` takes chunks [half, half + 1] * 2 nthreads of both halves.
+      // `half` takes its threads' chunks 2 half and 2 half + 1, positions [half, half + 1) * L / 2
+      // of both halves.
 #pragma unroll
       for (int k = 0; k < kK; ++k) {
         const int e0 = (k * nthreads + tid) * kC;
