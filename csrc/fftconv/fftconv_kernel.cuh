@@ -621,10 +621,11 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
 // 2k + k1 of g's and of v's spectrum (A and B, b = n/2 float2 each), so the pointwise products,
 // G conj V into dk's running sums included, stay local: those sums of its bins (local index
 // (k - k1) / 2, b + 1 float2 after B) stay in its shared memory over the task's rows, and go to
-// the task's dk_part slot at its end. After both inverses and a cluster barrier, each CTA produces the row gradients at
-// alternate chunks of the points from both CTAs' halves (split_inverse_point). dbias: each CTA
-// sums g u over its own chunks of the points; at the end of the task CTA 0 adds CTA 1's sum, read
-// through distributed shared memory (the same order every run).
+// the task's dk_part slot at its end. After both inverses and a cluster barrier, each CTA
+// produces the row gradients at alternate chunks of the points from both CTAs' halves
+// (split_inverse_point). dbias: each CTA sums g u over its own chunks of the points; at the end
+// of the task CTA 0 adds CTA 1's sum, read through distributed shared memory (the same order
+// every run).
 template <typename T>
 __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
     fftconv_bwd_split_kernel(const FFTConvBwdParams p, const float2* __restrict__ kspec,
@@ -711,7 +712,7 @@ __global__ void __launch_bounds__(FFTConvTile::kMaxThreads)
       }
       cluster_sync();  // the other CTA's reads of A and B are done before the next row's loads
     }
-    if (acc)  // this CTA's bins k1, k1 + 2, ..., n; the next task's DIF barriers protect the sums
+    if (acc)  // this CTA's bins k1, k1 + 2, ... up to n; the next task's DIF barriers protect the sums
       for (int i = threadIdx.x; i < (k1 ? b : b + 1); i += blockDim.x) tk.dk[2 * i + k1] = acc[i];
     if (p.dbias) {
       const float s = cta_sum(dbias, red);
