@@ -111,14 +111,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_cuda_test(name: str, out_dir: Path) -> Path:
-    """Compiles tests/cuda/<name>.cu for this GPU's architecture (sm_80 without a GPU); skips
-    when there is no nvcc, fails with nvcc's message when it does not compile."""
+def build_cuda_test(name: str, out_dir: Path, arch: str = "") -> Path:
+    """Compiles tests/cuda/<name>.cu for `arch`, by default this GPU's architecture (sm_80
+    without a GPU); skips when there is no nvcc, fails with nvcc's message when it does not
+    compile."""
     nvcc = next((c for c in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc") if c and os.path.exists(c)), None)
     if nvcc is None:
         pytest.skip(f"nvcc not found: cannot build tests/cuda/{name}.cu")
-    arch = "sm_{}{}".format(*torch.cuda.get_device_capability()) if torch.cuda.is_available() else "sm_80"
-    out = Path(out_dir) / name
+    if not arch:
+        arch = "sm_{}{}".format(*torch.cuda.get_device_capability()) if torch.cuda.is_available() else "sm_80"
+    out = Path(out_dir) / f"{name}_{arch}"
     cmd = [nvcc, "-std=c++20", "-O2", f"-arch={arch}", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc'}",
            str(ROOT / "tests" / "cuda" / f"{name}.cu"), "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
