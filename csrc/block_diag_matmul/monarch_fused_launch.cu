@@ -4,7 +4,6 @@
 // limit.
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <climits>
 
 #include "block_diag_matmul/monarch_cluster_kernel.cuh"
@@ -64,17 +63,7 @@ int64_t monarch_fused_smem_limit(int device) {
   return cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess ? v : 0;
 }
 
-// Asked on every monarch_matmul forward: the answer is cached per device (0 unknown, 1 no, 2 yes).
-bool monarch_fused_clusters(int device) {
-  static std::atomic<int> known[64];
-  if (device < 0 || device >= 64) return runs_cluster_code(monarch_cluster_kernel<__nv_bfloat16, 64>, device);
-  int k = known[device].load(std::memory_order_relaxed);
-  if (k == 0) {
-    k = runs_cluster_code(monarch_cluster_kernel<__nv_bfloat16, 64>, device) ? 2 : 1;
-    known[device].store(k, std::memory_order_relaxed);
-  }
-  return k == 2;
-}
+bool monarch_fused_clusters(int device) { return runs_cluster_code<monarch_cluster_kernel<__nv_bfloat16, 64>>(device); }
 
 const char* launch_monarch_fused(const MonarchFused& f, const MonarchFusedPlan& plan, void* stream_ptr) {
   if (f.tokens == 0) return nullptr;

@@ -6,6 +6,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "core/mma.cuh"
@@ -50,13 +51,27 @@ __device__ __forceinline__ void cluster_sync() {
   cluster_wait();
 }
 
-// Stores `value` at the location of CTA `rank`'s shared memory that corresponds to `local` in
-// this CTA's (the same offset in the same variable). `local` must be 4-byte aligned.
-__device__ __forceinline__ void cluster_store_u32(const void* local, unsigned rank, uint32_t value) {
+// The shared::cluster address of the location of CTA `rank`'s shared memory that corresponds to
+// `local` in this CTA's (the same offset in the same variable): what the loads and stores below
+// take.
+__device__ __forceinline__ uint32_t cluster_map(const void* local, unsigned rank) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   uint32_t remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
-  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(remote), "r"(value) : "memory");
+  return remote;
+#elif defined(__CUDA_ARCH__)
+  __trap();
+  return 0;
+#else
+  return 0;
+#endif
+}
+
+// Stores `value` at the location of CTA `rank`'s shared memory that corresponds to `local` in
+// this CTA's. `local` must be 4-byte aligned.
+__device__ __forceinline__ void cluster_store_u32(const void* local, unsigned rank, uint32_t value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(cluster_map(local, rank)), "r"(value) : "memory");
 #elif defined(__CUDA_ARCH__)
   __trap();
 #endif
@@ -66,10 +81,8 @@ __device__ __forceinline__ void cluster_store_u32(const void* local, unsigned ra
 // this CTA's. `local` must be 8-byte aligned.
 __device__ __forceinline__ uint64_t cluster_load_u64(const void* local, unsigned rank) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t remote;
   uint64_t value;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
-  asm volatile("ld.shared::cluster.u64 %0, [%1];\n" : "=l"(value) : "r"(remote) : "memory");
+  asm volatile("ld.shared::cluster.u64 %0, [%1];\n" : "=l"(value) : "r"(cluster_map(local, rank)) : "memory");
   return value;
 #elif defined(__CUDA_ARCH__)
   __trap();
@@ -83,12 +96,10 @@ __device__ __forceinline__ uint64_t cluster_load_u64(const void* local, unsigned
 // `local` in this CTA's. `local` must be 16-byte aligned.
 __device__ __forceinline__ float4 cluster_load_f4(const float* local, unsigned rank) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t remote;
   float4 v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
   asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
                : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(remote)
+               : "r"(cluster_map(local, rank))
                : "memory");
   return v;
 #elif defined(__CUDA_ARCH__)
@@ -99,14 +110,27 @@ __device__ __forceinline__ float4 cluster_load_f4(const float* local, unsigned r
 #endif
 }
 
-// Whether `kernel` runs its sm_90 code on `device`: compute capability 9 or newer, and a binary
+// Whether kKernel runs its sm_90 code on `device`: compute capability 9 or newer, and a binary
 // built with sm_90 code (a build for older architectures only has the trapping stubs above).
-template <class Kernel>
-bool runs_cluster_code(Kernel kernel, int device) {
-  int major = 0;
-  cudaFuncAttributes attrs;
-  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
-         cudaFuncGetAttributes(&attrs, kernel) == cudaSuccess && attrs.binaryVersion >= 90 && attrs.ptxVersion >= 90;
+// Asked once per (kernel, device): the launchers ask on every call, and the two driver queries
+// cost microseconds.
+template <auto kKernel>
+bool runs_cluster_code(int device) {
+  const auto ask = [device] {
+    int major = 0;
+    cudaFuncAttributes attrs;
+    return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
+           cudaFuncGetAttributes(&attrs, kKernel) == cudaSuccess && attrs.binaryVersion >= 90 && attrs.ptxVersion >= 90;
+  };
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices];  // 0: not asked yet, 1: no, 2: yes
+  if (device < 0 || device >= kMaxDevices) return ask();
+  int k = known[device].load(std::memory_order_relaxed);
+  if (k == 0) {
+    k = ask() ? 2 : 1;
+    known[device].store(k, std::memory_order_relaxed);
+  }
+  return k == 2;
 }
 
 // cudaLaunchKernelEx's configuration for a 1-D grid of `ctas` CTAs in clusters of `cluster` along x

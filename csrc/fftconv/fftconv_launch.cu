@@ -64,7 +64,7 @@ Plan::Plan(const FFTConvParams& p, int device, bool backward, bool need_dk, bool
     // fftconv kernel is built for the same architectures, so the kspec kernel, compiled in this
     // file anyway, answers for the split kernels).
     const size_t row_bytes = backward ? 2 * buf : buf;
-    split = 2 * row_bytes > size_t(per_sm) && runs_cluster_code(fftconv_kspec_kernel<true>, device);
+    split = 2 * row_bytes > size_t(per_sm) && runs_cluster_code<fftconv_kspec_kernel<true>>(device);
   }
   kspec_bytes = size_t(channels) * size_t(n + 1) * sizeof(float2);
   if (backward) {

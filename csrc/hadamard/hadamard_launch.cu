@@ -33,7 +33,7 @@ bool pair_rows(const HadamardParams& p, int device) {
   int per_sm = 0;
   cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
   return 2 * p.n_pow2 * int64_t(sizeof(float)) > per_sm &&
-         runs_cluster_code(hadamard_segment_kernel<float, float, true>, device);
+         runs_cluster_code<hadamard_segment_kernel<float, float, true>>(device);
 }
 
 // kPair: segs_per_row = 2, each row's segments on a cluster of two CTAs.

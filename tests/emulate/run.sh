@@ -57,13 +57,13 @@ esac
 # emu::block_static, an array per running block (cuda_on_cpu.h). tests/emulate/shadow stands in
 # for the CUDA headers.
 ptx_cxx=("${CXX:-g++}" -std=c++20 -I"$here/shadow" -I"$here" -I"$out/inc" -I"$repo/csrc" -DMMM_EMU_REAL_CUDA_UTILS -pthread)
-ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait|cluster_ctarank|cluster_arrive|cluster_wait|cluster_store_u32|cluster_load_u64|cluster_load_f4'
+ptx_wrappers='ldmatrix_x4|ldmatrix_x4_trans|ldsm_x4|ldsm_x4_trans|mma_m16n8k16|cp_async_16|cp_async_16_bytes|cp_async_commit|cp_async_wait|cluster_ctarank|cluster_arrive|cluster_wait|cluster_map|cluster_store_u32|cluster_load_u64|cluster_load_f4'
 rewrite() {
   local f
   for f in "$@"; do
     mkdir -p "$out/inc/$(dirname "$f")"
     perl -0pe '
-      s/\b(void|unsigned|uint64_t|float4) ('"$ptx_wrappers"')\(/$1 $2_ptx(/g;
+      s/\b(void|unsigned|uint32_t|uint64_t|float4) ('"$ptx_wrappers"')\(/$1 $2_ptx(/g;
       s/([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?),\s*([^,;]*),\s*([^,;]*),\s*stream>>>\(([^;]*)\);/emu_launch(0, $1, $2, $3, $4, $5);/g;
       s/extern __shared__ (?:__align__\(\d+\) )?([\w ]*?\w) (\w+)\[\]/$1* $2 = static_cast<$1*>(emu::smem)/g;
       s/\b__shared__ (?:__align__\(\d+\) )?([\w:<>, ]*?\w) (\w+)((?:\[[^\]\n]+\])+);/auto& $2 = emu::block_static<$1$3>([] {});/g;
