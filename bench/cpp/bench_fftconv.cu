@@ -93,11 +93,13 @@ int main(int argc, char** argv) {
       p.dy = dy.get(); p.dy_rs = N;
       p.du = du.get(); p.dpregate = dpre.get(); p.dpostgate = dpost.get(); p.dk = dk.get(); p.dbias = dbias.get();
       const mmm::FFTConvParams& fp = p;
-      mmm::FFTConvBwdParams unsplit = p;  // bwd_1cta's scratch, which the split backward does not need
-      unsplit.split_rows = false;
+      mmm::FFTConvBwdParams p1 = p;  // one CTA per row (per task), for fwd_1cta / bwd_1cta
+      p1.split_rows = false;
+      const mmm::FFTConvParams& fp1 = p1;
+      // bwd_1cta may need scratch that the split backward does not.
       const size_t ws = std::max({mmm::fftconv_cuda_fwd_workspace_bytes(fp, dev.id),
                                   mmm::fftconv_cuda_bwd_workspace_bytes(p, dev.id),
-                                  mmm::fftconv_cuda_bwd_workspace_bytes(unsplit, dev.id)});
+                                  mmm::fftconv_cuda_bwd_workspace_bytes(p1, dev.id)});
       workspace.resize(std::max<size_t>(ws, 16));
       const std::string tag = std::string(dtype_name(dt)) + " N=" + std::to_string(N);
       auto fwd = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_fwd(fp, workspace.get(), stream), "fwd " + tag); };
@@ -105,9 +107,6 @@ int main(int argc, char** argv) {
       const size_t buf = size_t(1) << (p.log2_fft - 1) << 3;  // one row's buffer: L/2 float2
       const bool splits = mmm::fftconv_cuda_fwd_splits(fp, dev.id), bwd_splits = mmm::fftconv_cuda_bwd_splits(p, dev.id);
       const std::string path_fwd = splits ? "smem x2" : buf + 1024 <= size_t(optin) ? "smem" : "scratch";
-      mmm::FFTConvBwdParams p1 = p;  // one CTA per row (per task), for fwd_1cta / bwd_1cta
-      p1.split_rows = false;
-      const mmm::FFTConvParams& fp1 = p1;
       auto fwd_1cta = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_fwd(fp1, workspace.get(), stream), "fwd_1cta " + tag); };
       auto bwd_1cta = [&] { MMM_CHECK_LAUNCH(mmm::launch_fftconv_bwd(p1, workspace.get(), stream), "bwd_1cta " + tag); };
       const std::string path_1cta = "smem";
